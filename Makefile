@@ -1,0 +1,62 @@
+# Streaming settlement pipeline: `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv up down status logs topics schemas migrate smoke demo test test-unit \
+        test-integration lint clean
+
+help: ## List every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the project and its dev tools into $(VENV)..."
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtualenv and install the project (idempotent)
+
+up: venv ## Start Kafka, the schema registry, PostgreSQL and Prometheus (idempotent)
+	@bash deploy/stack.sh up
+
+down: ## Stop the local stack
+	@bash deploy/stack.sh down
+
+status: ## Show each service's health, address and memory
+	@bash deploy/stack.sh status
+
+logs: ## Tail a service's log: make logs S=kafka
+	@bash deploy/stack.sh logs $(S)
+
+topics: venv ## Create the contract's topics (idempotent)
+	@$(BIN)/settle topics create
+
+schemas: venv ## Register the Avro contract with the registry (idempotent)
+	@$(BIN)/settle schemas register
+
+migrate: venv ## Apply PostgreSQL migrations (idempotent)
+	@$(BIN)/settle db migrate
+
+smoke: up topics schemas migrate ## Prove the stack with one payment round trip
+	@$(BIN)/settle smoke
+
+demo: smoke ## The main job (for now: stack up + smoke round trip)
+
+test-unit: venv ## Unit tests only (pure logic, no services)
+	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+test: up topics schemas migrate ## Every test against the real stack (starts it if needed)
+	@$(BIN)/pytest tests -q $(PYTEST_ARGS)
+
+lint: venv ## ruff, mypy and the import contracts
+	@$(BIN)/ruff check .
+	@$(BIN)/mypy settle settlement schemas producers stream_processors sinks
+	@$(BIN)/lint-imports
+
+clean: ## Stop the stack and delete its data (keeps downloaded jars)
+	@bash deploy/stack.sh clean

@@ -1,0 +1,1 @@
+"""Payment producer library and simulators (order flow, channel gateways, merchants)."""

@@ -1,0 +1,23 @@
+"""Errors raised by the producer library and the simulators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from settlement.errors import SettleError
+
+
+class ProducerError(SettleError):
+    """A record could not be published."""
+
+
+class DeliveryFailed(ProducerError):
+    """The broker did not accept one or more records; ``reports`` lists them."""
+
+    def __init__(self, message: str, reports: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.reports = reports or []
+
+
+class ProducerClosed(ProducerError):
+    """``send`` was called after ``close``."""

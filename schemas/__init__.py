@@ -1,0 +1,1 @@
+"""Avro contract (.avsc files), Confluent wire-format codec and schema-registry client."""

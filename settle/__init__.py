@@ -1,0 +1,1 @@
+"""Composition root: configuration, Kafka plumbing, topics and the `settle` command line."""

@@ -1,0 +1,34 @@
+"""The `settle` command line: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from settle.cli.common import fail_on_settle_error
+from settle.cli.infra import config_cmd, db, schemas_cmd, smoke, stack, topics
+from settle.cli.workers import worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="settle-pipeline")
+def cli() -> None:
+    """Streaming settlement pipeline: ingest, route, reconcile, post and settle payments.
+
+    Every address and credential comes from SETTLE_* environment settings; the defaults
+    point at the local stack started by `make up` (see `settle config`).
+    """
+
+
+for command in (stack, topics, schemas_cmd, db, config_cmd, smoke, worker):
+    cli.add_command(command)
+
+
+def main() -> None:
+    with fail_on_settle_error():
+        cli(prog_name="settle")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`settle worker STAGE`: run one stage of the faust pipeline in the foreground."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from settle.cli.common import settings
+
+STAGES = ("validate",)
+
+
+@click.command("worker")
+@click.argument("stage", type=click.Choice(STAGES))
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus /metrics on this port (default SETTLE_METRICS_PORT, 0=off).")
+def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
+    """Run a stream-processing STAGE as a faust worker until interrupted.
+
+    validate: payments.requested -> payments.routed.<channel> | payments.rejected | payments.dlq.
+    Run several workers of one stage to share its partitions (one consumer group per stage).
+    """
+    import faust
+
+    from settle.smoke import registry_client
+    from stream_processors import metrics
+    from stream_processors import settings as ps_settings
+    from stream_processors.app import make_validate_app
+
+    s = settings()
+    ps = ps_settings.load(run_dir=s.run_dir)
+    port = ps.metrics_port if metrics_port is None else metrics_port
+    metrics.serve(port)
+    registry = registry_client(s)
+    app = {"validate": make_validate_app}[stage](s, ps, registry)
+    logging.getLogger("faust").setLevel(loglevel.upper())
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,1 @@
+"""PostgreSQL writers, migrations and the offsets-in-transaction consumer."""

@@ -1,0 +1,1 @@
+"""The faust app: validate+route, reconcile and settle agents with their tables."""

@@ -1,0 +1,138 @@
+"""The faust apps, one per stage so each stage scales, restarts and is killed on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from schemas.errors import RegistryUnavailable
+from settle.config import Settings
+from stream_processors import metrics
+from stream_processors.ingest import STAGE as VALIDATE_STAGE
+from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
+from stream_processors.merchants import MerchantDirectory
+from stream_processors.settings import ProcessorSettings
+from stream_processors.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+REGISTRY_BACKOFF_MAX_S = 30.0
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.App:
+    """A faust app with every option that matters set on purpose."""
+    kafka = settings.kafka
+    broker_credentials: Any = None
+    if kafka.sasl_mechanism:
+        broker_credentials = faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.reveal(),
+            mechanism=kafka.sasl_mechanism,
+        )
+    return faust.App(
+        app_id,
+        broker=broker_urls(kafka.bootstrap_servers),
+        broker_credentials=broker_credentials,
+        store=ps.store,
+        datadir=str(ps.data_dir / app_id),
+        # Tables' changelogs get the same partition count as the payment-keyed topics.
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        table_standby_replicas=0,
+        key_serializer="raw",
+        value_serializer="raw",
+        # At-least-once plus idempotent effects downstream; faust's exactly_once has open bugs.
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        web_enabled=ps.web_port > 0,
+        web_port=ps.web_port or 6066,
+        web_host="127.0.0.1",
+    )
+
+
+def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
+    """validate+route: payments.requested -> payments.routed.<channel> | rejected | dlq."""
+    topics = TopicNames(ps.topic_prefix)
+    app = base_app(f"{ps.topic_prefix}settle-validate", settings, ps)
+    source = app.topic(topics.requested, key_serializer="raw", value_serializer="raw")
+    seen_table = app.Table(
+        "payments-seen",
+        default=None,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+        partitions=settings.kafka.partitions,
+    )
+    directory = MerchantDirectory(settings.kafka, registry, topic=topics.merchants)
+    seen = SeenIndex(seen_table, ps.dedup_retention_ms)
+    processor = IngestProcessor(
+        registry,
+        directory.get,
+        seen,
+        ps.routing,
+        ps.policy,
+        topics,
+        disabled_channels=ps.disabled_channels,
+    )
+
+    @app.task
+    async def start_directory() -> None:
+        directory.start()
+
+    @app.agent(source)
+    async def validate_route(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loaded = await loop.run_in_executor(None, directory.wait_loaded, ps.merchants_wait_s)
+        if not loaded:
+            log.warning("merchant directory not loaded after %ss; validating anyway",
+                        ps.merchants_wait_s)
+        async for event in stream.events():
+            msg = event.message
+            key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
+            backoff_s = 0.5
+            while True:
+                try:
+                    decision = processor.process(key, msg.value, msg.topic, msg.partition,
+                                                 msg.offset)
+                    break
+                except RegistryUnavailable as exc:
+                    metrics.REGISTRY_RETRIES.labels(VALIDATE_STAGE).inc()
+                    log.warning("registry unavailable, retrying %s/%s@%s in %.1fs: %s",
+                                msg.topic, msg.partition, msg.offset, backoff_s, exc)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
+            for out in decision.outputs:
+                await app.producer.send(out.topic, out.key, out.value, None, None,
+                                        list(out.headers))
+            _count(decision)
+            seen.expire(now_ms(), msg.partition)
+        # unreachable: the stream never ends while the worker runs
+
+    @app.timer(interval=5.0)
+    async def gauges() -> None:
+        metrics.MERCHANTS_KNOWN.set(len(directory))
+        metrics.DEDUP_ENTRIES.set(len(seen))
+
+    app.settle_directory = directory  # type: ignore[attr-defined]
+    app.settle_processor = processor  # type: ignore[attr-defined]
+    return app
+
+
+def _count(decision: Any) -> None:
+    metrics.RECORDS.labels(VALIDATE_STAGE, decision.outcome).inc()
+    for reason in decision.reasons:
+        metrics.REJECTIONS.labels(reason).inc()
+    if decision.error_type:
+        metrics.DEAD_LETTERS.labels(VALIDATE_STAGE, decision.error_type).inc()
+    if decision.channel:
+        metrics.ROUTED.labels(decision.channel, decision.rule_id or "").inc()

@@ -1,0 +1,260 @@
+"""Validate+route, one record at a time: decode, decide with the core, say where it goes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from schemas.codec import AvroDeserializer, AvroSerializer
+from schemas.contract import schema_for
+from schemas.errors import DecodeError, RegistryUnavailable
+from settlement import idempotency, validation
+from settlement.model import Merchant, PaymentRequest, RecordError
+from settlement.routing import RoutingTable
+from settlement.validation import Rejection, ValidationPolicy
+
+log = logging.getLogger(__name__)
+
+STAGE: Final = "validate"
+
+ROUTED: Final = "routed"
+REJECTED: Final = "rejected"
+DEAD_LETTERED: Final = "dead_lettered"
+DEDUPLICATED: Final = "deduplicated"
+OUTCOMES: Final = (ROUTED, REJECTED, DEAD_LETTERED, DEDUPLICATED)
+
+# Every record written for an input carries the input's coordinates, so `settle audit ingest`
+# can prove from the topics alone that each input ended in exactly one place.
+SOURCE_HEADER: Final = "settle-source"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def source_ref(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}/{offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to publish: topic, key bytes, encoded value, headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class Decision:
+    """What became of one input record."""
+
+    outcome: str
+    outputs: list[Output] = field(default_factory=list)
+    channel: str | None = None
+    rule_id: str | None = None
+    reasons: tuple[str, ...] = ()
+    error_type: str | None = None
+
+
+class SeenIndex:
+    """payment_id -> [fingerprint, first_seen_ms, partition] with bounded retention.
+
+    The mapping is a faust table in the worker (changelogged, co-partitioned with the input),
+    a dict in tests. Expiry walks one in-memory queue per partition in arrival order, so it
+    costs O(1) per record instead of a scan. It only ever deletes keys of the partition whose
+    event is being processed, because faust writes a table's tombstone to the changelog
+    partition of the current event. The queues are rebuilt from the mapping after a restart.
+    """
+
+    def __init__(self, store: MutableMapping[str, Any], retention_ms: int) -> None:
+        self._store = store
+        self._retention_ms = retention_ms
+        self._queues: dict[int, deque[tuple[int, str]]] = {}
+
+    def get(self, payment_id: str) -> idempotency.SeenEntry | None:
+        raw = self._store.get(payment_id)
+        if raw is None:
+            return None
+        return idempotency.SeenEntry(fingerprint=raw[0], first_seen_ms=raw[1])
+
+    def remember(self, payment_id: str, fingerprint: str, at_ms: int, partition: int) -> None:
+        # Re-assign (never mutate in place) so the faust changelog sees the write.
+        self._store[payment_id] = [fingerprint, at_ms, partition]
+        self._queue(partition).append((at_ms, payment_id))
+
+    def _queue(self, partition: int) -> deque[tuple[int, str]]:
+        queue = self._queues.get(partition)
+        if queue is None:
+            entries = sorted(
+                (v[1], k) for k, v in list(self._store.items()) if v[2] == partition
+            )
+            queue = self._queues[partition] = deque(entries)
+        return queue
+
+    def expire(self, now_ms_: int, partition: int) -> int:
+        """Forget this partition's entries older than the retention; returns how many."""
+        queue = self._queue(partition)
+        horizon = now_ms_ - self._retention_ms
+        dropped = 0
+        while queue and queue[0][0] < horizon:
+            _at, pid = queue.popleft()
+            raw = self._store.get(pid)
+            if raw is not None and raw[1] < horizon:
+                del self._store[pid]
+                dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+class IngestProcessor:
+    """The validate+route stage without faust: testable with dicts, used by the agent.
+
+    Failure policy per record: undecodable -> dead letter (original bytes, error, source
+    coordinates); decodable but invalid -> rejected with every failing reason; identical
+    re-send of an accepted payment -> dropped and counted; same payment_id with a different
+    body -> rejected DUPLICATE_CONFLICT; any unexpected error -> dead letter with the error,
+    so no exception ever escapes to faust (which would skip the event silently).
+    A RegistryUnavailable is the exception: it is raised so the caller retries the record
+    rather than dead-lettering valid traffic during a registry outage.
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        merchants: Callable[[str], Merchant | None],
+        seen: SeenIndex,
+        routing: RoutingTable,
+        policy: ValidationPolicy,
+        topics: Any,
+        clock: Callable[[], int] = now_ms,
+        disabled_channels: frozenset[str] = frozenset(),
+    ) -> None:
+        self.disabled_channels = disabled_channels
+        self._decoder = AvroDeserializer(registry, reader_schema=schema_for("PaymentRequested"))
+        self._merchants = merchants
+        self._seen = seen
+        self._routing = routing
+        self._policy = policy
+        self._clock = clock
+        self._topics = topics
+        self._routed_ser = {
+            ch: AvroSerializer(registry, topics.routed(ch), "RoutedPayment")
+            for ch in topics.channels
+        }
+        self._rejected_ser = AvroSerializer(registry, topics.rejected, "PaymentRejected")
+        self._dlq_ser = AvroSerializer(registry, topics.dlq, "DeadLetter")
+
+    def process(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
+    ) -> Decision:
+        ref = source_ref(topic, partition, offset).encode()
+        try:
+            return self._process(key, value, topic, partition, offset, ref)
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # per-event catch: the design's rule for faust agents
+            log.exception("validate: unexpected error at %s", ref.decode())
+            return self._dead_letter(key, value, topic, partition, offset, ref, exc)
+
+    def _process(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
+        ref: bytes,
+    ) -> Decision:
+        try:
+            record = self._decoder.decode(value)
+            request = PaymentRequest.from_record(record)
+        except (DecodeError, RecordError) as exc:
+            return self._dead_letter(key, value, topic, partition, offset, ref, exc)
+
+        now = self._clock()
+        merchant = self._merchants(request.merchant_id) if isinstance(
+            request.merchant_id, str) else None
+        reasons = validation.validate(
+            request, merchant, now, self._policy, self._routing.has_rule_for
+        )
+        if reasons:
+            return self._reject(request, reasons, now, ref)
+
+        fp = idempotency.fingerprint(request)
+        verdict = idempotency.decide(self._seen.get(request.payment_id), fp, now)
+        if verdict is idempotency.IdempotencyDecision.DUPLICATE:
+            return Decision(DEDUPLICATED)
+        if verdict is idempotency.IdempotencyDecision.CONFLICT:
+            return self._reject(
+                request,
+                [Rejection(validation.DUPLICATE_CONFLICT,
+                           "payment_id already accepted with a different body")],
+                now, ref,
+            )
+
+        route = self._routing.route(request, self.disabled_channels)
+        if route.channel is None or route.rule_id is None:
+            assert route.rejection is not None
+            return self._reject(request, [route.rejection], now, ref)
+
+        self._seen.remember(request.payment_id, fp, now, partition)
+        routed = {
+            **_avro_request(request),
+            "channel": route.channel.upper(),
+            "rule_id": route.rule_id,
+            "routed_at": now,
+        }
+        out = Output(
+            self._topics.routed(route.channel),
+            request.payment_id.encode(),
+            self._routed_ser[route.channel].encode(routed),
+            ((SOURCE_HEADER, ref),),
+        )
+        return Decision(ROUTED, [out], channel=route.channel, rule_id=route.rule_id)
+
+    def _reject(
+        self, request: PaymentRequest, reasons: list[Rejection], now: int, ref: bytes
+    ) -> Decision:
+        pid = request.payment_id if isinstance(request.payment_id, str) else ""
+        rejected = {
+            "payment_id": pid,
+            "merchant_id": request.merchant_id if isinstance(request.merchant_id, str) else None,
+            "reasons": [{"code": r.code, "detail": r.detail} for r in reasons],
+            "request": _avro_request(request),
+            "stage": STAGE,
+            "rejected_at": now,
+        }
+        out = Output(self._topics.rejected, pid.encode() or None,
+                      self._rejected_ser.encode(rejected), ((SOURCE_HEADER, ref),))
+        return Decision(REJECTED, [out], reasons=tuple(r.code for r in reasons))
+
+    def _dead_letter(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
+        ref: bytes, exc: BaseException,
+    ) -> Decision:
+        error_type = getattr(exc, "reason", None) or type(exc).__name__
+        letter = {
+            "source_topic": topic,
+            "source_partition": partition,
+            "source_offset": offset,
+            "original_key": key,
+            "original_value": value,
+            "stage": STAGE,
+            "error_type": str(error_type),
+            "error_message": str(exc)[:2000],
+            "failed_at": self._clock(),
+        }
+        out = Output(self._topics.dlq, key, self._dlq_ser.encode(letter),
+                     ((SOURCE_HEADER, ref),))
+        return Decision(DEAD_LETTERED, [out], error_type=str(error_type))
+
+
+def _avro_request(request: PaymentRequest) -> dict[str, Any]:
+    rec = request.to_record()
+    created = rec.pop("created_at_ms", None)
+    rec["created_at"] = created
+    return rec
+

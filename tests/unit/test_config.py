@@ -1,0 +1,42 @@
+"""Settings come from the environment with sane defaults, and secrets never print."""
+
+import pytest
+
+from settle.config import ConfigError, Secret, load
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    s = load({})
+    assert s.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert s.registry.url == "http://127.0.0.1:18081/apis/ccompat/v7"
+    assert s.postgres.port == 15432
+    assert s.kafka.partitions == 4
+
+
+def test_environment_overrides_every_address() -> None:
+    s = load({
+        "SETTLE_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+        "SETTLE_REGISTRY_URL": "https://reg.example/apis",
+        "SETTLE_PG_HOST": "db", "SETTLE_PG_PORT": "5432",
+        "SETTLE_TOPIC_PARTITIONS": "12",
+    })
+    assert s.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert s.registry.url == "https://reg.example/apis"
+    assert (s.postgres.host, s.postgres.port) == ("db", 5432)
+    assert s.kafka.partitions == 12
+
+
+@pytest.mark.parametrize("name,value", [("SETTLE_PG_PORT", "abc"), ("SETTLE_TOPIC_PARTITIONS", "0")])
+def test_malformed_settings_are_refused_with_the_name(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load({name: value})
+
+
+def test_secrets_are_masked_everywhere_but_reveal() -> None:
+    s = load({"SETTLE_PG_PASSWORD": "hunter2", "SETTLE_KAFKA_SASL_PASSWORD": "s3cret",
+              "SETTLE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"})
+    printed = f"{s} {s!r} {s.masked()} {s.postgres.describe()}"
+    assert "hunter2" not in printed and "s3cret" not in printed
+    assert "hunter2" in s.postgres.conninfo()
+    assert s.kafka.client_config()["sasl.password"] == "s3cret"
+    assert str(Secret("x")) == "***" and Secret("x").reveal() == "x"
