@@ -29,6 +29,7 @@ def broker_urls(bootstrap: str) -> list[str]:
 def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.App:
     """A faust app with every option that matters set on purpose."""
     kafka = settings.kafka
+    (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)
     broker_credentials: Any = None
     if kafka.sasl_mechanism:
         broker_credentials = faust.SASLCredentials(
@@ -68,10 +69,13 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
     seen_table = app.Table(
         "payments-seen",
         default=None,
-        key_type=str,
-        key_serializer="raw",
-        value_serializer="json",
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
         partitions=settings.kafka.partitions,
+        # Compact keeps the latest entry per payment_id; delete bounds it by the retention.
+        extra_topic_configs={
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(ps.dedup_retention_ms + 24 * 3600 * 1000),
+        },
     )
     directory = MerchantDirectory(settings.kafka, registry, topic=topics.merchants)
     seen = SeenIndex(seen_table, ps.dedup_retention_ms)

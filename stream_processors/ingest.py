@@ -170,6 +170,8 @@ class IngestProcessor:
     ) -> Decision:
         try:
             record = self._decoder.decode(value)
+            # Avro names the field created_at; the model says created_at_ms (unit last).
+            record["created_at_ms"] = record.pop("created_at", None)
             request = PaymentRequest.from_record(record)
         except (DecodeError, RecordError) as exc:
             return self._dead_letter(key, value, topic, partition, offset, ref, exc)

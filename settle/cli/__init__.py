@@ -8,6 +8,7 @@ import click
 
 from settle.cli.common import fail_on_settle_error
 from settle.cli.infra import config_cmd, db, schemas_cmd, smoke, stack, topics
+from settle.cli.audit import audit
 from settle.cli.workers import worker
 
 
@@ -21,7 +22,7 @@ def cli() -> None:
     """
 
 
-for command in (stack, topics, schemas_cmd, db, config_cmd, smoke, worker):
+for command in (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit):
     cli.add_command(command)
 
 

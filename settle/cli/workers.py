@@ -37,4 +37,6 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     registry = registry_client(s)
     app = {"validate": make_validate_app}[stage](s, ps, registry)
     logging.getLogger("faust").setLevel(loglevel.upper())
+    # One line per registry request drowns the worker's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

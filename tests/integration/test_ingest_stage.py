@@ -1,0 +1,175 @@
+"""The validate+route worker on the real stack: a mixed batch lands exactly where it should."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from producers.producer import AvroProducer
+from schemas.codec import AvroDeserializer
+from settle.audit_ingest import audit_ingest, read_topic
+from settle.config import Settings
+from settle.kafka import make_consumer
+from settle.smoke import registry_client
+from settle.topics import create_topics, delete_topics
+from stream_processors.topics import TopicNames
+
+pytestmark = pytest.mark.integration
+
+WORKER_START_TIMEOUT_S = 90
+DRAIN_TIMEOUT_S = 90
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture()
+def prefix(stack: Settings) -> Iterator[str]:
+    p = f"t{uuid.uuid4().hex[:8]}."
+    create_topics(stack.kafka, name_prefix=p)
+    yield p
+    names = [p + n for n in (
+        "payments.requested", "payments.rejected", "payments.dlq", "payments.routed.alipay",
+        "payments.routed.wechat_pay", "payments.routed.unionpay", "payments.routed.card",
+        "channel.confirmations", "reconciliation.results", "settlements.batches", "merchants")]
+    delete_topics(stack.kafka, names)
+
+
+def start_worker(prefix: str, log_path: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SETTLE_TOPIC_PREFIX": prefix, "SETTLE_MERCHANTS_WAIT_S": "30"}
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "settle.cli", "worker", "validate", "--loglevel", "warning"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def payment(pid: str, **over: Any) -> dict[str, Any]:
+    rec = {
+        "payment_id": pid, "merchant_id": "m-ok", "order_id": f"o-{pid}", "payer_id": "u",
+        "amount_minor": 2500, "currency": "CNY", "method": "ALIPAY", "interface": "H5",
+        "region": "CN", "created_at": now_ms(), "metadata": {"k": "v"},
+    }
+    rec.update(over)
+    return rec
+
+
+def test_mixed_batch_is_fully_accounted_for(stack: Settings, prefix: str, tmp_path) -> None:
+    topics = TopicNames(prefix)
+    registry = registry_client(stack)
+    run = uuid.uuid4().hex[:6]
+    merchants = [
+        {"merchant_id": "m-ok", "name": "OK", "status": "ACTIVE", "settlement_currency": "CNY",
+         "updated_at": now_ms()},
+        {"merchant_id": "m-off", "name": "Off", "status": "SUSPENDED",
+         "settlement_currency": "CNY", "updated_at": now_ms()},
+    ]
+    valid = {
+        f"{run}-ali": payment(f"{run}-ali"),
+        f"{run}-wx": payment(f"{run}-wx", method="WECHAT_PAY"),
+        f"{run}-card-cn": payment(f"{run}-card-cn", method="CARD"),
+        f"{run}-card-us": payment(f"{run}-card-us", method="CARD", region="US", currency="USD"),
+        f"{run}-jpy": payment(f"{run}-jpy", method="CARD", region="JP", currency="JPY",
+                              amount_minor=1200),
+        f"{run}-kwd": payment(f"{run}-kwd", method="CARD", region="KW", currency="KWD",
+                              amount_minor=12345),
+    }
+    invalid = {
+        f"{run}-zero": (payment(f"{run}-zero", amount_minor=0), "AMOUNT_NOT_POSITIVE"),
+        f"{run}-neg": (payment(f"{run}-neg", amount_minor=-5), "AMOUNT_NOT_POSITIVE"),
+        f"{run}-huge": (payment(f"{run}-huge", amount_minor=2**62), "AMOUNT_ABOVE_LIMIT"),
+        f"{run}-cur": (payment(f"{run}-cur", currency="XXX"), "CURRENCY_UNKNOWN"),
+        f"{run}-mer": (payment(f"{run}-mer", merchant_id="m-nobody"), "MERCHANT_UNKNOWN"),
+        f"{run}-sus": (payment(f"{run}-sus", merchant_id="m-off"), "MERCHANT_SUSPENDED"),
+        f"{run}-fut": (payment(f"{run}-fut", created_at=now_ms() + 3600_000),
+                       "CREATED_AT_IN_FUTURE"),
+        f"{run}-old": (payment(f"{run}-old", created_at=now_ms() - 30 * 86400_000),
+                       "CREATED_AT_TOO_OLD"),
+        f"{run}-empty": (payment(f"{run}-empty", order_id=""), "REQUIRED_FIELD_EMPTY"),
+        f"{run}-region": (payment(f"{run}-region", region="China"), "REGION_INVALID"),
+        f"{run}-noroute": (payment(f"{run}-noroute", method="WECHAT_PAY", currency="KWD",
+                                   region="KW"), "METHOD_NOT_ROUTABLE"),
+    }
+    garbage = {
+        b"g-random": os.urandom(64),
+        b"g-magic": b"\x07\x00\x00\x00\x01" + os.urandom(10),
+        b"g-schema": b"\x00\x7f\xff\xff\xf0" + os.urandom(10),
+        b"g-empty": b"",
+    }
+    with AvroProducer(stack.kafka, registry, client_id="test-ingest") as producer:
+        for m in merchants:
+            producer.send(topics.merchants, m["merchant_id"], m)
+        producer.flush()
+        for pid, rec in valid.items():
+            producer.send(topics.requested, pid, rec)
+        for pid, (rec, _code) in invalid.items():
+            producer.send(topics.requested, pid, rec)
+        # An identical re-send (deduplicated) and a conflicting one (rejected).
+        producer.send(topics.requested, f"{run}-ali", valid[f"{run}-ali"])
+        producer.send(topics.requested, f"{run}-wx",
+                      {**valid[f"{run}-wx"], "amount_minor": 999})
+        good = producer._serializer(topics.requested).encode(payment(f"{run}-trunc"))
+        producer.send_raw(topics.requested, f"{run}-trunc".encode(), good[:-6])
+        for key, raw in garbage.items():
+            producer.send_raw(topics.requested, key, raw)
+    total_in = len(valid) + len(invalid) + 2 + 1 + len(garbage)
+
+    proc = start_worker(prefix, str(tmp_path / "validate.log"))
+    try:
+        result = audit_ingest(stack.kafka, topics.requested, topics.all_routed, topics.rejected,
+                              topics.dlq, wait_s=WORKER_START_TIMEOUT_S + DRAIN_TIMEOUT_S)
+    finally:
+        stop(proc)
+    log_tail = (tmp_path / "validate.log").read_text(errors="replace")[-3000:]
+    assert result.read == total_in, log_tail
+    assert result.balanced, (result, log_tail)
+    assert result.routed == len(valid)
+    assert result.deduplicated == 1
+    assert result.rejected == len(invalid) + 1
+    assert result.dead_lettered == len(garbage) + 1
+
+    decoder = AvroDeserializer(registry)
+    consumer = make_consumer(stack.kafka, group_id=f"t-{uuid.uuid4()}")
+    try:
+        routed = {r.key.decode(): (r.topic, decoder.decode(r.value))
+                  for t in topics.all_routed for r in read_topic(consumer, t)}
+        rejected = {r.key.decode(): decoder.decode(r.value)
+                    for r in read_topic(consumer, topics.rejected)}
+        letters = [decoder.decode(r.value) for r in read_topic(consumer, topics.dlq)]
+    finally:
+        consumer.close()
+
+    assert set(routed) == set(valid)
+    assert routed[f"{run}-card-cn"][0] == topics.routed("unionpay")
+    assert routed[f"{run}-card-us"][0] == topics.routed("card")
+    assert routed[f"{run}-ali"][0] == topics.routed("alipay")
+    for pid, (_topic, rec) in routed.items():
+        assert rec["amount_minor"] == valid[pid]["amount_minor"]
+        assert rec["currency"] == valid[pid]["currency"]
+        assert rec["rule_id"]
+    for pid, (_rec, code) in invalid.items():
+        assert code in [r["code"] for r in rejected[pid]["reasons"]], rejected[pid]
+    assert [r["code"] for r in rejected[f"{run}-wx"]["reasons"]] == ["DUPLICATE_CONFLICT"]
+    by_key = {letter["original_key"]: letter for letter in letters}
+    for key, raw in garbage.items():
+        assert by_key[key]["original_value"] == raw
+        assert by_key[key]["source_topic"] == topics.requested
+        assert by_key[key]["stage"] == "validate"
+    assert by_key[f"{run}-trunc".encode()]["error_type"]
