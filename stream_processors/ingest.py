@@ -74,7 +74,7 @@ class SeenIndex:
 
     def __init__(self, store: MutableMapping[str, Any], retention_ms: int) -> None:
         self._store = store
-        self._retention_ms = retention_ms
+        self.retention_ms = retention_ms
         self._queues: dict[int, deque[tuple[int, str]]] = {}
 
     def get(self, payment_id: str) -> idempotency.SeenEntry | None:
@@ -100,7 +100,7 @@ class SeenIndex:
     def expire(self, now_ms_: int, partition: int) -> int:
         """Forget this partition's entries older than the retention; returns how many."""
         queue = self._queue(partition)
-        horizon = now_ms_ - self._retention_ms
+        horizon = now_ms_ - self.retention_ms
         dropped = 0
         while queue and queue[0][0] < horizon:
             _at, pid = queue.popleft()
@@ -186,7 +186,9 @@ class IngestProcessor:
             return self._reject(request, reasons, now, ref)
 
         fp = idempotency.fingerprint(request)
-        verdict = idempotency.decide(self._seen.get(request.payment_id), fp, now)
+        verdict = idempotency.decide(
+            self._seen.get(request.payment_id), fp, now, self._seen.retention_ms
+        )
         if verdict is idempotency.IdempotencyDecision.DUPLICATE:
             return Decision(DEDUPLICATED)
         if verdict is idempotency.IdempotencyDecision.CONFLICT:

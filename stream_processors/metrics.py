@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, disable_created_metrics, start_http_server
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
 # The *_created series double the scrape size and no dashboard uses them.
 disable_created_metrics()
@@ -30,3 +36,45 @@ def serve(port: int) -> None:
     """Serve /metrics on 127.0.0.1:port (no-op for port 0)."""
     if port:
         start_http_server(port, addr="127.0.0.1")
+
+# reconcile stage
+RECON_OUTCOMES = Counter(
+    "settle_reconciliation_outcomes_total",
+    "Reconciliation results published per channel and outcome",
+    ["channel", "outcome"],
+)
+RECON_TIME_TO_MATCH = Histogram(
+    "settle_reconciliation_time_to_match_seconds",
+    "From routing (the channel was asked) to the MATCHED decision",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+RECON_UNMATCHED = Gauge(
+    "settle_reconciliation_unmatched",
+    "Undecided payments on this worker: routed awaiting a confirmation, or confirmations "
+    "awaiting their routed payment",
+    ["channel", "waiting_for"],
+)
+RECON_UNMATCHED_OLDEST_AGE = Gauge(
+    "settle_reconciliation_unmatched_oldest_age_seconds",
+    "Age of the oldest undecided payment on this worker (0 when none)",
+    ["channel", "waiting_for"],
+)
+RECON_STATES = Gauge("settle_reconciliation_states", "Reconciliation states in this worker's table")
+
+# settle stage
+BATCHES_CLOSED = Counter(
+    "settle_batches_closed_total", "Settlement batches closed and published", ["currency"]
+)
+BATCH_AMOUNTS_CLOSED = Counter(
+    "settle_batch_amounts_closed_minor_total",
+    "Minor units in closed settlement batches per currency and kind (gross, fee, net)",
+    ["currency", "kind"],
+)
+BATCH_ITEMS = Counter(
+    "settle_batch_items_total", "Settlement items by what became of them (added, duplicate, ...)",
+    ["outcome"],
+)
+OPEN_BATCHES = Gauge("settle_open_batches", "Open settlement batches on this worker")
+TICK_ERRORS = Counter(
+    "settle_tick_errors_total", "Keys a timer tick could not process (retried later)", ["stage"]
+)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from settlement.errors import SettleError
+from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
+from settlement.idempotency import check_retention
+from settlement.reconciliation import ReconError, ReconPolicy
 from settlement.routing import (
     DEFAULT_RULES,
     RoutingTable,
@@ -15,8 +18,23 @@ from settlement.routing import (
     routing_table_from_spec,
 )
 from settlement.validation import DEFAULT_MAX_AGE_MS, ValidationPolicy
+from settlement.windows import (
+    DEFAULT_GRACE_SECONDS,
+    SECONDS_PER_DAY,
+    SHANGHAI_MIDNIGHT_ORIGIN_MS,
+    WindowError,
+    WindowPolicy,
+)
 
 DAY_MS = 24 * 3600 * 1000
+DEFAULT_RECON_SLA_MS = 30_000
+DEFAULT_ORPHAN_GRACE_MS = 30_000
+DEFAULT_RECON_RETAIN_MS = 10 * 60 * 1000
+DEFAULT_RECON_POLICY = ReconPolicy(
+    {}, DEFAULT_RECON_SLA_MS, DEFAULT_ORPHAN_GRACE_MS, DEFAULT_RECON_RETAIN_MS
+)
+DEFAULT_FEES = FeeSchedule.from_spec(DEFAULT_FEE_SPEC)
+DEFAULT_WINDOWS = WindowPolicy.daily_shanghai()
 
 
 class ProcessorConfigError(SettleError):
@@ -35,6 +53,17 @@ class ProcessorSettings:
     policy: ValidationPolicy = ValidationPolicy()
     dedup_retention_ms: int = DEFAULT_MAX_AGE_MS + DAY_MS
     merchants_wait_s: float = 60.0
+    # reconcile + settle stages
+    recon: ReconPolicy = DEFAULT_RECON_POLICY
+    fees: FeeSchedule = DEFAULT_FEES
+    windows: WindowPolicy = DEFAULT_WINDOWS
+    tick_interval_s: float = 1.0
+    # Payment ids of a key's last N closed batches are remembered (at most ids_max), so an
+    # item replayed after its batch closed is not settled again in a later window.
+    batched_ids_windows: int = 4
+    batched_ids_max: int = 100_000
+    # A merchant+currency with no open batch is forgotten this long after its last close.
+    settle_idle_evict_ms: int = DAY_MS
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -75,12 +104,12 @@ def load(env: Mapping[str, str] | None = None, run_dir: Path | None = None) -> P
         max_future_skew_ms=_int(env, "SETTLE_MAX_FUTURE_SKEW_MS", 5 * 60 * 1000),
     )
     retention = _int(env, "SETTLE_DEDUP_RETENTION_MS", max_age + DAY_MS)
-    if retention < max_age:
-        # A request older than max_age is rejected anyway; forgetting a payment_id sooner
-        # than that would let an identical re-send through as new.
-        raise ProcessorConfigError(
-            f"SETTLE_DEDUP_RETENTION_MS={retention} must be >= SETTLE_MAX_AGE_MS={max_age}"
-        )
+    try:
+        # A request older than max_age (+ skew) is rejected anyway; forgetting a payment_id
+        # sooner than that would let an identical re-send through as new.
+        check_retention(retention, policy)
+    except SettleError as exc:
+        raise ProcessorConfigError(f"SETTLE_DEDUP_RETENTION_MS={retention}: {exc}") from exc
     base = run_dir or Path(env.get("SETTLE_RUN_DIR", ".run"))
     return ProcessorSettings(
         store=env.get("SETTLE_FAUST_STORE", "memory://"),
@@ -93,4 +122,59 @@ def load(env: Mapping[str, str] | None = None, run_dir: Path | None = None) -> P
         policy=policy,
         dedup_retention_ms=retention,
         merchants_wait_s=float(_int(env, "SETTLE_MERCHANTS_WAIT_S", 60)),
+        **_stage_settings(env),
     )
+
+
+def _stage_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The reconcile and settle stages' settings (SLAs, fees, windows, bounds)."""
+    try:
+        recon = ReconPolicy(
+            sla_ms_by_channel=_channel_ints(env.get("SETTLE_RECON_SLA_BY_CHANNEL", "")),
+            default_sla_ms=_int(env, "SETTLE_RECON_SLA_MS", DEFAULT_RECON_SLA_MS),
+            orphan_grace_ms=_int(env, "SETTLE_ORPHAN_GRACE_MS", DEFAULT_ORPHAN_GRACE_MS),
+            retain_decided_ms=_int(env, "SETTLE_RECON_RETAIN_MS", DEFAULT_RECON_RETAIN_MS),
+        )
+        windows = WindowPolicy(
+            _int(env, "SETTLE_WINDOW_SECONDS", SECONDS_PER_DAY),
+            _int(env, "SETTLE_WINDOW_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
+            SHANGHAI_MIDNIGHT_ORIGIN_MS,
+        )
+        fees = FeeSchedule.from_spec(env.get("SETTLE_FEES", "") or DEFAULT_FEE_SPEC)
+    except (ReconError, WindowError, ValueError) as exc:
+        raise ProcessorConfigError(str(exc)) from exc
+    tick_ms = _int(env, "SETTLE_TICK_INTERVAL_MS", 1000)
+    bounds = {
+        "SETTLE_TICK_INTERVAL_MS": tick_ms,
+        "SETTLE_BATCHED_IDS_WINDOWS": _int(env, "SETTLE_BATCHED_IDS_WINDOWS", 4),
+        "SETTLE_BATCHED_IDS_MAX": _int(env, "SETTLE_BATCHED_IDS_MAX", 100_000),
+        "SETTLE_SETTLE_IDLE_EVICT_MS": _int(env, "SETTLE_SETTLE_IDLE_EVICT_MS", DAY_MS),
+    }
+    for name, value in bounds.items():
+        if value <= 0:
+            raise ProcessorConfigError(f"{name}={value} must be > 0")
+    return {
+        "recon": recon,
+        "fees": fees,
+        "windows": windows,
+        "tick_interval_s": tick_ms / 1000,
+        "batched_ids_windows": bounds["SETTLE_BATCHED_IDS_WINDOWS"],
+        "batched_ids_max": bounds["SETTLE_BATCHED_IDS_MAX"],
+        "settle_idle_evict_ms": bounds["SETTLE_SETTLE_IDLE_EVICT_MS"],
+    }
+
+
+def _channel_ints(raw: str) -> dict[str, int]:
+    """`card=60000,alipay=20000` -> {"card": 60000, "alipay": 20000} (channels lower-case)."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        channel, sep, val = (x.strip() for x in part.partition("="))
+        if not sep or not channel:
+            raise ProcessorConfigError(f"SETTLE_RECON_SLA_BY_CHANNEL: {part!r} is not channel=ms")
+        try:
+            out[channel.lower()] = int(val)
+        except ValueError as exc:
+            raise ProcessorConfigError(
+                f"SETTLE_RECON_SLA_BY_CHANNEL: {val!r} is not an integer"
+            ) from exc
+    return out
