@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from settle import config
+
+# Every test session gets its own database, so test rows never mix with the demo's books
+# (or with another session's); worker subprocesses inherit the setting.
+_MAIN_DB = os.environ.get("SETTLE_PG_DB", "settle")
+TEST_DB = f"settle_test_{os.getpid()}"
+os.environ["SETTLE_PG_DB"] = TEST_DB
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +33,25 @@ def _reachable(host_port: str, timeout_s: float = 2.0) -> bool:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: config.Settings) -> config.Settings:
+def stack(_services: config.Settings) -> Iterator[config.Settings]:
+    """The real stack with a fresh, migrated database of this session's own."""
+    from sinks.db import connect
+    from sinks.migrate import migrate
+
+    admin = _services.postgres
+    maint = config.PostgresSettings(admin.host, admin.port, admin.user, admin.password, _MAIN_DB)
+    with psycopg.connect(maint.conninfo(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    with connect(_services.postgres) as conn:
+        migrate(conn)
+    yield _services
+    with psycopg.connect(maint.conninfo(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def _services(settings: config.Settings) -> config.Settings:
     """The real stack. Integration tests fail (never skip) when it is down: run `make up`."""
     missing = []
     kafka = settings.kafka.bootstrap_servers.split(",")[0]

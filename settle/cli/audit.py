@@ -57,3 +57,64 @@ def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
         console.print(f"  [red]{ref}[/]")
     if not result.balanced:
         sys.exit(1)
+
+
+@audit.command("books")
+def audit_books_cmd() -> None:
+    """Check the books: balanced journals, one terminal state per payment, batches = ledger.
+
+    Reads PostgreSQL and the reconciliation.results and settlements.batches topics. Run it
+    once the pipeline has drained and the settlement windows have closed. Exit code 1 on
+    any breach; a table either way.
+    """
+    from schemas.codec import AvroDeserializer
+    from settle.audit_books import audit_books
+    from settle.smoke import registry_client
+    from settle.topics import ROUTED_TOPICS
+    from sinks.db import connect
+
+    s = settings()
+    with console.status("auditing the books..."), connect(s.postgres) as conn:
+        result = audit_books(s, conn, AvroDeserializer(registry_client(s)),
+                             routed_topics=ROUTED_TOPICS)
+    print_books(result)
+    if not result.ok:
+        sys.exit(1)
+
+
+def print_books(result) -> None:  # type: ignore[no-untyped-def]
+    """Render a BooksAudit: the invariants, then the figures behind them."""
+    from settlement.currencies import format_minor
+
+    table = Table(title="invariants")
+    table.add_column("")
+    table.add_column("check")
+    table.add_column("detail")
+    for c in result.checks:
+        table.add_row("[green]✓[/]" if c.ok else "[bold red]✗[/]", c.name, c.detail)
+    console.print(table)
+    states = result.figures.get("payments_by_state", {})
+    if states:
+        t = Table(title="payments by terminal state")
+        t.add_column("state")
+        t.add_column("payments", justify="right")
+        for state, n in sorted(states.items()):
+            t.add_row(state, f"{n:,}")
+        console.print(t)
+    ledger = result.figures.get("ledger_by_currency", [])
+    if ledger:
+        t = Table(title="ledger totals")
+        for col in ("currency", "debits", "credits"):
+            t.add_column(col, justify="right")
+        for cur, d, k in ledger:
+            t.add_row(cur, format_minor(d, cur), format_minor(k, cur))
+        console.print(t)
+    batches = result.figures.get("batches_per_merchant", [])
+    if batches:
+        t = Table(title="settlement batches per merchant")
+        for col in ("merchant", "currency", "batches", "payments", "gross", "fee", "net"):
+            t.add_column(col, justify="right")
+        for m, cur, n, count, gross, fee, net in batches:
+            t.add_row(m, cur, str(n), f"{count:,}", format_minor(int(gross), cur),
+                      format_minor(int(fee), cur), format_minor(int(net), cur))
+        console.print(t)
