@@ -21,3 +21,19 @@ class DeliveryFailed(ProducerError):
 
 class ProducerClosed(ProducerError):
     """``send`` was called after ``close``."""
+
+
+class MerchantFileError(ProducerError):
+    """A merchants file is unreadable or has invalid rows; ``problems`` names each by line."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class SimulatorConfigError(ProducerError):
+    """A simulator was given settings no run can satisfy (ratios above 1, no merchants...)."""
+
+
+class ReadBackIncomplete(ProducerError):
+    """Reading a topic up to its end offsets did not finish within the timeout."""

@@ -65,7 +65,8 @@ class AvroProducer:
         if ser is None:
             record = TOPIC_RECORDS.get(topic)
             if record is None:
-                # A topic outside the contract (tests use prefixed copies): strip to the contract name.
+                # A topic outside the contract (tests use prefixed copies): use the contract
+                # name it ends with.
                 base = next((t for t in TOPIC_RECORDS if topic.endswith(t)), None)
                 if base is None:
                     raise KeyError(f"topic {topic!r} is not part of the contract")
@@ -76,11 +77,12 @@ class AvroProducer:
 
     def _report(self, key: str) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, msg: Message) -> None:
+            partition, offset = msg.partition(), msg.offset()
             report = DeliveryReport(
                 topic=msg.topic() or "",
                 key=key,
-                partition=msg.partition() if msg.partition() is not None else -1,
-                offset=msg.offset() if msg.offset() is not None else -1,
+                partition=partition if partition is not None else -1,
+                offset=offset if offset is not None else -1,
                 error=None if err is None else f"{err.name()}: {err.str()}",
             )
             if report.ok:
@@ -100,7 +102,7 @@ class AvroProducer:
         record: Mapping[str, Any],
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Encode and enqueue one record keyed by ``key`` (a payment_id, batch_id or merchant_id)."""
+        """Encode and enqueue one record keyed by ``key`` (payment_id, batch_id or merchant_id)."""
         if self._closed:
             raise ProducerClosed("producer is closed")
         value = self._serializer(topic).encode(dict(record))
@@ -115,7 +117,9 @@ class AvroProducer:
     ) -> None:
         """Enqueue bytes as they are (used for dead letters and by tests that inject garbage)."""
         callback = self._report(key.decode("utf-8", "replace") if key else "")
-        hdrs = list(headers.items()) if headers else None
+        hdrs: list[tuple[str, str | bytes | None]] | None = (
+            list(headers.items()) if headers else None
+        )
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=hdrs,

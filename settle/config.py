@@ -64,9 +64,9 @@ class KafkaSettings:
     replication_factor: int = 1
     client_id_prefix: str = "settle"
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, Any]:
         """librdkafka settings common to every client; secrets revealed only here."""
-        conf = {
+        conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
         }

@@ -6,9 +6,10 @@ import sys
 
 import click
 
+from producers.cli import merchants, simulate
+from settle.cli.audit import audit
 from settle.cli.common import fail_on_settle_error
 from settle.cli.infra import config_cmd, db, schemas_cmd, smoke, stack, topics
-from settle.cli.audit import audit
 from settle.cli.workers import worker
 
 
@@ -22,7 +23,8 @@ def cli() -> None:
     """
 
 
-for command in (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit):
+COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate)
+for command in COMMANDS:
     cli.add_command(command)
 
 

@@ -1,0 +1,245 @@
+"""Channel-gateway simulator decisions: when and what a channel answers to a routed payment.
+
+Pure: every decision is a function of (seed, payment_id) through SHA-256, never of RNG state or
+arrival order, so the same seed gives the same declines and faults on any replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from producers.errors import SimulatorConfigError
+from settlement.reconciliation import (
+    AMOUNT_MISMATCH,
+    CURRENCY_MISMATCH,
+    DECLINED,
+    DUPLICATE_CONFIRMATION,
+    FAILED,
+    LATE_CONFIRMATION,
+    MATCHED,
+    MISSING_CONFIRMATION,
+    ORPHAN_CONFIRMATION,
+    SUCCEEDED,
+)
+
+__all__ = [
+    "DECLINE_CODES",
+    "FAULTS",
+    "FAULT_AMOUNT_MISMATCH",
+    "FAULT_CURRENCY_MISMATCH",
+    "FAULT_DUPLICATE",
+    "FAULT_LATE",
+    "FAULT_MISSING",
+    "FAULT_NONE",
+    "FAULT_ORPHAN",
+    "ORPHAN_PREFIX",
+    "ChannelSimConfig",
+    "Decision",
+    "PlannedConfirmation",
+    "confirmation_id",
+    "decide",
+    "expected_results",
+    "plan_confirmations",
+]
+
+FAULT_NONE: Final = "none"
+FAULT_AMOUNT_MISMATCH: Final = "amount_mismatch"
+FAULT_CURRENCY_MISMATCH: Final = "currency_mismatch"
+FAULT_MISSING: Final = "missing"
+FAULT_DUPLICATE: Final = "duplicate"
+FAULT_ORPHAN: Final = "orphan"
+FAULT_LATE: Final = "late"
+FAULTS: Final = (
+    FAULT_AMOUNT_MISMATCH, FAULT_CURRENCY_MISMATCH, FAULT_MISSING, FAULT_DUPLICATE,
+    FAULT_ORPHAN, FAULT_LATE,
+)
+
+ORPHAN_PREFIX: Final = "orphan-"
+DECLINE_CODES: Final = (
+    "INSUFFICIENT_FUNDS", "DO_NOT_HONOR", "RISK_REJECTED", "EXPIRED_CARD", "USER_CANCELLED",
+    "LIMIT_EXCEEDED",
+)
+_TXN_PREFIX: Final = {"ALIPAY": "ALI", "WECHAT_PAY": "WX", "UNIONPAY": "UP", "CARD": "CRD"}
+_MISMATCH_CURRENCIES: Final = ("CNY", "USD", "HKD", "EUR")
+_U64: Final = 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSimConfig:
+    """How the simulated channels behave; rates are probabilities per routed payment."""
+
+    seed: int = 0
+    latency_ms: int = 50
+    decline_rate: float = 0.05
+    fault_rate: float = 0.02
+    faults: tuple[str, ...] = FAULTS
+    late_ms: int = 20_000
+    # The second answer of a duplicate comes this long after the first.
+    duplicate_gap_ms: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("decline_rate", "fault_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise SimulatorConfigError(f"{name} must lie in [0, 1], got {rate}")
+        for name in ("latency_ms", "late_ms", "duplicate_gap_ms"):
+            if getattr(self, name) < 0:
+                raise SimulatorConfigError(f"{name} must be >= 0")
+        unknown = sorted(set(self.faults) - set(FAULTS))
+        if unknown:
+            raise SimulatorConfigError(
+                f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}"
+            )
+        # Canonical order, so "late,missing" and "missing,late" assign the same faults.
+        object.__setattr__(self, "faults", tuple(f for f in FAULTS if f in self.faults))
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedConfirmation:
+    """A ChannelConfirmation to publish at `due_ms`, and the fault it carries ("none" if clean)."""
+
+    due_ms: int
+    record: dict[str, Any]
+    fault: str
+
+    @property
+    def key(self) -> str:
+        return str(self.record["payment_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the channel does with one payment."""
+
+    fault: str
+    declined: bool
+    decline_code: str | None
+
+
+def _digest(seed: int, payment_id: str, salt: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x1f{payment_id}\x1f{salt}".encode()).digest()
+
+
+def _unit(seed: int, payment_id: str, salt: str) -> float:
+    """A uniform draw in [0, 1) fixed by (seed, payment_id, salt)."""
+    return int.from_bytes(_digest(seed, payment_id, salt)[:8], "big") / _U64
+
+
+def _index(seed: int, payment_id: str, salt: str, size: int) -> int:
+    return int.from_bytes(_digest(seed, payment_id, salt)[:8], "big") % size
+
+
+def decide(payment_id: str, config: ChannelSimConfig) -> Decision:
+    """The fault and decline for a payment: the same (seed, payment_id) always decide the same."""
+    fault = FAULT_NONE
+    if config.faults and _unit(config.seed, payment_id, "fault") < config.fault_rate:
+        fault = config.faults[_index(config.seed, payment_id, "fault-kind", len(config.faults))]
+    # A mismatch only means something on a capture, so those two are never declined.
+    declinable = fault not in (FAULT_AMOUNT_MISMATCH, FAULT_CURRENCY_MISMATCH)
+    declined = declinable and _unit(config.seed, payment_id, "decline") < config.decline_rate
+    code = None
+    if declined:
+        code = DECLINE_CODES[_index(config.seed, payment_id, "decline-code", len(DECLINE_CODES))]
+    return Decision(fault, declined, code)
+
+
+def confirmation_id(payment_id: str, attempt: int) -> str:
+    """Deterministic per (payment_id, attempt): a replayed answer keeps its id, so it dedupes."""
+    digest = hashlib.sha256(f"{payment_id}\x1f{attempt}".encode()).hexdigest()
+    return f"cnf-{digest[:32]}"
+
+
+def _txn_id(channel: str, payment_id: str, attempt: int) -> str:
+    digest = hashlib.sha256(f"txn\x1f{payment_id}\x1f{attempt}".encode()).digest()
+    number = int.from_bytes(digest[:8], "big") % 10**16
+    return f"{_TXN_PREFIX.get(channel, channel[:3])}{number:016d}"
+
+
+def _jittered_latency_ms(config: ChannelSimConfig, payment_id: str) -> int:
+    # Between half and one and a half times the configured latency, fixed per payment.
+    if config.latency_ms == 0:
+        return 0
+    spread = _index(config.seed, payment_id, "latency", config.latency_ms + 1)
+    return config.latency_ms // 2 + spread
+
+
+def _confirmation(
+    routed: Mapping[str, Any], payment_id: str, attempt: int, due_ms: int, decision: Decision
+) -> dict[str, Any]:
+    channel = str(routed["channel"])
+    return {
+        "confirmation_id": confirmation_id(payment_id, attempt),
+        "channel": channel,
+        "channel_txn_id": _txn_id(channel, payment_id, attempt),
+        "payment_id": payment_id,
+        "status": FAILED if decision.declined else SUCCEEDED,
+        "amount_minor": routed["amount_minor"],
+        "currency": routed["currency"],
+        "confirmed_at": due_ms,
+        "decline_code": decision.decline_code,
+    }
+
+
+def plan_confirmations(
+    routed: Mapping[str, Any], now_ms: int, config: ChannelSimConfig
+) -> list[PlannedConfirmation]:
+    """What the channel publishes for one RoutedPayment record received at `now_ms`.
+
+    `routed` needs payment_id, channel (the Channel enum symbol), amount_minor and currency.
+    Returns nothing for a missing confirmation, two for a duplicate (different ids) and an
+    orphan (one for the payment, one for a payment_id that was never routed), one otherwise.
+    """
+    payment_id = str(routed["payment_id"])
+    decision = decide(payment_id, config)
+    fault = decision.fault
+    if fault == FAULT_MISSING:
+        return []
+    due_ms = now_ms + _jittered_latency_ms(config, payment_id)
+    if fault == FAULT_LATE:
+        due_ms = now_ms + config.late_ms
+    first = _confirmation(routed, payment_id, 0, due_ms, decision)
+    if fault == FAULT_AMOUNT_MISMATCH:
+        amount = int(first["amount_minor"])
+        # Off by a little (at most 1%, at least one minor unit), as a rounding bug would be.
+        delta = 1 + _index(config.seed, payment_id, "delta", max(1, amount // 100))
+        lower = _unit(config.seed, payment_id, "delta-sign") < 0.5 and amount - delta >= 1
+        first["amount_minor"] = amount - delta if lower else amount + delta
+    elif fault == FAULT_CURRENCY_MISMATCH:
+        others = [c for c in _MISMATCH_CURRENCIES if c != first["currency"]]
+        first["currency"] = others[_index(config.seed, payment_id, "currency", len(others))]
+    planned = [PlannedConfirmation(due_ms, first, fault)]
+    if fault == FAULT_DUPLICATE:
+        second_ms = due_ms + config.duplicate_gap_ms
+        second = _confirmation(routed, payment_id, 1, second_ms, decision)
+        planned.append(PlannedConfirmation(second_ms, second, fault))
+    elif fault == FAULT_ORPHAN:
+        orphan_id = ORPHAN_PREFIX + payment_id
+        clean = Decision(FAULT_NONE, False, None)
+        orphan = _confirmation(routed, orphan_id, 0, due_ms, clean)
+        planned.append(PlannedConfirmation(due_ms, orphan, fault))
+    return planned
+
+
+def expected_results(decision: Decision) -> tuple[str, ...]:
+    """The reconciliation results a payment with this decision should produce, in order.
+
+    A late answer is expected after the reconciler's SLA (late_ms must exceed it): the
+    payment goes MISSING first and the late answer then matches it (or is recorded as late).
+    """
+    answer = DECLINED if decision.declined else MATCHED
+    return {
+        FAULT_NONE: (answer,),
+        FAULT_AMOUNT_MISMATCH: (AMOUNT_MISMATCH,),
+        FAULT_CURRENCY_MISMATCH: (CURRENCY_MISMATCH,),
+        FAULT_MISSING: (MISSING_CONFIRMATION,),
+        FAULT_DUPLICATE: (answer, DUPLICATE_CONFIRMATION),
+        FAULT_ORPHAN: (answer, ORPHAN_CONFIRMATION),
+        FAULT_LATE: (
+            (MISSING_CONFIRMATION, MATCHED) if not decision.declined
+            else (MISSING_CONFIRMATION, LATE_CONFIRMATION)
+        ),
+    }[decision.fault]
+

@@ -1,0 +1,275 @@
+"""`settle merchants` and `settle simulate`: the producer commands (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from producers import reports
+from producers.channel_sim import DEFAULT_GROUP, ChannelSimulator, SimStats
+from producers.channels import FAULTS, ChannelSimConfig
+from producers.clients import read_to_end, registry_client, wall_clock_ms
+from producers.merchants import (
+    check_entries,
+    fold_merchant_records,
+    load_merchants,
+    publish_merchants,
+    sample_merchants_path,
+)
+from producers.order_flow import FlowStats, progress_bar, publish_orders, summary_tables
+from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_orders
+from producers.producer import AvroProducer
+from schemas.contract import schema_str_for
+from schemas.topics import value_subject
+from settle.config import Settings, load
+from settle.topics import CHANNEL_CONFIRMATIONS, CHANNELS, MERCHANTS, PAYMENTS_REQUESTED
+from settlement.model import MERCHANT_STATUSES
+
+console = Console(highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_RATIO = click.FloatRange(0.0, 1.0)
+
+
+def topic_prefix_option(command: F) -> F:
+    """--topic-prefix, defaulting to SETTLE_TOPIC_PREFIX like the stream processors."""
+    return click.option(
+        "--topic-prefix", default="", envvar="SETTLE_TOPIC_PREFIX", show_envvar=True,
+        help="Prefix every topic name (isolated test runs; the workers read the same setting).",
+    )(command)
+
+
+def _settings() -> Settings:
+    return load()
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@click.group("merchants")
+def merchants() -> None:
+    """Publish and inspect the merchant registry (the compacted `merchants` topic).
+
+    Load merchants before simulating orders: validation rejects payments to merchants it
+    has never seen (MERCHANT_UNKNOWN) and to SUSPENDED ones.
+    """
+
+
+@merchants.command("load")
+@click.argument("file", type=_FILE, required=False)
+@topic_prefix_option
+def merchants_load(file: Path | None, topic_prefix: str) -> None:
+    """Validate a merchants FILE (CSV or .json) and publish every merchant, keyed by id.
+
+    Columns: merchant_id,name,status,settlement_currency (status ACTIVE or SUSPENDED,
+    currency an ISO 4217 code). FILE defaults to the bundled demo sample. Every row is
+    checked before anything is published; problems are reported with their line number.
+    """
+    path = file or sample_merchants_path()
+    entries = load_merchants(path)
+    topic = topic_prefix + MERCHANTS
+    settings = _settings()
+    with registry_client(settings) as registry, AvroProducer(
+        settings.kafka, registry, client_id="merchants"
+    ) as producer, progress_bar() as progress:
+        task = progress.add_task("merchants", total=len(entries), rate="")
+        publish_merchants(producer, entries, wall_clock_ms(), topic,
+                          on_sent=lambda _e: progress.advance(task))
+    console.print(reports.merchants_table(entries, f"published {len(entries)} merchants from "
+                                          f"{path} to {topic}"))
+    console.print(reports.merchant_mix(entries))
+
+
+@merchants.command("upsert")
+@click.option("--id", "merchant_id", required=True, help="Merchant id, e.g. m-0021.")
+@click.option("--name", required=True, help="Display name.")
+@click.option("--status", required=True, type=click.Choice(sorted(MERCHANT_STATUSES)),
+              help="ACTIVE merchants take payments; SUSPENDED ones are rejected.")
+@click.option("--currency", required=True, help="Settlement currency (ISO 4217, e.g. CNY).")
+@topic_prefix_option
+def merchants_upsert(
+    merchant_id: str, name: str, status: str, currency: str, topic_prefix: str
+) -> None:
+    """Publish one merchant's new state (it supersedes older ones: newest updated_at wins)."""
+    row = {"merchant_id": merchant_id, "name": name, "status": status,
+           "settlement_currency": currency}
+    entries = check_entries([("--options", row)])
+    settings = _settings()
+    with registry_client(settings) as registry, AvroProducer(
+        settings.kafka, registry, client_id="merchants"
+    ) as producer:
+        publish_merchants(producer, entries, wall_clock_ms(), topic_prefix + MERCHANTS)
+    console.print(reports.merchants_table(entries, f"upserted to {topic_prefix + MERCHANTS}"))
+
+
+@merchants.command("list")
+@click.option("--timeout-s", default=30.0, show_default=True,
+              help="Give up reading the topic after this long.")
+@topic_prefix_option
+def merchants_list(timeout_s: float, topic_prefix: str) -> None:
+    """Read the `merchants` topic from the beginning to its end and show each merchant's
+    current state (newest updated_at per merchant_id; tombstones remove)."""
+    settings = _settings()
+    messages = read_to_end(settings.kafka, topic_prefix + MERCHANTS, timeout_s)
+    with registry_client(settings) as registry:
+        states, undecodable = fold_merchant_records(messages, registry)
+    console.print(reports.merchant_states_table(states, len(messages)))
+    if undecodable:
+        console.print(f"[yellow]{undecodable} undecodable record(s) skipped[/]")
+
+
+@click.group("simulate")
+def simulate() -> None:
+    """Simulators for the demo and tests: upstream order systems and payment channels."""
+
+
+@simulate.command("orders")
+@click.option("--count", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Records to publish, all kinds.")
+@click.option("--rate", default=100.0, show_default=True, type=click.FloatRange(min=0),
+              help="Records per second; 0 publishes as fast as possible.")
+@click.option("--seed", type=int, default=None,
+              help="Makes the run reproducible (payment_id pay-<seed>-<n>). Default: the clock, "
+                   "printed so the run can be repeated. Rerunning a seed republishes its ids.")
+@click.option("--merchants", "merchants_file", type=_FILE, default=None,
+              help="Merchants file the orders are drawn from (default: the bundled sample; "
+                   "load the same file with `settle merchants load`).")
+@click.option("--bad-ratio", default=0.05, show_default=True, type=_RATIO,
+              help="Share of injected bad input: invalid-but-decodable requests (rejected) and "
+                   "wire garbage (dead-lettered), cycling through every kind.")
+@click.option("--bad-kinds", default=",".join(INJECTED_KINDS), show_default=False,
+              help=f"Comma-separated kinds to inject (default all): {', '.join(INJECTED_KINDS)}.")
+@click.option("--duplicate-ratio", default=0.01, show_default=True, type=_RATIO,
+              help="Share of identical re-sends of earlier payments (deduplicated).")
+@click.option("--conflict-ratio", default=0.002, show_default=True, type=_RATIO,
+              help="Share of earlier payment_ids re-sent with another amount (rejected).")
+@topic_prefix_option
+@click.option("--dry-run", is_flag=True, help="Generate and summarise without publishing.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the run summary and expected accounting as JSON.")
+def simulate_orders(
+    count: int, rate: float, seed: int | None, merchants_file: Path | None, bad_ratio: float,
+    bad_kinds: str, duplicate_ratio: float, conflict_ratio: float, topic_prefix: str,
+    dry_run: bool, report_path: Path | None,
+) -> None:
+    """Publish a realistic, seed-reproducible flow of payment requests to payments.requested.
+
+    Valid payments go to ACTIVE merchants (Zipf-like mix), with wallets dominant in CN and
+    cards abroad, currencies matching the payer's region and long-tailed integer amounts.
+    The summary ends with what validate+route must do with the run:
+    in = routed + rejected + dead_lettered + deduplicated.
+    """
+    seed = seed if seed is not None else time.time_ns() // 1_000_000 % 10**9
+    entries = load_merchants(merchants_file or sample_merchants_path())
+    topic = topic_prefix + PAYMENTS_REQUESTED
+    settings = _settings()
+    mix = OrderMix(bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio,
+                   conflict_ratio=conflict_ratio, bad_kinds=_csv(bad_kinds))
+    stats = FlowStats()
+    console.print(f"seed [bold]{seed}[/] · {count} records · "
+                  f"{'unlimited' if rate == 0 else f'{rate:g}/s'} · topic {topic}")
+    if dry_run:
+        publish_orders(None, topic, generate_orders(seed, count, entries, mix), stats)
+    else:
+        with registry_client(settings) as registry:
+            # Garbage built from a real body carries the real schema id, so only its one
+            # intended defect makes it undecodable.
+            schema_id = registry.register(value_subject(topic), schema_str_for("PaymentRequested"))
+            orders = generate_orders(seed, count, entries, replace(mix, schema_id=schema_id))
+            with AvroProducer(settings.kafka, registry, client_id="order-sim",
+                              on_delivery=stats.on_delivery) as producer, \
+                    progress_bar() as progress:
+                task = progress.add_task("orders", total=count, rate="")
+
+                def advance(_order: SimulatedOrder) -> None:
+                    elapsed_s = progress.tasks[task].elapsed or 0.0
+                    shown = f"{stats.sent / elapsed_s:,.0f}/s" if elapsed_s else ""
+                    progress.update(task, advance=1, rate=shown)
+
+                publish_orders(producer, topic, orders, stats, rate, on_sent=advance)
+    for table in summary_tables(stats, topic, dry_run):
+        console.print(table)
+    if report_path is not None:
+        report = {"seed": seed, "count": count, "topic": topic, "rate_per_s": rate,
+                  "mix": {"bad_ratio": bad_ratio, "duplicate_ratio": duplicate_ratio,
+                          "conflict_ratio": conflict_ratio, "bad_kinds": list(mix.bad_kinds)},
+                  **stats.to_dict()}
+        report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        console.print(f"report written to {report_path}")
+    if stats.failed:
+        raise click.ClickException(f"{stats.failed} record(s) failed delivery: "
+                                   f"{stats.first_error}")
+
+
+@simulate.command("channels")
+@click.option("--seed", default=0, show_default=True,
+              help="Seeds the per-payment decisions (hash of seed and payment_id).")
+@click.option("--latency-ms", default=50, show_default=True, type=click.IntRange(min=0),
+              help="Typical answer latency; each payment gets 0.5x-1.5x of it.")
+@click.option("--decline-rate", default=0.05, show_default=True, type=_RATIO,
+              help="Share of payments the channel declines (FAILED with a decline code).")
+@click.option("--fault-rate", default=0.02, show_default=True, type=_RATIO,
+              help="Share of payments that get one injected fault.")
+@click.option("--faults", default=",".join(FAULTS), show_default=True,
+              help="Comma-separated faults to draw from.")
+@click.option("--late-ms", default=20_000, show_default=True, type=click.IntRange(min=0),
+              help="Delay of a late answer; set it beyond the reconciler's SLA.")
+@click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Consumer group.")
+@click.option("--channels", "channel_names", default=",".join(CHANNELS), show_default=True,
+              help="Channels to simulate (one routed topic each).")
+@click.option("--idle-exit-s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds without input (then send what is scheduled).")
+@click.option("--max-records", type=click.IntRange(min=1), default=None,
+              help="Stop after this many routed records (then send what is scheduled).")
+@topic_prefix_option
+def simulate_channels(
+    seed: int, latency_ms: int, decline_rate: float, fault_rate: float, faults: str,
+    late_ms: int, group: str, channel_names: str, idle_exit_s: float | None,
+    max_records: int | None, topic_prefix: str,
+) -> None:
+    """Answer routed payments like the channel gateways would, on channel.confirmations.
+
+    Consumes payments.routed.<channel> (read_committed, committing only after answering) and
+    publishes a ChannelConfirmation per payment, keyed by payment_id, after the latency.
+    Declines and faults (amount_mismatch, currency_mismatch, missing, duplicate, orphan,
+    late) are decided by a hash of seed and payment_id, so a replay decides the same.
+    Runs until Ctrl-C, --idle-exit-s or --max-records, then prints per-channel and per-fault
+    counts. The pipeline never depends on it: any client may publish confirmations.
+    """
+    unknown = sorted(set(_csv(channel_names)) - set(CHANNELS))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown channel(s) {', '.join(unknown)}", param_hint="--channels"
+        )
+    config = ChannelSimConfig(
+        seed=seed, latency_ms=latency_ms, decline_rate=decline_rate, fault_rate=fault_rate,
+        faults=_csv(faults), late_ms=late_ms,
+    )
+    settings = _settings()
+    routed = [f"{topic_prefix}payments.routed.{name}" for name in _csv(channel_names)]
+    with registry_client(settings) as registry:
+        simulator = ChannelSimulator(
+            settings, registry, config, group=group, routed_topics=routed,
+            confirmations_topic=topic_prefix + CHANNEL_CONFIRMATIONS,
+        )
+        console.print(f"answering {', '.join(routed)} as group {group} "
+                      f"(seed {seed}); Ctrl-C to stop")
+        with console.status("waiting for routed payments...") as status:
+
+            def show(stats: SimStats, scheduled: int) -> None:
+                status.update(f"consumed {stats.consumed_total} · published "
+                              f"{sum(stats.published.values())} · scheduled {scheduled}")
+
+            stats = simulator.run(max_records=max_records, idle_exit_s=idle_exit_s,
+                                  on_progress=show)
+    for table in reports.channel_tables(stats, config):
+        console.print(table)

@@ -1,0 +1,199 @@
+"""Publishing a simulated order flow: rate limiting, delivery counting and the run summary."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from producers.order_faults import BAD_REASONS, GARBAGE_ERRORS
+from producers.orders import CONFLICT, DUPLICATE, OUTCOMES, VALID, Accounting, SimulatedOrder
+from producers.producer import DeliveryReport
+
+# Carried in a header, never in the value: the kind must not change a payment's fingerprint.
+KIND_HEADER: Final = "settle-sim-kind"
+
+
+class Publisher(Protocol):
+    """The two AvroProducer methods the flow needs (a fake in unit tests)."""
+
+    def send(
+        self, topic: str, key: str, record: Any, headers: dict[str, str] | None = None
+    ) -> None: ...
+
+    def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None,
+        headers: dict[str, str] | None = None,
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class FlowStats:
+    """What a run did (sent, delivered) next to what the pipeline must do with it (expected)."""
+
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    first_error: str | None = None
+    by_method: Counter[str] = field(default_factory=Counter)
+    by_currency: Counter[str] = field(default_factory=Counter)
+    expected: Accounting = field(default_factory=Accounting)
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def on_delivery(self, report: DeliveryReport) -> None:
+        """Delivery-report callback (runs on the producer's poll, possibly another thread)."""
+        with self._lock:
+            if report.ok:
+                self.delivered += 1
+            else:
+                self.failed += 1
+                self.first_error = self.first_error or f"{report.key}: {report.error}"
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "interrupted": self.interrupted,
+            "by_method": dict(sorted(self.by_method.items())),
+            "by_currency": dict(sorted(self.by_currency.items())),
+            "expected": self.expected.to_dict(),
+        }
+
+
+def publish_order(publisher: Publisher, topic: str, order: SimulatedOrder) -> None:
+    """Send one order: a record through the Avro serializer, garbage as raw bytes."""
+    headers = {KIND_HEADER: order.kind}
+    if order.record is not None:
+        publisher.send(topic, order.key, order.record, headers=headers)
+    else:
+        publisher.send_raw(topic, order.key.encode("utf-8"), order.raw, headers=headers)
+
+
+def publish_orders(
+    publisher: Publisher | None,
+    topic: str,
+    orders: Iterable[SimulatedOrder],
+    stats: FlowStats,
+    rate_per_s: float = 0.0,
+    on_sent: Callable[[SimulatedOrder], None] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FlowStats:
+    """Publish orders at up to `rate_per_s` (0: as fast as possible); None publisher = dry run.
+
+    The pace is kept against the start time, not per record, so a slow send is caught up on
+    instead of lowering the rate for the rest of the run.
+    """
+    started = monotonic()
+    try:
+        for n, order in enumerate(orders):
+            if rate_per_s > 0:
+                delay_s = started + n / rate_per_s - monotonic()
+                if delay_s > 0:
+                    sleep(delay_s)
+            if publisher is not None:
+                publish_order(publisher, topic, order)
+            stats.sent += 1
+            stats.expected.add(order)
+            if order.record is not None and order.kind == VALID:
+                stats.by_method[order.record["method"]] += 1
+                stats.by_currency[order.record["currency"]] += 1
+            if on_sent is not None:
+                on_sent(order)
+    except KeyboardInterrupt:
+        # Stop cleanly: what was sent is still flushed and summarised (expected covers it).
+        stats.interrupted = True
+    stats.elapsed_s = monotonic() - started
+    return stats
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def _counter_text(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counter.most_common()) or "-"
+
+
+def summary_tables(stats: FlowStats, topic: str, dry_run: bool = False) -> list[Table]:
+    """The run summary: delivery, mix of valid payments, injected input, expected outcomes."""
+    run = Table(title="order flow" + (" (dry run: nothing published)" if dry_run else ""))
+    run.add_column("metric")
+    run.add_column("value", justify="right")
+    run.add_row("topic", topic)
+    sent = f"{stats.sent} (interrupted)" if stats.interrupted else str(stats.sent)
+    run.add_row("sent", sent)
+    run.add_row("delivered", "-" if dry_run else str(stats.delivered))
+    if stats.failed:
+        run.add_row("[red]failed[/]", f"[red]{stats.failed}[/]")
+        run.add_row("first error", stats.first_error or "")
+    run.add_row("elapsed", f"{stats.elapsed_s:.2f} s")
+    run.add_row("rate achieved", f"{stats.rate_per_s:,.1f} /s")
+    kinds = stats.expected.kinds
+    run.add_row("valid", str(kinds[VALID]))
+    run.add_row("duplicates", str(kinds[DUPLICATE]))
+    run.add_row("conflicts", str(kinds[CONFLICT]))
+    injected = sum(n for kind, n in kinds.items() if kind.startswith(("bad-", "garbage-")))
+    run.add_row("bad injected", str(injected))
+
+    mix = Table(title="valid payments by method and currency")
+    mix.add_column("by method")
+    mix.add_column("by currency")
+    mix.add_row(_counter_text(stats.by_method), _counter_text(stats.by_currency))
+
+    bad = Table(title="injected bad input")
+    bad.add_column("kind")
+    bad.add_column("count", justify="right")
+    bad.add_column("expected reason / error")
+    for kind, n in sorted(kinds.items()):
+        if kind.startswith(("bad-", "garbage-")):
+            bad.add_row(kind, str(n), _reason_of(kind))
+
+    expected = Table(title="expected outcome at validate+route (in = sum of outcomes)")
+    expected.add_column("outcome")
+    expected.add_column("count", justify="right")
+    expected.add_column("detail")
+    for outcome in OUTCOMES:
+        detail = _counter_text(stats.expected.channels) if outcome == "routed" else ""
+        expected.add_row(outcome, str(stats.expected[outcome]), detail)
+    expected.add_row("[bold]in[/]", f"[bold]{stats.expected.count}[/]",
+                     "balanced" if stats.expected.balanced else "[red]unbalanced[/]")
+    tables = [run, mix]
+    if injected:
+        tables.append(bad)
+    tables.append(expected)
+    return tables
+
+
+def _reason_of(kind: str) -> str:
+    return BAD_REASONS.get(kind) or GARBAGE_ERRORS.get(kind) or ""

@@ -1,0 +1,104 @@
+"""Rich tables the producer commands print: merchants, and the channel simulator's summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from rich.table import Table
+
+from producers.channel_sim import SimStats
+from producers.channels import FAULT_NONE, FAULTS, ChannelSimConfig, Decision, expected_results
+from producers.merchants import MerchantEntry, MerchantState
+
+
+def _status(status: str) -> str:
+    return status if status == "ACTIVE" else f"[yellow]{status}[/]"
+
+
+def merchants_table(entries: Sequence[MerchantEntry], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("merchant_id", "name", "status", "currency"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(entry.merchant_id, entry.name, _status(entry.status),
+                      entry.settlement_currency)
+    return table
+
+
+def merchant_mix(entries: Sequence[MerchantEntry]) -> Table:
+    table = Table(title="summary")
+    table.add_column("merchants", justify="right")
+    table.add_column("by status")
+    table.add_column("by settlement currency")
+    statuses = Counter(e.status for e in entries)
+    currencies = Counter(e.settlement_currency for e in entries)
+    table.add_row(
+        str(len(entries)),
+        ", ".join(f"{k} {v}" for k, v in statuses.most_common()),
+        ", ".join(f"{k} {v}" for k, v in currencies.most_common()),
+    )
+    return table
+
+
+def merchant_states_table(states: Mapping[str, MerchantState], records_read: int) -> Table:
+    table = Table(title=f"merchants: {len(states)} current (from {records_read} records)")
+    for column in ("merchant_id", "name", "status", "currency", "updated (UTC)", "p/offset"):
+        table.add_column(column, no_wrap=column != "name")
+    for merchant_id in sorted(states):
+        state = states[merchant_id]
+        updated = datetime.fromtimestamp(state.updated_at_ms // 1000, UTC)
+        table.add_row(
+            merchant_id, state.entry.name, _status(state.entry.status),
+            state.entry.settlement_currency, updated.strftime("%Y-%m-%d %H:%M"),
+            f"{state.partition}/{state.offset}",
+        )
+    return table
+
+
+def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
+    """Totals, then per channel, then per fault with the reconciliation it should cause."""
+    totals = Table(title="channel simulator")
+    totals.add_column("metric")
+    totals.add_column("value", justify="right")
+    published = sum(stats.published.values())
+    rows = [
+        ("stopped", stats.stop_reason or "-"),
+        ("routed records consumed", str(stats.consumed_total)),
+        ("undecodable (skipped)", str(stats.undecodable)),
+        ("confirmations scheduled", str(stats.scheduled)),
+        ("confirmations published", str(published)),
+        ("delivered", str(stats.delivered)),
+        ("orphan confirmations", str(stats.orphans)),
+        ("offset commits", str(stats.commits)),
+        ("elapsed", f"{stats.elapsed_s:.1f} s"),
+    ]
+    if stats.failed:
+        rows.append(("[red]failed delivery[/]", f"[red]{stats.failed}: {stats.first_error}[/]"))
+    if stats.consumer_error:
+        rows.append(("[yellow]consumer error[/]", f"[yellow]{stats.consumer_error}[/]"))
+    for name, value in rows:
+        totals.add_row(name, value)
+    unsent = stats.scheduled - published
+    if unsent:
+        totals.add_row("[yellow]scheduled, not sent[/]", f"[yellow]{unsent}[/]")
+
+    channels = Table(title="per channel")
+    for column in ("channel", "routed", "declined", "confirmations"):
+        channels.add_column(column, justify="right" if column != "channel" else "left")
+    for channel in sorted(set(stats.consumed) | set(stats.published)):
+        channels.add_row(channel, str(stats.consumed[channel]), str(stats.declined[channel]),
+                         str(stats.published[channel]))
+
+    faults = Table(title=f"per fault (seed {config.seed}, fault rate {config.fault_rate:g}, "
+                         f"decline rate {config.decline_rate:g})")
+    faults.add_column("fault")
+    faults.add_column("payments", justify="right")
+    faults.add_column("expected reconciliation (not declined)")
+    for fault in (FAULT_NONE, *FAULTS):
+        count = stats.faults[fault]
+        if count or fault in config.faults:
+            outcome = " then ".join(expected_results(Decision(fault, False, None)))
+            faults.add_row(fault, str(count), outcome)
+    return [totals, channels, faults]

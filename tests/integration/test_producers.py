@@ -1,0 +1,233 @@
+"""The producer commands on the real stack: merchants, simulated orders, the channel simulator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import TopicPartition
+
+from producers.channels import ChannelSimConfig, plan_confirmations
+from producers.cli import merchants, simulate
+from producers.clients import read_at, read_to_end, registry_client, wall_clock_ms
+from producers.merchants import (
+    MerchantEntry,
+    fold_merchant_records,
+    load_merchants,
+    publish_merchants,
+    sample_merchants_path,
+)
+from producers.order_flow import KIND_HEADER, publish_order
+from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_orders
+from producers.producer import AvroProducer, DeliveryReport
+from schemas.codec import AvroDeserializer, to_epoch_ms
+from schemas.contract import schema_str_for
+from schemas.registry import RegistryClient
+from schemas.topics import value_subject
+from settle.config import Settings
+from settle.kafka import make_consumer
+from settle.topics import (
+    CHANNEL_CONFIRMATIONS,
+    CONTRACT,
+    MERCHANTS,
+    PAYMENTS_REQUESTED,
+    ROUTED_TOPICS,
+    create_topics,
+    delete_topics,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def registry(stack: Settings) -> Iterator[RegistryClient]:
+    with registry_client(stack) as client:
+        yield client
+
+
+def unique_seed() -> int:
+    # payment_ids are pay-<seed>-<n>: a fresh seed keeps reruns from colliding on the topic.
+    return uuid.uuid4().int % 10**12
+
+
+# -- merchants --------------------------------------------------------------------------------
+
+
+def test_sample_merchants_load_and_read_back(stack: Settings, registry: RegistryClient) -> None:
+    entries = load_merchants(sample_merchants_path())
+    updated_at_ms = wall_clock_ms()
+    with AvroProducer(stack.kafka, registry, client_id="test-merchants") as producer:
+        publish_merchants(producer, entries, updated_at_ms, MERCHANTS)
+    states, undecodable = fold_merchant_records(read_to_end(stack.kafka, MERCHANTS), registry)
+    assert undecodable == 0
+    for entry in entries:
+        state = states[entry.merchant_id]
+        assert state.entry == entry
+        assert state.updated_at_ms >= updated_at_ms
+
+
+def test_merchants_cli_load_upsert_list(stack: Settings, registry: RegistryClient) -> None:
+    runner = CliRunner()
+    loaded = runner.invoke(merchants, ["load"])
+    assert loaded.exit_code == 0, loaded.output
+    assert "published 20 merchants" in loaded.output
+    merchant_id = f"m-test-{uuid.uuid4().hex[:8]}"
+    try:
+        for status in ("ACTIVE", "SUSPENDED"):
+            upsert = runner.invoke(merchants, ["upsert", "--id", merchant_id, "--name", "Test Shop",
+                                               "--status", status, "--currency", "KWD"])
+            assert upsert.exit_code == 0, upsert.output
+        states, _ = fold_merchant_records(read_to_end(stack.kafka, MERCHANTS), registry)
+        assert states[merchant_id].entry == MerchantEntry(merchant_id, "Test Shop", "SUSPENDED",
+                                                          "KWD")
+        listed = CliRunner().invoke(merchants, ["list"], terminal_width=200)
+        assert listed.exit_code == 0, listed.output
+        assert "m-0001" in listed.output and merchant_id in listed.output
+    finally:
+        # A tombstone, so the test merchant leaves the directory (and, compacted, the topic).
+        with AvroProducer(stack.kafka, registry, client_id="test-merchants") as producer:
+            producer.send_raw(MERCHANTS, merchant_id.encode(), None)
+    states, _ = fold_merchant_records(read_to_end(stack.kafka, MERCHANTS), registry)
+    assert merchant_id not in states
+
+
+def test_invalid_merchants_file_is_refused_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("merchant_id,name,status,settlement_currency\nm-1,Shop,OPEN,CNY\n")
+    result = CliRunner().invoke(merchants, ["load", str(path)])
+    assert result.exit_code != 0
+    assert "line 2: status 'OPEN'" in str(result.exception)
+
+
+# -- simulated orders -------------------------------------------------------------------------
+
+
+def test_simulated_orders_read_back_by_offset(stack: Settings, registry: RegistryClient) -> None:
+    schema_id = registry.register(
+        value_subject(PAYMENTS_REQUESTED), schema_str_for("PaymentRequested")
+    )
+    mix = OrderMix(bad_ratio=0.4, duplicate_ratio=0.1, conflict_ratio=0.05, schema_id=schema_id)
+    orders = list(generate_orders(unique_seed(), 60, load_merchants(sample_merchants_path()), mix))
+    assert {o.kind for o in orders} >= set(INJECTED_KINDS) - {"bad-merchant-suspended"}
+    reports: list[DeliveryReport] = []
+    placed: list[tuple[SimulatedOrder, DeliveryReport]] = []
+    with AvroProducer(stack.kafka, registry, client_id="test-orders",
+                      on_delivery=reports.append) as producer:
+        for order in orders:
+            publish_order(producer, PAYMENTS_REQUESTED, order)
+            producer.flush()  # one at a time, so each report belongs to this order
+            placed.append((order, reports[-1]))
+    assert all(report.ok for _, report in placed)
+    found = read_at(stack.kafka, PAYMENTS_REQUESTED,
+                    [(r.partition, r.offset) for _, r in placed])
+    decoder = AvroDeserializer(registry)
+    for order, report in placed:
+        msg = found[(report.partition, report.offset)]
+        assert msg.key() == order.payment_id.encode()
+        assert dict(msg.headers() or [])[KIND_HEADER] == order.kind.encode()
+        if order.record is not None:
+            decoded = decoder.decode(msg.value())
+            decoded["created_at"] = to_epoch_ms(decoded["created_at"])
+            assert decoded == order.record
+        else:
+            assert (msg.value() or b"") == order.raw
+
+
+def test_simulate_orders_cli_publishes_and_reports(stack: Settings, tmp_path: Path) -> None:
+    report_path = tmp_path / "orders.json"
+    result = CliRunner().invoke(simulate, [
+        "orders", "--count", "40", "--rate", "0", "--seed", str(unique_seed()),
+        "--bad-ratio", "0.2", "--report", str(report_path),
+    ], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["sent"] == report["delivered"] == 40 and report["failed"] == 0
+    expected = report["expected"]
+    outcomes = ("routed", "rejected", "dead_lettered", "deduplicated")
+    assert sum(expected[o] for o in outcomes) == 40
+
+
+# -- the channel simulator (on its own copies of the topics) ----------------------------------
+
+
+@pytest.fixture()
+def prefix(stack: Settings) -> Iterator[str]:
+    p = f"t{uuid.uuid4().hex[:8]}."
+    names = (*ROUTED_TOPICS, CHANNEL_CONFIRMATIONS)
+    create_topics(stack.kafka, [s for s in CONTRACT if s.name in names], name_prefix=p)
+    yield p
+    delete_topics(stack.kafka, [p + n for n in names])
+
+
+def routed_record(
+    payment_id: str, channel: str, amount_minor: int, currency: str
+) -> dict[str, Any]:
+    now = wall_clock_ms()
+    return {
+        "payment_id": payment_id, "merchant_id": "m-0001", "order_id": f"o-{payment_id}",
+        "payer_id": "payer-1", "amount_minor": amount_minor, "currency": currency,
+        "method": channel, "interface": "APP", "region": "CN", "created_at": now,
+        "metadata": {}, "channel": channel, "rule_id": "test", "routed_at": now,
+    }
+
+
+def test_channel_simulator_answers_routed_payments(
+    stack: Settings, registry: RegistryClient, prefix: str
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    routed = [
+        routed_record(f"pay-chan-{run}-{i:03d}", channel, 1000 + i, currency)
+        for i, (channel, currency) in enumerate(
+            [("ALIPAY", "CNY"), ("CARD", "JPY"), ("WECHAT_PAY", "HKD"), ("UNIONPAY", "KWD")] * 6
+        )
+    ]
+    with AvroProducer(stack.kafka, registry, client_id="test-routed") as producer:
+        for record in routed:
+            producer.send(f"{prefix}payments.routed.{record['channel'].lower()}",
+                          record["payment_id"], record)
+    seed, group = 7, f"test-channel-sim-{run}"
+    args = ["channels", "--seed", str(seed), "--latency-ms", "20", "--fault-rate", "0.5",
+            "--decline-rate", "0.2", "--late-ms", "1500", "--max-records", str(len(routed)),
+            "--group", group, "--topic-prefix", prefix]
+    result = CliRunner().invoke(simulate, args, terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "max-records reached" in result.output
+
+    config = ChannelSimConfig(seed=seed, latency_ms=20, fault_rate=0.5, decline_rate=0.2,
+                              late_ms=1500)
+    planned = [p for r in routed for p in plan_confirmations(r, 0, config)]
+    assert {p.fault for p in planned} - {"none"}, "the seed should inject some faults"
+
+    def shape(record: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(record[k] for k in ("payment_id", "confirmation_id", "channel", "status",
+                                         "amount_minor", "currency", "decline_code"))
+
+    decoder = AvroDeserializer(registry)
+    messages = read_to_end(stack.kafka, prefix + CHANNEL_CONFIRMATIONS)
+    got = []
+    for msg in messages:
+        record = decoder.decode(msg.value())
+        assert msg.key() == record["payment_id"].encode()
+        got.append(shape(record))
+    assert Counter(got) == Counter(shape(p.record) for p in planned)
+
+    # Every consumed record was answered before its offset was committed.
+    consumer = make_consumer(stack.kafka, group)
+    try:
+        partitions = [TopicPartition(prefix + t, p) for t in ROUTED_TOPICS
+                      for p in range(stack.kafka.partitions)]
+        committed = consumer.committed(partitions, timeout=15)
+        assert sum(tp.offset > 0 for tp in committed) >= 4
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=15)[1]
+                for tp in partitions}
+        for tp in committed:
+            if ends[(tp.topic, tp.partition)] > 0:
+                assert tp.offset == ends[(tp.topic, tp.partition)], tp
+    finally:
+        consumer.close()
