@@ -1,0 +1,47 @@
+"""`settle bench ...`: throughput of a stage on the real stack (never part of the tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from settle.cli.common import console, settings
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks on the real stack; reports go to .bench/ (JSON and a table)."""
+
+
+@bench.command("validate")
+@click.option("--count", type=int, default=100_000, show_default=True,
+              help="Payments preloaded per run.")
+@click.option("--runs", type=int, default=3, show_default=True, help="Runs; the median counts.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--bad-ratio", type=float, default=0.05, show_default=True,
+              help="Share of injected bad input (rejections and dead letters).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path(".bench"),
+              show_default=True)
+def bench_validate_cmd(count: int, runs: int, seed: int, bad_ratio: float, out_dir: Path) -> None:
+    """Drain COUNT preloaded payments through one validate+route worker, RUNS times.
+
+    Records/s are timed from the worker's first output to its last expected one (start-up
+    excluded); CPU is the worker's user+system time over the same span.
+    """
+    from settle.bench import bench_validate
+
+    report = bench_validate(settings(), count, runs, seed, bad_ratio, out_dir,
+                            progress=lambda m: console.print(f"[dim]{m}[/]"))
+    table = Table(title=f"validate+route, {count:,} payments per run")
+    for col in ("run", "records/s", "steady s", "CPU s", "CPU s / 1,000", "peak RSS MiB",
+                "start-up s"):
+        table.add_column(col, justify="right")
+    for i, r in enumerate(report["runs"], 1):  # type: ignore[arg-type]
+        table.add_row(str(i), f"{r['records_per_s']:,.0f}", str(r["steady_s"]), str(r["cpu_s"]),
+                      str(r["cpu_s_per_1000"]), str(r["rss_mib_peak"]), str(r["startup_s"]))
+    console.print(table)
+    console.print(f"median {report['records_per_s_median']:,.0f} records/s, "
+                  f"{report['cpu_s_per_1000_median']} CPU s per 1,000 payments; "
+                  f"report in {out_dir / 'validate.json'}")
