@@ -53,6 +53,13 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # aiokafka's default linger of 0 sends one produce request per record; a few ms of
+        # linger batches them (profiled: socket writes were the largest cost per record).
+        producer_linger=0.01,
+        producer_max_batch_size=262144,
+        producer_compression_type="lz4",
+        stream_buffer_maxsize=8192,
+        broker_max_poll_records=2000,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         web_enabled=ps.web_port > 0,
