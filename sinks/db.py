@@ -8,7 +8,9 @@ from settle.config import PostgresSettings
 from sinks.errors import DatabaseUnavailable
 
 
-def connect(settings: PostgresSettings, *, autocommit: bool = False, timeout_s: int = 10) -> psycopg.Connection:
+def connect(
+    settings: PostgresSettings, *, autocommit: bool = False, timeout_s: int = 10
+) -> psycopg.Connection:
     """Open a connection; connection failures become ``DatabaseUnavailable`` (password masked)."""
     try:
         return psycopg.connect(

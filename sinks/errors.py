@@ -13,3 +13,39 @@ class MigrationError(SinkError):
 
 class DatabaseUnavailable(SinkError):
     """PostgreSQL cannot be reached (yet); the caller retries with backoff."""
+
+
+class SchemaNotMigrated(SinkError):
+    """A table the sink writes is missing: run `settle db migrate` first."""
+
+
+class RetryableError(SinkError):
+    """The batch could not be committed this time; it is rolled back and retried as it was."""
+
+
+class DeadLetterFailed(RetryableError):
+    """Dead letters could not be delivered to Kafka; the batch is rolled back and retried."""
+
+
+class ConcurrentWriteConflict(RetryableError):
+    """Another writer changed rows this batch depends on; a retry sees its effects."""
+
+
+class SinkInvariantError(SinkError):
+    """A record would break an invariant of the stored data; it is dead-lettered, never written."""
+
+
+class InvalidRecord(SinkInvariantError):
+    """A decoded record has a value the tables cannot hold or the domain forbids."""
+
+
+class TerminalStateConflict(SinkInvariantError):
+    """A MATCHED result for a payment that already has another terminal state: never posted."""
+
+
+class PaymentInAnotherBatch(SinkInvariantError):
+    """A settlement batch holds a payment that another batch already settled."""
+
+
+class BatchContentConflict(SinkInvariantError):
+    """A batch id arrived again with different contents than the batch already stored."""

@@ -1,0 +1,203 @@
+"""Ledger sink writer: reconciliation.results to payments, ledger journals and exceptions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from settlement.fees import FeeSchedule
+from settlement.reconciliation import MATCHED
+from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
+from sinks.errors import TerminalStateConflict
+from sinks.ledger_rows import (
+    EntryRow,
+    ExceptionRow,
+    JournalRow,
+    LedgerRows,
+    PaymentRow,
+    build_ledger_rows,
+    fee_schedule_from_env,
+    result_rows,
+)
+from sinks.pg import copy_rows, require_tables
+
+__all__ = [
+    "LedgerWriter",
+    "build_ledger_rows",
+    "fee_schedule_from_env",
+    "result_rows",
+]
+
+TABLES = ("payments", "ledger_journals", "ledger_entries", "reconciliation_exceptions")
+
+# Staging tables live per connection and empty themselves at every commit; the writer copies
+# a batch into them and moves it with INSERT ... SELECT ... ON CONFLICT, so a replay is a no-op.
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_ledger_journals (
+    journal_id text, payment_id text, currency text,
+    gross_minor bigint, fee_minor bigint, net_minor bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_ledger_entries (
+    journal_id text, payment_id text, account text, side text, amount_minor bigint,
+    currency text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_payments (
+    payment_id text, merchant_id text, channel text, amount_minor bigint, currency text,
+    state text, late boolean, result_id text, created_at timestamptz, decided_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_recon_exceptions (
+    result_id text, payment_id text, merchant_id text, channel text, outcome text,
+    expected_amount_minor bigint, expected_currency text, confirmed_amount_minor bigint,
+    confirmed_currency text, confirmation_id text, channel_txn_id text, detail text,
+    decided_at timestamptz
+) ON COMMIT DELETE ROWS;
+"""
+
+_CLEAR_STAGING = (
+    "DELETE FROM stage_ledger_journals; DELETE FROM stage_ledger_entries; "
+    "DELETE FROM stage_payments; DELETE FROM stage_recon_exceptions"
+)
+
+# First terminal state wins; the one exception is a late MATCHED replacing
+# MISSING_CONFIRMATION, which happens at most once because the state then is MATCHED.
+_UPSERT_PAYMENTS = """
+INSERT INTO payments (payment_id, merchant_id, channel, amount_minor, currency, state, late,
+                      result_id, created_at, decided_at)
+SELECT payment_id, merchant_id, channel, amount_minor, currency, state, late,
+       result_id, created_at, decided_at
+  FROM stage_payments
+ON CONFLICT (payment_id) DO UPDATE
+   SET state = EXCLUDED.state,
+       late = EXCLUDED.late,
+       result_id = EXCLUDED.result_id,
+       decided_at = EXCLUDED.decided_at,
+       merchant_id = COALESCE(EXCLUDED.merchant_id, payments.merchant_id),
+       channel = COALESCE(EXCLUDED.channel, payments.channel),
+       amount_minor = COALESCE(EXCLUDED.amount_minor, payments.amount_minor),
+       currency = COALESCE(EXCLUDED.currency, payments.currency),
+       updated_at = now()
+ WHERE payments.state = 'MISSING_CONFIRMATION' AND EXCLUDED.state = 'MATCHED'
+RETURNING payment_id, state
+"""
+
+# Only journals inserted by this statement get their entries, so a replayed MATCHED result
+# can neither post twice nor add postings to a journal written earlier.
+_INSERT_JOURNALS = """
+WITH journals AS (
+    INSERT INTO ledger_journals (journal_id, payment_id, currency, gross_minor, fee_minor,
+                                 net_minor)
+    SELECT journal_id, payment_id, currency, gross_minor, fee_minor, net_minor
+      FROM stage_ledger_journals
+     WHERE payment_id = ANY(%s)
+    ON CONFLICT (payment_id) DO NOTHING
+    RETURNING journal_id
+), entries AS (
+    INSERT INTO ledger_entries (journal_id, payment_id, account, side, amount_minor, currency)
+    SELECT e.journal_id, e.payment_id, e.account, e.side, e.amount_minor, e.currency
+      FROM stage_ledger_entries e JOIN journals j USING (journal_id)
+    ON CONFLICT (payment_id, account, side) DO NOTHING
+    RETURNING side
+)
+SELECT (SELECT count(*) FROM journals),
+       (SELECT count(*) FROM entries WHERE side = 'DEBIT'),
+       (SELECT count(*) FROM entries WHERE side = 'CREDIT')
+"""
+
+_INSERT_EXCEPTIONS = """
+INSERT INTO reconciliation_exceptions (result_id, payment_id, merchant_id, channel, outcome,
+    expected_amount_minor, expected_currency, confirmed_amount_minor, confirmed_currency,
+    confirmation_id, channel_txn_id, detail, decided_at)
+SELECT result_id, payment_id, merchant_id, channel, outcome, expected_amount_minor,
+       expected_currency, confirmed_amount_minor, confirmed_currency, confirmation_id,
+       channel_txn_id, detail, decided_at
+  FROM stage_recon_exceptions
+ON CONFLICT (result_id) DO NOTHING
+"""
+
+_T, _B, _BOOL, _TS = "text", "int8", "bool", "timestamptz"
+_STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("stage_ledger_journals", JournalRow._fields, (_T, _T, _T, _B, _B, _B)),
+    ("stage_ledger_entries", EntryRow._fields, (_T, _T, _T, _T, _B, _T)),
+    ("stage_payments", PaymentRow._fields, (_T, _T, _T, _B, _T, _T, _BOOL, _T, _TS, _TS)),
+    ("stage_recon_exceptions", ExceptionRow._fields,
+     (_T, _T, _T, _T, _T, _B, _T, _B, _T, _T, _T, _T, _TS)),
+)
+
+
+class LedgerWriter:
+    """Writes a batch of ReconciliationResult records in the caller's transaction."""
+
+    name = "ledger"
+    stage = "ledger-sink"
+    record_name = "ReconciliationResult"
+
+    def __init__(self, fees: FeeSchedule | None = None) -> None:
+        self.fees = fees if fees is not None else fee_schedule_from_env()
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        require_tables(conn, (*TABLES, "sink_offsets"))
+        conn.execute(_STAGING_DDL)
+
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
+        rows = build_ledger_rows([r.record or {} for r in records], self.fees)
+        result = WriteResult(dead=dead_from_rejections(records, rows.rejected))
+        result.duplicates = rows.duplicates
+        with conn.cursor() as cur:
+            cur.execute(_CLEAR_STAGING)  # rows of an earlier record in the same transaction
+            self._stage(cur, rows)
+            changed = cur.execute(_UPSERT_PAYMENTS).fetchall()
+            result.add_rows("payments", len(changed))
+            matched_now = [pid for pid, state in changed if state == MATCHED]
+            result.dead.extend(self._conflicts(cur, records, rows, set(matched_now)))
+            if matched_now:
+                counts = cur.execute(_INSERT_JOURNALS, (matched_now,)).fetchone()
+                assert counts is not None  # an aggregate SELECT always returns one row
+                journals, debits, credits = counts
+                result.add_rows("ledger_journals", journals)
+                result.add_rows("ledger_entries", debits + credits)
+                result.postings_by_side = {"DEBIT": debits, "CREDIT": credits}
+            if rows.exceptions:
+                cur.execute(_INSERT_EXCEPTIONS)
+                result.add_rows("reconciliation_exceptions", cur.rowcount)
+        return result
+
+    @staticmethod
+    def _stage(cur: psycopg.Cursor, rows: LedgerRows) -> None:
+        batches: tuple[Sequence[Sequence[object]], ...] = (
+            rows.journals, rows.entries, rows.payments, rows.exceptions
+        )
+        for (table, columns, types), batch in zip(_STAGES, batches, strict=True):
+            if batch:
+                copy_rows(cur, table, columns, types, batch)
+
+    @staticmethod
+    def _conflicts(
+        cur: psycopg.Cursor,
+        records: Sequence[SourceRecord],
+        rows: LedgerRows,
+        matched_now: set[str],
+    ) -> list[DeadRecord]:
+        """MATCHED results whose payment already holds another verdict: dead letters.
+
+        A replayed MATCHED result finds its own result_id stored and is no conflict.
+        """
+        wanted = {p.payment_id: p.result_id for p in rows.payments if p.state == MATCHED}
+        pending = [pid for pid in wanted if pid not in matched_now]
+        if not pending:
+            return []
+        dead: list[DeadRecord] = []
+        stored = cur.execute(
+            "SELECT payment_id, state, result_id FROM payments WHERE payment_id = ANY(%s)",
+            (pending,),
+        ).fetchall()
+        for payment_id, state, result_id in stored:
+            if state == MATCHED and result_id == wanted[payment_id]:
+                continue
+            message = (
+                f"MATCHED result {wanted[payment_id]} for payment {payment_id}, which is "
+                f"already {state} by {result_id}: not posted"
+            )
+            source = records[rows.matched_index[payment_id]]
+            dead.append(DeadRecord(source, TerminalStateConflict.__name__, message))
+        return dead

@@ -1,0 +1,144 @@
+"""Settlement sink writer: settlements.batches to settlement_batches and their items."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
+from sinks.errors import BatchContentConflict, ConcurrentWriteConflict, PaymentInAnotherBatch
+from sinks.pg import copy_rows, require_tables
+from sinks.settlement_rows import BatchRow, ItemRow, batch_rows, build_settlement_rows
+
+__all__ = ["SettlementWriter", "batch_rows", "build_settlement_rows"]
+
+TABLES = ("settlement_batches", "settlement_batch_items")
+
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_settlement_batches (
+    batch_id text, merchant_id text, currency text, window_start timestamptz,
+    window_end timestamptz, payment_count int4, gross_minor bigint, fee_minor bigint,
+    net_minor bigint, closed_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_settlement_items (
+    batch_id text, payment_id text, gross_minor bigint, fee_minor bigint, net_minor bigint,
+    matched_at timestamptz
+) ON COMMIT DELETE ROWS;
+"""
+
+_CLEAR_STAGING = "DELETE FROM stage_settlement_batches; DELETE FROM stage_settlement_items"
+
+# A payment already settled in another batch, or a stored batch whose contents differ from
+# this one (closed_at aside): either way the incoming batch is refused whole.
+_CONFLICTS = """
+SELECT s.batch_id, %(in_other)s::text,
+       'payment ' || s.payment_id || ' is already settled in batch ' || i.batch_id
+  FROM stage_settlement_items s
+  JOIN settlement_batch_items i USING (payment_id)
+ WHERE i.batch_id <> s.batch_id
+UNION ALL
+SELECT s.batch_id, %(content)s::text,
+       'stored batch ' || s.batch_id || ' has other totals, window or merchant'
+  FROM stage_settlement_batches s
+  JOIN settlement_batches b USING (batch_id)
+ WHERE (b.merchant_id, b.currency::text, b.window_start, b.window_end, b.payment_count,
+        b.gross_minor, b.fee_minor, b.net_minor)
+       IS DISTINCT FROM
+       (s.merchant_id, s.currency, s.window_start, s.window_end, s.payment_count,
+        s.gross_minor, s.fee_minor, s.net_minor)
+UNION ALL
+SELECT s.batch_id, %(content)s::text,
+       'stored batch ' || s.batch_id || ' has payment ' || s.payment_id ||
+       ' missing or with other amounts'
+  FROM stage_settlement_items s
+  JOIN settlement_batches b USING (batch_id)
+  LEFT JOIN settlement_batch_items i
+         ON i.payment_id = s.payment_id AND i.batch_id = s.batch_id
+ WHERE i.payment_id IS NULL
+    OR (i.gross_minor, i.fee_minor, i.net_minor)
+       IS DISTINCT FROM (s.gross_minor, s.fee_minor, s.net_minor)
+"""
+
+_DROP_STAGED = (
+    "DELETE FROM stage_settlement_batches WHERE batch_id = ANY(%s)",
+    "DELETE FROM stage_settlement_items WHERE batch_id = ANY(%s)",
+)
+
+# Items only for batches inserted by this statement: a replayed batch adds nothing.
+_INSERT = """
+WITH batches AS (
+    INSERT INTO settlement_batches (batch_id, merchant_id, currency, window_start, window_end,
+                                    payment_count, gross_minor, fee_minor, net_minor, closed_at)
+    SELECT batch_id, merchant_id, currency, window_start, window_end, payment_count,
+           gross_minor, fee_minor, net_minor, closed_at
+      FROM stage_settlement_batches
+    ON CONFLICT (batch_id) DO NOTHING
+    RETURNING batch_id, payment_count
+), items AS (
+    INSERT INTO settlement_batch_items (batch_id, payment_id, gross_minor, fee_minor,
+                                        net_minor, matched_at)
+    SELECT s.batch_id, s.payment_id, s.gross_minor, s.fee_minor, s.net_minor, s.matched_at
+      FROM stage_settlement_items s JOIN batches b USING (batch_id)
+    ON CONFLICT (payment_id) DO NOTHING
+    RETURNING batch_id
+)
+SELECT (SELECT count(*) FROM batches),
+       (SELECT COALESCE(sum(payment_count), 0) FROM batches),
+       (SELECT count(*) FROM items)
+"""
+
+_CONFLICT_TYPES = {
+    "in_other": PaymentInAnotherBatch.__name__,
+    "content": BatchContentConflict.__name__,
+}
+_BATCH_TYPES = ("text", "text", "text", "timestamptz", "timestamptz", "int4", "int8", "int8",
+                "int8", "timestamptz")
+_ITEM_TYPES = ("text", "text", "int8", "int8", "int8", "timestamptz")
+
+
+class SettlementWriter:
+    """Writes a batch of SettlementBatch records in the caller's transaction."""
+
+    name = "settlement"
+    stage = "settlement-sink"
+    record_name = "SettlementBatch"
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        require_tables(conn, (*TABLES, "sink_offsets"))
+        conn.execute(_STAGING_DDL)
+
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
+        rows = build_settlement_rows([r.record or {} for r in records])
+        result = WriteResult(dead=dead_from_rejections(records, rows.rejected))
+        result.duplicates = rows.duplicates
+        if not rows.batches:
+            return result
+        with conn.cursor() as cur:
+            cur.execute(_CLEAR_STAGING)  # rows of an earlier record in the same transaction
+            copy_rows(cur, "stage_settlement_batches", BatchRow._fields, _BATCH_TYPES,
+                      rows.batches)
+            copy_rows(cur, "stage_settlement_items", ItemRow._fields, _ITEM_TYPES, rows.items)
+            refused: dict[str, tuple[str, str]] = {}
+            conflicts = cur.execute(_CONFLICTS, _CONFLICT_TYPES).fetchall()
+            for batch_id, error_type, message in conflicts:
+                refused.setdefault(batch_id, (error_type, message))
+            if refused:
+                for statement in _DROP_STAGED:
+                    cur.execute(statement, (list(refused),))
+                result.dead.extend(
+                    DeadRecord(records[rows.batch_index[bid]], error_type, message)
+                    for bid, (error_type, message) in refused.items()
+                )
+            counts = cur.execute(_INSERT).fetchone()
+            assert counts is not None  # an aggregate SELECT always returns one row
+            batches, items_expected, items = counts
+            if items != items_expected:
+                # Another writer settled one of these payments since the conflict check;
+                # rolling back and retrying lets the check see it and refuse the batch whole.
+                raise ConcurrentWriteConflict(
+                    f"{items_expected - items} batch item(s) were settled concurrently"
+                )
+            result.add_rows("settlement_batches", batches)
+            result.add_rows("settlement_batch_items", items)
+        return result

@@ -1,0 +1,410 @@
+"""The PostgreSQL sinks on the real stack: exactly-once rows, replays, dead letters, retries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import TopicPartition
+
+from producers.producer import AvroProducer
+from schemas.codec import AvroDeserializer
+from schemas.registry import RegistryClient
+from settle.config import Settings
+from settle.kafka import make_consumer
+from settle.smoke import registry_client
+from settle.topics import (
+    DAY_MS,
+    PAYMENTS_DLQ,
+    RECONCILIATION_RESULTS,
+    SETTLEMENTS_BATCHES,
+    TopicSpec,
+    create_topics,
+    delete_topics,
+)
+from settlement.fees import FeeSchedule
+from sinks.base import SourceRecord, Writer, WriteResult
+from sinks.db import connect
+from sinks.ledger_sink import LedgerWriter
+from sinks.migrate import migrate
+from sinks.offsets_consumer import OffsetsConsumer
+from sinks.options import SinkOptions, SinkStats
+from sinks.settlement_sink import SettlementWriter
+
+pytestmark = pytest.mark.integration
+
+FEES = FeeSchedule.from_spec("alipay=60,wechat_pay=60,unionpay=45,card=180")
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Topics:
+    results: str
+    batches: str
+    dlq: str
+
+
+@pytest.fixture()
+def topics(stack: Settings) -> Iterator[Topics]:
+    prefix = f"t-sinks-{uuid.uuid4().hex[:8]}-"
+    specs = [
+        TopicSpec(RECONCILIATION_RESULTS, retention_ms=DAY_MS),
+        TopicSpec(SETTLEMENTS_BATCHES, retention_ms=DAY_MS, copartitioned=False),
+        TopicSpec(PAYMENTS_DLQ, retention_ms=DAY_MS),
+    ]
+    create_topics(stack.kafka, specs=specs, name_prefix=prefix)
+    yield Topics(prefix + RECONCILIATION_RESULTS, prefix + SETTLEMENTS_BATCHES,
+                 prefix + PAYMENTS_DLQ)
+    delete_topics(stack.kafka, [prefix + s.name for s in specs])
+
+
+@pytest.fixture()
+def registry(stack: Settings) -> Iterator[RegistryClient]:
+    with registry_client(stack) as client:
+        yield client
+
+
+@pytest.fixture()
+def db(stack: Settings) -> Iterator[psycopg.Connection]:
+    with connect(stack.postgres) as conn:
+        migrate(conn)
+        conn.autocommit = True
+        yield conn
+
+
+def publish(stack: Settings, registry: RegistryClient, topic: str,
+            records: Sequence[tuple[str, Any]]) -> None:
+    """Publish (key, record) pairs in order; a bytes record is sent raw (garbage)."""
+    with AvroProducer(stack.kafka, registry, client_id="test-sinks") as producer:
+        for key, record in records:
+            if isinstance(record, bytes):
+                producer.send_raw(topic, key.encode(), record)
+            else:
+                producer.send(topic, key, record)
+
+
+def run_sink(stack: Settings, registry: RegistryClient, writer: Writer, topic: str, dlq: str,
+             group: str, **options: Any) -> SinkStats:
+    opts = SinkOptions(group_id=group, topic=topic, dlq_topic=dlq, batch_wait_ms=100,
+                       idle_exit_s=options.pop("idle_exit_s", 3.0), **options)
+    return OffsetsConsumer(stack, registry, writer, opts).run(install_signal_handlers=False)
+
+
+def end_offsets(stack: Settings, topic: str) -> dict[int, int]:
+    consumer = make_consumer(stack.kafka, f"t-watermarks-{uuid.uuid4()}")
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions}
+    finally:
+        consumer.close()
+
+
+def stored_offsets(db: psycopg.Connection, group: str, topic: str) -> dict[int, int]:
+    rows = db.execute("SELECT partition, next_offset FROM sink_offsets"
+                      " WHERE consumer_group = %s AND topic = %s", (group, topic)).fetchall()
+    return dict(rows)
+
+
+def assert_offsets_at_end(stack: Settings, db: psycopg.Connection, group: str,
+                          topic: str) -> None:
+    ends = {p: o for p, o in end_offsets(stack, topic).items() if o > 0}
+    assert stored_offsets(db, group, topic) == ends
+
+
+def dead_letters(stack: Settings, registry: RegistryClient, dlq: str) -> list[dict[str, Any]]:
+    """Every DeadLetter on a (test) DLQ topic."""
+    ends = end_offsets(stack, dlq)
+    consumer = make_consumer(stack.kafka, f"t-dlq-{uuid.uuid4()}")
+    decoder = AvroDeserializer(registry)
+    out: list[dict[str, Any]] = []
+    try:
+        consumer.assign([TopicPartition(dlq, p, 0) for p, end in ends.items() if end > 0])
+        while len(out) < sum(ends.values()):
+            msg = consumer.poll(10)
+            assert msg is not None, f"only {len(out)} of {sum(ends.values())} dead letters read"
+            assert msg.error() is None
+            out.append(decoder.decode(msg.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+def result(pid: str, outcome: str, *, merchant: str | None = "m-1", channel: str | None = "ALIPAY",
+           amount: int | None = 10_000, confirmed: int | None = None, currency: str = "CNY",
+           conf: str | None = "c1", late: bool = False, split: tuple[int, int] | None = None,
+           minutes: int = 0) -> tuple[str, dict[str, Any]]:
+    terminal = outcome in {"MATCHED", "DECLINED", "AMOUNT_MISMATCH", "CURRENCY_MISMATCH",
+                           "MISSING_CONFIRMATION"}
+    record = {
+        "result_id": f"{pid}:{outcome}:{conf or '-'}",
+        "payment_id": pid,
+        "merchant_id": merchant,
+        "channel": channel,
+        "outcome": outcome,
+        "terminal": terminal,
+        "late": late,
+        "expected_amount_minor": amount,
+        "expected_currency": currency if amount is not None else None,
+        "confirmed_amount_minor": (amount if confirmed is None else confirmed) if conf else None,
+        "confirmed_currency": currency if conf else None,
+        "confirmation_id": conf,
+        "channel_txn_id": f"tx-{conf}" if conf else None,
+        "created_at": T0,
+        "decided_at": T0 + timedelta(minutes=minutes),
+        "detail": f"test {outcome}",
+        "fee_minor": split[0] if split else None,
+        "net_minor": split[1] if split else None,
+    }
+    return pid, record
+
+
+def _ids() -> dict[str, str]:
+    run = uuid.uuid4().hex[:10]
+    return {name: f"p-{run}-{name}" for name in (
+        "matched", "split", "declined", "late", "still_missing", "dup", "orphan", "conflict",
+        "bad_amount", "garbage", "mismatch",
+    )}
+
+
+def ledger_state(db: psycopg.Connection, pids: Sequence[str]) -> dict[str, Any]:
+    q = db.execute
+    return {
+        "payments": dict(q("SELECT payment_id, state FROM payments WHERE payment_id = ANY(%s)",
+                           (list(pids),)).fetchall()),
+        "journals": q("SELECT payment_id, gross_minor, fee_minor, net_minor FROM ledger_journals"
+                      " WHERE payment_id = ANY(%s) ORDER BY 1", (list(pids),)).fetchall(),
+        "entries": q("SELECT payment_id, account, side, amount_minor FROM ledger_entries"
+                     " WHERE payment_id = ANY(%s) ORDER BY 1, 2, 3", (list(pids),)).fetchall(),
+        "exceptions": sorted(q("SELECT result_id FROM reconciliation_exceptions"
+                               " WHERE payment_id = ANY(%s)", (list(pids),)).fetchall()),
+        "imbalances": q("SELECT journal_id FROM ledger_entries WHERE payment_id = ANY(%s)"
+                        " GROUP BY journal_id HAVING sum(CASE WHEN side = 'DEBIT'"
+                        " THEN amount_minor ELSE -amount_minor END) <> 0",
+                        (list(pids),)).fetchall(),
+    }
+
+
+def test_ledger_sink_exactly_once_with_replay_and_dead_letters(
+    stack: Settings, topics: Topics, registry: RegistryClient, db: psycopg.Connection
+) -> None:
+    p = _ids()
+    group = f"t-ledger-{uuid.uuid4()}"
+    first = [
+        result(p["matched"], "MATCHED"),
+        result(p["split"], "MATCHED", channel="CARD", amount=5_000, split=(90, 4_910)),
+        result(p["declined"], "DECLINED", confirmed=0),
+        result(p["late"], "MISSING_CONFIRMATION", conf=None),
+        result(p["still_missing"], "MISSING_CONFIRMATION", conf=None),
+        result(p["dup"], "MATCHED", channel="WECHAT_PAY"),
+        result(p["orphan"], "ORPHAN_CONFIRMATION", merchant=None, amount=None),
+        result(p["conflict"], "DECLINED"),
+        result(p["mismatch"], "AMOUNT_MISMATCH", confirmed=9_999),
+        (p["garbage"], b"definitely not avro"),
+        result(p["bad_amount"], "MATCHED", confirmed=1),  # MATCHED with unequal amounts
+    ]
+    publish(stack, registry, topics.results, first)
+    stats = run_sink(stack, registry, LedgerWriter(FEES), topics.results, topics.dlq, group)
+    assert stats.records == len(first)
+    assert stats.dead_letters == 2
+    assert_offsets_at_end(stack, db, group, topics.results)
+
+    second = [
+        result(p["late"], "MATCHED", conf="c9", late=True, minutes=30),
+        result(p["late"], "MATCHED", conf="c10", late=True, minutes=31),  # only once
+        result(p["still_missing"], "LATE_CONFIRMATION", conf="c2", late=True, confirmed=1),
+        result(p["dup"], "DUPLICATE_CONFIRMATION", channel="WECHAT_PAY", conf="c2"),
+        result(p["conflict"], "MATCHED", conf="c3"),  # a second verdict: refused
+    ]
+    publish(stack, registry, topics.results, second)
+    stats = run_sink(stack, registry, LedgerWriter(FEES), topics.results, topics.dlq, group)
+    assert stats.records == len(second)  # resumed from sink_offsets, not from the beginning
+    assert_offsets_at_end(stack, db, group, topics.results)
+
+    state = ledger_state(db, list(p.values()))
+    assert state["payments"] == {
+        p["matched"]: "MATCHED", p["split"]: "MATCHED", p["declined"]: "DECLINED",
+        p["late"]: "MATCHED", p["still_missing"]: "MISSING_CONFIRMATION", p["dup"]: "MATCHED",
+        p["conflict"]: "DECLINED", p["mismatch"]: "AMOUNT_MISMATCH",
+    }
+    assert state["journals"] == sorted([
+        (p["matched"], 10_000, 60, 9_940),
+        (p["split"], 5_000, 90, 4_910),  # the record's fee, not the schedule's 180 bps
+        (p["late"], 10_000, 60, 9_940),
+        (p["dup"], 10_000, 60, 9_940),
+    ])
+    assert state["imbalances"] == []
+    assert len(state["entries"]) == 12
+    assert (p["split"], "fee_revenue:card", "CREDIT", 90) in state["entries"]
+    assert (p["matched"], "payable:m-1", "CREDIT", 9_940) in state["entries"]
+    assert [r[0] for r in state["exceptions"]] == sorted([
+        f"{p['declined']}:DECLINED:c1", f"{p['late']}:MISSING_CONFIRMATION:-",
+        f"{p['still_missing']}:MISSING_CONFIRMATION:-", f"{p['orphan']}:ORPHAN_CONFIRMATION:c1",
+        f"{p['conflict']}:DECLINED:c1", f"{p['mismatch']}:AMOUNT_MISMATCH:c1",
+        f"{p['still_missing']}:LATE_CONFIRMATION:c2", f"{p['dup']}:DUPLICATE_CONFIRMATION:c2",
+    ])
+    row = db.execute("SELECT late, result_id FROM payments WHERE payment_id = %s",
+                     (p["late"],)).fetchone()
+    assert row == (True, f"{p['late']}:MATCHED:c9")
+
+    letters = dead_letters(stack, registry, topics.dlq)
+    by_key = {letter["original_key"].decode(): letter for letter in letters}
+    assert set(by_key) == {p["garbage"], p["bad_amount"], p["late"], p["conflict"]}
+    assert by_key[p["garbage"]]["error_type"] == "BadMagicByte"
+    assert by_key[p["garbage"]]["original_value"] == b"definitely not avro"
+    assert by_key[p["garbage"]]["source_topic"] == topics.results
+    assert by_key[p["bad_amount"]]["error_type"] == "InvalidRecord"
+    assert by_key[p["conflict"]]["error_type"] == "TerminalStateConflict"
+    assert by_key[p["late"]]["error_type"] == "TerminalStateConflict"  # the second late match
+    assert {letter["stage"] for letter in letters} == {"ledger-sink"}
+
+    # Replay everything from offset 0: nothing doubles, nothing changes.
+    db.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (group,))
+    replay = run_sink(stack, registry, LedgerWriter(FEES), topics.results, topics.dlq, group,
+                      batch_rows_max=3)
+    assert replay.records == len(first) + len(second)
+    assert replay.rows_written == 0
+    assert ledger_state(db, list(p.values())) == state
+    assert_offsets_at_end(stack, db, group, topics.results)
+
+
+def batch(merchant: str, window: int, items: Sequence[tuple[str, int, int]], *,
+          closed_minutes: int = 0, gross: int | None = None) -> tuple[str, dict[str, Any]]:
+    start = T0 + timedelta(days=window)
+    start_ms = (start - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    batch_id = f"B:{merchant}:CNY:{start_ms}"
+    record = {
+        "batch_id": batch_id, "merchant_id": merchant, "currency": "CNY",
+        "window_start": start, "window_end": start + timedelta(days=1),
+        "payment_count": len(items),
+        "gross_minor": sum(g for _, g, _ in items) if gross is None else gross,
+        "fee_minor": sum(f for _, _, f in items),
+        "net_minor": sum(g - f for _, g, f in items),
+        "closed_at": start + timedelta(days=1, minutes=10 + closed_minutes),
+        "items": [{"payment_id": pid, "gross_minor": g, "fee_minor": f, "net_minor": g - f,
+                   "matched_at": start + timedelta(hours=1)} for pid, g, f in items],
+    }
+    return batch_id, record
+
+
+def settlement_state(db: psycopg.Connection, merchant: str) -> dict[str, Any]:
+    return {
+        "batches": db.execute("SELECT batch_id, payment_count, gross_minor, fee_minor, net_minor"
+                              " FROM settlement_batches WHERE merchant_id = %s ORDER BY 1",
+                              (merchant,)).fetchall(),
+        "items": db.execute("SELECT i.batch_id, i.payment_id, i.net_minor FROM"
+                            " settlement_batch_items i JOIN settlement_batches b USING (batch_id)"
+                            " WHERE b.merchant_id = %s ORDER BY 2", (merchant,)).fetchall(),
+    }
+
+
+def test_settlement_sink_exactly_once_with_replay_and_dead_letters(
+    stack: Settings, topics: Topics, registry: RegistryClient, db: psycopg.Connection
+) -> None:
+    m = f"m-{uuid.uuid4().hex[:10]}"
+    group = f"t-settle-{uuid.uuid4()}"
+    pa, pb, pc, pd, pe = (f"{m}-p{i}" for i in range(5))
+    b1 = batch(m, 0, [(pa, 10_000, 60), (pb, 5_000, 30)])
+    b2 = batch(m, 1, [(pc, 2_000, 12)])
+    first = [
+        b1,
+        b2,
+        batch(m, 0, [(pa, 10_000, 60), (pb, 5_000, 30)], closed_minutes=5),  # re-closed: same
+        batch(m, 2, [(pd, 1_000, 6)], gross=999),  # totals differ from the items
+        ("garbage", b"\x00\x7f\xff\xff\xf0 no such schema id"),
+    ]
+    publish(stack, registry, topics.batches, first)
+    stats = run_sink(stack, registry, SettlementWriter(), topics.batches, topics.dlq, group)
+    assert (stats.records, stats.dead_letters, stats.duplicates) == (len(first), 2, 1)
+    assert stats.rows_written == 5
+    assert_offsets_at_end(stack, db, group, topics.batches)
+
+    # Batches land on partitions by batch_id, so a payment in two batches is published in a
+    # second round to make "which batch came first" deterministic.
+    b5 = batch(m, 5, [(pd, 1_000, 6)])
+    second = [batch(m, 3, [(pe, 700, 4), (pc, 2_000, 12)]), b5]  # pc is settled in b2
+    publish(stack, registry, topics.batches, second)
+    stats = run_sink(stack, registry, SettlementWriter(), topics.batches, topics.dlq, group)
+    assert (stats.records, stats.dead_letters, stats.rows_written) == (2, 1, 2)
+
+    state = settlement_state(db, m)
+    assert state["batches"] == [(b1[0], 2, 15_000, 90, 14_910), (b2[0], 1, 2_000, 12, 1_988),
+                                (b5[0], 1, 1_000, 6, 994)]
+    assert state["items"] == [(b1[0], pa, 9_940), (b1[0], pb, 4_970), (b2[0], pc, 1_988),
+                              (b5[0], pd, 994)]
+    letters = dead_letters(stack, registry, topics.dlq)
+    kinds = sorted(letter["error_type"] for letter in letters)
+    assert kinds == ["BatchInvariantError", "PaymentInAnotherBatch", "UnknownSchemaId"]
+    assert {letter["stage"] for letter in letters} == {"settlement-sink"}
+
+    db.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (group,))
+    replay = run_sink(stack, registry, SettlementWriter(), topics.batches, topics.dlq, group)
+    assert replay.records == len(first) + len(second)
+    assert replay.rows_written == 0
+    assert settlement_state(db, m) == state
+    assert_offsets_at_end(stack, db, group, topics.batches)
+
+
+class FlakyLedgerWriter(LedgerWriter):
+    """Fails the first attempt like a lost connection would, and refuses one record by data."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__(FEES)
+        self.poison = poison
+        self.calls = 0
+
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
+        self.calls += 1
+        if self.calls == 1:
+            raise psycopg.errors.SerializationFailure("injected: could not serialize access")
+        out = super().write(conn, records)
+        if any((r.record or {}).get("payment_id") == self.poison for r in records):
+            conn.execute("SELECT 1 / 0")  # a DataError caused by this record only
+        return out
+
+
+def test_retry_then_isolate_a_record_the_database_refuses(
+    stack: Settings, topics: Topics, registry: RegistryClient, db: psycopg.Connection
+) -> None:
+    p = _ids()
+    group = f"t-flaky-{uuid.uuid4()}"
+    records = [result(p["matched"], "MATCHED"), result(p["declined"], "DECLINED"),
+               result(p["dup"], "MATCHED")]
+    publish(stack, registry, topics.results, records)
+    writer = FlakyLedgerWriter(poison=p["declined"])
+    stats = run_sink(stack, registry, writer, topics.results, topics.dlq, group,
+                     retry_backoff_s=0.05)
+    assert stats.retries == 1
+    assert (stats.records, stats.dead_letters) == (3, 1)
+    state = ledger_state(db, list(p.values()))
+    assert state["payments"] == {p["matched"]: "MATCHED", p["dup"]: "MATCHED"}
+    assert len(state["journals"]) == 2
+    letters = dead_letters(stack, registry, topics.dlq)
+    assert [(x["original_key"], x["error_type"]) for x in letters] == [
+        (p["declined"].encode(), "DivisionByZero")
+    ]
+    assert_offsets_at_end(stack, db, group, topics.results)
+
+
+def test_max_records_stops_after_a_commit_and_the_next_run_resumes(
+    stack: Settings, topics: Topics, registry: RegistryClient, db: psycopg.Connection
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    group = f"t-max-{uuid.uuid4()}"
+    records = [result(f"p-{run}-{i}", "DECLINED") for i in range(5)]
+    publish(stack, registry, topics.results, records)
+    first = run_sink(stack, registry, LedgerWriter(FEES), topics.results, topics.dlq, group,
+                     max_records=2)
+    assert first.records == 2
+    assert sum(stored_offsets(db, group, topics.results).values()) == 2
+    rest = run_sink(stack, registry, LedgerWriter(FEES), topics.results, topics.dlq, group)
+    assert rest.records == 3
+    assert_offsets_at_end(stack, db, group, topics.results)
+    count = db.execute("SELECT count(*) FROM payments WHERE payment_id LIKE %s",
+                       (f"p-{run}-%",)).fetchone()
+    assert count == (5,)
