@@ -723,8 +723,29 @@ cmd_up() {
     say "  metrics   http://127.0.0.1:$PROMETHEUS_PORT"
 }
 
+# Pipeline processes started by `settle demo` (pid files proc-<name>.pid) stop before the
+# services they use, so they can finish their batch and commit.
+stop_pipeline() {
+    local f pid name
+    for f in "$PIDS_DIR"/proc-*.pid; do
+        [[ -e $f ]] || continue
+        name=$(basename "$f" .pid)
+        name=${name#proc-}
+        pid=$(cat "$f" 2>/dev/null || true)
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            say "$name: stopping (pid $pid)..."
+            if ! signal_and_wait "$pid" "$STOP_TIMEOUT" TERM; then
+                warn "$name (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
+                signal_and_wait "$pid" 10 KILL || true
+            fi
+        fi
+        rm -f "$f"
+    done
+}
+
 cmd_down() {
     local i service any=
+    stop_pipeline
     for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
         service=${SERVICES[i]}
         if is_running "$service"; then
@@ -761,6 +782,17 @@ cmd_status() {
             pid=- rss=- state=down detail='' healthy=1
         fi
         printf '%-11s %-9s %-8s %-22s %8s  %s\n' "$service" "$state" "$pid" "$address" "$rss" "$detail"
+    done
+    local f name
+    for f in "$PIDS_DIR"/proc-*.pid; do
+        [[ -e $f ]] || continue
+        name=$(basename "$f" .pid)
+        name=${name#proc-}
+        pid=$(cat "$f" 2>/dev/null || true)
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            rss=$(awk -v k="$(rss_kib "$pid")" 'BEGIN { printf "%.0f", k / 1024 }')
+            printf '%-11s %-9s %-8s %-22s %8s  %s\n' "${name:0:11}" running "$pid" "(pipeline)" "$rss" ""
+        fi
     done
     return "$healthy"
 }

@@ -1,4 +1,4 @@
-"""`settle audit ingest`: prove from the topics alone that every input ended in exactly one place."""
+"""`settle audit ingest`: prove from the topics that every input ended in exactly one place."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class TopicError(SettleError):
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """One topic of the contract; ``copartitioned`` topics share the payment-keyed partition count."""
+    """One topic of the contract; ``copartitioned`` topics share the payment-keyed count."""
 
     name: str
     retention_ms: int

@@ -9,9 +9,10 @@ import click
 from producers.cli import merchants, simulate
 from settle.cli.audit import audit
 from settle.cli.bench import bench
-from settle.cli.sinks import sink
 from settle.cli.common import fail_on_settle_error
+from settle.cli.demo import demo
 from settle.cli.infra import config_cmd, db, schemas_cmd, smoke, stack, topics
+from settle.cli.sinks import sink
 from settle.cli.workers import worker
 
 
@@ -26,7 +27,7 @@ def cli() -> None:
 
 
 COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate,
-            bench, sink)
+            bench, sink, demo)
 for command in COMMANDS:
     cli.add_command(command)
 

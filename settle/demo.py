@@ -1,0 +1,135 @@
+"""The main job: stack up, pipeline up, a simulated day of payments in seconds, books audited."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from settle import processes
+from settle.config import REPO_ROOT, Settings
+from settle.processes import ProcessSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    """What the demo runs; the timings shrink a settlement day into seconds."""
+
+    count: int = 5000
+    rate_per_s: float = 500.0
+    seed: int | None = None
+    bad_ratio: float = 0.02
+    window_seconds: int = 10
+    window_grace_seconds: int = 5
+    sla_ms: int = 8000
+    orphan_grace_ms: int = 8000
+    late_ms: int = 15000
+    channel_latency_ms: int = 200
+    decline_rate: float = 0.05
+    fault_rate: float = 0.03
+    drain_timeout_s: float = 240.0
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SETTLE_WINDOW_SECONDS": str(self.window_seconds),
+            "SETTLE_WINDOW_GRACE_SECONDS": str(self.window_grace_seconds),
+            "SETTLE_RECON_SLA_MS": str(self.sla_ms),
+            "SETTLE_ORPHAN_GRACE_MS": str(self.orphan_grace_ms),
+        }
+
+    def processes(self) -> list[ProcessSpec]:
+        seed = str(self.seed if self.seed is not None else 0)
+        return [
+            ProcessSpec("validate", ("worker", "validate"), 19101, "settle-validate"),
+            ProcessSpec("reconcile", ("worker", "reconcile"), 19102, "settle-reconcile"),
+            ProcessSpec("settle", ("worker", "settle"), 19103, "settle-settle"),
+            ProcessSpec("ledger-sink", ("sink", "ledger"), 19104, "settle-ledger-sink"),
+            ProcessSpec("settlement-sink", ("sink", "settlement"), 19105,
+                        "settle-settlement-sink"),
+            ProcessSpec(
+                "channels",
+                ("simulate", "channels", "--seed", seed,
+                 "--latency-ms", str(self.channel_latency_ms),
+                 "--decline-rate", str(self.decline_rate),
+                 "--fault-rate", str(self.fault_rate), "--late-ms", str(self.late_ms)),
+                19106, "settle-channel-sim",
+            ),
+        ]
+
+
+def settle_cmd(*args: str, check: bool = True) -> int:
+    """Run a `settle` subcommand in the foreground, sharing the terminal."""
+    proc = subprocess.run([sys.executable, "-m", "settle.cli", *args], check=False)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"`settle {' '.join(args)}` failed with exit code {proc.returncode}")
+    return proc.returncode
+
+
+def stack_up() -> None:
+    proc = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), "up"], check=False)
+    if proc.returncode != 0:
+        raise SystemExit("the local stack did not come up (see above); `make logs S=...`")
+
+
+def start_pipeline(settings: Settings, plan: DemoPlan,
+                   say: Callable[[str], None]) -> list[ProcessSpec]:
+    specs = plan.processes()
+    for spec in specs:
+        pid, fresh = processes.start(settings.run_dir, spec, plan.env())
+        say(f"{spec.name}: {'started' if fresh else 'already running'} (pid {pid}, "
+            f"metrics :{spec.metrics_port}, log {settings.run_dir / 'logs' / spec.name}.log)")
+    processes.write_prometheus_targets(settings.run_dir, specs)
+    deadline = time.monotonic() + 90
+    waiting = {s.name: s for s in specs}
+    while waiting and time.monotonic() < deadline:
+        for name, spec in list(waiting.items()):
+            if processes.running_pid(settings.run_dir, name) is None:
+                log = settings.run_dir / "logs" / f"{name}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise SystemExit(f"{name} exited during start-up; its log ends:\n{tail}")
+            if processes.metrics_up(spec.metrics_port):
+                del waiting[name]
+        time.sleep(0.5)
+    if waiting:
+        say(f"warning: no /metrics yet from {', '.join(waiting)}; going on")
+    return specs
+
+
+def progress_counts(conn: psycopg.Connection) -> dict[str, int]:
+    row = conn.execute("""
+        SELECT (SELECT COUNT(*) FROM payments),
+               (SELECT COUNT(*) FROM ledger_journals),
+               (SELECT COUNT(*) FROM reconciliation_exceptions),
+               (SELECT COUNT(*) FROM settlement_batches),
+               (SELECT COUNT(*) FROM settlement_batch_items)""").fetchone()
+    assert row is not None
+    keys = ("payments", "journals", "exceptions", "batches", "batched")
+    return dict(zip(keys, (int(v) for v in row), strict=True))
+
+
+def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
+                   on_progress: Callable[[dict[str, int]], None]) -> Any:
+    """Poll until `settle audit books` passes (the pipeline drained) or time runs out."""
+    from settle.audit_books import audit_books
+    from settle.topics import ROUTED_TOPICS
+    from sinks.db import connect
+
+    deadline = time.monotonic() + timeout_s
+    result = None
+    with connect(settings.postgres, autocommit=True) as conn:
+        while True:
+            on_progress(progress_counts(conn))
+            result = audit_books(settings, conn, decoder, routed_topics=ROUTED_TOPICS)
+            if result.ok or time.monotonic() >= deadline:
+                return result
+            time.sleep(3.0)
+
+
+def expected_report_path(run_dir: Path) -> Path:
+    return run_dir / "demo" / "orders.json"
