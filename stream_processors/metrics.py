@@ -59,7 +59,9 @@ RECON_UNMATCHED_OLDEST_AGE = Gauge(
     "Age of the oldest undecided payment on this worker (0 when none)",
     ["channel", "waiting_for"],
 )
-RECON_STATES = Gauge("settle_reconciliation_states", "Reconciliation states in this worker's table")
+RECON_STATES = Gauge(
+    "settle_reconciliation_states", "Reconciliation states of the partitions this worker owns"
+)
 
 # settle stage
 BATCHES_CLOSED = Counter(

@@ -122,7 +122,7 @@ def load(env: Mapping[str, str] | None = None, run_dir: Path | None = None) -> P
         policy=policy,
         dedup_retention_ms=retention,
         merchants_wait_s=float(_int(env, "SETTLE_MERCHANTS_WAIT_S", 60)),
-        **_stage_settings(env),
+        **_stage_settings(env),  # type: ignore[arg-type]
     )
 
 

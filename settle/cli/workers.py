@@ -8,7 +8,7 @@ import click
 
 from settle.cli.common import settings
 
-STAGES = ("validate",)
+STAGES = ("validate", "reconcile", "settle")
 
 
 @click.command("worker")
@@ -20,7 +20,10 @@ STAGES = ("validate",)
 def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     """Run a stream-processing STAGE as a faust worker until interrupted.
 
-    validate: payments.requested -> payments.routed.<channel> | payments.rejected | payments.dlq.
+    
+    validate:  payments.requested -> payments.routed.<channel> | payments.rejected | payments.dlq
+    reconcile: payments.routed.* + channel.confirmations -> reconciliation.results
+    settle:    reconciliation.results (MATCHED) -> settlements.batches, by merchant and window
     Run several workers of one stage to share its partitions (one consumer group per stage).
     """
     import faust
@@ -29,13 +32,19 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     from stream_processors import metrics
     from stream_processors import settings as ps_settings
     from stream_processors.app import make_validate_app
+    from stream_processors.stages import make_reconcile_app, make_settle_app
 
     s = settings()
     ps = ps_settings.load(run_dir=s.run_dir)
     port = ps.metrics_port if metrics_port is None else metrics_port
     metrics.serve(port)
     registry = registry_client(s)
-    app = {"validate": make_validate_app}[stage](s, ps, registry)
+    factories = {
+        "validate": make_validate_app,
+        "reconcile": make_reconcile_app,
+        "settle": make_settle_app,
+    }
+    app = factories[stage](s, ps, registry)
     level = getattr(logging, loglevel.upper())
 
     @app.task

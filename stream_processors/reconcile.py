@@ -1,0 +1,387 @@
+"""Reconcile, one record or tick at a time: decode, run the core transition, say what to publish."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from schemas.codec import AvroDeserializer, AvroSerializer, to_epoch_ms
+from schemas.errors import DecodeError, RegistryUnavailable
+from settlement import reconciliation as recon
+from settlement.fees import FeeSchedule
+from settlement.reconciliation import (
+    Confirmation,
+    ReconPolicy,
+    ReconState,
+    ResultRecord,
+    RoutedInfo,
+)
+from stream_processors.dead_letters import DeadLetters, error_label
+from stream_processors.ingest import SOURCE_HEADER, Output, now_ms, source_ref
+from stream_processors.ticks import DeadlineQueue, items_by_partition
+
+log = logging.getLogger(__name__)
+
+STAGE: Final = "reconcile"
+
+# What became of one input (the `settle_stage_records_total` outcome label).
+APPLIED: Final = "applied"
+TICKED: Final = "ticked"
+DEAD_LETTERED: Final = "dead_lettered"
+
+# Keys handled per tick and partition, so one tick cannot stall the partition's inputs; the
+# rest wait for the next tick.
+TICK_KEYS_MAX: Final = 5_000
+# A key whose tick failed unexpectedly (a bug or a corrupt value) is retried this much later,
+# not every tick, so one bad key cannot flood the log.
+TICK_RETRY_MS: Final = 60_000
+WAITING_CONFIRMATION: Final = "confirmation"
+WAITING_ROUTED: Final = "routed"
+
+
+class NotCopartitioned(ValueError):
+    """A record's key or partition disagrees with its payment_id's state: the join is broken."""
+
+    reason = "NOT_COPARTITIONED"
+
+
+class ChannelTopicMismatch(ValueError):
+    """A routed payment names another channel than the topic it was routed on."""
+
+    reason = "CHANNEL_TOPIC_MISMATCH"
+
+
+@dataclass(slots=True)
+class ReconDecision:
+    """What became of one input record or tick."""
+
+    outcome: str
+    outputs: list[Output] = field(default_factory=list)
+    results: list[ResultRecord] = field(default_factory=list)
+    # (channel, seconds from routing to MATCHED) per match, for the histogram.
+    matched_after_s: list[tuple[str, float]] = field(default_factory=list)
+    error_type: str | None = None
+    evicted: int = 0
+    tick_errors: int = 0
+
+
+class ReconcileProcessor:
+    """The reconcile stage without faust: a dict for the table in tests, a faust Table live.
+
+    Table value: {"partition": p, "state": ReconState.to_dict()} under the payment_id. The
+    partition is kept because deadlines are per partition (a tick of partition p may only
+    touch p's keys) and because a record of one payment arriving on another partition means
+    the inputs are not co-partitioned; that record is dead-lettered, never joined.
+
+    Failure policy per record: undecodable or invalid for the core -> dead letter with the
+    original bytes; anything unexpected -> dead letter as well, so no exception reaches faust.
+    RegistryUnavailable is raised before anything is written, so the caller retries the record.
+    Every state change is computed and encoded first and written last (re-assigned, never
+    mutated in place), so a retry never sees a half-applied record.
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        store: MutableMapping[str, Any],
+        policy: ReconPolicy,
+        fees: FeeSchedule,
+        topics: Any,
+        tick_topic: str,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._fees = fees
+        self._topics = topics
+        self.tick_topic = tick_topic
+        self._clock = clock
+        self._decoder = AvroDeserializer(registry)
+        self._results_ser = AvroSerializer(registry, topics.results, "ReconciliationResult")
+        self._dlq = DeadLetters(registry, topics.dlq, STAGE)
+        self._routed_channel = {topics.routed(ch): ch for ch in topics.channels}
+        self.deadlines = DeadlineQueue(self._scan_deadlines)
+        # partition -> payment_id -> (waiting_for, channel, since_ms), for the backlog gauges.
+        self._waiting: dict[int, dict[str, tuple[str, str, int]]] = {}
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def process(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
+    ) -> ReconDecision:
+        ref = source_ref(topic, partition, offset).encode()
+        if topic == self.tick_topic:
+            return self.on_tick(partition, ref)
+        try:
+            return self._on_input(key, value, topic, partition, ref)
+        except RegistryUnavailable:
+            raise
+        except _BadInput as exc:
+            log.warning("reconcile: dead-lettering %s: %s", ref.decode(), exc)
+            return self._dead_letter(key, value, topic, partition, offset, exc.cause)
+        except Exception as exc:  # per-event catch: an escaped exception skips the event
+            log.exception("reconcile: cannot process %s", ref.decode())
+            return self._dead_letter(key, value, topic, partition, offset, exc)
+
+    def on_tick(self, partition: int, ref: bytes = b"tick") -> ReconDecision:
+        """Decide MISSING/ORPHAN and evict, for this partition's keys whose time has come.
+
+        Never raises: a key that fails is retried later (a registry outage stops this tick,
+        keeping what was decided so far, whose results must still be published).
+        """
+        now = self._clock()
+        decision = ReconDecision(TICKED)
+        try:
+            self._ensure(partition)
+            due = self.deadlines.pop_due(partition, now, TICK_KEYS_MAX)
+        except Exception:  # a tick is never dead-lettered; the next one tries again
+            log.exception("reconcile: cannot rebuild the deadlines of partition %d", partition)
+            decision.tick_errors += 1
+            return decision
+        for payment_id in due:
+            try:
+                self._tick_key(payment_id, partition, now, decision, ref)
+            except RegistryUnavailable as exc:
+                # Nothing of this key was written; it stays due and the next tick retries.
+                log.warning("reconcile: registry unavailable during a tick: %s", exc)
+                self.deadlines.schedule(partition, payment_id, now)
+                decision.tick_errors += 1
+                break
+            except Exception:
+                log.exception("reconcile: tick failed for %s; retrying in %d ms",
+                              payment_id, TICK_RETRY_MS)
+                self.deadlines.schedule(partition, payment_id, now + TICK_RETRY_MS)
+                decision.tick_errors += 1
+        return decision
+
+    def forget_partitions(self) -> None:
+        """Drop in-memory indexes (on rebalance); each partition is rebuilt on its next event."""
+        self.deadlines.forget()
+        self._waiting.clear()
+
+    def backlog(self, at_ms: int | None = None) -> dict[tuple[str, str], tuple[int, float]]:
+        """(channel, waiting_for) -> (count, age in seconds of the oldest), this worker only."""
+        now = self._clock() if at_ms is None else at_ms
+        out: dict[tuple[str, str], tuple[int, float]] = {}
+        for waiting in self._waiting.values():
+            for waiting_for, channel, since_ms in waiting.values():
+                count, oldest_s = out.get((channel, waiting_for), (0, 0.0))
+                out[(channel, waiting_for)] = (count + 1, max(oldest_s, (now - since_ms) / 1000))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def _on_input(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, ref: bytes
+    ) -> ReconDecision:
+        now = self._clock()
+        channel = self._routed_channel.get(topic)
+        try:
+            record = self._decoder.decode(value)
+            event: RoutedInfo | Confirmation = (
+                _routed(record, channel) if channel is not None else _confirmation(record)
+            )
+        except (DecodeError, recon.ReconError, KeyError, TypeError, ValueError) as exc:
+            raise _BadInput(exc) from exc
+        payment_id = event.payment_id
+        if key is not None and key != payment_id.encode():
+            raise _BadInput(NotCopartitioned(f"key {key!r} is not payment_id {payment_id!r}"))
+        self._ensure(partition)
+        state = self._load(payment_id, partition)
+        try:
+            if isinstance(event, RoutedInfo):
+                new_state, results = recon.on_routed(state, event, now)
+            else:
+                new_state, results = recon.on_confirmation(state, event, now)
+        except recon.ReconError as exc:  # e.g. RoutedConflict: one payment_id, two bodies
+            raise _BadInput(exc) from exc
+        decision = ReconDecision(APPLIED)
+        self._publish(new_state, results, ref, decision)
+        self._save(new_state, partition)
+        return decision
+
+    def _tick_key(
+        self, payment_id: str, partition: int, now: int, decision: ReconDecision, ref: bytes
+    ) -> None:
+        state = self._load(payment_id, partition)
+        if state is None:
+            self._unwait(partition, payment_id)
+            return
+        before = state
+        due = recon.deadline_ms(state, self._policy)
+        if due is not None and now >= due:  # re-checked: the queue may be early or stale
+            state, results = recon.on_tick(state, now, self._policy)
+            self._publish(state, results, ref, decision)
+        if recon.is_evictable(state, now, self._policy):
+            del self._store[payment_id]
+            self._unwait(partition, payment_id)
+            decision.evicted += 1
+        elif state is before:  # nothing changed: no changelog write, only the next deadline
+            self.deadlines.schedule(partition, payment_id, self._next_due(state))
+        else:
+            self._save(state, partition)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _load(self, payment_id: str, partition: int) -> ReconState | None:
+        raw = self._store.get(payment_id)
+        if raw is None:
+            return None
+        if raw["partition"] != partition:
+            raise _BadInput(NotCopartitioned(
+                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"
+            ))
+        return ReconState.from_dict(raw["state"])
+
+    def _save(self, state: ReconState, partition: int) -> None:
+        # Re-assign the whole value: faust only changelogs assignments.
+        self._store[state.payment_id] = {"partition": partition, "state": state.to_dict()}
+        self.deadlines.schedule(partition, state.payment_id, self._next_due(state))
+        waiting = _waiting_for(state)
+        if waiting is None:
+            self._unwait(partition, state.payment_id)
+        else:
+            self._waiting.setdefault(partition, {})[state.payment_id] = waiting
+
+    def _unwait(self, partition: int, payment_id: str) -> None:
+        self._waiting.get(partition, {}).pop(payment_id, None)
+
+    def _next_due(self, state: ReconState) -> int | None:
+        due = recon.deadline_ms(state, self._policy)
+        evict = recon.evict_at_ms(state, self._policy)
+        times = [t for t in (due, evict) if t is not None]
+        return min(times) if times else None
+
+    def _ensure(self, partition: int) -> None:
+        if partition not in self._waiting:
+            self._waiting[partition] = {}
+        self.deadlines.ensure(partition)
+
+    def _scan_deadlines(self, partition: int) -> list[tuple[str, int | None]]:
+        """Rebuild a partition's deadlines and backlog from the table (after a rebalance)."""
+        out: list[tuple[str, int | None]] = []
+        waiting = self._waiting.setdefault(partition, {})
+        for payment_id, raw in items_by_partition(self._store, partition):
+            try:
+                state = ReconState.from_dict(raw["state"])
+            except Exception:  # a bad value must not stop the rebuild; it is logged once
+                log.exception("reconcile: unreadable state for %s", payment_id)
+                continue
+            out.append((payment_id, self._next_due(state)))
+            wait = _waiting_for(state)
+            if wait is not None:
+                waiting[payment_id] = wait
+        return out
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _publish(
+        self,
+        state: ReconState,
+        results: list[ResultRecord],
+        ref: bytes,
+        decision: ReconDecision,
+    ) -> None:
+        for result in results:
+            fee = net = None
+            if result.outcome == recon.MATCHED and result.channel is not None:
+                # The one place the fee is computed; the ledger and settle stages read it here.
+                assert result.expected_amount_minor is not None
+                fee = self._fees.fee_for(result.channel, result.expected_amount_minor)
+                net = result.expected_amount_minor - fee
+                routed = state.routed
+                if routed is not None:
+                    seconds = max(0, result.decided_at_ms - routed.routed_at_ms) / 1000
+                    decision.matched_after_s.append((result.channel, seconds))
+            value = self._results_ser.encode(_avro_result(result, fee, net))
+            decision.outputs.append(
+                Output(self._topics.results, result.payment_id.encode(), value,
+                       ((SOURCE_HEADER, ref),))
+            )
+            decision.results.append(result)
+
+    def _dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        exc: BaseException,
+    ) -> ReconDecision:
+        out = self._dlq.letter(key, value, topic, partition, offset, exc, self._clock())
+        return ReconDecision(DEAD_LETTERED, [out], error_type=error_label(exc))
+
+
+class _BadInput(Exception):
+    """Internal: wraps the error that makes a record unusable (dead-lettered quietly)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _waiting_for(state: ReconState) -> tuple[str, str, int] | None:
+    if state.outcome is not None:
+        return None
+    if state.routed is not None and state.routed_seen_ms is not None:
+        return WAITING_CONFIRMATION, state.routed.channel, state.routed_seen_ms
+    if state.pending and not state.orphan_declared:
+        return WAITING_ROUTED, state.pending[0].channel, state.first_seen_ms
+    return None
+
+
+def _routed(record: dict[str, Any], topic_channel: str) -> RoutedInfo:
+    channel = str(record["channel"]).lower()
+    if channel != topic_channel:
+        raise ChannelTopicMismatch(f"channel {channel} on the {topic_channel} topic")
+    return RoutedInfo(
+        payment_id=record["payment_id"],
+        merchant_id=record["merchant_id"],
+        channel=channel,
+        amount_minor=record["amount_minor"],
+        currency=record["currency"],
+        created_at_ms=to_epoch_ms(record["created_at"]),
+        routed_at_ms=to_epoch_ms(record["routed_at"]),
+    )
+
+
+def _confirmation(record: dict[str, Any]) -> Confirmation:
+    return Confirmation(
+        confirmation_id=record["confirmation_id"],
+        channel=str(record["channel"]).lower(),
+        channel_txn_id=record["channel_txn_id"],
+        payment_id=record["payment_id"],
+        status=record["status"],
+        amount_minor=record["amount_minor"],
+        currency=record["currency"],
+        confirmed_at_ms=to_epoch_ms(record["confirmed_at"]),
+    )
+
+
+def _avro_result(result: ResultRecord, fee: int | None, net: int | None) -> dict[str, Any]:
+    return {
+        "result_id": result.result_id,
+        "payment_id": result.payment_id,
+        "merchant_id": result.merchant_id,
+        "channel": result.channel.upper() if result.channel else None,
+        "outcome": result.outcome,
+        "terminal": result.terminal,
+        "late": result.late,
+        "expected_amount_minor": result.expected_amount_minor,
+        "expected_currency": result.expected_currency,
+        "confirmed_amount_minor": result.confirmed_amount_minor,
+        "confirmed_currency": result.confirmed_currency,
+        "confirmation_id": result.confirmation_id,
+        "channel_txn_id": result.channel_txn_id,
+        "created_at": result.created_at_ms,
+        "decided_at": result.decided_at_ms,
+        "detail": result.detail,
+        "fee_minor": fee,
+        "net_minor": net,
+    }

@@ -1,0 +1,191 @@
+"""The reconcile and settle faust apps: thin agents around their processors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import faust
+
+from schemas.errors import RegistryUnavailable
+from settle.config import Settings
+from stream_processors import metrics
+from stream_processors.app import REGISTRY_BACKOFF_MAX_S, base_app
+from stream_processors.ingest import Output, now_ms
+from stream_processors.reconcile import STAGE as RECONCILE_STAGE
+from stream_processors.reconcile import ReconcileProcessor, ReconDecision
+from stream_processors.settings import ProcessorSettings
+from stream_processors.settle_stage import ADDED, DUPLICATE, TICKED, SettleDecision, SettleProcessor
+from stream_processors.settle_stage import STAGE as SETTLE_STAGE
+from stream_processors.ticks import (
+    TICK_RETENTION,
+    install_tick_timer,
+    owned_topic,
+    stage_channel,
+    tick_topic_name,
+)
+from stream_processors.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+# Items wait here between the two settle agents; a week covers any outage worth surviving.
+ITEMS_RETENTION = timedelta(days=7)
+GAUGE_INTERVAL_S = 5.0
+
+D = TypeVar("D")
+
+
+def _table(app: faust.App, name: str, partitions: int) -> Any:
+    return app.Table(
+        name,
+        default=None,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        partitions=partitions,
+    )
+
+
+def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
+    """reconcile: payments.routed.* + channel.confirmations -> reconciliation.results | dlq."""
+    topics = TopicNames(ps.topic_prefix)
+    n = settings.kafka.partitions
+    app = base_app(f"{ps.topic_prefix}settle-reconcile", settings, ps)
+    ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
+    source = stage_channel(
+        app, [*topics.all_routed, topics.confirmations], [ticks], n, settings.kafka
+    )
+    table = _table(app, "recon-state", n)
+    processor = ReconcileProcessor(
+        registry, table, ps.recon, ps.fees, topics, tick_topic_name(app.conf.id)
+    )
+    install_tick_timer(app, tick_topic_name(app.conf.id), ps.tick_interval_s)
+    _forget_on_rebalance(app, processor.forget_partitions)
+
+    @app.agent(source)
+    async def reconcile(stream: Any) -> None:
+        async for event in stream.events():
+            decision = await _with_registry_retry(processor.process, event, RECONCILE_STAGE)
+            await _send(app, decision.outputs)
+            _count_recon(decision, event.message.topic == processor.tick_topic)
+
+    @app.timer(interval=GAUGE_INTERVAL_S)
+    async def gauges() -> None:
+        # Deadline entries, not len(table): one per state of the assigned partitions, and
+        # O(1) where a rocksdb table's len() would scan every key.
+        metrics.RECON_STATES.set(len(processor.deadlines))
+        metrics.RECON_UNMATCHED.clear()
+        metrics.RECON_UNMATCHED_OLDEST_AGE.clear()
+        for (channel, waiting_for), (count, oldest_s) in processor.backlog(now_ms()).items():
+            metrics.RECON_UNMATCHED.labels(channel, waiting_for).set(count)
+            metrics.RECON_UNMATCHED_OLDEST_AGE.labels(channel, waiting_for).set(oldest_s)
+
+    app.settle_processor = processor  # type: ignore[attr-defined]
+    return app
+
+
+def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
+    """settle: reconciliation.results (MATCHED) -> items by merchant|currency -> batches."""
+    topics = TopicNames(ps.topic_prefix)
+    n = settings.kafka.partitions
+    app = base_app(f"{ps.topic_prefix}settle-settle", settings, ps)
+    items_name = f"{app.conf.id}-items"
+    items = owned_topic(app, items_name, n, ITEMS_RETENTION)
+    ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
+    results = app.topic(topics.results, key_serializer="raw", value_serializer="raw")
+    batching_source = stage_channel(app, [], [items, ticks], n, settings.kafka)
+    table = _table(app, "settle-batches", n)
+    processor = SettleProcessor(
+        registry, table, ps.windows, ps.fees, topics, items_name, tick_topic_name(app.conf.id),
+        ids_windows=ps.batched_ids_windows, ids_max=ps.batched_ids_max,
+        idle_evict_ms=ps.settle_idle_evict_ms,
+    )
+    install_tick_timer(app, tick_topic_name(app.conf.id), ps.tick_interval_s)
+    _forget_on_rebalance(app, processor.forget_partitions)
+
+    @app.agent(results)
+    async def itemize(stream: Any) -> None:
+        # Re-keys MATCHED results by merchant|currency through the internal items topic, so
+        # one merchant+currency's batches live in exactly one partition's table entry.
+        async for event in stream.events():
+            decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE)
+            await _send(app, decision.outputs)
+            _count_settle(decision)
+
+    @app.agent(batching_source)
+    async def batch(stream: Any) -> None:
+        async for event in stream.events():
+            decision = await _with_registry_retry(processor.process, event, SETTLE_STAGE)
+            await _send(app, decision.outputs)
+            _count_settle(decision)
+
+    @app.timer(interval=GAUGE_INTERVAL_S)
+    async def gauges() -> None:
+        metrics.OPEN_BATCHES.set(processor.open_batches())
+
+    app.settle_processor = processor  # type: ignore[attr-defined]
+    return app
+
+
+def _forget_on_rebalance(app: faust.App, forget: Callable[[], None]) -> None:
+    # Another worker may have changed a partition while it was away: rebuild its deadlines
+    # from the (recovered) table on its next event rather than trust the old in-memory heap.
+    @app.on_partitions_assigned.connect
+    async def on_assigned(
+        sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
+        forget()
+
+
+async def _with_registry_retry(
+    fun: Callable[[bytes | None, bytes | None, str, int, int], D], event: Any, stage: str
+) -> D:
+    """Call a processor on one event, retrying with backoff while the registry is away."""
+    msg = event.message
+    key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
+    backoff_s = 0.5
+    while True:
+        try:
+            return fun(key, msg.value, msg.topic, msg.partition, msg.offset)
+        except RegistryUnavailable as exc:
+            metrics.REGISTRY_RETRIES.labels(stage).inc()
+            log.warning("registry unavailable, retrying %s/%s@%s in %.1fs: %s",
+                        msg.topic, msg.partition, msg.offset, backoff_s, exc)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
+
+
+async def _send(app: faust.App, outputs: Iterable[Output]) -> None:
+    for out in outputs:
+        await app.producer.send(out.topic, out.key, out.value, None, None, list(out.headers))
+
+
+def _count_recon(decision: ReconDecision, tick: bool) -> None:
+    if not tick:  # ticks are timers, not records
+        metrics.RECORDS.labels(RECONCILE_STAGE, decision.outcome).inc()
+    if decision.error_type:
+        metrics.DEAD_LETTERS.labels(RECONCILE_STAGE, decision.error_type).inc()
+    for result in decision.results:
+        metrics.RECON_OUTCOMES.labels(result.channel or "unknown", result.outcome).inc()
+    for _channel, seconds in decision.matched_after_s:
+        metrics.RECON_TIME_TO_MATCH.observe(seconds)
+    if decision.tick_errors:
+        metrics.TICK_ERRORS.labels(RECONCILE_STAGE).inc(decision.tick_errors)
+
+
+def _count_settle(decision: SettleDecision) -> None:
+    if decision.outcome != TICKED:  # ticks are timers, not records
+        metrics.RECORDS.labels(SETTLE_STAGE, decision.outcome).inc()
+    if decision.outcome in (ADDED, DUPLICATE):
+        metrics.BATCH_ITEMS.labels(decision.outcome).inc()
+    if decision.error_type:
+        metrics.DEAD_LETTERS.labels(SETTLE_STAGE, decision.error_type).inc()
+    for batch in decision.closed:
+        metrics.BATCHES_CLOSED.labels(batch.currency).inc()
+        amounts = metrics.BATCH_AMOUNTS_CLOSED
+        amounts.labels(batch.currency, "gross").inc(batch.gross_minor)
+        amounts.labels(batch.currency, "fee").inc(batch.fee_minor)
+        amounts.labels(batch.currency, "net").inc(batch.net_minor)
+    if decision.tick_errors:
+        metrics.TICK_ERRORS.labels(SETTLE_STAGE).inc(decision.tick_errors)

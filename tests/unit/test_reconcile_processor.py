@@ -1,0 +1,307 @@
+"""The reconcile stage without a broker: every outcome, ticks, eviction and dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from schemas.codec import AvroDeserializer, AvroSerializer
+from schemas.errors import RegistryUnavailable
+from schemas.registry import InMemoryRegistry
+from settlement.fees import FeeSchedule
+from settlement.reconciliation import ReconPolicy
+from stream_processors.reconcile import (
+    APPLIED,
+    DEAD_LETTERED,
+    TICKED,
+    WAITING_CONFIRMATION,
+    WAITING_ROUTED,
+    ReconcileProcessor,
+    ReconDecision,
+)
+from stream_processors.topics import TopicNames
+
+T0 = 1_764_000_000_000
+SLA_MS = 30_000
+GRACE_MS = 20_000
+RETAIN_MS = 60_000
+TOPICS = TopicNames()
+TICKS = "settle-reconcile-ticks"
+FEES = FeeSchedule.from_spec("alipay=60,card=180")
+
+
+class Harness:
+    def __init__(self, registry: InMemoryRegistry | None = None) -> None:
+        self.now = T0
+        self.registry = registry or InMemoryRegistry()
+        self.store: dict[str, Any] = {}
+        policy = ReconPolicy({"card": 60_000}, SLA_MS, GRACE_MS, RETAIN_MS)
+        self.proc = ReconcileProcessor(
+            self.registry, self.store, policy, FEES, TOPICS, TICKS, clock=lambda: self.now
+        )
+        self.routed_ser = {
+            ch: AvroSerializer(self.registry, TOPICS.routed(ch), "RoutedPayment")
+            for ch in TOPICS.channels
+        }
+        self.conf_ser = AvroSerializer(self.registry, TOPICS.confirmations, "ChannelConfirmation")
+        self.decoder = AvroDeserializer(self.registry)
+        self.offset = 0
+
+    def feed(self, topic: str, value: bytes | None, key: bytes | None, partition: int = 0
+             ) -> ReconDecision:
+        self.offset += 1
+        return self.proc.process(key, value, topic, partition, self.offset)
+
+    def routed(self, pid: str = "p-1", channel: str = "alipay", partition: int = 0,
+               on_topic: str | None = None, **over: Any) -> ReconDecision:
+        rec = {
+            "payment_id": pid, "merchant_id": "m-1", "order_id": "o-1", "payer_id": "u-1",
+            "amount_minor": 1000, "currency": "CNY", "method": "ALIPAY", "interface": "APP",
+            "region": "CN", "created_at": self.now - 500, "metadata": {},
+            "channel": channel.upper(), "rule_id": "r-1", "routed_at": self.now,
+        }
+        rec.update(over)
+        topic = TOPICS.routed(on_topic or channel)
+        return self.feed(topic, self.routed_ser[channel].encode(rec), pid.encode(), partition)
+
+    def confirm(self, cid: str, pid: str = "p-1", channel: str = "alipay", partition: int = 0,
+                **over: Any) -> ReconDecision:
+        rec = {
+            "confirmation_id": cid, "channel": channel.upper(), "channel_txn_id": f"t-{cid}",
+            "payment_id": pid, "status": "SUCCEEDED", "amount_minor": 1000, "currency": "CNY",
+            "confirmed_at": self.now, "decline_code": None,
+        }
+        rec.update(over)
+        return self.feed(TOPICS.confirmations, self.conf_ser.encode(rec), pid.encode(), partition)
+
+    def tick(self, partition: int = 0) -> ReconDecision:
+        return self.feed(TICKS, str(self.now).encode(), b"tick", partition)
+
+    def results(self, d: ReconDecision) -> list[dict[str, Any]]:
+        assert all(o.topic == TOPICS.results for o in d.outputs)
+        return [self.decoder.decode(o.value) for o in d.outputs]
+
+
+def outcomes(h: Harness, d: ReconDecision) -> list[str]:
+    return [r["outcome"] for r in h.results(d)]
+
+
+@pytest.mark.parametrize(
+    ("over", "outcome"),
+    [
+        ({}, "MATCHED"),
+        ({"status": "FAILED", "decline_code": "NSF"}, "DECLINED"),
+        ({"amount_minor": 999}, "AMOUNT_MISMATCH"),
+        ({"currency": "USD"}, "CURRENCY_MISMATCH"),
+    ],
+)
+def test_first_confirmation_decides(over: dict[str, Any], outcome: str) -> None:
+    h = Harness()
+    assert h.routed().outputs == []
+    d = h.confirm("c-1", **over)
+    assert d.outcome == APPLIED
+    [res] = h.results(d)
+    assert res["outcome"] == outcome and res["terminal"] is True and res["late"] is False
+    assert res["result_id"] == f"p-1:{outcome}:c-1"
+    assert res["channel"] == "ALIPAY" and res["merchant_id"] == "m-1"
+    assert d.outputs[0].key == b"p-1"
+    if outcome == "MATCHED":
+        # Computed once, here: 60 bps of 1000 minor units rounds half up to 6.
+        assert (res["fee_minor"], res["net_minor"]) == (6, 994)
+        assert [ch for ch, _s in d.matched_after_s] == ["alipay"]
+    else:
+        assert res["fee_minor"] is None and res["net_minor"] is None
+
+
+def test_duplicate_confirmation_and_redelivery() -> None:
+    h = Harness()
+    h.routed()
+    assert outcomes(h, h.confirm("c-1")) == ["MATCHED"]
+    assert h.confirm("c-1").outputs == []  # the same confirmation redelivered: no-op
+    assert outcomes(h, h.confirm("c-2")) == ["DUPLICATE_CONFIRMATION"]
+    assert h.routed().outputs == []  # routed redelivered
+
+
+def test_confirmation_before_routed_is_held_then_decides() -> None:
+    h = Harness()
+    assert h.confirm("c-1").outputs == []
+    assert h.proc.backlog(h.now) == {("alipay", WAITING_ROUTED): (1, 0.0)}
+    h.now += 1_000
+    assert outcomes(h, h.routed()) == ["MATCHED"]
+    assert h.proc.backlog(h.now) == {}
+
+
+def test_tick_declares_missing_after_the_channel_sla_then_late_match() -> None:
+    h = Harness()
+    h.routed()
+    h.now += 10_000
+    assert h.proc.backlog(h.now) == {("alipay", WAITING_CONFIRMATION): (1, 10.0)}
+    h.now = T0 + SLA_MS - 1
+    assert h.tick().outputs == []
+    h.now = T0 + SLA_MS
+    d = h.tick()
+    assert d.outcome == TICKED
+    [res] = h.results(d)
+    assert res["outcome"] == "MISSING_CONFIRMATION" and res["terminal"] is True
+    assert h.tick().outputs == []  # declared once
+    h.now += 5_000
+    [late] = h.results(h.confirm("c-late"))
+    assert late["outcome"] == "MATCHED" and late["late"] is True
+    assert late["fee_minor"] == 6
+    assert outcomes(h, h.confirm("c-again")) == ["DUPLICATE_CONFIRMATION"]
+
+
+def test_late_non_match_is_a_late_confirmation_record() -> None:
+    h = Harness()
+    h.routed()
+    h.now += SLA_MS
+    h.tick()
+    [res] = h.results(h.confirm("c-1", amount_minor=5))
+    assert res["outcome"] == "LATE_CONFIRMATION" and res["terminal"] is False
+
+
+def test_per_channel_sla() -> None:
+    h = Harness()
+    h.routed(channel="card")
+    h.now += SLA_MS
+    assert h.tick().outputs == []  # card waits 60 s
+    h.now = T0 + 60_000
+    assert outcomes(h, h.tick()) == ["MISSING_CONFIRMATION"]
+
+
+def test_tick_declares_orphans_after_the_grace_then_the_payment_still_decides() -> None:
+    h = Harness()
+    h.confirm("c-1")
+    h.now += GRACE_MS
+    [orphan] = h.results(h.tick())
+    assert orphan["outcome"] == "ORPHAN_CONFIRMATION" and orphan["merchant_id"] is None
+    assert orphan["terminal"] is False
+    assert outcomes(h, h.confirm("c-2")) == ["ORPHAN_CONFIRMATION"]  # after the grace: at once
+    assert outcomes(h, h.routed()) == ["MATCHED", "DUPLICATE_CONFIRMATION"]
+
+
+def test_wrong_channel_confirmation_is_an_orphan_record() -> None:
+    h = Harness()
+    h.routed(channel="alipay")
+    assert outcomes(h, h.confirm("c-x", channel="card")) == ["ORPHAN_CONFIRMATION"]
+    assert outcomes(h, h.confirm("c-1")) == ["MATCHED"]
+
+
+def test_decided_states_are_evicted_on_a_tick_after_the_retention() -> None:
+    h = Harness()
+    h.routed()
+    h.confirm("c-1")
+    assert "p-1" in h.store and h.store["p-1"]["partition"] == 0
+    h.now += RETAIN_MS - 1
+    assert h.tick().evicted == 0
+    h.now += 1
+    assert h.tick().evicted == 1
+    assert h.store == {}
+
+
+def test_ticks_only_touch_their_own_partition() -> None:
+    h = Harness()
+    h.routed(pid="p-0", partition=0)
+    h.routed(pid="p-1", partition=1)
+    h.now += SLA_MS
+    assert [r["payment_id"] for r in h.results(h.tick(partition=1))] == ["p-1"]
+    assert [r["payment_id"] for r in h.results(h.tick(partition=0))] == ["p-0"]
+
+
+def test_deadlines_are_rebuilt_from_the_table_after_a_rebalance() -> None:
+    h = Harness()
+    h.routed()
+    h.proc.forget_partitions()
+    assert len(h.proc.deadlines) == 0
+    h.now += SLA_MS
+    assert outcomes(h, h.tick()) == ["MISSING_CONFIRMATION"]
+
+
+def test_a_fresh_processor_on_an_old_table_finds_the_deadlines() -> None:
+    h = Harness()
+    h.routed()
+    h2 = Harness()
+    h2.store.update(h.store)
+    h2.now = T0 + SLA_MS
+    assert outcomes(h2, h2.tick()) == ["MISSING_CONFIRMATION"]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "EMPTY_VALUE"),
+        (b"{}", "BAD_MAGIC_BYTE"),
+        (b"\x00\x00\x00\x00\x63garbage", "UNKNOWN_SCHEMA_ID"),
+    ],
+)
+def test_undecodable_records_are_dead_lettered(value: bytes | None, reason: str) -> None:
+    h = Harness()
+    d = h.feed(TOPICS.confirmations, value, b"p-1", partition=2)
+    assert d.outcome == DEAD_LETTERED and d.error_type == reason
+    [out] = d.outputs
+    assert out.topic == TOPICS.dlq
+    letter = h.decoder.decode(out.value)
+    assert letter["stage"] == "reconcile" and letter["reason"] == reason
+    assert letter["original_value"] == value and letter["source_partition"] == 2
+    assert letter["source_topic"] == TOPICS.confirmations
+
+
+def test_invalid_or_conflicting_records_are_dead_lettered() -> None:
+    h = Harness()
+    assert h.routed(amount_minor=0).outcome == DEAD_LETTERED  # the core refuses amount 0
+    assert h.routed(pid="p-2", on_topic="card").error_type == "CHANNEL_TOPIC_MISMATCH"
+    h.routed()
+    assert h.routed(amount_minor=2000).error_type == "RoutedConflict"
+    d = h.feed(TOPICS.confirmations, h.conf_ser.encode({
+        "confirmation_id": "c", "channel": "ALIPAY", "channel_txn_id": "t", "payment_id": "p-1",
+        "status": "SUCCEEDED", "amount_minor": 1000, "currency": "CNY", "confirmed_at": T0,
+        "decline_code": None}), b"other-key")
+    assert d.error_type == "NOT_COPARTITIONED"
+    assert h.confirm("c-1", partition=3).error_type == "NOT_COPARTITIONED"
+
+
+def test_registry_outage_raises_before_anything_is_written_then_retry_works() -> None:
+    registry = FlakyRegistry()
+    h = Harness(registry)
+    h.routed(pid="p-0")  # warms the routed decoder only
+    value = h.conf_ser.encode({
+        "confirmation_id": "c", "channel": "ALIPAY", "channel_txn_id": "t", "payment_id": "p-0",
+        "status": "SUCCEEDED", "amount_minor": 1000, "currency": "CNY", "confirmed_at": T0,
+        "decline_code": None})
+    registry.down = True
+    before = {k: dict(v) for k, v in h.store.items()}
+    with pytest.raises(RegistryUnavailable):
+        h.feed(TOPICS.confirmations, value, b"p-0")
+    assert h.store == before  # nothing half-applied: the caller retries the same record
+    registry.down = False
+    assert outcomes(h, h.feed(TOPICS.confirmations, value, b"p-0")) == ["MATCHED"]
+
+
+def test_registry_outage_during_a_tick_keeps_the_key_due() -> None:
+    registry = FlakyRegistry()
+    h = Harness(registry)
+    h.routed()
+    h.now += SLA_MS
+    registry.down = True
+    d = h.tick()  # the results serializer has not registered yet: it cannot encode
+    assert d.outputs == [] and d.tick_errors == 1
+    assert h.store["p-1"]["state"]["outcome"] is None
+    registry.down = False
+    assert outcomes(h, h.tick()) == ["MISSING_CONFIRMATION"]
+
+
+class FlakyRegistry(InMemoryRegistry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def register(self, subject: str, schema_str: str) -> int:
+        if self.down:
+            raise RegistryUnavailable("registry down (test)")
+        return super().register(subject, schema_str)
+
+    def get_schema(self, schema_id: int) -> str:
+        if self.down:
+            raise RegistryUnavailable("registry down (test)")
+        return super().get_schema(schema_id)
