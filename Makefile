@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help venv up down status logs topics schemas migrate smoke demo test test-unit \
         test-integration lint clean
@@ -45,7 +46,8 @@ migrate: venv ## Apply PostgreSQL migrations (idempotent)
 smoke: up topics schemas migrate ## Prove the stack with one payment round trip
 	@$(BIN)/settle smoke
 
-demo: smoke ## The main job (for now: stack up + smoke round trip)
+demo: venv ## The main job: stack + pipeline up, simulated payments, books audited (DEMO_ARGS=...)
+	@$(BIN)/settle demo $(DEMO_ARGS)
 
 test-unit: venv ## Unit tests only (pure logic, no services)
 	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
