@@ -32,8 +32,10 @@ SINKS = {
               help="Serve Prometheus /metrics on 127.0.0.1:PORT "
                    "[default: SETTLE_METRICS_PORT; 0 = off].")
 @click.option("--topic", default=None, help="Read this topic instead of the contract's.")
-@click.option("--dlq-topic", default=PAYMENTS_DLQ, show_default=True,
-              help="Where undecodable and refused records go.")
+@click.option("--dlq-topic", default=None,
+              help="Where undecodable and refused records go [default: payments.dlq].")
+@click.option("--topic-prefix", default="", envvar="SETTLE_TOPIC_PREFIX", show_envvar=True,
+              help="Prefix of every topic and of the group (isolated test runs).")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def sink(
@@ -45,7 +47,8 @@ def sink(
     max_records: int | None,
     metrics_port: int | None,
     topic: str | None,
-    dlq_topic: str,
+    dlq_topic: str | None,
+    topic_prefix: str,
     loglevel: str,
 ) -> None:
     """Write a topic to PostgreSQL exactly once: rows and offsets in one transaction.
@@ -74,9 +77,9 @@ def sink(
     s = settings()
     default_topic, default_group = SINKS[name]
     options = SinkOptions(
-        group_id=group or default_group,
-        topic=topic or default_topic,
-        dlq_topic=dlq_topic,
+        group_id=group or topic_prefix + default_group,
+        topic=topic or topic_prefix + default_topic,
+        dlq_topic=dlq_topic or topic_prefix + PAYMENTS_DLQ,
         batch_rows_max=batch_rows,
         batch_wait_ms=batch_wait_ms,
         idle_exit_s=idle_exit_s,
