@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: help venv up down status logs topics schemas migrate smoke demo test test-unit \
-        test-integration lint clean
+.PHONY: help venv up down status logs topics schemas migrate smoke demo bench test test-unit \
+        lint clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,10 @@ smoke: up topics schemas migrate ## Prove the stack with one payment round trip
 
 demo: venv ## The main job: stack + pipeline up, simulated payments, books audited (DEMO_ARGS=...)
 	@$(BIN)/settle demo $(DEMO_ARGS)
+
+bench: up topics schemas migrate ## Benchmarks on the real stack (not part of the tests); reports in .bench/
+	@$(BIN)/settle bench validate --count 100000 --runs 3
+	@$(BIN)/settle bench e2e --count 10000 --runs 3
 
 test-unit: venv ## Unit tests only (pure logic, no services)
 	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
