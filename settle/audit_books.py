@@ -35,7 +35,7 @@ class BooksAudit:
 
 
 def _rows(conn: psycopg.Connection, sql: str) -> list[tuple[Any, ...]]:
-    return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+    return conn.execute(sql).fetchall()
 
 
 def check_database(conn: psycopg.Connection, audit: BooksAudit) -> None:

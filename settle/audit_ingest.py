@@ -71,12 +71,14 @@ def read_topic(
             if msg.error() is not None:
                 continue
             part, off = msg.partition(), msg.offset()
+            if part is None or off is None:
+                continue
             end = targets.get(part)
             if end is None or off >= end:
                 continue
             source = None
-            for name, val in msg.headers() or ():
-                if name == SOURCE_HEADER and val is not None:
+            for name, val in list(msg.headers() or []):
+                if name == SOURCE_HEADER and isinstance(val, bytes):
                     source = val.decode("utf-8", "replace")
             yield RawRecord(topic, part, off, msg.key(), msg.value(), source)
             if off + 1 >= end:

@@ -64,6 +64,11 @@ def specs(seed: int, late_ms: int = 10000) -> list[ProcessSpec]:
     ]
 
 
+def _one(conn: Any, sql: str) -> int:
+    row = conn.execute(sql).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def _latency(conn: Any) -> tuple[int, int, float]:
     """p50/p99 of created_at -> ledger commit (on-time matches) and the last commit epoch."""
     row = conn.execute("""
@@ -128,7 +133,7 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
                 books = audit_books(settings, conn, decoder, results_topic=topics.results,
                                     batches_topic=topics.batches,
                                     routed_topics=topics.all_routed)
-                decided = conn.execute("SELECT COUNT(*) FROM payments").fetchone()[0]
+                decided = _one(conn, "SELECT COUNT(*) FROM payments")
                 say(f"{decided:,} payments decided")
                 done = books.ok and decided == expected_accounting(orders)["routed"]
                 if done or time.monotonic() >= deadline:
@@ -136,10 +141,11 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
                 time.sleep(3.0)
             drain_s = time.time() - started
             p50, p99, last_commit = _latency(conn)
-            states = dict(conn.execute("SELECT state, COUNT(*) FROM payments GROUP BY 1"))
-            exceptions = dict(conn.execute(
-                "SELECT outcome, COUNT(*) FROM reconciliation_exceptions GROUP BY 1"))
-            late = conn.execute("SELECT COUNT(*) FROM payments WHERE late").fetchone()[0]
+            states: dict[str, int] = dict(
+                conn.execute("SELECT state, COUNT(*) FROM payments GROUP BY 1").fetchall())
+            exceptions: dict[str, int] = dict(conn.execute(
+                "SELECT outcome, COUNT(*) FROM reconciliation_exceptions GROUP BY 1").fetchall())
+            late = _one(conn, "SELECT COUNT(*) FROM payments WHERE late")
         ingest = audit_ingest(settings.kafka, topics.requested, topics.all_routed,
                               topics.rejected, topics.dlq)
         span = max(last_commit - started, 1e-3)

@@ -1,1 +1,1 @@
-"""Pure domain core of the settlement pipeline: money, rules and decisions, standard library only."""
+"""Pure domain core of the settlement pipeline: money, rules and decisions; stdlib only."""

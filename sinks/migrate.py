@@ -83,7 +83,7 @@ def migrate(conn: psycopg.Connection) -> list[MigrationOutcome]:
                 outcomes.append(MigrationOutcome(mig.version, mig.name, "already applied"))
                 continue
             with conn.transaction():
-                conn.execute(mig.sql.encode())  # type: ignore[call-overload]
+                conn.execute(mig.sql.encode())
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                     (mig.version, mig.name, mig.checksum),

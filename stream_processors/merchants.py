@@ -132,8 +132,8 @@ class MerchantDirectory:
                     log.warning("merchants: consumer error %s", msg.error())
                     continue
                 self.apply(msg.key(), msg.value())
-                part = msg.partition()
-                if part in targets and msg.offset() + 1 >= targets[part]:
+                part, off = msg.partition(), msg.offset()
+                if part in targets and off is not None and off + 1 >= targets[part]:
                     del targets[part]
                     if not targets:
                         log.info("merchant directory loaded: %d merchants", len(self._merchants))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from rich.table import Table
@@ -82,7 +83,7 @@ def audit_books_cmd() -> None:
         sys.exit(1)
 
 
-def print_books(result) -> None:  # type: ignore[no-untyped-def]
+def print_books(result: Any) -> None:
     """Render a BooksAudit: the invariants, then the figures behind them."""
     from settlement.currencies import format_minor
 

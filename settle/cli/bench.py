@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -38,7 +39,8 @@ def bench_validate_cmd(count: int, runs: int, seed: int, bad_ratio: float, out_d
     for col in ("run", "records/s", "steady s", "CPU s", "CPU s / 1,000", "peak RSS MiB",
                 "start-up s"):
         table.add_column(col, justify="right")
-    for i, r in enumerate(report["runs"], 1):  # type: ignore[arg-type]
+    run_rows: list[dict[str, Any]] = report["runs"]  # type: ignore[assignment]
+    for i, r in enumerate(run_rows, 1):
         table.add_row(str(i), f"{r['records_per_s']:,.0f}", str(r["steady_s"]), str(r["cpu_s"]),
                       str(r["cpu_s_per_1000"]), str(r["rss_mib_peak"]), str(r["startup_s"]))
     console.print(table)
@@ -69,7 +71,7 @@ def bench_e2e_cmd(count: int, rate: float, runs: int, seed: int, out_dir: Path) 
     from settle.e2e import run_e2e
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for run in range(runs):
         r = run_e2e(settings(), out_dir / f"e2e-run{run + 1}", count, seed + run,
                     rate_per_s=rate, say=lambda m: console.print(f"[dim]{m}[/]"))

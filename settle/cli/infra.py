@@ -105,7 +105,7 @@ def schemas_list() -> None:
         console.print(subject)
 
 
-def _registry_client():  # type: ignore[no-untyped-def]
+def _registry_client():
     from schemas.registry import RegistryClient
 
     reg = settings().registry

@@ -26,7 +26,9 @@ def test_environment_overrides_every_address() -> None:
     assert s.kafka.partitions == 12
 
 
-@pytest.mark.parametrize("name,value", [("SETTLE_PG_PORT", "abc"), ("SETTLE_TOPIC_PARTITIONS", "0")])
+@pytest.mark.parametrize(
+    "name,value", [("SETTLE_PG_PORT", "abc"), ("SETTLE_TOPIC_PARTITIONS", "0")]
+)
 def test_malformed_settings_are_refused_with_the_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load({name: value})
