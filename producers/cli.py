@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -250,6 +252,15 @@ def simulate_channels(
         raise click.BadParameter(
             f"unknown channel(s) {', '.join(unknown)}", param_hint="--channels"
         )
+    # `make down` and the demo stop processes with SIGTERM: treat it like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    metrics_port = int(os.environ.get("SETTLE_METRICS_PORT", "0") or 0)
+    if metrics_port:
+        # Process metrics only for now (up, CPU, memory); the simulator's own counters are
+        # in its exit summary.
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
     config = ChannelSimConfig(
         seed=seed, latency_ms=latency_ms, decline_rate=decline_rate, fault_rate=fault_rate,
         faults=_csv(faults), late_ms=late_ms,

@@ -86,7 +86,7 @@ def start_pipeline(settings: Settings, plan: DemoPlan,
             f"metrics :{spec.metrics_port}, log {settings.run_dir / 'logs' / spec.name}.log)")
     processes.write_prometheus_targets(settings.run_dir, specs)
     deadline = time.monotonic() + 90
-    waiting = {s.name: s for s in specs}
+    waiting = {s.name: s for s in specs if s.metrics_port}
     while waiting and time.monotonic() < deadline:
         for name, spec in list(waiting.items()):
             if processes.running_pid(settings.run_dir, name) is None:

@@ -157,8 +157,7 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             exceptions={k: int(v) for k, v in exceptions.items()}, late_matched=int(late),
         )
     finally:
-        for spec in procs:
-            processes.stop(run_dir, spec.name)
+        processes.stop_all(run_dir, [spec.name for spec in procs])
         delete_topics(settings.kafka, [prefix + s.name for s in CONTRACT])
         with connect(base_pg, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -82,6 +82,25 @@ def stop(run_dir: Path, name: str, timeout_s: float = 30.0) -> None:
     pid_file(run_dir, name).unlink(missing_ok=True)
 
 
+def stop_all(run_dir: Path, names: list[str], timeout_s: float = 30.0) -> None:
+    """SIGTERM every process at once, then wait; SIGKILL what is left after the timeout."""
+    pids = {n: p for n in names if (p := running_pid(run_dir, n)) is not None}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        for name, pid in list(pids.items()):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                del pids[name]
+                pid_file(run_dir, name).unlink(missing_ok=True)
+        time.sleep(0.2)
+    for name, pid in pids.items():
+        os.kill(pid, signal.SIGKILL)
+        pid_file(run_dir, name).unlink(missing_ok=True)
+
+
 def metrics_up(port: int, timeout_s: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
