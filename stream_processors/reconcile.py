@@ -10,6 +10,7 @@ from typing import Any, Final
 from schemas.codec import AvroDeserializer, AvroSerializer, to_epoch_ms
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import reconciliation as recon
+from settlement.errors import SettleError
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import (
     Confirmation,
@@ -41,13 +42,13 @@ WAITING_CONFIRMATION: Final = "confirmation"
 WAITING_ROUTED: Final = "routed"
 
 
-class NotCopartitioned(ValueError):
+class NotCopartitioned(SettleError, ValueError):
     """A record's key or partition disagrees with its payment_id's state: the join is broken."""
 
     reason = "NOT_COPARTITIONED"
 
 
-class ChannelTopicMismatch(ValueError):
+class ChannelTopicMismatch(SettleError, ValueError):
     """A routed payment names another channel than the topic it was routed on."""
 
     reason = "CHANNEL_TOPIC_MISMATCH"

@@ -11,6 +11,7 @@ from typing import Any, Final
 from schemas.codec import AvroDeserializer, AvroSerializer, to_epoch_ms
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement.batches import BatchError, BatchItem, OpenBatch, SettlementBatch, due_batches
+from settlement.errors import SettleError
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import MATCHED
 from settlement.windows import WindowPolicy, assign_window
@@ -35,13 +36,13 @@ TICK_KEYS_MAX: Final = 5_000
 TICK_RETRY_MS: Final = 60_000
 
 
-class BadItem(ValueError):
+class BadItem(SettleError, ValueError):
     """A record cannot become (or is not) a valid settlement item."""
 
     reason = "BAD_ITEM"
 
 
-class NotCopartitioned(ValueError):
+class NotCopartitioned(SettleError, ValueError):
     """An item's merchant+currency is kept on another partition than the one it arrived on."""
 
     reason = "NOT_COPARTITIONED"

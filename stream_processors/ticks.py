@@ -14,6 +14,7 @@ import faust
 
 from settle.config import KafkaSettings
 from settle.topics import admin_client
+from settlement.errors import SettleError
 from stream_processors.ingest import now_ms
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ TICK_KEY: Final = b"tick"
 TOPIC_VISIBLE_TIMEOUT_S: Final = 30.0
 
 
-class TopicNotVisible(RuntimeError):
+class TopicNotVisible(SettleError, RuntimeError):
     """A topic the stage created did not show up in the cluster metadata in time."""
 
 
