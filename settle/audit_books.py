@@ -134,6 +134,15 @@ def check_database(conn: psycopg.Connection, audit: BooksAudit) -> None:
           FROM settlement_batches GROUP BY 1, 2 ORDER BY 1, 2""")
 
 
+def unbatched_matched(conn: psycopg.Connection) -> int:
+    """MATCHED payments not in a batch yet: a cheap drain check before the full audit."""
+    return int(_rows(conn, """
+        SELECT COUNT(*) FROM payments p
+         WHERE p.state = 'MATCHED'
+           AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
+                            WHERE i.payment_id = p.payment_id)""")[0][0])
+
+
 def check_topics(settings: Settings, conn: psycopg.Connection, audit: BooksAudit,
                  results_topic: str, batches_topic: str, decoder: Any,
                  routed_topics: tuple[str, ...] = ()) -> None:

@@ -13,16 +13,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
-
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
+from settle.audit_ingest import end_offsets
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.smoke import registry_client
-from settle.topics import CONTRACT, create_topics, delete_topics
+from settle.topics import create_topics, delete_topics
 from stream_processors.topics import TopicNames
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,12 +72,7 @@ def preload_validate(settings: Settings, topics: TopicNames, count: int, seed: i
 def total_end_offsets(settings: Settings, topic_names: list[str]) -> int:
     consumer = make_consumer(settings.kafka, group_id=f"bench-{uuid.uuid4()}")
     try:
-        total = 0
-        for topic in topic_names:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            for p in meta.partitions:
-                total += consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-        return total
+        return sum(sum(end_offsets(consumer, t).values()) for t in topic_names)
     finally:
         consumer.close()
 
@@ -157,7 +151,7 @@ def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_rat
             progress(f"run {run + 1}/{runs}: {result.records_per_s:,.0f} records/s, "
                      f"{result.cpu_s_per_1000} CPU s per 1,000")
         finally:
-            delete_topics(settings.kafka, [prefix + spec.name for spec in CONTRACT])
+            delete_topics(settings.kafka, topics.all)
     rates = [r.records_per_s for r in results]
     report = {
         "stage": "validate",

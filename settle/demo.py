@@ -115,19 +115,27 @@ def progress_counts(conn: psycopg.Connection) -> dict[str, int]:
 
 def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
                    on_progress: Callable[[dict[str, int]], None]) -> Any:
-    """Poll until `settle audit books` passes (the pipeline drained) or time runs out."""
-    from settle.audit_books import audit_books
+    """Poll until `settle audit books` passes (the pipeline drained) or time runs out.
+
+    The full audit re-reads whole topics, so it only runs once the cheap SQL counts have
+    stopped moving and every MATCHED payment is in a batch (or at the deadline).
+    """
+    from settle.audit_books import audit_books, unbatched_matched
     from settle.topics import ROUTED_TOPICS
     from sinks.db import connect
 
     deadline = time.monotonic() + timeout_s
-    result = None
+    previous: dict[str, int] | None = None
     with connect(settings.postgres, autocommit=True) as conn:
         while True:
-            on_progress(progress_counts(conn))
-            result = audit_books(settings, conn, decoder, routed_topics=ROUTED_TOPICS)
-            if result.ok or time.monotonic() >= deadline:
-                return result
+            counts = progress_counts(conn)
+            on_progress(counts)
+            out_of_time = time.monotonic() >= deadline
+            if out_of_time or (counts == previous and unbatched_matched(conn) == 0):
+                result = audit_books(settings, conn, decoder, routed_topics=ROUTED_TOPICS)
+                if result.ok or out_of_time:
+                    return result
+            previous = counts
             time.sleep(3.0)
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from producers.clients import registry_client
 from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer
-from schemas.registry import RegistryClient, register_all
+from schemas.registry import register_all
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.topics import PAYMENTS_REQUESTED, create_topics
@@ -54,13 +55,6 @@ def sample_payment(payment_id: str | None = None) -> dict[str, Any]:
         "created_at": datetime.now(UTC).replace(microsecond=0),
         "metadata": {"source": "smoke"},
     }
-
-
-def registry_client(settings: Settings) -> RegistryClient:
-    reg = settings.registry
-    return RegistryClient(
-        reg.url, username=reg.username or None, password=reg.password.reveal() or None
-    )
 
 
 def run_smoke(settings: Settings, timeout_s: float = 30.0) -> SmokeResult:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CHANNELS = ("alipay", "wechat_pay", "unionpay", "card")
+from settle import topics as contract
+
+CHANNELS = contract.CHANNELS
 
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:
+    """The contract's topic names (settle.topics), each with an optional prefix."""
+
     prefix: str = ""
 
     @property
@@ -17,35 +21,40 @@ class TopicNames:
 
     @property
     def requested(self) -> str:
-        return self.prefix + "payments.requested"
+        return self.prefix + contract.PAYMENTS_REQUESTED
 
     @property
     def rejected(self) -> str:
-        return self.prefix + "payments.rejected"
+        return self.prefix + contract.PAYMENTS_REJECTED
 
     @property
     def dlq(self) -> str:
-        return self.prefix + "payments.dlq"
+        return self.prefix + contract.PAYMENTS_DLQ
 
     @property
     def confirmations(self) -> str:
-        return self.prefix + "channel.confirmations"
+        return self.prefix + contract.CHANNEL_CONFIRMATIONS
 
     @property
     def results(self) -> str:
-        return self.prefix + "reconciliation.results"
+        return self.prefix + contract.RECONCILIATION_RESULTS
 
     @property
     def batches(self) -> str:
-        return self.prefix + "settlements.batches"
+        return self.prefix + contract.SETTLEMENTS_BATCHES
 
     @property
     def merchants(self) -> str:
-        return self.prefix + "merchants"
+        return self.prefix + contract.MERCHANTS
 
     def routed(self, channel: str) -> str:
-        return f"{self.prefix}payments.routed.{channel}"
+        return self.prefix + contract.routed_topic(channel)
 
     @property
     def all_routed(self) -> tuple[str, ...]:
         return tuple(self.routed(c) for c in CHANNELS)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every contract topic under this prefix (tests delete their copies with it)."""
+        return tuple(self.prefix + name for name in contract.TOPIC_NAMES)

@@ -86,8 +86,9 @@ def schemas_cmd() -> None:
 def schemas_register() -> None:
     """Register every topic's value schema (TopicNameStrategy, BACKWARD); idempotent."""
     from schemas.registry import register_all
+    from settle.smoke import registry_client
 
-    client = _registry_client()
+    client = registry_client(settings())
     ids = register_all(client)
     table = Table(title=f"subjects on {settings().registry.url}")
     table.add_column("subject")
@@ -100,17 +101,11 @@ def schemas_register() -> None:
 @schemas_cmd.command("list")
 def schemas_list() -> None:
     """List the registry's subjects."""
-    client = _registry_client()
+    from settle.smoke import registry_client
+
+    client = registry_client(settings())
     for subject in sorted(client.subjects()):
         console.print(subject)
-
-
-def _registry_client():
-    from schemas.registry import RegistryClient
-
-    reg = settings().registry
-    return RegistryClient(reg.url, username=reg.username or None,
-                          password=reg.password.reveal() or None)
 
 
 @click.group("db")

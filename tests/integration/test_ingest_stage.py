@@ -36,11 +36,7 @@ def prefix(stack: Settings) -> Iterator[str]:
     p = f"t{uuid.uuid4().hex[:8]}."
     create_topics(stack.kafka, name_prefix=p)
     yield p
-    names = [p + n for n in (
-        "payments.requested", "payments.rejected", "payments.dlq", "payments.routed.alipay",
-        "payments.routed.wechat_pay", "payments.routed.unionpay", "payments.routed.card",
-        "channel.confirmations", "reconciliation.results", "settlements.batches", "merchants")]
-    delete_topics(stack.kafka, names)
+    delete_topics(stack.kafka, TopicNames(p).all)
 
 
 def start_worker(prefix: str, log_path: str) -> subprocess.Popen[bytes]:
