@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help venv up down status logs topics schemas migrate smoke demo bench test test-unit \
+.PHONY: help venv up down status logs topics schemas migrate smoke demo bench test test-unit chaos \
         lint clean
 
 help: ## List every target
@@ -49,15 +50,17 @@ smoke: up topics schemas migrate ## Prove the stack with one payment round trip
 demo: venv ## The main job: stack + pipeline up, simulated payments, books audited (DEMO_ARGS=...)
 	@$(BIN)/settle demo $(DEMO_ARGS)
 
-bench: up topics schemas migrate ## Benchmarks on the real stack (not part of the tests); reports in .bench/
-	@$(BIN)/settle bench validate --count 100000 --runs 3
-	@$(BIN)/settle bench e2e --count 10000 --runs 3
+bench: up topics schemas migrate ## Benchmarks on the real stack (not part of the tests): .bench/report.md (BENCH_ARGS=--quick)
+	@$(BIN)/settle bench all $(BENCH_ARGS)
 
 test-unit: venv ## Unit tests only (pure logic, no services)
 	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-test: up topics schemas migrate ## Every test against the real stack (starts it if needed)
-	@$(BIN)/pytest tests -q $(PYTEST_ARGS)
+test: up topics schemas migrate ## Every test against the real stack (starts it if needed); fault scenarios last
+	@$(BIN)/pytest tests/unit tests/integration tests/e2e tests/chaos -q $(PYTEST_ARGS)
+
+chaos: up topics schemas migrate ## The fault-injection scenarios alone (they restart services of the stack)
+	@$(BIN)/pytest tests/chaos -q -s $(PYTEST_ARGS)
 
 lint: venv ## ruff, mypy and the import contracts
 	@$(BIN)/ruff check .

@@ -12,6 +12,10 @@ RUN=$(realpath -m "${SETTLE_RUN_DIR:-$REPO_DIR/.run}")
 
 KAFKA_PORT=${SETTLE_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${SETTLE_KAFKA_CONTROLLER_PORT:-19093}
+KAFKA_SASL_PORT=${SETTLE_KAFKA_SASL_PORT:-19094}   # SASL_PLAINTEXT + SCRAM-SHA-512; 0: no such listener
+KAFKA_TLS_PORT=${SETTLE_KAFKA_TLS_PORT:-19095}     # SASL_SSL + SCRAM-SHA-512; 0: no such listener
+KAFKA_SASL_USER=${SETTLE_KAFKA_SASL_LOCAL_USER:-settle-client}
+KAFKA_SASL_PASSWORD=${SETTLE_KAFKA_SASL_LOCAL_PASSWORD:-settle-local-sasl}
 KAFKA_HEAP=${SETTLE_KAFKA_HEAP:-768m}
 REGISTRY_PORT=${SETTLE_REGISTRY_PORT:-18081}
 REGISTRY_MGMT_PORT=${SETTLE_REGISTRY_MGMT_PORT:-18082}
@@ -60,10 +64,16 @@ Commands:
                        last N (default 100) lines of a service's log, -f to follow;
                        without SERVICE, the tail of every log
   clean                down, then delete the run folder's data and logs (keeps lib/ downloads)
+  stop SERVICE         stop one service (PostgreSQL: fast shutdown of the postmaster; the
+                       pipeline's processes are left running: fault injection uses this)
+  start SERVICE        start one service if it is not running and wait until it is ready
+  restart SERVICE      stop, then start one service (a new process)
   help                 this text
 
 Services: ${SERVICES[*]}
   kafka       Kafka $KAFKA_VERSION KRaft combined node   PLAINTEXT 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT)
+                                                  SASL_PLAINTEXT/SCRAM-SHA-512 127.0.0.1:$KAFKA_SASL_PORT (user $KAFKA_SASL_USER)
+                                                  SASL_SSL/SCRAM-SHA-512 127.0.0.1:$KAFKA_TLS_PORT (CA: kafka/tls/ca.pem)
   registry    Apicurio Registry $APICURIO_VERSION          http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7 (management :$REGISTRY_MGMT_PORT)
   postgres    PostgreSQL (Debian package)          postgresql://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB
   prometheus  Prometheus (Debian package)          http://127.0.0.1:$PROMETHEUS_PORT
@@ -71,6 +81,9 @@ Services: ${SERVICES[*]}
 Settings (environment, with defaults):
   SETTLE_RUN_DIR=<repo>/.run  SETTLE_START_TIMEOUT=120  SETTLE_STOP_TIMEOUT=60
   SETTLE_KAFKA_PORT=19092  SETTLE_KAFKA_CONTROLLER_PORT=19093  SETTLE_KAFKA_HEAP=768m
+  SETTLE_KAFKA_SASL_PORT=19094 (0: no SASL listener)  SETTLE_KAFKA_SASL_LOCAL_USER=settle-client
+  SETTLE_KAFKA_TLS_PORT=19095 (SASL_SSL with a local CA made by openssl; 0: no TLS listener)
+  SETTLE_KAFKA_SASL_LOCAL_PASSWORD=settle-local-sasl (the local SCRAM user, created at every up)
   SETTLE_REGISTRY_PORT=18081  SETTLE_REGISTRY_MGMT_PORT=18082  SETTLE_REGISTRY_HEAP=384m
   SETTLE_REGISTRY_STORAGE=file (H2 file under the run folder, survives restarts) or mem
   SETTLE_PG_PORT=15432  SETTLE_PG_USER=settle  SETTLE_PG_PASSWORD=settle-local  SETTLE_PG_DB=settle
@@ -433,9 +446,16 @@ prepare_kafka() {
     KAFKA_JAVA=$(pick_java 17 "${SETTLE_JAVA:-}") \
         || die "Kafka $KAFKA_VERSION needs Java 17+; none found (set SETTLE_JAVA=/path/to/java)"
     mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
+    local sasl_listener= tls_listener=
+    if [[ $KAFKA_SASL_PORT != 0 ]]; then sasl_listener=",SASL://127.0.0.1:$KAFKA_SASL_PORT"; fi
+    if [[ $KAFKA_TLS_PORT != 0 ]]; then
+        kafka_tls_material
+        tls_listener=",TLS://127.0.0.1:$KAFKA_TLS_PORT"
+    fi
     render "$DEPLOY_DIR/kafka/server.properties.in" "$KAFKA_PROPS" \
         KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
-        KAFKA_DATA_DIR="$KAFKA_DIR/data"
+        KAFKA_SASL_LISTENER="$sasl_listener" KAFKA_TLS_LISTENER="$tls_listener" \
+        KAFKA_TLS_DIR="$KAFKA_TLS_DIR" KAFKA_DATA_DIR="$KAFKA_DIR/data"
     if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
         local log=$KAFKA_DIR/logs/format.log cluster_id
         if [[ ! -s $KAFKA_DIR/cluster.id ]]; then
@@ -454,7 +474,10 @@ prepare_kafka() {
 }
 
 start_kafka() {
-    ensure_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+    local ports=("$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")
+    if [[ $KAFKA_SASL_PORT != 0 ]]; then ports+=("$KAFKA_SASL_PORT"); fi
+    if [[ $KAFKA_TLS_PORT != 0 ]]; then ports+=("$KAFKA_TLS_PORT"); fi
+    ensure_ports_free kafka "${ports[@]}"
     say "kafka: starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (heap $KAFKA_HEAP)..."
     rotate_log "$KAFKA_DIR/logs/stdout.log"
     launch kafka "$KAFKA_DIR/logs/stdout.log" "$KAFKA_DIR" \
@@ -466,6 +489,60 @@ start_kafka() {
         "-Dkafka.logs.dir=$KAFKA_DIR/logs" \
         "-Dlog4j2.configurationFile=$DEPLOY_DIR/kafka/log4j2.properties" \
         -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_PROPS"
+}
+
+# A local CA and a broker certificate for 127.0.0.1/localhost, made once per run folder (10 years):
+# clients of the TLS listener verify the broker with SETTLE_KAFKA_SSL_CA_LOCATION=.../tls/ca.pem.
+KAFKA_TLS_DIR=$KAFKA_DIR/tls
+kafka_tls_material() {
+    local log=$KAFKA_DIR/logs/tls.log
+    if [[ -s $KAFKA_TLS_DIR/broker-keystore.pem && -s $KAFKA_TLS_DIR/ca.pem ]]; then return 0; fi
+    command -v openssl >/dev/null \
+        || die "kafka: openssl is needed for the TLS listener (or set SETTLE_KAFKA_TLS_PORT=0)"
+    say "kafka: making a local CA and a broker certificate in $KAFKA_TLS_DIR..."
+    mkdir -p "$KAFKA_TLS_DIR"
+    chmod 700 "$KAFKA_TLS_DIR"
+    if ! (
+        set -e
+        cd "$KAFKA_TLS_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.pem \
+            -subj "/CN=settle local Kafka CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost"
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+            "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
+            "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" >broker.ext
+        openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile broker.ext -out broker.pem
+        # Kafka's PEM keystore: the PKCS#8 key (unencrypted, in a 0700 folder) and its chain.
+        (umask 077 && cat broker.key broker.pem ca.pem >broker-keystore.pem.tmp)
+        mv broker-keystore.pem.tmp broker-keystore.pem
+    ) >"$log" 2>&1; then
+        rm -f "$KAFKA_TLS_DIR/broker-keystore.pem"
+        die_with_log "kafka: making the TLS certificates failed" "$log"
+    fi
+}
+
+# The local SCRAM user for the SASL listener, created (or its password reset) over PLAINTEXT
+# with the Admin API on every `up`: idempotent, and it also works on data formatted before the
+# listener existed. The password goes through the environment, never the command line.
+kafka_scram_user() {
+    [[ $KAFKA_SASL_PORT != 0 || $KAFKA_TLS_PORT != 0 ]] || return 0
+    if ! venv_ok; then
+        warn "kafka: no usable venv at $VENV_PYTHON: SCRAM user $KAFKA_SASL_USER not created"
+        return 0
+    fi
+    local out
+    out=$(SETTLE_KAFKA_SASL_LOCAL_PASSWORD="$KAFKA_SASL_PASSWORD" "$VENV_PYTHON" \
+        "$DEPLOY_DIR/kafka/scram_user.py" --bootstrap "127.0.0.1:$KAFKA_PORT" \
+        --user "$KAFKA_SASL_USER" 2>&1) || die "kafka: creating SCRAM user $KAFKA_SASL_USER failed: $out"
+    say "kafka: $out"
+    local port
+    for port in "$KAFKA_SASL_PORT" "$KAFKA_TLS_PORT"; do
+        if [[ $port != 0 ]] && ! port_open "$port"; then
+            warn "kafka: no SASL listener on 127.0.0.1:$port (started before it was configured?): restart Kafka to enable it"
+        fi
+    done
 }
 
 # ----------------------------------------------------------------------------- registry
@@ -661,6 +738,15 @@ start_prometheus() {
         --web.enable-lifecycle
 }
 
+reload_prometheus() {
+    prepare_prometheus
+    if curl -fsS -X POST "http://127.0.0.1:$PROMETHEUS_PORT/-/reload" >/dev/null 2>&1; then
+        say "prometheus: configuration and rules reloaded"
+    else
+        warn "prometheus: reload failed; \`bash deploy/stack.sh down && up\` restarts it"
+    fi
+}
+
 # ----------------------------------------------------------------------------- stop
 
 stop_service() {
@@ -693,6 +779,8 @@ cmd_up() {
             say "$service: already running (pid $(service_pid "$service"))"
             # Settings may have changed since it started: keep the role and database current.
             if [[ $service == postgres ]]; then bootstrap_postgres; fi
+            # Rules and scrape config live in the repo: re-render, check and hot-reload them.
+            if [[ $service == prometheus ]]; then reload_prometheus; fi
             continue
         fi
         "prepare_$service"
@@ -709,6 +797,7 @@ cmd_up() {
             wait_ready "$service"
         fi
     done
+    if is_running kafka; then kafka_scram_user; fi
     # Anything already running must be healthy too.
     for service in "${SERVICES[@]}"; do
         if [[ " ${started[*]} " != *" $service "* ]]; then
@@ -718,6 +807,12 @@ cmd_up() {
     done
     say "settle stack: up in $((SECONDS - t0))s"
     say "  kafka     127.0.0.1:$KAFKA_PORT"
+    if [[ $KAFKA_SASL_PORT != 0 ]]; then
+        say "  kafka     127.0.0.1:$KAFKA_SASL_PORT SASL_PLAINTEXT SCRAM-SHA-512 (user $KAFKA_SASL_USER)"
+    fi
+    if [[ $KAFKA_TLS_PORT != 0 ]]; then
+        say "  kafka     127.0.0.1:$KAFKA_TLS_PORT SASL_SSL SCRAM-SHA-512 (CA $KAFKA_TLS_DIR/ca.pem)"
+    fi
     say "  registry  http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
     say "  postgres  postgresql://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
     say "  metrics   http://127.0.0.1:$PROMETHEUS_PORT"
@@ -754,6 +849,44 @@ cmd_down() {
         fi
     done
     if [[ -n $any ]]; then say "settle stack: down"; else say "settle stack: already down"; fi
+}
+
+# The one service named on the command line, or a clear error.
+service_arg() {
+    [[ -n ${1:-} ]] || die "which service? one of: ${SERVICES[*]}"
+    is_service "$1" || die "unknown service '$1'; one of: ${SERVICES[*]}"
+}
+
+cmd_stop() {
+    service_arg "${1:-}"
+    if is_running "$1"; then stop_service "$1"; say "$1: stopped"; else say "$1: already stopped"; fi
+}
+
+cmd_start() {
+    service_arg "${1:-}"
+    local service=$1
+    declare -gA LAUNCHED_AT=()
+    mkdir -p "$RUN" "$PIDS_DIR"
+    if is_running "$service"; then
+        say "$service: already running (pid $(service_pid "$service"))"
+        return 0
+    fi
+    "prepare_$service"
+    "start_$service"
+    LAUNCHED_AT[$service]=$SECONDS
+    if [[ $service == postgres ]]; then
+        bootstrap_postgres
+        wait_ready postgres
+        say "postgres: ready ${SECONDS_SINCE_LAUNCH}s after launch (pid $(service_pid postgres))"
+    else
+        wait_ready "$service"
+    fi
+}
+
+cmd_restart() {
+    service_arg "${1:-}"
+    cmd_stop "$1"
+    cmd_start "$1"
 }
 
 cmd_status() {
@@ -846,6 +979,9 @@ main() {
         status) cmd_status "$@" ;;
         logs) cmd_logs "$@" ;;
         clean) cmd_clean "$@" ;;
+        stop) cmd_stop "$@" ;;
+        start) cmd_start "$@" ;;
+        restart) cmd_restart "$@" ;;
         help | -h | --help) usage ;;
         *) usage >&2; die "unknown command '$command'" ;;
     esac

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from producers import metrics
 from producers.channels import (
     FAULT_ORPHAN,
     ORPHAN_PREFIX,
@@ -31,15 +33,18 @@ from producers.clients import wall_clock_ms
 from producers.errors import DeliveryFailed
 from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, RegistryUnavailable
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.topics import CHANNEL_CONFIRMATIONS, ROUTED_TOPICS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GROUP: Final = "settle-channel-sim"
 COMMIT_INTERVAL_S: Final = 1.0
 POLL_MAX_S: Final = 0.1
 PROGRESS_INTERVAL_S: Final = 0.5
+REGISTRY_BACKOFF_MAX_S: Final = 10.0
 
 TP = tuple[str, int]
 
@@ -107,6 +112,7 @@ class SimStats:
     consumer_error: str | None = None
     scheduled: int = 0
     commits: int = 0
+    registry_waits: int = 0
     elapsed_s: float = 0.0
     stop_reason: str = ""
 
@@ -205,7 +211,7 @@ class ChannelSimulator:
                     consumer.poll(self._poll_timeout_s())
                 now = time.monotonic()
                 if now - last_commit >= COMMIT_INTERVAL_S:
-                    self._commit(consumer, producer)
+                    self._commit_or_retry(consumer, producer)
                     last_commit = now
                 if on_progress is not None and now - last_progress >= PROGRESS_INTERVAL_S:
                     on_progress(self.stats, len(self._heap))
@@ -247,7 +253,7 @@ class ChannelSimulator:
         topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
         assert partition is not None and offset is not None
         try:
-            routed = self._decoder.decode(msg.value())
+            routed = self._decode_waiting_for_registry(msg.value())
             plans = plan_confirmations(routed, self._clock(), self.config)
         except (DecodeError, KeyError, TypeError, ValueError):
             self.stats.undecodable += 1
@@ -268,16 +274,54 @@ class ChannelSimulator:
             self.stats.scheduled += 1
         return True
 
+    def _decode_waiting_for_registry(self, value: bytes | None) -> dict[str, Any]:
+        """Decode a routed record; while the registry is away (a schema id not cached yet),
+        wait with backoff instead of crashing: the record is already polled, and a channel
+        does not forget a payment because a schema lookup failed."""
+        backoff_s = 0.5
+        while True:
+            try:
+                record: dict[str, Any] = self._decoder.decode(value)
+                return record
+            except RegistryUnavailable as exc:
+                self.stats.registry_waits += 1
+                log.warning("schema registry unavailable, decoding again in %.1fs: %s",
+                            backoff_s, exc)
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
+
     def _publish_due(self, producer: AvroProducer) -> None:
         now_ms = self._clock()
         while self._heap and self._heap[0].due_ms <= now_ms:
-            due = heapq.heappop(self._heap)
+            due = self._heap[0]
             record = due.planned.record
-            producer.send(self.confirmations_topic, due.planned.key, record)
+            try:
+                producer.send(self.confirmations_topic, due.planned.key, record)
+            except RegistryUnavailable as exc:
+                # Stays first in the heap: sent on a later pass, once the registry is back.
+                self.stats.registry_waits += 1
+                log.warning("schema registry unavailable, confirmation %s waits: %s",
+                            due.planned.key, exc)
+                time.sleep(1.0)
+                return
+            heapq.heappop(self._heap)
             self.stats.published[str(record["channel"])] += 1
+            metrics.CONFIRMATIONS.labels(str(record["channel"]), str(record["status"])).inc()
             if due.planned.key.startswith(ORPHAN_PREFIX) and due.planned.fault == FAULT_ORPHAN:
                 self.stats.orphans += 1
             self._tracker.produced(due.source, due.offset)
+
+    def _commit_or_retry(self, consumer: Consumer, producer: AvroProducer) -> None:
+        """A periodic commit that the group refuses for now (a broker restart moved the
+        coordinator, a rebalance is under way) is tried again at the next interval: the
+        offsets stay uncommitted, so nothing is skipped (at worst answered twice)."""
+        try:
+            self._commit(consumer, producer)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.fatal():
+                raise
+            log.warning("offset commit refused (%s); retrying at the next commit", err.str())
 
     def _commit(
         self, consumer: Consumer, producer: AvroProducer, tps: Sequence[TP] | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -28,9 +27,11 @@ from producers.merchants import (
 from producers.order_flow import FlowStats, progress_bar, publish_orders, summary_tables
 from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_orders
 from producers.producer import AvroProducer
+from producers.signing import RequestSigner
 from schemas.contract import schema_str_for
 from schemas.topics import value_subject
 from settle.config import Settings, load
+from settle.keyring import KeyringError, configured_keyring
 from settle.topics import CHANNEL_CONFIRMATIONS, CHANNELS, MERCHANTS, PAYMENTS_REQUESTED
 from settlement.model import MERCHANT_STATUSES
 
@@ -169,26 +170,40 @@ def simulate_orders(
     cards abroad, currencies matching the payer's region and long-tailed integer amounts.
     The summary ends with what validate+route must do with the run:
     in = routed + rejected + dead_lettered + deduplicated.
+    Requests are signed with the keyring SETTLE_SIGNING_KEYRING names; with
+    SETTLE_SIGNATURES=required the signature faults (unsigned, unknown key, another
+    merchant's key, tampered after signing) are injected too.
     """
     seed = seed if seed is not None else time.time_ns() // 1_000_000 % 10**9
     entries = load_merchants(merchants_file or sample_merchants_path())
     topic = topic_prefix + PAYMENTS_REQUESTED
     settings = _settings()
+    try:
+        keyring = configured_keyring(settings)
+    except KeyringError:
+        if not dry_run:
+            raise
+        keyring = None
     mix = OrderMix(bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio,
-                   conflict_ratio=conflict_ratio, bad_kinds=_csv(bad_kinds))
+                   conflict_ratio=conflict_ratio, bad_kinds=_csv(bad_kinds),
+                   keyring=keyring if settings.signing.required else None)
     stats = FlowStats()
     console.print(f"seed [bold]{seed}[/] · {count} records · "
                   f"{'unlimited' if rate == 0 else f'{rate:g}/s'} · topic {topic}")
     if dry_run:
         publish_orders(None, topic, generate_orders(seed, count, entries, mix), stats)
     else:
+        from producers.metrics import serve_from_env
+
+        serve_from_env()  # /metrics on $SETTLE_METRICS_PORT while it publishes
         with registry_client(settings) as registry:
             # Garbage built from a real body carries the real schema id, so only its one
             # intended defect makes it undecodable.
             schema_id = registry.register(value_subject(topic), schema_str_for("PaymentRequested"))
             orders = generate_orders(seed, count, entries, replace(mix, schema_id=schema_id))
+            signer = RequestSigner(keyring) if keyring is not None else None
             with AvroProducer(settings.kafka, registry, client_id="order-sim",
-                              on_delivery=stats.on_delivery) as producer, \
+                              on_delivery=stats.on_delivery, signer=signer) as producer, \
                     progress_bar() as progress:
                 task = progress.add_task("orders", total=count, rate="")
 
@@ -254,13 +269,9 @@ def simulate_channels(
         )
     # `make down` and the demo stop processes with SIGTERM: treat it like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    metrics_port = int(os.environ.get("SETTLE_METRICS_PORT", "0") or 0)
-    if metrics_port:
-        # Process metrics only for now (up, CPU, memory); the simulator's own counters are
-        # in its exit summary.
-        from prometheus_client import start_http_server
+    from producers.metrics import serve_from_env
 
-        start_http_server(metrics_port, addr="127.0.0.1")
+    serve_from_env()  # /metrics on $SETTLE_METRICS_PORT (producer and confirmation counters)
     config = ChannelSimConfig(
         seed=seed, latency_ms=latency_ms, decline_rate=decline_rate, fault_rate=fault_rate,
         faults=_csv(faults), late_ms=late_ms,

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from producers import metrics
 from producers.order_faults import BAD_REASONS, GARBAGE_ERRORS
 from producers.orders import CONFLICT, DUPLICATE, OUTCOMES, VALID, Accounting, SimulatedOrder
 from producers.producer import DeliveryReport
@@ -85,6 +86,7 @@ class FlowStats:
 def publish_order(publisher: Publisher, topic: str, order: SimulatedOrder) -> None:
     """Send one order: a record through the Avro serializer, garbage as raw bytes."""
     headers = {KIND_HEADER: order.kind}
+    metrics.ORDERS.labels(order.kind).inc()
     if order.record is not None:
         publisher.send(topic, order.key, order.record, headers=headers)
     else:

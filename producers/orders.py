@@ -37,6 +37,7 @@ from producers.order_faults import (
 )
 from settlement.model import MERCHANT_ACTIVE, MERCHANT_SUSPENDED
 from settlement.routing import DEFAULT_TABLE, RoutingTable
+from settlement.signing import Keyring
 from settlement.validation import DUPLICATE_CONFLICT, ValidationPolicy
 
 __all__ = [
@@ -122,6 +123,9 @@ class OrderMix:
     policy: ValidationPolicy = field(default_factory=ValidationPolicy)
     # Duplicates and conflicts re-use one of the latest this-many valid payments.
     recent_max: int = 10_000
+    # The run's signing keyring: with one, the signature fault kinds are injected too (the
+    # producer signs every other request on send). None: signatures are not enforced.
+    keyring: Keyring | None = None
 
     def __post_init__(self) -> None:
         for name in ("bad_ratio", "duplicate_ratio", "conflict_ratio"):
@@ -227,6 +231,7 @@ class _Generator:
             draw_amount_minor=self.mix.market.draw_amount_minor,
             schema_id=self.mix.schema_id,
             unknown_schema_id=self.mix.unknown_schema_id,
+            keyring=self.mix.keyring,
         )
 
     def _request(self, index: int, now_ms: int) -> dict[str, Any]:

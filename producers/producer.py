@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
+from producers import metrics
 from producers.errors import DeliveryFailed, ProducerClosed
+from producers.signing import RequestSigner
 from schemas.codec import AvroSerializer
 from schemas.topics import TOPIC_RECORDS
 from settle.config import KafkaSettings
 from settle.kafka import make_producer
 
 DeliveryCallback = Callable[["DeliveryReport"], None]
+
+# The record type whose values carry a merchant signature.
+SIGNED_RECORD = "PaymentRequested"
+
+
+class _FromSettings:
+    """Default of AvroProducer(signer=...): the keyring the SETTLE_* settings name."""
+
+
+FROM_SETTINGS = _FromSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +53,11 @@ class AvroProducer:
     the broker refuses (after librdkafka's own idempotent retries) is reported to the
     ``on_delivery`` callback, and, when no callback is given, collected and raised as
     ``DeliveryFailed`` by the next ``flush`` (or at exit of the ``with`` block).
+
+    Every PaymentRequested record is signed by ``signer`` before encoding (see
+    producers.signing). By default the signer comes from SETTLE_SIGNING_KEYRING, loaded on
+    the first payment request (so a producer of other records never needs a keyring); None
+    sends payment requests as given.
     """
 
     def __init__(
@@ -48,11 +66,14 @@ class AvroProducer:
         registry: Any,
         client_id: str = "producer",
         on_delivery: DeliveryCallback | None = None,
+        signer: RequestSigner | _FromSettings | None = FROM_SETTINGS,
         **overrides: Any,
     ) -> None:
         self._producer = make_producer(kafka, client_id, **overrides)
         self._registry = registry
         self._serializers: dict[str, AvroSerializer] = {}
+        self._signed_topics: set[str] = set()
+        self._signer = signer
         self._on_delivery = on_delivery
         self._failures: list[DeliveryReport] = []
         self._lock = threading.Lock()
@@ -73,10 +94,25 @@ class AvroProducer:
                 record = TOPIC_RECORDS[base]
             ser = AvroSerializer(self._registry, topic, record)
             self._serializers[topic] = ser
+            if record == SIGNED_RECORD:
+                self._signed_topics.add(topic)
         return ser
 
-    def _report(self, key: str) -> Callable[[KafkaError | None, Message], None]:
+    def _request_signer(self) -> RequestSigner | None:
+        if isinstance(self._signer, _FromSettings):
+            self._signer = RequestSigner.from_settings()
+        return self._signer
+
+    def schema_id(self, topic: str) -> int:
+        """The registry id of `topic`'s value schema (registered on first use, then cached)."""
+        return self._serializer(topic).ensure_schema_id()
+
+    def _report(self, key: str, topic: str) -> Callable[[KafkaError | None, Message], None]:
+        enqueued = time.monotonic()
+
         def callback(err: KafkaError | None, msg: Message) -> None:
+            metrics.DELIVERY_SECONDS.labels(topic).observe(time.monotonic() - enqueued)
+            metrics.PRODUCED.labels(topic, "delivered" if err is None else "failed").inc()
             partition, offset = msg.partition(), msg.offset()
             report = DeliveryReport(
                 topic=msg.topic() or "",
@@ -105,7 +141,12 @@ class AvroProducer:
         """Encode and enqueue one record keyed by ``key`` (payment_id, batch_id or merchant_id)."""
         if self._closed:
             raise ProducerClosed("producer is closed")
-        value = self._serializer(topic).encode(dict(record))
+        serializer = self._serializer(topic)
+        if topic in self._signed_topics:
+            signer = self._request_signer()
+            if signer is not None:
+                record = signer.sign_record(record)
+        value = serializer.encode(dict(record))
         self.send_raw(topic, key.encode("utf-8"), value, headers)
 
     def send_raw(
@@ -116,7 +157,7 @@ class AvroProducer:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Enqueue bytes as they are (used for dead letters and by tests that inject garbage)."""
-        callback = self._report(key.decode("utf-8", "replace") if key else "")
+        callback = self._report(key.decode("utf-8", "replace") if key else "", topic)
         hdrs: list[tuple[str, str | bytes | None]] | None = (
             list(headers.items()) if headers else None
         )
@@ -129,6 +170,7 @@ class AvroProducer:
                 # Local queue full: serve delivery reports to make room, then retry.
                 self._producer.poll(0.1)
         self.sent += 1
+        metrics.PRODUCED.labels(topic, "sent").inc()
         self._producer.poll(0)
 
     def poll(self, timeout_s: float = 0.0) -> int:

@@ -114,6 +114,13 @@ class AvroSerializer:
         self.schema_id = schema_id
         return self._header
 
+    def ensure_schema_id(self) -> int:
+        """The schema's registry id, registering (or looking it up) on the first call."""
+        if self.schema_id is None:
+            self._resolve_id()
+        assert self.schema_id is not None
+        return self.schema_id
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Return the wire-format bytes of a record; EncodeError if it does not match the schema."""
         self._check(record)

@@ -21,7 +21,7 @@ from settle.audit_ingest import end_offsets
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.smoke import registry_client
-from settle.topics import create_topics, delete_topics
+from settle.topics import create_topics, delete_prefixed_topics
 from stream_processors.topics import TopicNames
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -128,11 +128,25 @@ def run_stage(
         log.close()
 
 
+def use_run_keyring(settings: Settings, out_dir: Path) -> None:
+    """Signed traffic, as in production: producers and workers read the keyring from the
+    environment (the configured one, or one made under the report folder)."""
+    from settle.keyring import ensure_run_keyring
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keyring_path = ensure_run_keyring(
+        out_dir, [e.merchant_id for e in load_merchants(sample_merchants_path())],
+        settings.signing)
+    if keyring_path is not None:
+        os.environ["SETTLE_SIGNING_KEYRING"] = str(keyring_path)
+
+
 def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_ratio: float,
                    out_dir: Path, progress: Callable[[str], None] = print) -> dict[str, object]:
     """Median of `runs` drains of `count` preloaded payments through validate+route."""
     results: list[StageRun] = []
     out_dir.mkdir(parents=True, exist_ok=True)
+    use_run_keyring(settings, out_dir)
     for run in range(runs):
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         topics = TopicNames(prefix)
@@ -151,7 +165,7 @@ def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_rat
             progress(f"run {run + 1}/{runs}: {result.records_per_s:,.0f} records/s, "
                      f"{result.cpu_s_per_1000} CPU s per 1,000")
         finally:
-            delete_topics(settings.kafka, topics.all)
+            delete_prefixed_topics(settings.kafka, prefix)
     rates = [r.records_per_s for r in results]
     report = {
         "stage": "validate",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from settlement.errors import SettleError
 
@@ -18,20 +20,57 @@ class ConfigError(SettleError):
     """A setting from the environment is malformed."""
 
 
-class Secret(str):
-    """A string whose repr and str never show its value, so it can't leak into logs."""
+class Secret:
+    """A secret string: repr, str and format never show it; reveal() is the only way out.
+
+    Deliberately not a ``str`` subclass: a str's value escapes through concatenation, join,
+    slicing, ``.encode()`` and ``json.dumps``, which never call ``__str__``. Here those are
+    TypeErrors instead of leaks.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"a Secret holds a str, not {type(value).__name__}")
+        self._value = value
 
     def reveal(self) -> str:
-        return str.__str__(self)
+        return self._value
 
     def __repr__(self) -> str:
-        return "Secret('***')" if self.reveal() else "Secret('')"
+        return "Secret('***')" if self._value else "Secret('')"
 
     def __str__(self) -> str:
-        return "***" if self.reveal() else ""
+        return "***" if self._value else ""
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+def safe_url(url: str) -> str:
+    """The URL with the password of its user info (https://user:pw@host) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _libpq_quote(value: str) -> str:
+    """A conninfo value in single quotes, with backslashes and quotes escaped (libpq rules)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
@@ -97,16 +136,55 @@ class PostgresSettings:
     user: str = "settle"
     password: Secret = Secret("settle-local")
     dbname: str = "settle"
+    # The sinks' own login (a member of settle_writer), when it differs from the owner's above,
+    # which runs the migrations; empty: the sinks use user/password too.
+    sink_user: str = ""
+    sink_password: Secret = Secret("")
 
     def conninfo(self) -> str:
-        """A libpq connection string; reveals the password, so never log it."""
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"password={self.password.reveal()} dbname={self.dbname}"
+        """A libpq connection string; reveals the password, so never log it.
+
+        Every value is quoted: pasted into the string as it is, a password with a space made
+        libpq's parser quote a piece of it back in its error message.
+        """
+        return " ".join(
+            f"{key}={_libpq_quote(str(value))}"
+            for key, value in (
+                ("host", self.host),
+                ("port", self.port),
+                ("user", self.user),
+                ("password", self.password.reveal()),
+                ("dbname", self.dbname),
+            )
         )
 
     def describe(self) -> str:
         return f"postgresql://{self.user}:***@{self.host}:{self.port}/{self.dbname}"
+
+    def for_sinks(self) -> PostgresSettings:
+        """The settings a sink connects with: its writer login if one is set."""
+        if not self.sink_user:
+            return self
+        return replace(self, user=self.sink_user, password=self.sink_password,
+                       sink_user="", sink_password=Secret(""))
+
+
+SIGNATURES_REQUIRED = "required"
+SIGNATURES_OFF = "off"
+SIGNATURE_MODES = (SIGNATURES_REQUIRED, SIGNATURES_OFF)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSettings:
+    """Merchant request signatures: enforcement mode and where the keyring file lives."""
+
+    mode: str = SIGNATURES_REQUIRED
+    # None: not configured (`settle keys init` creates one; the demo and e2e make their own).
+    keyring_path: Path | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.mode == SIGNATURES_REQUIRED
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +197,7 @@ class Settings:
     prometheus_url: str = "http://127.0.0.1:19090"
     run_dir: Path = REPO_ROOT / ".run"
     metrics_port: int = 0  # 0: do not serve /metrics
+    signing: SigningSettings = field(default_factory=SigningSettings)
 
     def masked(self) -> dict[str, Any]:
         """A printable view of the settings; secrets appear as ***."""
@@ -127,10 +206,20 @@ class Settings:
             name = type(group).__name__.removesuffix("Settings").lower()
             for f in fields(group):
                 out[f"{name}.{f.name}"] = str(getattr(group, f.name))
-        out["prometheus_url"] = self.prometheus_url
+        # A URL may carry credentials of its own (https://user:pw@host).
+        out["registry.url"] = safe_url(self.registry.url)
+        out["prometheus_url"] = safe_url(self.prometheus_url)
         out["run_dir"] = str(self.run_dir)
         out["metrics_port"] = self.metrics_port
+        out["signing.mode"] = self.signing.mode
+        out["signing.keyring_path"] = str(self.signing.keyring_path or "")
         return out
+
+
+def metrics_addr(env: Mapping[str, str] | None = None) -> str:
+    """Address /metrics binds to: loopback by default; 0.0.0.0 in containers (compose)."""
+    env = os.environ if env is None else env
+    return _env(env, "METRICS_ADDR", "127.0.0.1")
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -160,8 +249,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         user=_env(env, "PG_USER", "settle"),
         password=Secret(_env(env, "PG_PASSWORD", "settle-local")),
         dbname=_env(env, "PG_DB", "settle"),
+        sink_user=_env(env, "SINK_PG_USER", ""),
+        sink_password=Secret(_env(env, "SINK_PG_PASSWORD", "")),
     )
     prom_port = _int(env, "PROMETHEUS_PORT", 19090, 1)
+    mode = _env(env, "SIGNATURES", SIGNATURES_REQUIRED).strip().lower()
+    if mode not in SIGNATURE_MODES:
+        raise ConfigError(f"{ENV_PREFIX}SIGNATURES={mode!r} is not one of {SIGNATURE_MODES}")
+    keyring = _env(env, "SIGNING_KEYRING", "").strip()
     return Settings(
         kafka=kafka,
         registry=registry,
@@ -169,4 +264,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prometheus_url=_env(env, "PROMETHEUS_URL", f"http://127.0.0.1:{prom_port}"),
         run_dir=Path(_env(env, "RUN_DIR", str(REPO_ROOT / ".run"))),
         metrics_port=_int(env, "METRICS_PORT", 0),
+        signing=SigningSettings(mode=mode, keyring_path=Path(keyring) if keyring else None),
     )

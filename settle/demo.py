@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +61,10 @@ class DemoPlan:
                  "--fault-rate", str(self.fault_rate), "--late-ms", str(self.late_ms)),
                 19106, "settle-channel-sim",
             ),
+            # Lag from the broker's offsets and the books' invariants, as metrics; a MATCHED
+            # payment is due in a batch two minutes after its decision at the demo's pace.
+            ProcessSpec("monitor", ("monitor", "--interval", "5", "--books-interval", "10",
+                                    "--settle-horizon", "120"), 19107, "settle-monitor"),
         ]
 
 
@@ -98,7 +103,37 @@ def start_pipeline(settings: Settings, plan: DemoPlan,
         time.sleep(0.5)
     if waiting:
         say(f"warning: no /metrics yet from {', '.join(waiting)}; going on")
+    wait_workers_ready(specs, say)
     return specs
+
+
+FAUST_STAGES = {"validate": "validate", "reconcile": "reconcile", "settle": "settle"}
+
+
+def wait_workers_ready(specs: list[ProcessSpec], say: Callable[[str], None],
+                       timeout_s: float = 600.0) -> None:
+    """Wait until every faust worker has recovered its tables (settle_worker_ready = 1).
+
+    Publishing before that is harmless, but the drain would then time the recovery, and a
+    long history (a big changelog to restore) can take minutes.
+    """
+    pending = {s.name: s for s in specs if s.name in FAUST_STAGES and s.metrics_port}
+    started = time.monotonic()
+    shown = 0.0
+    while pending and time.monotonic() - started < timeout_s:
+        for name, spec in list(pending.items()):
+            sample = f'settle_worker_ready{{stage="{FAUST_STAGES[name]}"}}'
+            if processes.metric_value(spec.metrics_port, sample) == 1.0:
+                del pending[name]
+        if pending and time.monotonic() - shown >= 10:
+            say(f"waiting for {', '.join(pending)} to recover their tables "
+                f"({time.monotonic() - started:.0f}s)")
+            shown = time.monotonic()
+        time.sleep(0.5)
+    if pending:
+        say(f"warning: {', '.join(pending)} not ready after {timeout_s:.0f}s; going on")
+    else:
+        say(f"workers ready after {time.monotonic() - started:.0f}s")
 
 
 def progress_counts(conn: psycopg.Connection) -> dict[str, int]:
@@ -126,17 +161,51 @@ def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
 
     deadline = time.monotonic() + timeout_s
     previous: dict[str, int] | None = None
+    monitor = lag_monitor(settings)
     with connect(settings.postgres, autocommit=True) as conn:
         while True:
             counts = progress_counts(conn)
             on_progress(counts)
             out_of_time = time.monotonic() >= deadline
-            if out_of_time or (counts == previous and unbatched_matched(conn) == 0):
+            if out_of_time or (counts == previous and unbatched_matched(conn) == 0
+                               and not behind(monitor)):
                 result = audit_books(settings, conn, decoder, routed_topics=ROUTED_TOPICS)
                 if result.ok or out_of_time:
                     return result
             previous = counts
             time.sleep(3.0)
+
+
+def lag_monitor(settings: Settings, prefix: str = "") -> Any:
+    """A monitor of the pipeline's groups on the contract's topics (see `behind`)."""
+    from settle.monitor import Monitor, MonitorOptions
+    from settle.topics import TOPIC_NAMES
+
+    topics = tuple(prefix + name for name in TOPIC_NAMES)
+    return Monitor(settings, MonitorOptions(topics=topics,
+                                            groups=re.escape(prefix) + "settle-.*"))
+
+
+def behind(monitor: Any) -> dict[tuple[str, str, int], int]:
+    """Partitions of the contract's topics a pipeline group has not committed to the end.
+
+    Counts that stopped moving are not enough to call the pipeline drained: a worker that
+    is still recovering its tables has processed nothing yet, and nothing moves.
+    """
+    monitor.poll_offsets()
+    topics = set(monitor.options.topics)
+    return {k: v for k, v in monitor.snapshot.lag.items() if k[1] in topics and v > 0}
+
+
+def signing_env(settings: Settings) -> dict[str, str]:
+    """SETTLE_SIGNING_KEYRING for the demo's processes: the configured keyring, or one made
+    (once, then reused) under the run folder for the sample merchants."""
+    from producers.merchants import load_merchants, sample_merchants_path
+    from settle.keyring import ensure_run_keyring
+
+    merchant_ids = [e.merchant_id for e in load_merchants(sample_merchants_path())]
+    path = ensure_run_keyring(settings.run_dir / "demo", merchant_ids, settings.signing)
+    return {} if path is None else {"SETTLE_SIGNING_KEYRING": str(path)}
 
 
 def expected_report_path(run_dir: Path) -> Path:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,16 @@ from producers.merchants import load_merchants, publish_merchants, sample_mercha
 from producers.order_flow import publish_order
 from producers.orders import Accounting, OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
+from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer
 from settle import processes
 from settle.audit_books import BooksAudit, audit_books, unbatched_matched
 from settle.audit_ingest import IngestAudit, audit_ingest
 from settle.config import Settings
+from settle.keyring import ensure_run_keyring, load_keyring
 from settle.processes import ProcessSpec
 from settle.smoke import registry_client
-from settle.topics import create_topics, delete_topics
+from settle.topics import create_topics, delete_prefixed_topics
 from sinks.db import connect
 from sinks.migrate import migrate
 from stream_processors.topics import TopicNames
@@ -32,6 +36,8 @@ FAST_TIMINGS = {
     "SETTLE_WINDOW_GRACE_SECONDS": "3",
     "SETTLE_RECON_SLA_MS": "6000",
     "SETTLE_ORPHAN_GRACE_MS": "6000",
+    # A killed worker's partitions move to the others (or to its restart) after 10 s, not 60.
+    "SETTLE_SESSION_TIMEOUT_MS": "10000",
 }
 
 
@@ -52,16 +58,25 @@ class E2EResult:
 
 
 def specs(seed: int, late_ms: int = 10000) -> list[ProcessSpec]:
+    # SETTLE_E2E_LOGLEVEL=info keeps faust's rebalance and recovery lines in the run's logs.
+    level = os.environ.get("SETTLE_E2E_LOGLEVEL", "warning")
     return [
-        ProcessSpec("validate", ("worker", "validate", "--loglevel", "warning"), 0, ""),
-        ProcessSpec("reconcile", ("worker", "reconcile", "--loglevel", "warning"), 0, ""),
-        ProcessSpec("settle", ("worker", "settle", "--loglevel", "warning"), 0, ""),
-        ProcessSpec("ledger-sink", ("sink", "ledger", "--loglevel", "warning"), 0, ""),
-        ProcessSpec("settlement-sink", ("sink", "settlement", "--loglevel", "warning"), 0, ""),
+        ProcessSpec("validate", ("worker", "validate", "--loglevel", level), 0, ""),
+        ProcessSpec("reconcile", ("worker", "reconcile", "--loglevel", level), 0, ""),
+        ProcessSpec("settle", ("worker", "settle", "--loglevel", level), 0, ""),
+        ProcessSpec("ledger-sink", ("sink", "ledger", "--loglevel", level), 0, ""),
+        ProcessSpec("settlement-sink", ("sink", "settlement", "--loglevel", level), 0, ""),
         ProcessSpec("channels", ("simulate", "channels", "--seed", str(seed),
                                  "--latency-ms", "100", "--decline-rate", "0.05",
                                  "--fault-rate", "0.04", "--late-ms", str(late_ms)), 0, ""),
     ]
+
+
+def with_metrics(procs: list[ProcessSpec], port_base: int) -> list[ProcessSpec]:
+    """The same processes serving /metrics on port_base, port_base + 1, ..., plus the monitor."""
+    monitor = ProcessSpec("monitor", ("monitor", "--interval", "2", "--books-interval", "5",
+                                      "--settle-horizon", "60", "--loglevel", "warning"), 0, "")
+    return [replace(p, metrics_port=port_base + i) for i, p in enumerate([*procs, monitor])]
 
 
 def _one(conn: Any, sql: str) -> int:
@@ -69,8 +84,9 @@ def _one(conn: Any, sql: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _latency(conn: Any) -> tuple[int, int, float]:
-    """p50/p99 of created_at -> ledger commit (on-time matches) and the last commit epoch."""
+def _latency(conn: Any, since_epoch_s: float = 0.0) -> tuple[int, int, float]:
+    """p50/p99 of created_at -> ledger commit (on-time matches created since the given
+    epoch) and the last commit epoch."""
     row = conn.execute("""
         SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ms),
                percentile_disc(0.99) WITHIN GROUP (ORDER BY ms),
@@ -78,80 +94,220 @@ def _latency(conn: Any) -> tuple[int, int, float]:
           FROM ledger_journals j JOIN payments p USING (payment_id),
                LATERAL (SELECT (EXTRACT(EPOCH FROM j.posted_at - p.created_at) * 1000)::bigint
                         AS ms) l
-         WHERE NOT p.late""").fetchone()
+         WHERE NOT p.late AND p.created_at >= to_timestamp(%s)""", (since_epoch_s,)).fetchone()
     return int(row[0] or 0), int(row[1] or 0), float(row[2] or 0)
+
+
+class IsolatedPipeline:
+    """A prefixed copy of the pipeline: own topics, own database, own process pid files.
+
+    Used by the end-to-end test, `settle bench e2e` and the fault-injection runner: build it
+    with `isolated_pipeline(...)`, which tears everything down on exit.
+    """
+
+    def __init__(self, base: Settings, run_dir: Path, procs: list[ProcessSpec],
+                 tag: str = "e2e", timings: dict[str, str] | None = None) -> None:
+        self.base = base
+        self.run_dir = run_dir
+        self.prefix = f"{tag}{uuid.uuid4().hex[:6]}."
+        self.topics = TopicNames(self.prefix)
+        self.dbname = f"{base.postgres.dbname}_{self.prefix.rstrip('.')}"
+        self.settings = replace(base, postgres=replace(base.postgres, dbname=self.dbname))
+        self.env = {**(FAST_TIMINGS if timings is None else timings),
+                    "SETTLE_TOPIC_PREFIX": self.prefix, "SETTLE_RUN_DIR": str(run_dir),
+                    "SETTLE_PG_DB": self.dbname}
+        self.procs = {spec.name: spec for spec in procs}
+        self.registry = registry_client(self.settings)
+        self.merchants = load_merchants(sample_merchants_path())
+        self._created = False
+        self.keyring: Any = None
+        self.signer: RequestSigner | None = None
+        self.targets_file: Path | None = None
+
+    def setup(self) -> None:
+        """Topics, database (migrated) and the merchant directory; needs the registry."""
+        create_topics(self.base.kafka, name_prefix=self.prefix)
+        self._created = True
+        # A database of its own: the books audit must see this run's rows and nothing else.
+        with connect(self.base.postgres, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.dbname}"')
+        with connect(self.settings.postgres) as conn:
+            migrate(conn)
+        # Signed like real traffic: the configured keyring, or one made for this run; the
+        # processes and this one's producers read it from the environment.
+        keyring_path = ensure_run_keyring(self.run_dir, [m.merchant_id for m in self.merchants],
+                                          self.settings.signing)
+        if keyring_path is not None:
+            self.keyring = load_keyring(keyring_path)
+            self.signer = RequestSigner(self.keyring)
+            self.env["SETTLE_SIGNING_KEYRING"] = str(keyring_path)
+            os.environ.setdefault("SETTLE_SIGNING_KEYRING", str(keyring_path))
+        with AvroProducer(self.settings.kafka, self.registry, client_id="e2e") as producer:
+            publish_merchants(producer, self.merchants, time.time_ns() // 1_000_000,
+                              topic=self.topics.merchants)
+
+    def announce(self, procs: list[ProcessSpec]) -> None:
+        """Let the stack's Prometheus scrape these processes (file_sd, label run=<prefix>)."""
+        self.targets_file = (self.base.run_dir / "prometheus" / "targets"
+                             / f"{self.prefix}json")
+        processes.write_prometheus_targets(self.base.run_dir, procs, self.targets_file,
+                                           {"run": self.prefix.rstrip(".")})
+
+    def start(self, name: str) -> int:
+        pid, _fresh = processes.start(self.run_dir, self.procs[name], self.env)
+        return pid
+
+    def start_all(self) -> None:
+        for name in self.procs:
+            self.start(name)
+
+    def pid(self, name: str) -> int | None:
+        return processes.running_pid(self.run_dir, name)
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.run_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def check_alive(self, names: list[str] | None = None) -> None:
+        """Fail loudly when a pipeline process has exited (a crash, or a crash loop)."""
+        for name in names if names is not None else list(self.procs):
+            if self.pid(name) is None:
+                raise RuntimeError(f"{name} died; log ends:\n{self.log_tail(name)}")
+
+    def stop_all(self) -> None:
+        processes.stop_all(self.run_dir, list(self.procs))
+
+    def close(self) -> None:
+        if self.targets_file is not None:
+            self.targets_file.unlink(missing_ok=True)
+        self.stop_all()
+        self.registry.close()
+        if self._created:
+            delete_prefixed_topics(self.base.kafka, self.prefix)
+        with connect(self.base.postgres, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+
+
+@contextmanager
+def isolated_pipeline(settings: Settings, run_dir: Path, procs: list[ProcessSpec],
+                      tag: str = "e2e") -> Iterator[IsolatedPipeline]:
+    pipeline = IsolatedPipeline(settings, run_dir, procs, tag)
+    try:
+        yield pipeline
+    finally:
+        pipeline.close()
+
+
+def wait_for_books(pipeline: IsolatedPipeline, routed: int, timeout_s: float,
+                   say: Callable[[str], None] = lambda _m: None,
+                   poll_s: float = 3.0) -> BooksAudit:
+    """Poll until every routed payment is decided and batched and the books audit passes."""
+    decoder = AvroDeserializer(pipeline.registry)
+    topics = pipeline.topics
+    deadline = time.monotonic() + timeout_s
+    with connect(pipeline.settings.postgres, autocommit=True) as conn:
+        while True:
+            pipeline.check_alive()
+            decided = _one(conn, "SELECT COUNT(*) FROM payments")
+            say(f"{decided:,} payments decided")
+            out_of_time = time.monotonic() >= deadline
+            # The full audit re-reads whole topics: only once the cheap counts say done.
+            if out_of_time or (decided == routed and unbatched_matched(conn) == 0):
+                books = audit_books(pipeline.settings, conn, decoder,
+                                    results_topic=topics.results,
+                                    batches_topic=topics.batches,
+                                    routed_topics=topics.all_routed)
+                if books.ok or out_of_time:
+                    return books
+            time.sleep(poll_s)
+
+
+def audit_pipeline_ingest(pipeline: IsolatedPipeline) -> IngestAudit:
+    topics = pipeline.topics
+    return audit_ingest(pipeline.settings.kafka, topics.requested, topics.all_routed,
+                        topics.rejected, topics.dlq)
+
+
+def _warm_up(pipeline: IsolatedPipeline, warm: list[Any], timeout_s: float,
+             say: Callable[[str], None]) -> None:
+    """Publish the warm-up payments and wait for the first ledger commit (pipeline is up)."""
+    say(f"warming up with {len(warm)} payments")
+    with AvroProducer(pipeline.settings.kafka, pipeline.registry, client_id="e2e",
+                      signer=pipeline.signer) as producer:
+        for order in warm:
+            publish_order(producer, pipeline.topics.requested, order)
+    deadline = time.monotonic() + timeout_s
+    with connect(pipeline.settings.postgres, autocommit=True) as conn:
+        while _one(conn, "SELECT COUNT(*) FROM ledger_journals") == 0:
+            pipeline.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no ledger commit {timeout_s}s after the warm-up")
+            time.sleep(0.2)
+    time.sleep(1.0)  # let the rest of the warm-up drain before the clock starts
 
 
 def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio: float = 0.02,
             rate_per_s: float = 0.0, timeout_s: float = 600.0,
-            say: Callable[[str], None] = lambda _m: None) -> E2EResult:
-    """Publish `count` payments through a fresh, prefixed copy of the pipeline; audit it."""
-    original = settings
-    prefix = f"e2e{uuid.uuid4().hex[:6]}."
-    topics = TopicNames(prefix)
-    create_topics(settings.kafka, name_prefix=prefix)
-    # A database of its own: the books audit must see this run's rows and nothing else.
-    dbname = f"{settings.postgres.dbname}_{prefix.rstrip('.')}"
-    with connect(settings.postgres, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    settings = replace(settings, postgres=replace(settings.postgres, dbname=dbname))
-    with connect(settings.postgres) as conn:
-        migrate(conn)
-    env = {**FAST_TIMINGS, "SETTLE_TOPIC_PREFIX": prefix, "SETTLE_RUN_DIR": str(run_dir),
-           "SETTLE_PG_DB": dbname}
+            say: Callable[[str], None] = lambda _m: None, warmup: int = 0,
+            metrics_port_base: int = 0,
+            inspect: Callable[[list[ProcessSpec], str], None] | None = None) -> E2EResult:
+    """Publish `count` payments through a fresh, prefixed copy of the pipeline; audit it.
+
+    With `warmup`, that many extra payments go first and the run waits for the first
+    ledger commit before it starts the clock: latency is then measured on a pipeline that
+    is up (workers joined, merchants loaded), for the `count` payments only.
+
+    With ``metrics_port_base`` every process (and a monitor) serves /metrics and is
+    announced to the stack's Prometheus (file_sd, label ``run`` = the topic prefix) until
+    the run ends; ``inspect(processes, prefix)`` is called once the books balance, while
+    the pipeline still runs.
+    """
     procs = specs(seed)
-    base_pg = original.postgres
-    registry = registry_client(settings)
-    try:
-        entries = load_merchants(sample_merchants_path())
-        with AvroProducer(settings.kafka, registry, client_id="e2e") as producer:
-            publish_merchants(producer, entries, time.time_ns() // 1_000_000,
-                              topic=topics.merchants)
-        for spec in procs:
-            processes.start(run_dir, spec, env)
-        mix = OrderMix(bad_ratio=bad_ratio, duplicate_ratio=0.01, conflict_ratio=0.002)
-        orders = list(generate_orders(seed, count, entries, mix))
-        expected = expected_accounting(orders)
+    if metrics_port_base:
+        procs = with_metrics(procs, metrics_port_base)
+    with isolated_pipeline(settings, run_dir, procs) as pipeline:
+        pipeline.setup()
+        if metrics_port_base:
+            pipeline.announce(procs)
+        topics = pipeline.topics
+        pipeline.start_all()
+        mix = OrderMix(bad_ratio=bad_ratio, duplicate_ratio=0.01, conflict_ratio=0.002,
+                       keyring=pipeline.keyring if settings.signing.required else None)
+        warm = (list(generate_orders(seed + 1_000_000, warmup, pipeline.merchants, mix))
+                if warmup else [])
+        if warm:
+            _warm_up(pipeline, warm, timeout_s, say)
+        # A burst is generated up front (created_at ~ the start: latency includes the
+        # backlog); a paced run stamps each order when it is sent, as an order system does,
+        # so created_at -> ledger measures the pipeline, not the time spent queued here.
+        source = generate_orders(seed, count, pipeline.merchants, mix)
+        orders = list(source) if rate_per_s <= 0 else []
         say(f"publishing {count:,} payment requests to {topics.requested}")
         started = time.time()
-        with AvroProducer(settings.kafka, registry, client_id="e2e") as producer:
-            for n, order in enumerate(orders):
+        with AvroProducer(pipeline.settings.kafka, pipeline.registry, client_id="e2e",
+                          signer=pipeline.signer) as producer:
+            for n in range(count):
                 if rate_per_s > 0:
                     delay = started + n / rate_per_s - time.time()
                     if delay > 0:
                         time.sleep(delay)
-                publish_order(producer, topics.requested, order)
+                    orders.append(next(source))
+                publish_order(producer, topics.requested, orders[n])
         publish_s = time.time() - started
+        expected = expected_accounting([*warm, *orders])
         say(f"published in {publish_s:.1f}s; waiting for the books to balance")
-        decoder = AvroDeserializer(registry)
-        deadline = time.monotonic() + timeout_s
-        with connect(settings.postgres, autocommit=True) as conn:
-            while True:
-                for spec in procs:
-                    if processes.running_pid(run_dir, spec.name) is None:
-                        log = (run_dir / "logs" / f"{spec.name}.log").read_text(errors="replace")
-                        raise RuntimeError(f"{spec.name} died; log ends:\n{log[-3000:]}")
-                decided = _one(conn, "SELECT COUNT(*) FROM payments")
-                say(f"{decided:,} payments decided")
-                out_of_time = time.monotonic() >= deadline
-                # The full audit re-reads whole topics: only once the cheap counts say done.
-                if out_of_time or (decided == expected["routed"]
-                                   and unbatched_matched(conn) == 0):
-                    books = audit_books(settings, conn, decoder, results_topic=topics.results,
-                                        batches_topic=topics.batches,
-                                        routed_topics=topics.all_routed)
-                    if books.ok or out_of_time:
-                        break
-                time.sleep(3.0)
-            drain_s = time.time() - started
-            p50, p99, last_commit = _latency(conn)
+        books = wait_for_books(pipeline, expected["routed"], timeout_s, say)
+        drain_s = time.time() - started
+        with connect(pipeline.settings.postgres, autocommit=True) as conn:
+            p50, p99, last_commit = _latency(conn, started if warm else 0.0)
             states: dict[str, int] = dict(
                 conn.execute("SELECT state, COUNT(*) FROM payments GROUP BY 1").fetchall())
             exceptions: dict[str, int] = dict(conn.execute(
                 "SELECT outcome, COUNT(*) FROM reconciliation_exceptions GROUP BY 1").fetchall())
             late = _one(conn, "SELECT COUNT(*) FROM payments WHERE late")
-        ingest = audit_ingest(settings.kafka, topics.requested, topics.all_routed,
-                              topics.rejected, topics.dlq)
+        if inspect is not None:
+            inspect(procs, pipeline.prefix)
+        ingest = audit_pipeline_ingest(pipeline)
         span = max(last_commit - started, 1e-3)
         return E2EResult(
             count=count, expected=expected, ingest=ingest, books=books,
@@ -160,8 +316,3 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             states={k: int(v) for k, v in states.items()},
             exceptions={k: int(v) for k, v in exceptions.items()}, late_matched=int(late),
         )
-    finally:
-        processes.stop_all(run_dir, [spec.name for spec in procs])
-        delete_topics(settings.kafka, topics.all)
-        with connect(base_pg, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

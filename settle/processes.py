@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +35,10 @@ def running_pid(run_dir: Path, name: str) -> int | None:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+    # A child of this process that was killed stays a zombie (and answers kill 0) until it
+    # is reaped: reap it here. Not our child: ChildProcessError, nothing to reap.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     try:
         os.kill(pid, 0)
     except OSError:
@@ -109,13 +114,28 @@ def metrics_up(port: int, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def write_prometheus_targets(run_dir: Path, specs: list[ProcessSpec]) -> Path:
-    """File-based service discovery for Prometheus (the `settle` job reads targets/*.json)."""
+def metric_value(port: int, sample: str, timeout_s: float = 2.0) -> float | None:
+    """The value of one sample (``name{labels}`` exactly as exposed) on a /metrics page."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def write_prometheus_targets(run_dir: Path, specs: list[ProcessSpec], path: Path | None = None,
+                             labels: dict[str, str] | None = None) -> Path:
+    """File-based service discovery for Prometheus: job `settle`, one `process` label each."""
     targets = [
-        {"targets": [f"127.0.0.1:{s.metrics_port}"], "labels": {"job": s.job, "process": s.name}}
+        {"targets": [f"127.0.0.1:{s.metrics_port}"],
+         "labels": {**(labels or {}), "process": s.name}}
         for s in specs if s.metrics_port
     ]
-    path = run_dir / "prometheus" / "targets" / "pipeline.json"
+    path = path or run_dir / "prometheus" / "targets" / "pipeline.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(targets, indent=2))

@@ -12,12 +12,16 @@ from confluent_kafka import TopicPartition
 
 from producers.clients import registry_client
 from producers.producer import AvroProducer, DeliveryReport
+from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer
 from schemas.registry import register_all
 from settle.config import Settings
 from settle.kafka import make_consumer
+from settle.keyring import generate
 from settle.topics import PAYMENTS_REQUESTED, create_topics
 from settlement.errors import SettleError
+from settlement.model import PaymentRequest
+from settlement.signing import verify
 
 
 class SmokeFailed(SettleError):
@@ -40,11 +44,14 @@ class SmokeResult:
         )
 
 
+SMOKE_MERCHANT = "m-smoke"
+
+
 def sample_payment(payment_id: str | None = None) -> dict[str, Any]:
     payment_id = payment_id or f"smoke-{uuid.uuid4()}"
     return {
         "payment_id": payment_id,
-        "merchant_id": "m-smoke",
+        "merchant_id": SMOKE_MERCHANT,
         "order_id": f"o-{payment_id}",
         "payer_id": "payer-1",
         "amount_minor": 12345,
@@ -62,10 +69,13 @@ def run_smoke(settings: Settings, timeout_s: float = 30.0) -> SmokeResult:
     create_topics(settings.kafka)
     registry = registry_client(settings)
     register_all(registry)
-    record = sample_payment()
+    # A throwaway key for the smoke merchant: this record is never validated, but its
+    # signature must survive the round trip byte for byte.
+    keyring = generate([SMOKE_MERCHANT])
+    record = RequestSigner(keyring).sign_record(sample_payment())
     reports: list[DeliveryReport] = []
     with AvroProducer(settings.kafka, registry, client_id="smoke",
-                      on_delivery=reports.append) as producer:
+                      on_delivery=reports.append, signer=None) as producer:
         producer.send(PAYMENTS_REQUESTED, record["payment_id"], record)
     if not reports or not reports[0].ok:
         raise SmokeFailed(f"delivery failed: {reports}")
@@ -89,6 +99,9 @@ def run_smoke(settings: Settings, timeout_s: float = 30.0) -> SmokeResult:
         raise SmokeFailed(f"key {msg.key()!r} != payment_id {record['payment_id']!r}")
     if decoded != record:
         raise SmokeFailed(f"decoded record differs:\n sent {record}\n got  {decoded}")
+    failure = verify(PaymentRequest.from_record(decoded), keyring)
+    if failure is not None:
+        raise SmokeFailed(f"signature did not survive the round trip: {failure.code}")
     return SmokeResult(
         payment_id=record["payment_id"],
         partition=report.partition,

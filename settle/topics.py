@@ -158,6 +158,16 @@ def describe_configs(settings: KafkaSettings, name: str, timeout_s: float = 15.0
     return {k: v.value for k, v in entries.items() if v.value is not None}
 
 
+def delete_prefixed_topics(settings: KafkaSettings, prefix: str) -> None:
+    """Every topic of an isolated run: the contract's copies, faust's changelog, tick and
+    items topics (they carry the prefix too) and Quix Streams' `changelog__<prefix>...`."""
+    if not prefix:
+        raise TopicError("refusing to delete topics without a prefix")
+    names = [t for t in admin_client(settings).list_topics(timeout=15).topics
+             if t.startswith((prefix, f"changelog__{prefix}"))]
+    delete_topics(settings, names)
+
+
 def delete_topics(settings: KafkaSettings, names: Iterable[str], timeout_s: float = 30.0) -> None:
     """Delete topics (used by tests for their own per-test topics)."""
     names = list(names)

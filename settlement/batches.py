@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from settlement.errors import DomainError
 from settlement.fees import FeeSchedule
 from settlement.windows import Window, WindowPolicy, batch_id, close_at_ms
 
 BATCH_FORMAT_VERSION = 1
+TOTALS_FORMAT_VERSION = 1
 
 
 class BatchError(DomainError, ValueError):
@@ -158,11 +159,11 @@ class SettlementBatch:
 
 @dataclass(frozen=True, slots=True)
 class OpenBatch:
-    """An accumulating batch; add() returns a new OpenBatch, so table updates are explicit.
+    """An accumulating batch with its items; add() returns a new OpenBatch.
 
-    Each add copies the item tuple (O(n)); the faust table re-serialises the whole value on
-    every update anyway, so a very large merchant is better served by smaller windows than by
-    a cleverer structure here.
+    Each add copies the item tuple (O(n)): fine for a model or a small batch. The settle stage
+    keeps BatchTotals instead, with the items stored one per key beside them, so an add costs
+    O(1) whatever the size of the batch.
     """
 
     batch_id: str
@@ -237,19 +238,7 @@ class OpenBatch:
             self.fee_minor,
             self.net_minor,
         )
-        return SettlementBatch(
-            batch_id=self.batch_id,
-            merchant_id=self.merchant_id,
-            currency=self.currency,
-            window_start_ms=self.window_start_ms,
-            window_end_ms=self.window_end_ms,
-            payment_count=self.payment_count,
-            gross_minor=self.gross_minor,
-            fee_minor=self.fee_minor,
-            net_minor=self.net_minor,
-            closed_at_ms=now_ms,
-            items=self.items,
-        )
+        return BatchTotals.of(self).close(now_ms, self.items)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,9 +283,124 @@ class OpenBatch:
         return batch
 
 
-def due_batches(
-    open_batches: Iterable[OpenBatch], now_ms: int, policy: WindowPolicy
-) -> list[OpenBatch]:
+def _require_count(name: str, value: object) -> int:
+    if _require_int(name, value) < 0:
+        raise BatchError(f"{name} must be >= 0, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTotals:
+    """An open batch without its items: its window and running sums, O(1) in size.
+
+    The caller keeps the items elsewhere (the settle stage: one table key per item) and hands
+    them to close(), which checks them against these totals before anything is published.
+    add() does not look for duplicates: the caller owns the item store and must ask it first.
+    """
+
+    batch_id: str
+    merchant_id: str
+    currency: str
+    window_start_ms: int
+    window_end_ms: int
+    payment_count: int = 0
+    gross_minor: int = 0
+    fee_minor: int = 0
+    net_minor: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_id != batch_id(self.merchant_id, self.currency, self.window_start_ms):
+            raise BatchInvariantError(f"batch id {self.batch_id!r} does not match its key")
+        _require_int("window_end_ms", self.window_end_ms)
+        if self.window_end_ms <= self.window_start_ms:
+            raise BatchError(f"batch {self.batch_id}: window end must be after its start")
+        for name in ("payment_count", "gross_minor", "fee_minor", "net_minor"):
+            _require_count(name, getattr(self, name))
+        if self.gross_minor != self.fee_minor + self.net_minor:
+            raise BatchInvariantError(f"batch {self.batch_id}: gross != fee + net")
+
+    @classmethod
+    def new(cls, merchant_id: str, currency: str, window: Window) -> BatchTotals:
+        start_ms, end_ms = window
+        return cls(batch_id(merchant_id, currency, start_ms), merchant_id, currency, start_ms,
+                   end_ms)
+
+    @property
+    def window(self) -> Window:
+        return Window(self.window_start_ms, self.window_end_ms)
+
+    def add(self, item: BatchItem) -> BatchTotals:
+        """The totals with one more item (the caller has made sure it is a new one)."""
+        return replace(
+            self,
+            payment_count=self.payment_count + 1,
+            gross_minor=self.gross_minor + item.gross_minor,
+            fee_minor=self.fee_minor + item.fee_minor,
+            net_minor=self.net_minor + item.net_minor,
+        )
+
+    def close_at_ms(self, policy: WindowPolicy) -> int:
+        return close_at_ms((self.window_start_ms, self.window_end_ms), policy)
+
+    def close(self, now_ms: int, items: Iterable[BatchItem]) -> SettlementBatch:
+        """The closed batch with these items; BatchInvariantError if they disagree with the
+        totals (count, unique ids, sums), so a lost or extra item is never published."""
+        return SettlementBatch(
+            batch_id=self.batch_id,
+            merchant_id=self.merchant_id,
+            currency=self.currency,
+            window_start_ms=self.window_start_ms,
+            window_end_ms=self.window_end_ms,
+            payment_count=self.payment_count,
+            gross_minor=self.gross_minor,
+            fee_minor=self.fee_minor,
+            net_minor=self.net_minor,
+            closed_at_ms=now_ms,
+            items=tuple(items),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": TOTALS_FORMAT_VERSION,
+            "batch_id": self.batch_id,
+            "merchant_id": self.merchant_id,
+            "currency": self.currency,
+            "window_start_ms": self.window_start_ms,
+            "window_end_ms": self.window_end_ms,
+            "payment_count": self.payment_count,
+            "gross_minor": self.gross_minor,
+            "fee_minor": self.fee_minor,
+            "net_minor": self.net_minor,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchTotals:
+        if data.get("v") != TOTALS_FORMAT_VERSION:
+            raise BatchError(f"unknown batch totals format version {data.get('v')!r}")
+        return cls(**{key: value for key, value in data.items() if key != "v"})
+
+    @classmethod
+    def of(cls, batch: OpenBatch) -> BatchTotals:
+        """The totals of an OpenBatch (which checked them against its items on read-back)."""
+        return cls(batch.batch_id, batch.merchant_id, batch.currency, batch.window_start_ms,
+                   batch.window_end_ms, batch.payment_count, batch.gross_minor,
+                   batch.fee_minor, batch.net_minor)
+
+
+class _Closable(Protocol):
+    @property
+    def batch_id(self) -> str: ...
+
+    @property
+    def window_start_ms(self) -> int: ...
+
+    def close_at_ms(self, policy: WindowPolicy) -> int: ...
+
+
+B = TypeVar("B", bound=_Closable)
+
+
+def due_batches(open_batches: Iterable[B], now_ms: int, policy: WindowPolicy) -> list[B]:
     """Batches whose window closed (now >= end + grace), oldest first, ties by batch_id.
 
     Closing is left to the caller (batch.close(now_ms), then delete it from the table) so that

@@ -13,10 +13,10 @@ lets a duplicate through. Both checks must read the same clock (now_ms of the pr
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from settlement.errors import DomainError
@@ -44,6 +44,9 @@ DEFAULT_RETENTION_MS: Final = 8 * _DAY_MS
 # Part of the hashed bytes: changing the encoding must change this, or old and new fingerprints
 # of one body would differ and a replay would be called a CONFLICT.
 FINGERPRINT_VERSION: Final = "payment-request/v1"
+
+# The document's opening: `[` and the version, as json.dumps writes them.
+_DOCUMENT_HEAD: Final = "[" + encode_basestring_ascii(FINGERPRINT_VERSION) + ","
 
 _TEXT_FIELDS: Final = (
     "payment_id",
@@ -99,33 +102,32 @@ def canonical_encoding(request: PaymentRequest) -> bytes:
     key. A fixed-order array, not an object, so no key-ordering rule is needed. Text is hashed
     as given (no Unicode normalisation): a byte-different body is a different body.
     """
-    for name in _TEXT_FIELDS:
-        if not isinstance(getattr(request, name), str):
-            raise NotFingerprintable(f"{name} must be text")
-    for name in ("amount_minor", "created_at_ms"):
-        value = getattr(request, name)
+    # Runs for every accepted request: the document is written out directly rather than via
+    # json.dumps, with json's own string escaper and int.__repr__ (what json.dumps uses), so
+    # the bytes are the same (tests compare them with json.dumps over arbitrary text).
+    r = request
+    texts = (r.payment_id, r.merchant_id, r.order_id, r.payer_id, r.currency, r.method,
+             r.interface, r.region)
+    for value in texts:
+        if type(value) is not str:
+            for name in _TEXT_FIELDS:
+                if not isinstance(getattr(request, name), str):
+                    raise NotFingerprintable(f"{name} must be text")
+            break
+    amount, created = r.amount_minor, r.created_at_ms
+    for name, number in (("amount_minor", amount), ("created_at_ms", created)):
         # json renders True as true, and 1 == True in Python: exclude bool explicitly.
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(number, int) or isinstance(number, bool):
             raise NotFingerprintable(f"{name} must be an int")
-    items = list(request.metadata.items())
+    items = list(r.metadata.items())
     if not all(isinstance(key, str) and isinstance(value, str) for key, value in items):
         raise NotFingerprintable("metadata must map text to text")
-    pairs = sorted(items)
-    document = [
-        FINGERPRINT_VERSION,
-        request.payment_id,
-        request.merchant_id,
-        request.order_id,
-        request.payer_id,
-        request.amount_minor,
-        request.currency,
-        request.method,
-        request.interface,
-        request.region,
-        request.created_at_ms,
-        [[key, value] for key, value in pairs],
-    ]
-    return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode("utf-8")
+    esc = encode_basestring_ascii
+    pairs = ",".join([f"[{esc(key)},{esc(value)}]" for key, value in sorted(items)])
+    pid, mid, oid, payer, currency, method, interface, region = map(esc, texts)
+    text = (f"{_DOCUMENT_HEAD}{pid},{mid},{oid},{payer},{int.__repr__(amount)},{currency},"
+            f"{method},{interface},{region},{int.__repr__(created)},[{pairs}]]")
+    return text.encode("utf-8")
 
 
 def fingerprint(request: PaymentRequest) -> str:

@@ -118,9 +118,17 @@ def _frozen_map(record_type: str, name: str, value: object) -> Mapping[Any, Any]
     return MappingProxyType(dict(value))
 
 
+_NAME_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
 def _require(
     record_type: str, record: Mapping[str, Any], names: tuple[str, ...], time: tuple[str, str]
 ) -> None:
+    required = _NAME_SETS.get(names)
+    if required is None:
+        required = _NAME_SETS[names] = frozenset(names)
+    if record.keys() >= required and (time[0] in record or time[1] in record):
+        return  # the usual case, without building the list below
     missing = [name for name in names if name not in record]
     if not any(name in record for name in time):
         missing.append(time[0])
@@ -148,6 +156,11 @@ class PaymentRequest:
     created_at_ms: int
     # Excluded from the hash (a mapping is not hashable) but part of equality.
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    # The merchant's signature (settlement.signing): transport authentication, not part of the
+    # body, so idempotency fingerprints leave both out (a re-send signed after a key rotation
+    # is still a duplicate, not a conflict).
+    signature_key_id: str | None = None
+    signature: str | None = None
 
     def __post_init__(self) -> None:
         frozen = _frozen_map("PaymentRequest", "metadata", self.metadata)
@@ -174,7 +187,10 @@ class PaymentRequest:
             interface=record["interface"],
             region=record["region"],
             created_at_ms=_time_ms(name, record, _CREATED_AT),
-            metadata=_frozen_map(name, "metadata", record.get("metadata")),
+            # __post_init__ checks and copies the map once (None -> empty; else RecordError).
+            metadata=record.get("metadata"),  # type: ignore[arg-type]
+            signature_key_id=record.get("signature_key_id"),
+            signature=record.get("signature"),
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -194,6 +210,8 @@ class PaymentRequest:
             "region": self.region,
             "created_at_ms": self.created_at_ms,
             "metadata": dict(self.metadata),
+            "signature_key_id": self.signature_key_id,
+            "signature": self.signature,
         }
 
 

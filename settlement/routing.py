@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from settlement.currencies import is_known
@@ -132,11 +132,24 @@ class RouteDecision:
         return self.channel is not None
 
 
+# Distinct (method, region, currency[, disabled channels]) keys remembered per table; past it
+# the memo starts over, so odd traffic cannot grow it without bound.
+_MEMO_MAX: Final = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """Rules evaluated in order: the first matching rule whose channel is enabled wins."""
+    """Rules evaluated in order: the first matching rule whose channel is enabled wins.
+
+    A decision depends only on the request's method, region and currency (and the disabled
+    channels), so it is computed once per combination and remembered (for text values; any
+    other type takes the full walk every time).
+    """
 
     rules: tuple[RoutingRule, ...]
+    _memo: dict[tuple[object, ...], object] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -151,12 +164,37 @@ class RoutingTable:
 
     def has_rule_for(self, request: PaymentRequest) -> bool:
         """True when some rule matches, ignoring kill switches (the validation `routable`)."""
-        return any(rule.matches(request) for rule in self.rules)
+        key = _memo_key(request, None)
+        if key is None:
+            return any(rule.matches(request) for rule in self.rules)
+        found = self._memo.get(key)
+        if found is None:
+            found = any(rule.matches(request) for rule in self.rules)
+            self._remember(key, found)
+        return bool(found)
 
     def route(
         self, request: PaymentRequest, disabled_channels: frozenset[str] = frozenset()
     ) -> RouteDecision:
         """Pick a channel; a disabled channel's rules are skipped so the next match takes over."""
+        key = _memo_key(request, disabled_channels)
+        if key is None:
+            return self._route(request, disabled_channels)
+        decision = self._memo.get(key)
+        if decision is None:
+            decision = self._route(request, disabled_channels)
+            self._remember(key, decision)
+        assert isinstance(decision, RouteDecision)
+        return decision
+
+    def _remember(self, key: tuple[object, ...], value: object) -> None:
+        if len(self._memo) >= _MEMO_MAX:
+            self._memo.clear()
+        self._memo[key] = value
+
+    def _route(
+        self, request: PaymentRequest, disabled_channels: frozenset[str]
+    ) -> RouteDecision:
         skipped: list[RoutingRule] = []
         for rule in self.rules:
             if not rule.matches(request):
@@ -175,6 +213,20 @@ class RoutingTable:
             f" in region {_describe(request.region)} with currency {_describe(request.currency)}"
         )
         return RouteDecision(None, None, Rejection(METHOD_NOT_ROUTABLE, detail))
+
+
+def _memo_key(
+    request: PaymentRequest, disabled: frozenset[str] | None
+) -> tuple[object, ...] | None:
+    """What a routing decision depends on, or None when it cannot be a dict key safely."""
+    method, region, currency = request.method, request.region, request.currency
+    if type(method) is not str or type(region) is not str or type(currency) is not str:
+        return None
+    if disabled is None:
+        return (method, region, currency)
+    if type(disabled) is not frozenset:
+        return None
+    return (method, region, currency, disabled)
 
 
 def _rule(

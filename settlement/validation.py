@@ -17,6 +17,15 @@ from settlement.model import (
     PaymentRequest,
 )
 from settlement.model import MERCHANT_SUSPENDED as STATUS_SUSPENDED
+from settlement.signing import (
+    SIGNATURE_INVALID,
+    SIGNATURE_KEY_MERCHANT_MISMATCH,
+    SIGNATURE_KEY_UNKNOWN,
+    SIGNATURE_MISSING,
+    SIGNATURE_REASON_CODES,
+    Keyring,
+    verify,
+)
 
 __all__ = [
     "AMOUNT_ABOVE_LIMIT",
@@ -39,6 +48,10 @@ __all__ = [
     "REASON_CODES",
     "REGION_INVALID",
     "REQUIRED_FIELD_EMPTY",
+    "SIGNATURE_INVALID",
+    "SIGNATURE_KEY_MERCHANT_MISMATCH",
+    "SIGNATURE_KEY_UNKNOWN",
+    "SIGNATURE_MISSING",
     "InvalidPolicy",
     "Rejection",
     "ValidationPolicy",
@@ -54,6 +67,7 @@ __all__ = [
     "check_region",
     "check_required_fields",
     "check_routable",
+    "check_signature",
     "validate",
 ]
 
@@ -95,6 +109,7 @@ REASON_CODES: Final[frozenset[str]] = frozenset(
         FIELD_TYPE_INVALID,
         DUPLICATE_CONFLICT,
         CHANNEL_DISABLED,
+        *SIGNATURE_REASON_CODES,
     }
 )
 
@@ -326,19 +341,36 @@ def check_routable(
     return [Rejection(METHOD_NOT_ROUTABLE, detail)]
 
 
+def check_signature(request: PaymentRequest, keyring: Keyring) -> list[Rejection]:
+    """The request must carry a valid HMAC signature by a key of its own merchant.
+
+    One of SIGNATURE_MISSING, SIGNATURE_KEY_UNKNOWN, SIGNATURE_KEY_MERCHANT_MISMATCH or
+    SIGNATURE_INVALID (see settlement.signing.verify for the order of the checks).
+    """
+    failure = verify(request, keyring)
+    if failure is None:
+        return []
+    return [Rejection(failure.code, failure.detail)]
+
+
 def validate(
     request: PaymentRequest,
     merchant: Merchant | None,
     now_ms: int,
     policy: ValidationPolicy,
     routable: Callable[[PaymentRequest], bool],
+    keyring: Keyring | None = None,
 ) -> list[Rejection]:
     """Run every rule and return all failures, in a stable order; an empty list means valid.
 
     Never raises on bad request data. `routable` should ignore channel kill switches (use
     `RoutingTable.has_rule_for`) so a disabled channel shows as CHANNEL_DISABLED at routing.
+    With a `keyring` the signature is checked first (None: signatures are not enforced). An
+    unauthenticated request is still judged by every other rule, so its rejection names all
+    that is wrong with it; it is never routed nor remembered for deduplication.
     """
     return [
+        *(check_signature(request, keyring) if keyring is not None else ()),
         *check_required_fields(request),
         *check_amount_integer(request),
         *check_amount_positive(request),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
@@ -52,6 +53,8 @@ class WriteResult:
     duplicates: int = 0
     # Ledger postings inserted, per side (DEBIT/CREDIT); part of rows_by_table already.
     postings_by_side: dict[str, int] = field(default_factory=dict)
+    # (channel, created_at) of each payment posted to the ledger now, for end-to-end latency.
+    posted: list[tuple[str, datetime]] = field(default_factory=list)
 
     @property
     def rows_written(self) -> int:
@@ -67,6 +70,7 @@ class WriteResult:
         self.duplicates += other.duplicates
         for side, count in other.postings_by_side.items():
             self.postings_by_side[side] = self.postings_by_side.get(side, 0) + count
+        self.posted.extend(other.posted)
 
 
 class Writer(Protocol):

@@ -22,6 +22,9 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 DATA_ERRORS: tuple[type[psycopg.Error], ...] = (psycopg.IntegrityError, psycopg.DataError)
 
 
+RETRY_CAUSES = ("serialization", "postgres", "registry", "conflict", "kafka")
+
+
 def cause(exc: BaseException) -> str:
     """A bounded label for settle_sink_retries_total."""
     if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):

@@ -157,6 +157,9 @@ class LedgerWriter:
                 result.add_rows("ledger_journals", journals)
                 result.add_rows("ledger_entries", debits + credits)
                 result.postings_by_side = {"DEBIT": debits, "CREDIT": credits}
+                posted = set(matched_now)
+                result.posted = [(p.channel or "unknown", p.created_at) for p in rows.payments
+                                 if p.payment_id in posted and p.created_at is not None]
             if rows.exceptions:
                 cur.execute(_INSERT_EXCEPTIONS)
                 result.add_rows("reconciliation_exceptions", cur.rowcount)

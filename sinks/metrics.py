@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
+
+from settle.config import metrics_addr
+
+disable_created_metrics()
 
 RECORDS = Counter(
     "settle_sink_records_total",
@@ -31,6 +35,13 @@ RETRIES = Counter(
     "Batches rolled back and retried, by cause (postgres, serialization, kafka, registry)",
     ["sink", "cause"],
 )
+E2E_LATENCY = Histogram(
+    "settle_e2e_latency_seconds",
+    "From a payment's created_at (set by the order system) to the commit of its ledger "
+    "journal, per channel",
+    ["channel"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
+)
 LEDGER_POSTINGS = Counter(
     "settle_ledger_postings_total", "Ledger postings written, by side", ["side"]
 )
@@ -41,4 +52,4 @@ for _side in ("DEBIT", "CREDIT"):  # both series exist from the start, so rate()
 def serve(port: int) -> None:
     """Serve /metrics on 127.0.0.1:port (no-op for port 0)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=metrics_addr())

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -45,7 +46,7 @@ from sinks import metrics
 from sinks.base import DeadRecord, SourceRecord, Writer, WriteResult
 from sinks.db import connect
 from sinks.dead_letters import DeadLetterPublisher
-from sinks.failures import DATA_ERRORS, RETRYABLE, cause, first_line
+from sinks.failures import DATA_ERRORS, RETRY_CAUSES, RETRYABLE, cause, first_line
 from sinks.offsets import load_offsets, save_offsets
 from sinks.options import SinkOptions, SinkStats
 from sinks.signals import stop_on_signals
@@ -83,7 +84,10 @@ class OffsetsConsumer:
         self.writer = writer
         self.options = options
         self.stats = SinkStats()
-        self._consumer = consumer or make_consumer(settings.kafka, options.group_id)
+        group_conf = ({"session.timeout.ms": options.session_timeout_ms}
+                      if options.session_timeout_ms else {})
+        self._consumer = consumer or make_consumer(settings.kafka, options.group_id,
+                                                   **group_conf)
         producer = make_producer(settings.kafka, f"{writer.stage}-dlq")
         self._dlq = DeadLetterPublisher(producer, registry, options.dlq_topic, writer.stage)
         self._producer = producer
@@ -93,6 +97,10 @@ class OffsetsConsumer:
         self._carry: list[Message] = []  # delivered while waiting to retry
         self._stopping = False
         self._last_activity = time.monotonic()
+        for retry_cause in RETRY_CAUSES:  # every series exists from the start, so rate() works
+            metrics.RETRIES.labels(writer.name, retry_cause)
+        for outcome in ("written", "dead_lettered"):
+            metrics.RECORDS.labels(writer.name, outcome)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -308,6 +316,11 @@ class OffsetsConsumer:
         metrics.COMMIT_SECONDS.labels(sink).observe(commit_s)
         for side, count in result.postings_by_side.items():
             metrics.LEDGER_POSTINGS.labels(side).inc(count)
+        if result.posted:
+            now = datetime.now(UTC)
+            for channel, created_at in result.posted:
+                metrics.E2E_LATENCY.labels(channel).observe(
+                    max((now - created_at).total_seconds(), 0.0))
         for item in dead:
             metrics.DEAD_LETTERS.labels(sink, item.error_type).inc()
             log.warning("%s: dead-lettered %s to %s: %s: %s", self.writer.stage,
@@ -326,7 +339,7 @@ class OffsetsConsumer:
             if conn is not None:
                 conn.close()
             self._conn = None
-            conn = connect(self.settings.postgres)
+            conn = connect(self.settings.postgres.for_sinks())
             try:
                 self.writer.prepare(conn)
                 conn.commit()

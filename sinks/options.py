@@ -19,6 +19,9 @@ class SinkOptions:
     idle_exit_s: float | None = None  # exit after this long without a record (tests, bench)
     max_records: int | None = None
     retry_backoff_s: float = 0.5
+    # How long the group waits for a silent member (a killed sink) before reassigning its
+    # partitions; None: librdkafka's default (45 s).
+    session_timeout_ms: int | None = None
     retry_backoff_s_max: float = 30.0
 
     def __post_init__(self) -> None:

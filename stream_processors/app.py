@@ -10,16 +10,39 @@ import faust
 
 from schemas.errors import RegistryUnavailable
 from settle.config import Settings
+from settle.keyring import KeyringError, KeyringWatcher, configured_keyring
 from stream_processors import metrics
+from stream_processors.delivery import DeliveryGuard
+from stream_processors.faust_fixes import install as install_faust_fixes
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
 from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
+from stream_processors.kafka_auth import broker_credentials
 from stream_processors.merchants import MerchantDirectory
 from stream_processors.settings import ProcessorSettings
 from stream_processors.topics import TopicNames
+from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
 
 REGISTRY_BACKOFF_MAX_S = 30.0
+KEYRING_POLL_INTERVAL_S = 5.0
+
+
+def signature_mode(settings: Settings) -> tuple[KeyringWatcher | None, str]:
+    """The validator's keyring (reloaded on change) and a line saying which mode it runs in.
+
+    Required mode without a readable keyring raises KeyringError: the worker must not start
+    and reject every request, nor start and route unauthenticated ones.
+    """
+    keyring = configured_keyring(settings)
+    if keyring is None:
+        return None, ("request signatures OFF (SETTLE_SIGNATURES=off): payment requests are "
+                      "NOT authenticated")
+    path = settings.signing.keyring_path
+    assert path is not None
+    watcher = KeyringWatcher(path, keyring)
+    return watcher, (f"request signatures REQUIRED: keyring {path} "
+                     f"({len(keyring)} keys, {len(keyring.merchants())} merchants)")
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -30,17 +53,13 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     """A faust app with every option that matters set on purpose."""
     kafka = settings.kafka
     (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)
-    broker_credentials: Any = None
-    if kafka.sasl_mechanism:
-        broker_credentials = faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.reveal(),
-            mechanism=kafka.sasl_mechanism,
-        )
+    install_faust_fixes()  # offsets: see stream_processors/faust_fixes.py
+
     return faust.App(
         app_id,
         broker=broker_urls(kafka.bootstrap_servers),
-        broker_credentials=broker_credentials,
+        # SASL and/or TLS exactly as the librdkafka clients get them (settle.kafka).
+        broker_credentials=broker_credentials(kafka),
         store=ps.store,
         datadir=str(ps.data_dir / app_id),
         # Tables' changelogs get the same partition count as the payment-keyed topics.
@@ -60,8 +79,17 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         producer_compression_type="lz4",
         stream_buffer_maxsize=8192,
         broker_max_poll_records=2000,
+        # A topic faust creates at startup (a table's changelog) can be missing from the
+        # broker's metadata at the moment the consumer subscribes; aiokafka only notices it at
+        # the next metadata refresh (5 minutes by default), and the table cannot be written
+        # until then (PartitionsMismatch: a whole chaos run stalled on it). 15 s bounds that.
+        consumer_metadata_max_age_ms=15_000,
+        producer_metadata_max_age_ms=15_000,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        broker_session_timeout=ps.session_timeout_s,
+        # The heartbeat must come well inside the session timeout (a third is Kafka's advice).
+        broker_heartbeat_interval=min(3.0, ps.session_timeout_s / 3),
         web_enabled=ps.web_port > 0,
         web_port=ps.web_port or 6066,
         web_host="127.0.0.1",
@@ -86,6 +114,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
     )
     directory = MerchantDirectory(settings.kafka, registry, topic=topics.merchants)
     seen = SeenIndex(seen_table, ps.dedup_retention_ms)
+    watcher, mode_line = signature_mode(settings)
     processor = IngestProcessor(
         registry,
         directory.get,
@@ -94,11 +123,31 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
         ps.policy,
         topics,
         disabled_channels=ps.disabled_channels,
+        keyring=watcher.keyring if watcher is not None else None,
     )
 
     @app.task
     async def start_directory() -> None:
+        (log.info if watcher is not None else log.warning)("validate: %s", mode_line)
         directory.start()
+
+    @app.timer(interval=KEYRING_POLL_INTERVAL_S)
+    async def reload_keyring() -> None:
+        if watcher is None:
+            return
+        try:
+            fresh = watcher.poll()
+        except KeyringError as exc:
+            log.error("keyring changed but cannot be loaded, keeping the previous one: %s", exc)
+            return
+        if fresh is not None:
+            processor.keyring = fresh
+            log.info("keyring reloaded: %d keys, %d merchants", len(fresh),
+                     len(fresh.merchants()))
+
+    guard = DeliveryGuard(VALIDATE_STAGE)
+    metrics.init_stage(VALIDATE_STAGE, ticks=False)
+    install_readiness(app, VALIDATE_STAGE)
 
     @app.agent(source)
     async def validate_route(stream: Any) -> None:
@@ -122,9 +171,16 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
                                 msg.topic, msg.partition, msg.offset, backoff_s, exc)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
-            for out in decision.outputs:
-                await app.producer.send(out.topic, out.key, out.value, None, None,
-                                        list(out.headers))
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.warning("validate: transient table error, retrying %s/%s@%s in "
+                                "%.1fs: %s", msg.topic, msg.partition, msg.offset, backoff_s,
+                                exc)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
+            await guard.send_all(app.producer, ((o.topic, o.key, o.value, list(o.headers))
+                                                for o in decision.outputs))
             _count(decision)
             seen.expire(now_ms(), msg.partition)
         # unreachable: the stream never ends while the worker runs
@@ -136,7 +192,18 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
 
     app.settle_directory = directory  # type: ignore[attr-defined]
     app.settle_processor = processor  # type: ignore[attr-defined]
+    app.settle_signature_mode = mode_line  # type: ignore[attr-defined]
     return app
+
+
+def install_readiness(app: faust.App, stage: str) -> None:
+    """settle_worker_ready{stage}: 1 once tables are recovered and no rebalance is running."""
+    @app.timer(interval=1.0)
+    async def readiness() -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        ready = (recovery.completed.is_set() and not app.rebalancing
+                 and not app.in_recovery)
+        metrics.WORKER_READY.labels(stage).set(1 if ready else 0)
 
 
 def _count(decision: Any) -> None:

@@ -15,7 +15,9 @@ from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import idempotency, validation
 from settlement.model import Merchant, PaymentRequest, RecordError
 from settlement.routing import RoutingTable
+from settlement.signing import Keyring
 from settlement.validation import Rejection, ValidationPolicy
+from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,18 @@ class SeenIndex:
             return None
         return idempotency.SeenEntry(fingerprint=raw[0], first_seen_ms=raw[1])
 
-    def remember(self, payment_id: str, fingerprint: str, at_ms: int, partition: int) -> None:
+    def remember(self, payment_id: str, fingerprint: str, at_ms: int, partition: int,
+                 offset: int = -1) -> None:
         # Re-assign (never mutate in place) so the faust changelog sees the write.
-        self._store[payment_id] = [fingerprint, at_ms, partition]
+        self._store[payment_id] = [fingerprint, at_ms, partition, offset]
         self._queue(partition).append((at_ms, payment_id))
+
+    def accepted_at(self, payment_id: str) -> tuple[int, int] | None:
+        """(partition, offset) of the input that was accepted under this payment_id."""
+        raw = self._store.get(payment_id)
+        if raw is None or len(raw) < 4 or raw[3] < 0:
+            return None  # entries written before offsets were kept
+        return raw[2], raw[3]
 
     def _queue(self, partition: int) -> deque[tuple[int, str]]:
         queue = self._queues.get(partition)
@@ -124,6 +134,10 @@ class IngestProcessor:
     so no exception ever escapes to faust (which would skip the event silently).
     A RegistryUnavailable is the exception: it is raised so the caller retries the record
     rather than dead-lettering valid traffic during a registry outage.
+
+    With a `keyring`, every request must carry a valid merchant signature (SIGNATURE_* reason
+    codes otherwise); None turns the check off. `keyring` may be replaced while running (the
+    worker reloads the file after a rotation).
     """
 
     def __init__(
@@ -136,8 +150,10 @@ class IngestProcessor:
         topics: Any,
         clock: Callable[[], int] = now_ms,
         disabled_channels: frozenset[str] = frozenset(),
+        keyring: Keyring | None = None,
     ) -> None:
         self.disabled_channels = disabled_channels
+        self.keyring = keyring
         self._decoder = AvroDeserializer(registry, reader_schema=schema_for("PaymentRequested"))
         self._merchants = merchants
         self._seen = seen
@@ -148,6 +164,10 @@ class IngestProcessor:
         self._routed_ser = {
             ch: AvroSerializer(registry, topics.routed(ch), "RoutedPayment")
             for ch in topics.channels
+        }
+        # Per channel, once: (topic, Avro enum symbol, serializer) of its routed records.
+        self._routed_to = {
+            ch: (topics.routed(ch), ch.upper(), ser) for ch, ser in self._routed_ser.items()
         }
         self._rejected_ser = AvroSerializer(registry, topics.rejected, "PaymentRejected")
         self._dlq_ser = AvroSerializer(registry, topics.dlq, "DeadLetter")
@@ -161,6 +181,8 @@ class IngestProcessor:
         except RegistryUnavailable:
             raise
         except Exception as exc:  # per-event catch: the design's rule for faust agents
+            if is_transient(exc):
+                raise  # the agent retries the event (see stream_processors.transient)
             log.exception("validate: unexpected error at %s", ref.decode())
             return self._dead_letter(key, value, topic, partition, offset, ref, exc)
 
@@ -169,10 +191,8 @@ class IngestProcessor:
         ref: bytes,
     ) -> Decision:
         try:
-            record = self._decoder.decode(value)
-            # Avro names the field created_at; the model says created_at_ms (unit last).
-            record["created_at_ms"] = record.pop("created_at", None)
-            request = PaymentRequest.from_record(record)
+            # from_record reads the Avro name created_at (the model says created_at_ms).
+            request = PaymentRequest.from_record(self._decoder.decode(value))
         except (DecodeError, RecordError) as exc:
             return self._dead_letter(key, value, topic, partition, offset, ref, exc)
 
@@ -180,7 +200,7 @@ class IngestProcessor:
         merchant = self._merchants(request.merchant_id) if isinstance(
             request.merchant_id, str) else None
         reasons = validation.validate(
-            request, merchant, now, self._policy, self._routing.has_rule_for
+            request, merchant, now, self._policy, self._routing.has_rule_for, self.keyring
         )
         if reasons:
             return self._reject(request, reasons, now, ref)
@@ -189,7 +209,9 @@ class IngestProcessor:
         verdict = idempotency.decide(
             self._seen.get(request.payment_id), fp, now, self._seen.retention_ms
         )
-        if verdict is idempotency.IdempotencyDecision.DUPLICATE:
+        replay = (verdict is idempotency.IdempotencyDecision.DUPLICATE
+                  and self._seen.accepted_at(request.payment_id) == (partition, offset))
+        if verdict is idempotency.IdempotencyDecision.DUPLICATE and not replay:
             return Decision(DEDUPLICATED)
         if verdict is idempotency.IdempotencyDecision.CONFLICT:
             return self._reject(
@@ -204,19 +226,32 @@ class IngestProcessor:
             assert route.rejection is not None
             return self._reject(request, [route.rejection], now, ref)
 
-        self._seen.remember(request.payment_id, fp, now, partition)
+        # A replay is the accepted input itself, read again after a crash: the table kept
+        # its entry but the routed output may be lost, so it is routed again (downstream
+        # dedupes by payment_id). Only a different input with the same body is a duplicate.
+        if not replay:
+            self._seen.remember(request.payment_id, fp, now, partition, offset)
+        topic, channel_symbol, serializer = self._routed_to[route.channel]
+        # The signature stops here: channels get the authenticated business fields only.
+        r = request
         routed = {
-            **_avro_request(request),
-            "channel": route.channel.upper(),
+            "payment_id": r.payment_id,
+            "merchant_id": r.merchant_id,
+            "order_id": r.order_id,
+            "payer_id": r.payer_id,
+            "amount_minor": r.amount_minor,
+            "currency": r.currency,
+            "method": r.method,
+            "interface": r.interface,
+            "region": r.region,
+            "created_at": r.created_at_ms,
+            "metadata": dict(r.metadata),
+            "channel": channel_symbol,
             "rule_id": route.rule_id,
             "routed_at": now,
         }
-        out = Output(
-            self._topics.routed(route.channel),
-            request.payment_id.encode(),
-            self._routed_ser[route.channel].encode(routed),
-            ((SOURCE_HEADER, ref),),
-        )
+        out = Output(topic, r.payment_id.encode(), serializer.encode(routed),
+                     ((SOURCE_HEADER, ref),))
         return Decision(ROUTED, [out], channel=route.channel, rule_id=route.rule_id)
 
     def _reject(
@@ -257,8 +292,7 @@ class IngestProcessor:
 
 
 def _avro_request(request: PaymentRequest) -> dict[str, Any]:
+    """The request as a PaymentRequested record (signature included), for rejections."""
     rec = request.to_record()
-    created = rec.pop("created_at_ms", None)
-    rec["created_at"] = created
+    rec["created_at"] = rec.pop("created_at_ms", None)
     return rec
-

@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.codec import AvroDeserializer
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, RegistryUnavailable
 from settle.config import KafkaSettings
 from settle.kafka import make_consumer
 from settlement.errors import SettleError
@@ -105,6 +105,23 @@ class MerchantDirectory:
         if current is None or merchant.updated_at_ms >= current.updated_at_ms:
             self._merchants[merchant.merchant_id] = merchant
 
+    def _apply_when_registry_answers(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply a record, waiting out a registry outage (at start-up nothing is cached yet):
+        giving up would leave validation without merchants for good."""
+        delay_s = 0.5
+        while True:
+            try:
+                self.apply(key, value)
+                return
+            except RegistryUnavailable as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("merchants: waiting for the schema registry to decode the "
+                            "merchant directory (validation waits for it); retry in %.1fs: %s",
+                            delay_s, exc)
+                self._stop.wait(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
+
     def _run(self) -> None:
         consumer: Consumer | None = None
         try:
@@ -131,7 +148,7 @@ class MerchantDirectory:
                 if msg.error() is not None:
                     log.warning("merchants: consumer error %s", msg.error())
                     continue
-                self.apply(msg.key(), msg.value())
+                self._apply_when_registry_answers(msg.key(), msg.value())
                 part, off = msg.partition(), msg.offset()
                 if part in targets and off is not None and off + 1 >= targets[part]:
                     del targets[part]

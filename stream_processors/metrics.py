@@ -10,6 +10,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from settle.config import metrics_addr
+
 # The *_created series double the scrape size and no dashboard uses them.
 disable_created_metrics()
 
@@ -32,10 +34,26 @@ MERCHANTS_KNOWN = Gauge("settle_merchants_known", "Merchants in this worker's di
 DEDUP_ENTRIES = Gauge("settle_dedup_entries", "payment_ids remembered for idempotency")
 
 
+WORKER_READY = Gauge(
+    "settle_worker_ready",
+    "1 while the worker processes records; 0 while it starts, recovers its tables from their "
+    "changelogs or rebalances",
+    ["stage"],
+)
+
+
+def init_stage(stage: str, ticks: bool = True) -> None:
+    """Create a stage's counters that may stay at 0, so dashboards and rate() see them."""
+    REGISTRY_RETRIES.labels(stage)
+    WORKER_READY.labels(stage).set(0)
+    if ticks:
+        TICK_ERRORS.labels(stage)
+
+
 def serve(port: int) -> None:
     """Serve /metrics on 127.0.0.1:port (no-op for port 0)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=metrics_addr())
 
 # reconcile stage
 RECON_OUTCOMES = Counter(
@@ -58,6 +76,12 @@ RECON_UNMATCHED_OLDEST_AGE = Gauge(
     "settle_reconciliation_unmatched_oldest_age_seconds",
     "Age of the oldest undecided payment on this worker (0 when none)",
     ["channel", "waiting_for"],
+)
+RECON_SLA = Gauge(
+    "settle_reconciliation_sla_seconds",
+    "How long a routed payment may wait for its channel's confirmation before it is decided "
+    "MISSING_CONFIRMATION (the reconciler's setting, for alert thresholds)",
+    ["channel"],
 )
 RECON_STATES = Gauge(
     "settle_reconciliation_states", "Reconciliation states of the partitions this worker owns"

@@ -22,6 +22,7 @@ from settlement.reconciliation import (
 from stream_processors.dead_letters import DeadLetters, error_label
 from stream_processors.ingest import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.ticks import DeadlineQueue, items_by_partition
+from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ STAGE: Final = "reconcile"
 
 # What became of one input (the `settle_stage_records_total` outcome label).
 APPLIED: Final = "applied"
+REPLAYED: Final = "replayed"  # an input applied before a crash, read again: outputs re-sent
 TICKED: Final = "ticked"
 DEAD_LETTERED: Final = "dead_lettered"
 
@@ -38,6 +40,17 @@ TICK_KEYS_MAX: Final = 5_000
 # A key whose tick failed unexpectedly (a bug or a corrupt value) is retried this much later,
 # not every tick, so one bad key cannot flood the log.
 TICK_RETRY_MS: Final = 60_000
+# Replays after a crash. faust writes the table's changelog and our outputs through one
+# producer with no transaction, so a worker can die (SIGKILL, or the DeliveryGuard's exit on a
+# refused output) after the state change reached the changelog but before the result did.
+# Restarted, it re-reads the inputs since its last commit and finds them already applied:
+# without more, their results would never be published. So each state keeps the encoded
+# results of its last few applied inputs under their source coordinates, and a per-partition
+# outbox key keeps which payments each recent tick decided; an input or tick read again
+# re-sends exactly what it produced (downstream dedupes by result_id and payment_id).
+EMITTED_KEEP: Final = 8
+TICK_OUTBOX_KEEP: Final = 16
+TICK_OUTBOX_PREFIX: Final = "\x00tick-outbox/"
 WAITING_CONFIRMATION: Final = "confirmation"
 WAITING_ROUTED: Final = "routed"
 
@@ -123,6 +136,8 @@ class ReconcileProcessor:
             log.warning("reconcile: dead-lettering %s: %s", ref.decode(), exc)
             return self._dead_letter(key, value, topic, partition, offset, exc.cause)
         except Exception as exc:  # per-event catch: an escaped exception skips the event
+            if is_transient(exc):
+                raise  # the agent retries the event (see stream_processors.transient)
             log.exception("reconcile: cannot process %s", ref.decode())
             return self._dead_letter(key, value, topic, partition, offset, exc)
 
@@ -134,6 +149,15 @@ class ReconcileProcessor:
         """
         now = self._clock()
         decision = ReconDecision(TICKED)
+        outbox_key = f"{TICK_OUTBOX_PREFIX}{partition}"
+        outbox = self._store.get(outbox_key)
+        replay = _tick_replay(outbox, ref)
+        if replay is not None:
+            for payment_id in replay:
+                emitted = _emitted(self._store.get(payment_id), ref)
+                if emitted:
+                    decision.outputs.extend(self._outputs(payment_id, emitted, ref))
+            return decision
         try:
             self._ensure(partition)
             due = self.deadlines.pop_due(partition, now, TICK_KEYS_MAX)
@@ -141,13 +165,15 @@ class ReconcileProcessor:
             log.exception("reconcile: cannot rebuild the deadlines of partition %d", partition)
             decision.tick_errors += 1
             return decision
-        for payment_id in due:
+        for n, payment_id in enumerate(due):
             try:
                 self._tick_key(payment_id, partition, now, decision, ref)
             except RegistryUnavailable as exc:
-                # Nothing of this key was written; it stays due and the next tick retries.
+                # Nothing of this key was written; it and every key not reached yet (popped
+                # from the queue with it) stay due, and the next tick retries them.
                 log.warning("reconcile: registry unavailable during a tick: %s", exc)
-                self.deadlines.schedule(partition, payment_id, now)
+                for later in due[n:]:
+                    self.deadlines.schedule(partition, later, now)
                 decision.tick_errors += 1
                 break
             except Exception:
@@ -155,6 +181,11 @@ class ReconcileProcessor:
                               payment_id, TICK_RETRY_MS)
                 self.deadlines.schedule(partition, payment_id, now + TICK_RETRY_MS)
                 decision.tick_errors += 1
+        decided = sorted({out.key.decode() for out in decision.outputs if out.key is not None})
+        if decided:
+            entries = [e for e in (outbox or {}).get("outbox", [])][-(TICK_OUTBOX_KEEP - 1):]
+            self._store[outbox_key] = {"partition": partition,
+                                       "outbox": [*entries, [ref.decode(), decided]]}
         return decision
 
     def forget_partitions(self) -> None:
@@ -194,6 +225,10 @@ class ReconcileProcessor:
             raise _BadInput(NotCopartitioned(f"key {key!r} is not payment_id {payment_id!r}"))
         self._ensure(partition)
         state = self._load(payment_id, partition)
+        raw = self._store.get(payment_id)
+        emitted = _emitted(raw, ref)
+        if emitted is not None:
+            return ReconDecision(REPLAYED, self._outputs(payment_id, emitted, ref))
         try:
             if isinstance(event, RoutedInfo):
                 new_state, results = recon.on_routed(state, event, now)
@@ -203,8 +238,12 @@ class ReconcileProcessor:
             raise _BadInput(exc) from exc
         decision = ReconDecision(APPLIED)
         self._publish(new_state, results, ref, decision)
-        self._save(new_state, partition)
+        self._save(new_state, partition, _remember(raw, ref, decision.outputs))
         return decision
+
+    def _outputs(self, payment_id: str, values: list[str], ref: bytes) -> list[Output]:
+        return [Output(self._topics.results, payment_id.encode(), bytes.fromhex(v),
+                       ((SOURCE_HEADER, ref),)) for v in values]
 
     def _tick_key(
         self, payment_id: str, partition: int, now: int, decision: ReconDecision, ref: bytes
@@ -214,10 +253,15 @@ class ReconcileProcessor:
             self._unwait(partition, payment_id)
             return
         before = state
+        raw = self._store.get(payment_id)
+        emitted = None
         due = recon.deadline_ms(state, self._policy)
         if due is not None and now >= due:  # re-checked: the queue may be early or stale
             state, results = recon.on_tick(state, now, self._policy)
+            first = len(decision.outputs)
             self._publish(state, results, ref, decision)
+            if results:
+                emitted = _remember(raw, ref, decision.outputs[first:])
         if recon.is_evictable(state, now, self._policy):
             del self._store[payment_id]
             self._unwait(partition, payment_id)
@@ -225,7 +269,7 @@ class ReconcileProcessor:
         elif state is before:  # nothing changed: no changelog write, only the next deadline
             self.deadlines.schedule(partition, payment_id, self._next_due(state))
         else:
-            self._save(state, partition)
+            self._save(state, partition, emitted if emitted is not None else _kept(raw))
 
     # -- state --------------------------------------------------------------------------------
 
@@ -239,9 +283,13 @@ class ReconcileProcessor:
             ))
         return ReconState.from_dict(raw["state"])
 
-    def _save(self, state: ReconState, partition: int) -> None:
+    def _save(self, state: ReconState, partition: int,
+              emitted: list[list[Any]] | None = None) -> None:
         # Re-assign the whole value: faust only changelogs assignments.
-        self._store[state.payment_id] = {"partition": partition, "state": state.to_dict()}
+        value: dict[str, Any] = {"partition": partition, "state": state.to_dict()}
+        if emitted:
+            value["emitted"] = emitted
+        self._store[state.payment_id] = value
         self.deadlines.schedule(partition, state.payment_id, self._next_due(state))
         waiting = _waiting_for(state)
         if waiting is None:
@@ -268,6 +316,8 @@ class ReconcileProcessor:
         out: list[tuple[str, int | None]] = []
         waiting = self._waiting.setdefault(partition, {})
         for payment_id, raw in items_by_partition(self._store, partition):
+            if payment_id.startswith(TICK_OUTBOX_PREFIX):
+                continue
             try:
                 state = ReconState.from_dict(raw["state"])
             except Exception:  # a bad value must not stop the rebuild; it is logged once
@@ -317,6 +367,38 @@ class ReconcileProcessor:
     ) -> ReconDecision:
         out = self._dlq.letter(key, value, topic, partition, offset, exc, self._clock())
         return ReconDecision(DEAD_LETTERED, [out], error_type=error_label(exc))
+
+
+def _emitted(raw: Any, ref: bytes) -> list[str] | None:
+    """The encoded results the input at `ref` produced, if this state already applied it."""
+    if not isinstance(raw, dict):
+        return None
+    wanted = ref.decode()
+    for source, values in raw.get("emitted", ()):
+        if source == wanted:
+            return list(values)
+    return None
+
+
+def _kept(raw: Any) -> list[list[Any]] | None:
+    return list(raw.get("emitted", [])) if isinstance(raw, dict) else None
+
+
+def _remember(raw: Any, ref: bytes, outputs: list[Output]) -> list[list[Any]]:
+    """The state's recent inputs plus this one, with what each produced (hex values)."""
+    entries = (_kept(raw) or [])[-(EMITTED_KEEP - 1):]
+    return [*entries, [ref.decode(), [out.value.hex() for out in outputs]]]
+
+
+def _tick_replay(outbox: Any, ref: bytes) -> list[str] | None:
+    """Payments the tick at `ref` decided, if this partition already processed that tick."""
+    if not isinstance(outbox, dict):
+        return None
+    wanted = ref.decode()
+    for source, payment_ids in outbox.get("outbox", ()):
+        if source == wanted:
+            return list(payment_ids)
+    return None
 
 
 class _BadInput(Exception):

@@ -53,6 +53,9 @@ class ProcessorSettings:
     policy: ValidationPolicy = ValidationPolicy()
     dedup_retention_ms: int = DEFAULT_MAX_AGE_MS + DAY_MS
     merchants_wait_s: float = 60.0
+    # How long the group coordinator waits for a silent member (a SIGKILLed worker, a frozen
+    # host) before it hands that member's partitions to the others: they stall that long.
+    session_timeout_s: float = 60.0
     # reconcile + settle stages
     recon: ReconPolicy = DEFAULT_RECON_POLICY
     fees: FeeSchedule = DEFAULT_FEES
@@ -122,6 +125,7 @@ def load(env: Mapping[str, str] | None = None, run_dir: Path | None = None) -> P
         policy=policy,
         dedup_retention_ms=retention,
         merchants_wait_s=float(_int(env, "SETTLE_MERCHANTS_WAIT_S", 60)),
+        session_timeout_s=_int(env, "SETTLE_SESSION_TIMEOUT_MS", 60_000) / 1000,
         **_stage_settings(env),  # type: ignore[arg-type]
     )
 

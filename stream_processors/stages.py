@@ -12,11 +12,18 @@ import faust
 
 from schemas.errors import RegistryUnavailable
 from settle.config import Settings
+from settlement.model import CHANNELS
 from stream_processors import metrics
-from stream_processors.app import REGISTRY_BACKOFF_MAX_S, base_app
+from stream_processors.app import REGISTRY_BACKOFF_MAX_S, base_app, install_readiness
+from stream_processors.delivery import DeliveryGuard
 from stream_processors.ingest import Output, now_ms
 from stream_processors.reconcile import STAGE as RECONCILE_STAGE
-from stream_processors.reconcile import ReconcileProcessor, ReconDecision
+from stream_processors.reconcile import (
+    WAITING_CONFIRMATION,
+    WAITING_ROUTED,
+    ReconcileProcessor,
+    ReconDecision,
+)
 from stream_processors.settings import ProcessorSettings
 from stream_processors.settle_stage import ADDED, DUPLICATE, TICKED, SettleDecision, SettleProcessor
 from stream_processors.settle_stage import STAGE as SETTLE_STAGE
@@ -28,8 +35,11 @@ from stream_processors.ticks import (
     tick_topic_name,
 )
 from stream_processors.topics import TopicNames
+from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
+
+WAITING = (WAITING_CONFIRMATION, WAITING_ROUTED)
 
 # Items wait here between the two settle agents; a week covers any outage worth surviving.
 ITEMS_RETENTION = timedelta(days=7)
@@ -52,6 +62,9 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     topics = TopicNames(ps.topic_prefix)
     n = settings.kafka.partitions
     app = base_app(f"{ps.topic_prefix}settle-reconcile", settings, ps)
+    app.settle_delivery_guard = DeliveryGuard(RECONCILE_STAGE)  # type: ignore[attr-defined]
+    metrics.init_stage(RECONCILE_STAGE)
+    install_readiness(app, RECONCILE_STAGE)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
     source = stage_channel(
         app, [*topics.all_routed, topics.confirmations], [ticks], n, settings.kafka
@@ -62,6 +75,8 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     )
     install_tick_timer(app, tick_topic_name(app.conf.id), ps.tick_interval_s)
     _forget_on_rebalance(app, processor.forget_partitions)
+    for channel in sorted(CHANNELS):
+        metrics.RECON_SLA.labels(channel).set(ps.recon.sla_ms_for(channel) / 1000)
 
     @app.agent(source)
     async def reconcile(stream: Any) -> None:
@@ -75,11 +90,12 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
         # Deadline entries, not len(table): one per state of the assigned partitions, and
         # O(1) where a rocksdb table's len() would scan every key.
         metrics.RECON_STATES.set(len(processor.deadlines))
-        metrics.RECON_UNMATCHED.clear()
-        metrics.RECON_UNMATCHED_OLDEST_AGE.clear()
-        for (channel, waiting_for), (count, oldest_s) in processor.backlog(now_ms()).items():
-            metrics.RECON_UNMATCHED.labels(channel, waiting_for).set(count)
-            metrics.RECON_UNMATCHED_OLDEST_AGE.labels(channel, waiting_for).set(oldest_s)
+        # Every channel shows a value, 0 when nothing waits, so "no backlog" is visible.
+        backlog = processor.backlog(now_ms())
+        for key in set(backlog) | {(c, w) for c in CHANNELS for w in WAITING}:
+            count, oldest_s = backlog.get(key, (0, 0.0))
+            metrics.RECON_UNMATCHED.labels(*key).set(count)
+            metrics.RECON_UNMATCHED_OLDEST_AGE.labels(*key).set(oldest_s)
 
     app.settle_processor = processor  # type: ignore[attr-defined]
     return app
@@ -90,6 +106,9 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
     topics = TopicNames(ps.topic_prefix)
     n = settings.kafka.partitions
     app = base_app(f"{ps.topic_prefix}settle-settle", settings, ps)
+    app.settle_delivery_guard = DeliveryGuard(SETTLE_STAGE)  # type: ignore[attr-defined]
+    metrics.init_stage(SETTLE_STAGE)
+    install_readiness(app, SETTLE_STAGE)
     items_name = f"{app.conf.id}-items"
     items = owned_topic(app, items_name, n, ITEMS_RETENTION)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
@@ -100,6 +119,7 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
         registry, table, ps.windows, ps.fees, topics, items_name, tick_topic_name(app.conf.id),
         ids_windows=ps.batched_ids_windows, ids_max=ps.batched_ids_max,
         idle_evict_ms=ps.settle_idle_evict_ms,
+        max_batch_bytes=app.conf.producer_max_request_size,
     )
     install_tick_timer(app, tick_topic_name(app.conf.id), ps.tick_interval_s)
     _forget_on_rebalance(app, processor.forget_partitions)
@@ -107,7 +127,8 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
     @app.agent(results)
     async def itemize(stream: Any) -> None:
         # Re-keys MATCHED results by merchant|currency through the internal items topic, so
-        # one merchant+currency's batches live in exactly one partition's table entry.
+        # one merchant+currency's batches (its entry and one table key per batched payment)
+        # live in exactly one partition of the table.
         async for event in stream.events():
             decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE)
             await _send(app, decision.outputs)
@@ -154,11 +175,19 @@ async def _with_registry_retry(
                         msg.topic, msg.partition, msg.offset, backoff_s, exc)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("%s: transient table error, retrying %s/%s@%s in %.1fs: %s", stage,
+                        msg.topic, msg.partition, msg.offset, backoff_s, exc)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
 
 
 async def _send(app: faust.App, outputs: Iterable[Output]) -> None:
-    for out in outputs:
-        await app.producer.send(out.topic, out.key, out.value, None, None, list(out.headers))
+    guard: DeliveryGuard = app.settle_delivery_guard  # type: ignore[attr-defined]
+    await guard.send_all(app.producer, ((o.topic, o.key, o.value, list(o.headers))
+                                        for o in outputs))
 
 
 def _count_recon(decision: ReconDecision, tick: bool) -> None:

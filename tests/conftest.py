@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,6 +20,29 @@ from settle import config
 _MAIN_DB = os.environ.get("SETTLE_PG_DB", "settle")
 TEST_DB = f"settle_test_{os.getpid()}"
 os.environ["SETTLE_PG_DB"] = TEST_DB
+
+
+def _session_keyring() -> str:
+    """A throwaway signing keyring for the session: the sample merchants and the tests' own.
+
+    Set in the environment (like the database) so producers and worker subprocesses sign and
+    verify with it; signatures are required, as by default.
+    """
+    from producers.merchants import load_merchants, sample_merchants_path
+    from settle.keyring import init_keyring
+
+    folder = tempfile.mkdtemp(prefix="settle-test-keys-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "signing-keyring.json"
+    sample = [e.merchant_id for e in load_merchants(sample_merchants_path())]
+    init_keyring(path, [*sample, *TEST_SIGNING_MERCHANTS])
+    return str(path)
+
+
+# Merchants the integration tests pay (m-nobody is deliberately absent: an unknown merchant).
+TEST_SIGNING_MERCHANTS = ("m-ok", "m-off", "m-1")
+os.environ["SETTLE_SIGNATURES"] = "required"
+os.environ["SETTLE_SIGNING_KEYRING"] = _session_keyring()
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,13 @@ import click
 from producers.cli import merchants, simulate
 from settle.cli.audit import audit
 from settle.cli.bench import bench
+from settle.cli.chaos import chaos
 from settle.cli.common import fail_on_settle_error
 from settle.cli.demo import demo
 from settle.cli.infra import config_cmd, db, schemas_cmd, smoke, stack, topics
+from settle.cli.keys import keys
+from settle.cli.monitor import monitor
+from settle.cli.prom import prom
 from settle.cli.sinks import sink
 from settle.cli.workers import worker
 
@@ -25,7 +29,7 @@ def cli() -> None:
 
 
 COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate,
-            bench, sink, demo)
+            bench, sink, demo, monitor, prom, keys, chaos)
 for command in COMMANDS:
     cli.add_command(command)
 

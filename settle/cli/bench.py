@@ -91,3 +91,172 @@ def bench_e2e_cmd(count: int, rate: float, runs: int, seed: int, out_dir: Path) 
     (out_dir / f"e2e-{count}-{int(rate)}.json").write_text(json.dumps(report, indent=2))
     console.print(f"median {report['payments_per_s_median']:,.0f} payments/s, p50 "
                   f"{report['p50_ms_median']} ms, p99 {report['p99_ms_median']} ms")
+
+
+def _suite_options(f: Any) -> Any:
+    """The options every suite command shares."""
+    opts = [
+        click.option("--count", type=click.IntRange(min=100), default=None,
+                     help="Payment requests preloaded per run [default 20,000; --quick 5,000]."),
+        click.option("--runs", type=click.IntRange(min=1), default=None,
+                     help="Runs per figure; the report gives the median [default 3; --quick 1]."),
+        click.option("--quick", is_flag=True,
+                     help="Short runs for development (rough figures, same code paths)."),
+        click.option("--seed", type=int, default=1, show_default=True),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path(".bench"),
+                     show_default=True, help="Where reports, logs and the Quix venv go."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _latency_options(f: Any) -> Any:
+    f = click.option("--rates", default=None,
+                     help="Comma-separated rates to try, ascending [default 250, 500, 1000, "
+                          "2000, ... 16000; --quick 500,1000,2000].")(f)
+    return click.option("--duration", type=click.FloatRange(min=1), default=None,
+                        help="Seconds of load per latency run [default 20; --quick 8].")(f)
+
+
+def _run_suite(name: str, parts: tuple[str, ...], count: int | None, runs: int | None,
+               quick: bool, seed: int, out_dir: Path, duration: float | None = None,
+               rates: str | None = None) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from settle.benchmarks.suite import Options, machine, run_parts, write_report
+
+    given: dict[str, Any] = {"seed": seed, "out_dir": out_dir,
+                             "quix_venv": out_dir / "quix-venv"}
+    if count is not None:
+        given["count"] = count
+    if runs is not None:
+        given["runs"] = runs
+    if duration is not None:
+        given["duration_s"] = duration
+    if rates:
+        try:
+            given["rates"] = tuple(int(r) for r in rates.split(",") if r.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"--rates wants integers, got {rates!r}") from exc
+    opts = Options.quick(**given) if quick else Options(**given)
+    info = machine()
+    s = settings()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(f"bench {name}", total=None)
+
+        def say(message: str) -> None:
+            progress.update(task, description=message)
+            progress.console.print(f"[dim]{message}[/]")
+
+        raw = run_parts(s, parts, opts, say)
+    json_path, md_path, table = write_report(name, raw, opts, info)
+    click.echo(table)  # markdown: unwrapped, whatever the terminal's width
+    console.print(f"reports: {json_path}, {md_path}")
+
+
+@bench.command("limits")
+@_suite_options
+def bench_limits_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
+                     out_dir: Path) -> None:
+    """The passthrough limits on preloaded payment requests (same broker, same records).
+
+    A: a bare confluent-kafka consumer -> producer copying raw bytes (keys, headers and the
+    producer settings of every stage kept); B: our AvroDeserializer -> AvroSerializer in
+    between. Records/s from the first record consumed until the output's end offsets say
+    every record is in.
+    """
+    _run_suite("limits", ("limits",), count, runs, quick, seed, out_dir)
+
+
+@bench.command("stages")
+@_suite_options
+def bench_stages_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
+                     out_dir: Path) -> None:
+    """Each stage's real process alone on a preloaded input, against limit A.
+
+    validate+route, reconcile, settle, the ledger sink (with the raw COPY beside it) and the
+    settlement sink; records/s from first to last output, CPU seconds per 1,000 payments
+    (the process tree's, from /proc) and peak RSS (VmHWM).
+    """
+    _run_suite("stages", ("limits", "stages", "copy"), count, runs, quick, seed, out_dir)
+
+
+@bench.command("copy")
+@_suite_options
+def bench_copy_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
+                   out_dir: Path) -> None:
+    """Ledger sink rows/s beside a raw binary COPY of the same rows into the same tables.
+
+    The COPY goes into a fresh, migrated database of its own (constraints, indexes and the
+    deferred balance trigger kept, since the sink pays them too), in one transaction.
+    """
+    _run_suite("copy", ("copy",), count, runs, quick, seed, out_dir)
+
+
+@bench.command("peer")
+@_suite_options
+def bench_peer_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
+                   out_dir: Path) -> None:
+    """validate+route against the same logic in Quix Streams, on the same requests.
+
+    The peer runs from its own virtualenv (OUT/quix-venv, created on first use with
+    `python -m venv` and pip: Quix Streams pins an older confluent-kafka, so it never goes
+    into the project's environment).
+    """
+    _run_suite("peer", ("peer",), count, runs, quick, seed, out_dir)
+
+
+@bench.command("latency")
+@_suite_options
+@_latency_options
+def bench_latency_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
+                      out_dir: Path, duration: float | None, rates: str | None) -> None:
+    """Whole pipeline at fixed rates: p50/p99 created_at -> ledger commit.
+
+    Rates are tried in ascending order until the median p99 exceeds 1 s (or the load
+    generator cannot hold the rate); reports the highest rate that held and p50/p99 at
+    1,000 payments/s. COUNT is unused here (rate x duration payments per run).
+    """
+    _run_suite("latency", ("latency",), count, runs, quick, seed, out_dir, duration, rates)
+
+
+@bench.command("all")
+@_suite_options
+@_latency_options
+def bench_all_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
+                  out_dir: Path, duration: float | None, rates: str | None) -> None:
+    """Every benchmark; OUT/report.json (every run) and OUT/report.md (the table + machine).
+
+    Takes a while (about half an hour with the defaults): run it on a quiet machine.
+    """
+    from settle.benchmarks.suite import PARTS
+
+    _run_suite("report", PARTS, count, runs, quick, seed, out_dir, duration, rates)
+
+
+@bench.command("validate-cpu")
+@click.option("--count", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Inputs per run.")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs (after one warm-up); the median counts.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--bad-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of injected bad input (0: valid signed payments only).")
+@click.option("--duplicate-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of byte-identical re-sends.")
+@click.option("--profile", "profile_top", type=click.IntRange(min=0), default=0,
+              show_default=True, help="Also print the top N functions of a cProfile run.")
+def bench_validate_cpu_cmd(count: int, runs: int, seed: int, bad_ratio: float,
+                           duplicate_ratio: float, profile_top: int) -> None:
+    """CPU per record of the validate+route processor alone: no broker, no faust.
+
+    Pre-encoded signed requests (wire format) go straight into IngestProcessor.process with an
+    in-memory registry and a dict as the seen store; every outcome is checked against the
+    simulator's expectation. Also runnable as `python -m settle.benchmarks.validate_cpu`.
+    """
+    from settle.benchmarks.validate_cpu import bench_validate_cpu, format_report
+
+    click.echo(format_report(bench_validate_cpu(count, runs, seed, bad_ratio, duplicate_ratio,
+                                                profile_top)))

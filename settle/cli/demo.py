@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from typing import Any
 
 import click
 
+from settle import config
 from settle.cli.common import console, settings
 
 
@@ -25,7 +28,8 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     """Run the whole pipeline on the local stack and audit the books.
 
     Brings the stack up if it is not, creates topics, registers schemas, applies migrations,
-    loads merchants, starts every worker (validate, reconcile, settle, two sinks and the
+    loads merchants, creates a signing keyring under the run folder when SETTLE_SIGNING_KEYRING
+    is not set, starts every worker (validate, reconcile, settle, two sinks and the
     channel-gateway simulator), publishes a simulated order flow with bad input and channel
     faults, waits until the pipeline drains and every settlement window has closed, then
     prints payments by terminal state, batches per merchant, ledger totals and the
@@ -49,6 +53,11 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     d.settle_cmd("schemas", "register")
     d.settle_cmd("db", "migrate")
     d.settle_cmd("merchants", "load")
+    # Every child process (workers, simulator) inherits the keyring through the environment.
+    signing = d.signing_env(s)
+    os.environ.update(signing)
+    console.print(f"  request signatures {s.signing.mode}"
+                  + (f", keyring {signing['SETTLE_SIGNING_KEYRING']}" if signing else ""))
     console.rule("[bold]3. the pipeline")
     d.start_pipeline(s, plan, lambda m: console.print(f"  {m}"))
     console.rule(f"[bold]4. {count:,} payment requests (seed {seed})")
@@ -76,15 +85,49 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
                   f"{ingest.rejected:,} + dead-lettered {ingest.dead_lettered:,} + "
                   f"deduplicated {ingest.deduplicated:,} = {total:,}")
     print_books(books)
-    ok = ingest.balanced and books.ok
+    observable = _observability(s)
+    ok = ingest.balanced and books.ok and observable
     console.print(("[bold green]all invariants ✓[/]" if ok else "[bold red]invariants ✗[/]")
                   + f" after {time.monotonic() - started:.0f}s of draining")
     console.rule("[bold]the stack keeps running")
     console.print(f"  Kafka         {s.kafka.bootstrap_servers}")
-    console.print(f"  registry      {s.registry.url}")
+    console.print(f"  registry      {config.safe_url(s.registry.url)}")
     console.print(f"  PostgreSQL    {s.postgres.describe()}")
-    console.print(f"  Prometheus    {s.prometheus_url}")
+    console.print(f"  Prometheus    {config.safe_url(s.prometheus_url)}")
     console.print(f"  logs          {s.run_dir / 'logs'}")
     console.print("  `settle audit books`, `settle audit ingest` re-check; `make down` stops all.")
+    console.print("  dashboard     deploy/grafana/dashboards/settle-pipeline.json (README)")
     if not ok:
         sys.exit(1)
+
+
+def _observability(s: Any) -> bool:
+    """Prometheus scrapes every pipeline process; every rule and dashboard query works."""
+    from settle import observability as o
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            active = [t for t in o.targets(s.prometheus_url) if t["labels"].get("job") == "settle"
+                      and "run" not in t["labels"]]
+        except OSError as exc:
+            console.print(f"[bold red]✗[/] Prometheus at {s.prometheus_url} unreachable: {exc}")
+            return False
+        down = sorted(t["labels"].get("process", "?") for t in active if t["health"] != "up")
+        if (active and not down) or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    results = o.check_queries(s.prometheus_url, o.all_queries())
+    rules = [r for r in results if r.query.source == "rule"]
+    panels = [r for r in results if r.query.source == "dashboard"]
+    empty = [r.query.name for r in panels if not r.passed]
+    broken = [r.query.name for r in rules if not r.ok]
+    mark = {True: "[green]✓[/]", False: "[bold red]✗[/]"}
+    console.print(f"{mark[bool(active) and not down]} Prometheus: {len(active) - len(down)}/"
+                  f"{len(active)} pipeline targets up" + (f" (down: {', '.join(down)})"
+                                                          if down else ""))
+    console.print(f"{mark[not broken]} {len(rules) - len(broken)}/{len(rules)} rule "
+                  f"expressions evaluate; {mark[not empty]} {len(panels) - len(empty)}/"
+                  f"{len(panels)} dashboard queries return data"
+                  + (f" (empty: {'; '.join(empty[:5])})" if empty else ""))
+    return bool(active) and not down and not broken and not empty

@@ -90,7 +90,7 @@ def schemas_register() -> None:
 
     client = registry_client(settings())
     ids = register_all(client)
-    table = Table(title=f"subjects on {settings().registry.url}")
+    table = Table(title=f"subjects on {config.safe_url(settings().registry.url)}")
     table.add_column("subject")
     table.add_column("schema id", justify="right")
     for subject, schema_id in sorted(ids.items()):

@@ -36,6 +36,10 @@ SINKS = {
               help="Where undecodable and refused records go [default: payments.dlq].")
 @click.option("--topic-prefix", default="", envvar="SETTLE_TOPIC_PREFIX", show_envvar=True,
               help="Prefix of every topic and of the group (isolated test runs).")
+@click.option("--session-timeout-ms", type=click.IntRange(min=1000), default=None,
+              envvar="SETTLE_SESSION_TIMEOUT_MS", show_envvar=True,
+              help="How long the group waits for a silent member before reassigning its "
+                   "partitions [default: librdkafka's 45000].")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def sink(
@@ -49,6 +53,7 @@ def sink(
     topic: str | None,
     dlq_topic: str | None,
     topic_prefix: str,
+    session_timeout_ms: int | None,
     loglevel: str,
 ) -> None:
     """Write a topic to PostgreSQL exactly once: rows and offsets in one transaction.
@@ -84,10 +89,12 @@ def sink(
         batch_wait_ms=batch_wait_ms,
         idle_exit_s=idle_exit_s,
         max_records=max_records,
+        session_timeout_ms=session_timeout_ms,
     )
     metrics.serve(s.metrics_port if metrics_port is None else metrics_port)
     writer = LedgerWriter() if name == "ledger" else SettlementWriter()
-    console.print(f"{writer.stage}: {options.topic} -> PostgreSQL {s.postgres.describe()} "
+    pg = s.postgres.for_sinks()
+    console.print(f"{writer.stage}: {options.topic} -> PostgreSQL {pg.describe()} "
                   f"as group {options.group_id}")
     with registry_client(s) as registry:
         stats = OffsetsConsumer(s, registry, writer, options).run()

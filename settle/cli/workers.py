@@ -25,6 +25,8 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     reconcile: payments.routed.* + channel.confirmations -> reconciliation.results
     settle:    reconciliation.results (MATCHED) -> settlements.batches, by merchant and window
     Run several workers of one stage to share its partitions (one consumer group per stage).
+    validate checks merchant signatures (SETTLE_SIGNATURES=required, the default, needs
+    SETTLE_SIGNING_KEYRING and refuses to start without it; off skips the check).
     """
     import faust
 
@@ -45,6 +47,9 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
         "settle": make_settle_app,
     }
     app = factories[stage](s, ps, registry)
+    if stage == "validate":
+        # Said before faust takes over the terminal, so it is the first line of the log.
+        click.echo(f"validate: {app.settle_signature_mode}", err=True)  # type: ignore[attr-defined]
     level = getattr(logging, loglevel.upper())
 
     @app.task

@@ -23,6 +23,7 @@ from producers.merchants import (
     publish_merchants,
     sample_merchants_path,
 )
+from producers.order_faults import SIGNATURE_KINDS
 from producers.order_flow import KIND_HEADER, publish_order
 from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_orders
 from producers.producer import AvroProducer, DeliveryReport
@@ -32,6 +33,7 @@ from schemas.registry import RegistryClient
 from schemas.topics import value_subject
 from settle.config import Settings
 from settle.kafka import make_consumer
+from settle.keyring import configured_keyring
 from settle.topics import (
     CHANNEL_CONFIRMATIONS,
     CONTRACT,
@@ -41,6 +43,8 @@ from settle.topics import (
     create_topics,
     delete_topics,
 )
+from settlement.model import PaymentRequest
+from settlement.signing import verify
 
 pytestmark = pytest.mark.integration
 
@@ -112,8 +116,11 @@ def test_simulated_orders_read_back_by_offset(stack: Settings, registry: Registr
     schema_id = registry.register(
         value_subject(PAYMENTS_REQUESTED), schema_str_for("PaymentRequested")
     )
-    mix = OrderMix(bad_ratio=0.4, duplicate_ratio=0.1, conflict_ratio=0.05, schema_id=schema_id)
-    orders = list(generate_orders(unique_seed(), 60, load_merchants(sample_merchants_path()), mix))
+    keyring = configured_keyring(stack)  # the session's (tests/conftest.py)
+    assert keyring is not None
+    mix = OrderMix(bad_ratio=0.4, duplicate_ratio=0.1, conflict_ratio=0.05, schema_id=schema_id,
+                   keyring=keyring)
+    orders = list(generate_orders(unique_seed(), 80, load_merchants(sample_merchants_path()), mix))
     assert {o.kind for o in orders} >= set(INJECTED_KINDS) - {"bad-merchant-suspended"}
     reports: list[DeliveryReport] = []
     placed: list[tuple[SimulatedOrder, DeliveryReport]] = []
@@ -134,7 +141,15 @@ def test_simulated_orders_read_back_by_offset(stack: Settings, registry: Registr
         if order.record is not None:
             decoded = decoder.decode(msg.value())
             decoded["created_at"] = to_epoch_ms(decoded["created_at"])
-            assert decoded == order.record
+            # The library signed on send unless the order carried its own (bad) signature.
+            assert decoded == {**decoded, **order.record}
+            failure = verify(PaymentRequest.from_record(decoded), keyring)
+            if order.kind in SIGNATURE_KINDS or order.kind == "bad-merchant-unknown":
+                assert failure is not None
+                assert failure.code == (order.reason if order.kind in SIGNATURE_KINDS
+                                        else "SIGNATURE_MISSING"), order
+            else:
+                assert failure is None, (order, failure)
         else:
             assert (msg.value() or b"") == order.raw
 

@@ -14,6 +14,7 @@ from settlement.batches import (
     BatchError,
     BatchInvariantError,
     BatchItem,
+    BatchTotals,
     OpenBatch,
     SettlementBatch,
     due_batches,
@@ -120,6 +121,37 @@ def test_due_batches_oldest_first() -> None:
     assert due_batches([late, b, a], 11_999, POLICY) == []
     assert due_batches([late, b, a], 12_000, POLICY) == [a, b]
     assert due_batches([late, b, a], 22_000, POLICY) == [a, b, late]
+
+
+def test_totals_close_like_an_open_batch_and_check_the_items_given() -> None:
+    window = Window(0, 10_000)
+    items = [item("p1"), item("p2", gross=501, fee=3)]
+    totals = BatchTotals.new("m1", "CNY", window)
+    full = OpenBatch.new("m1", "CNY", window)
+    for i in items:
+        totals, full = totals.add(i), full.add(i)
+    assert totals == BatchTotals.of(full)
+    assert totals.close(12_000, items) == full.close(12_000)
+    for wrong in (items[:1], [*items, item("p3")], [items[0], item("p2", gross=502, fee=3)],
+                  [items[0], items[0]]):
+        with pytest.raises(BatchInvariantError):
+            totals.close(12_000, wrong)
+
+
+def test_totals_round_trip_and_read_back_checks() -> None:
+    totals = BatchTotals.new("m:1", "JPY", Window(-10_000, 0)).add(item("p1"))
+    data = json.loads(json.dumps(totals.to_dict()))
+    assert BatchTotals.from_dict(data) == totals
+    assert due_batches([totals], 2_000, POLICY) == [totals]
+    with pytest.raises(BatchError):
+        BatchTotals.from_dict(dict(data, v=99))
+    with pytest.raises(BatchInvariantError):
+        BatchTotals.from_dict(dict(data, gross_minor=data["gross_minor"] + 1))
+    with pytest.raises(BatchInvariantError):
+        BatchTotals.from_dict(dict(data, batch_id="B:other:JPY:-10000"))
+    for bad in ({"payment_count": -1}, {"payment_count": 1.0}, {"window_end_ms": -10_000}):
+        with pytest.raises(BatchError):
+            BatchTotals.from_dict(dict(data, **bad))
 
 
 items_strategy = st.lists(

@@ -208,3 +208,21 @@ def test_forgetting_never_lets_a_valid_duplicate_through(
         assert CREATED_AT_TOO_OLD in replay_rejected
     else:
         assert decide(entry, fingerprint(original), now_ms, retention_ms) is DUPLICATE
+
+
+@given(texts=st.lists(st.text(max_size=10), min_size=8, max_size=8), amount=st.integers(),
+       created=st.integers(), meta=st.dictionaries(st.text(max_size=6), st.text(max_size=6),
+                                                   max_size=4))
+def test_canonical_encoding_equals_json_dumps_of_the_documented_array(
+    texts: list[str], amount: int, created: int, meta: dict[str, str]
+) -> None:
+    import json
+
+    names = ("payment_id", "merchant_id", "order_id", "payer_id", "currency", "method",
+             "interface", "region")
+    req = request(**dict(zip(names, texts, strict=True)), amount_minor=amount,
+                  created_at_ms=created, metadata=meta)
+    document = [FINGERPRINT_VERSION, *texts[:4], amount, *texts[4:], created,
+                [[k, v] for k, v in sorted(meta.items())]]
+    expected = json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode("utf-8")
+    assert canonical_encoding(req) == expected

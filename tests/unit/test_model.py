@@ -38,6 +38,8 @@ def payment_record(**overrides: Any) -> dict[str, Any]:
         "region": "CN",
         "created_at_ms": CREATED_AT_MS,
         "metadata": {"channel_hint": "x"},
+        "signature_key_id": "m-1.k1",
+        "signature": "ab" * 32,
     }
     record.update(overrides)
     return record
@@ -241,6 +243,8 @@ def test_record_round_trip_for_any_values(
         "region": region,
         "created_at_ms": created,
         "metadata": metadata,
+        "signature_key_id": None,
+        "signature": None,
     }
     request = PaymentRequest.from_record(record)
     assert request.to_record() == record

@@ -337,3 +337,54 @@ def test_route_never_raises(
 ) -> None:
     decision = DEFAULT_TABLE.route(request(method, region, currency), disabled)
     assert decision.routed or decision.rejection is not None
+
+
+def _walk(table: RoutingTable, req: PaymentRequest,
+          disabled: frozenset[str]) -> tuple[str | None, str | None, str | None, bool]:
+    """(channel, rule_id, rejection code, has a rule) by walking the rules, no memo."""
+    found = any(rule.matches(req) for rule in table.rules)
+    skipped = False
+    for rule in table.rules:
+        if rule.matches(req):
+            if rule.channel in disabled:
+                skipped = True
+                continue
+            return rule.channel, rule.rule_id, None, found
+    return None, None, CHANNEL_DISABLED if skipped else METHOD_NOT_ROUTABLE, found
+
+
+_METHODS = st.sampled_from([*sorted(PAYMENT_METHODS), "PAYPAL", "card"])
+_REGIONS = st.sampled_from(["CN", "US", "HK", "FR", "cn", ""])
+_CURRENCIES = st.sampled_from(["CNY", "USD", "EUR", "MOP", "SEK", "XXX", "cny"])
+
+
+@given(calls=st.lists(st.tuples(_METHODS, _REGIONS, _CURRENCIES,
+                                st.sets(st.sampled_from(sorted(CHANNELS)), max_size=2)),
+                      min_size=1, max_size=40))
+def test_remembered_decisions_equal_a_fresh_walk_of_the_rules(
+    calls: list[tuple[str, str, str, set[str]]]
+) -> None:
+    # One table across the calls, so later calls hit decisions remembered by earlier ones,
+    # also after a kill switch changed.
+    table = RoutingTable(DEFAULT_RULES)
+    for method, region, currency, disabled in calls:
+        req = request(method, region, currency)
+        off = frozenset(disabled)
+        channel, rule_id, code, found = _walk(table, req, off)
+        decision = table.route(req, off)
+        assert (decision.channel, decision.rule_id) == (channel, rule_id)
+        assert (decision.rejection.code if decision.rejection else None) == code
+        assert table.has_rule_for(req) is found
+
+
+def test_the_decision_memo_is_bounded_and_skips_odd_types() -> None:
+    from settlement import routing
+
+    table = RoutingTable(DEFAULT_RULES)
+    for n in range(routing._MEMO_MAX + 10):
+        table.route(request("CARD", "US", "USD"), frozenset({f"x{n}"}))
+    assert len(table._memo) <= routing._MEMO_MAX
+    odd = request(["CARD"], "US", "USD")  # unhashable: walked every time, never remembered
+    size = len(table._memo)
+    assert not table.route(odd).routed and not table.has_rule_for(odd)
+    assert len(table._memo) == size

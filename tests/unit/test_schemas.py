@@ -14,6 +14,7 @@ from schemas.topics import TOPIC_RECORDS, routed_topic, value_subject
 
 TS = {"type": "long", "logicalType": "timestamp-millis"}
 OPT_STR = ["null", "string"]
+SIGNATURE_FIELDS = ("signature_key_id", "signature")
 
 # The public contract: record -> [(field, type as written in the .avsc)], in order.
 CONTRACT: dict[str, list[tuple[str, Any]]] = {
@@ -213,10 +214,19 @@ def test_no_floats_anywhere_in_the_contract() -> None:
 
 
 def test_routed_payment_flattens_payment_requested_exactly() -> None:
-    requested = contract.definition_for("PaymentRequested")["fields"]
+    # The merchant's signature is checked at validate and not forwarded to the channels.
+    requested = [f for f in contract.definition_for("PaymentRequested")["fields"]
+                 if f["name"] not in SIGNATURE_FIELDS]
     routed = contract.definition_for("RoutedPayment")["fields"][: len(requested)]
     strip = [{k: v for k, v in f.items() if k != "doc"} for f in requested]
     assert [{k: v for k, v in f.items() if k != "doc"} for f in routed] == strip
+
+
+def test_payment_requested_signature_fields_are_nullable_and_last() -> None:
+    fields = contract.definition_for("PaymentRequested")["fields"]
+    assert [f["name"] for f in fields[-2:]] == list(SIGNATURE_FIELDS)
+    for f in fields[-2:]:
+        assert f["type"] == ["null", "string"] and f["default"] is None
 
 
 def test_registered_schema_is_self_contained_and_defines_each_type_once() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from producers.merchants import (
     parse_json,
     sample_merchants_path,
 )
+from producers.order_faults import SIGNATURE_KINDS
 from producers.order_flow import KIND_HEADER, FlowStats, publish_orders
 from producers.orders import (
     BAD_KINDS,
@@ -56,18 +58,27 @@ from producers.orders import (
     expected_accounting,
     generate_orders,
 )
+from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.errors import DecodeError
 from schemas.registry import InMemoryRegistry
+from settle.keyring import init_keyring
 from settlement import idempotency, validation
 from settlement.currencies import exponent
 from settlement.model import Merchant, PaymentRequest
 from settlement.reconciliation import MATCHED, MISSING_CONFIRMATION
 from settlement.routing import DEFAULT_TABLE
+from settlement.signing import Keyring, SigningKey
 from settlement.validation import ValidationPolicy
 
 NOW_MS = 1_750_000_000_000
 MERCHANTS = load_merchants(sample_merchants_path())
+# Fixed secrets so a run's signatures are reproducible too.
+KEYRING = Keyring(
+    SigningKey(f"{m.merchant_id}.k1", m.merchant_id, hashlib.sha256(m.merchant_id.encode())
+               .digest(), "active", 0)
+    for m in MERCHANTS
+)
 
 
 def clock() -> int:
@@ -87,7 +98,10 @@ def as_request(record: dict[str, Any]) -> PaymentRequest:
 class ReferencePipeline:
     """A simple model of validate+route built from the domain core, to check the oracle."""
 
-    def __init__(self, registry: InMemoryRegistry) -> None:
+    def __init__(self, registry: InMemoryRegistry, keyring: Keyring | None = None) -> None:
+        # With a keyring the producer library signs on send and validation checks signatures.
+        self.keyring = keyring
+        self.signer = RequestSigner(keyring) if keyring is not None else None
         self.decoder = AvroDeserializer(registry)
         self.serializer = AvroSerializer(registry, "payments.requested", "PaymentRequested")
         self.directory = {
@@ -99,7 +113,11 @@ class ReferencePipeline:
 
     def process(self, order: SimulatedOrder) -> tuple[str, str | None, str | None]:
         """(outcome, reason or error type, channel) for one published order."""
-        value = self.serializer.encode(order.record) if order.record is not None else order.raw
+        if order.record is not None:
+            record = order.record if self.signer is None else self.signer.sign_record(order.record)
+            value = self.serializer.encode(record)
+        else:
+            value = order.raw
         try:
             record = self.decoder.decode(value)
         except DecodeError as exc:
@@ -108,7 +126,7 @@ class ReferencePipeline:
         request = as_request(record)
         reasons = validation.validate(
             request, self.directory.get(request.merchant_id), NOW_MS, self.policy,
-            DEFAULT_TABLE.has_rule_for,
+            DEFAULT_TABLE.has_rule_for, self.keyring,
         )
         if reasons:
             return REJECTED, ",".join(r.code for r in reasons), None
@@ -199,10 +217,10 @@ def test_ratios_are_roughly_respected() -> None:
 
 
 def test_every_bad_kind_is_generated_and_gives_its_reason() -> None:
-    run = orders(8, 400, bad_ratio=0.25)
+    run = orders(8, 400, bad_ratio=0.25, keyring=KEYRING)
     kinds = Counter(o.kind for o in run)
     assert set(INJECTED_KINDS) <= set(kinds)
-    pipeline = ReferencePipeline(InMemoryRegistry())
+    pipeline = ReferencePipeline(InMemoryRegistry(), KEYRING)
     for order in run:
         outcome, reason, _channel = pipeline.process(order)
         assert outcome == order.expected, order
@@ -214,8 +232,30 @@ def test_every_bad_kind_is_generated_and_gives_its_reason() -> None:
             assert reason == order.reason, order
 
 
+def test_signature_faults_give_exactly_their_reason() -> None:
+    run = orders(9, 600, bad_ratio=0.3, keyring=KEYRING, bad_kinds=SIGNATURE_KINDS)
+    pipeline = ReferencePipeline(InMemoryRegistry(), KEYRING)
+    seen = set()
+    for order in run:
+        outcome, reason, _channel = pipeline.process(order)
+        assert outcome == order.expected, order
+        if order.kind in SIGNATURE_KINDS:
+            # Apart from its signature the request is valid: one reason, the intended one.
+            assert reason == order.reason, (order, reason)
+            seen.add(order.kind)
+    assert seen == set(SIGNATURE_KINDS)
+
+
+def test_without_a_keyring_no_signature_fault_is_injected() -> None:
+    run = orders(9, 400, bad_ratio=0.5)
+    assert not {o.kind for o in run} & set(SIGNATURE_KINDS)
+    unknown = [o for o in run if o.kind == "bad-merchant-unknown"]
+    # An invented merchant has no key: its request is sent unsigned, on purpose.
+    assert unknown and all(o.record and o.record["signature"] is None for o in unknown)
+
+
 def test_small_runs_cover_every_kind_once_there_are_enough_bad_records() -> None:
-    run = orders(1, 60, bad_ratio=0.5)
+    run = orders(1, 60, bad_ratio=0.5, keyring=KEYRING)
     bad = [o for o in run if o.kind in INJECTED_KINDS]
     if len(bad) >= len(INJECTED_KINDS):
         assert {o.kind for o in bad} == set(INJECTED_KINDS)
@@ -259,17 +299,20 @@ def test_no_active_merchant_is_refused() -> None:
     bad=st.floats(0, 0.4),
     dup=st.floats(0, 0.3),
     conflict=st.floats(0, 0.2),
+    signed=st.booleans(),
 )
 def test_accounting_adds_up_and_matches_a_reference_pipeline(
-    seed: int, count: int, bad: float, dup: float, conflict: float
+    seed: int, count: int, bad: float, dup: float, conflict: float, signed: bool
 ) -> None:
-    run = orders(seed, count, bad_ratio=bad, duplicate_ratio=dup, conflict_ratio=conflict)
+    keyring = KEYRING if signed else None
+    run = orders(seed, count, bad_ratio=bad, duplicate_ratio=dup, conflict_ratio=conflict,
+                 keyring=keyring)
     accounting = expected_accounting(run)
     assert accounting.count == count == len(run)
     assert accounting.balanced
     assert sum(accounting[o] for o in OUTCOMES) == count
     assert accounting.to_dict()["routed"] == sum(accounting.channels.values())
-    pipeline = ReferencePipeline(InMemoryRegistry())
+    pipeline = ReferencePipeline(InMemoryRegistry(), keyring)
     seen = Counter(pipeline.process(order)[0] for order in run)
     assert seen == Counter({o: accounting[o] for o in OUTCOMES if accounting[o]})
 
@@ -313,19 +356,27 @@ def test_publish_orders_paces_against_the_start_and_counts() -> None:
     assert sum(stats.by_method.values()) == stats.expected.kinds[VALID]
 
 
-def test_cli_dry_run_prints_the_expected_accounting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signatures", ["required", "off"])
+def test_cli_dry_run_prints_the_expected_accounting(tmp_path: Path, signatures: str) -> None:
     report = tmp_path / "report.json"
+    keyring_path = tmp_path / "ring.json"
+    keyring = init_keyring(keyring_path, [m.merchant_id for m in MERCHANTS])
     result = CliRunner().invoke(
         simulate, ["orders", "--count", "300", "--seed", "5", "--rate", "0", "--dry-run",
                    "--bad-ratio", "0.1", "--report", str(report)],
+        env={"SETTLE_SIGNATURES": signatures, "SETTLE_SIGNING_KEYRING": str(keyring_path)},
     )
     assert result.exit_code == 0, result.output
     assert "balanced" in result.output
     data = json.loads(report.read_text())
-    expected = expected_accounting(orders(5, 300, bad_ratio=0.1, duplicate_ratio=0.01,
-                                          conflict_ratio=0.002))
+    # Signature faults only when the validator will enforce signatures.
+    expected = expected_accounting(orders(
+        5, 300, bad_ratio=0.1, duplicate_ratio=0.01, conflict_ratio=0.002,
+        keyring=keyring if signatures == "required" else None))
     assert data["expected"] == expected.to_dict()
     assert data["sent"] == 300
+    signature_faults = set(data["expected"]["kinds"]) & set(SIGNATURE_KINDS)
+    assert bool(signature_faults) == (signatures == "required")
 
 
 # -- the merchants file -----------------------------------------------------------------------

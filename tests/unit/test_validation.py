@@ -15,6 +15,7 @@ from settlement import validation as v
 from settlement.currencies import CURRENCY_EXPONENTS
 from settlement.model import INTERFACES, PAYMENT_METHODS, Merchant, PaymentRequest
 from settlement.routing import DEFAULT_TABLE
+from settlement.signing import Keyring, SigningKey, sign
 from settlement.validation import (
     REASON_CODES,
     InvalidPolicy,
@@ -86,6 +87,10 @@ def test_reason_codes_are_stable_upper_snake() -> None:
         "CHANNEL_DISABLED",
         "AMOUNT_NOT_INTEGER",
         "FIELD_TYPE_INVALID",
+        "SIGNATURE_MISSING",
+        "SIGNATURE_KEY_UNKNOWN",
+        "SIGNATURE_KEY_MERCHANT_MISMATCH",
+        "SIGNATURE_INVALID",
     } == REASON_CODES
 
 
@@ -401,3 +406,44 @@ def test_amount_rules_match_a_reference_model(amount: int, currency: str) -> Non
         expected.append(v.AMOUNT_ABOVE_LIMIT)
     req = request(amount_minor=amount, currency=currency)
     assert codes(req) == expected
+
+
+# -- merchant signatures ----------------------------------------------------------------------
+
+KEY_1 = SigningKey("m-1.k1", "m-1", b"k" * 32, "active", 0)
+KEY_2 = SigningKey("m-2.k1", "m-2", b"j" * 32, "active", 0)
+KEYRING = Keyring([KEY_1, KEY_2])
+
+
+def signed_by(key: SigningKey, req: PaymentRequest | None = None) -> PaymentRequest:
+    req = req or request()
+    return dataclasses.replace(req, signature_key_id=key.key_id, signature=sign(req, key))
+
+
+def signature_codes(req: PaymentRequest, merchant: Merchant | None = ACTIVE) -> list[str]:
+    found = validate(req, merchant, NOW_MS, POLICY, always, KEYRING)
+    return [rejection.code for rejection in found]
+
+
+def test_a_signed_request_is_valid_and_without_a_keyring_signatures_are_not_checked() -> None:
+    assert signature_codes(signed_by(KEY_1)) == []
+    assert codes(request()) == []
+
+
+@pytest.mark.parametrize(("req", "code"), [
+    (request(), v.SIGNATURE_MISSING),
+    (request(signature_key_id="m-1.k1"), v.SIGNATURE_MISSING),
+    (request(signature_key_id="m-1.k0", signature="ab" * 32), v.SIGNATURE_KEY_UNKNOWN),
+    (signed_by(KEY_2), v.SIGNATURE_KEY_MERCHANT_MISMATCH),
+    (dataclasses.replace(signed_by(KEY_1), amount_minor=12346), v.SIGNATURE_INVALID),
+    (request(signature_key_id="m-1.k1", signature="ab" * 32), v.SIGNATURE_INVALID),
+])
+def test_each_signature_failure_has_its_own_code(req: PaymentRequest, code: str) -> None:
+    assert signature_codes(req) == [code]
+    assert code in REASON_CODES
+
+
+def test_signature_is_checked_first_and_other_failures_still_reported() -> None:
+    req = dataclasses.replace(signed_by(KEY_1), region="cn")
+    assert signature_codes(req) == [v.SIGNATURE_INVALID, "REGION_INVALID"]
+    assert signature_codes(signed_by(KEY_1), merchant=None) == ["MERCHANT_UNKNOWN"]

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the producers and simulators (bounded labels only: never ids)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
+
+from settle.config import metrics_addr
+
+disable_created_metrics()
+
+PRODUCED = Counter(
+    "settle_producer_records_total",
+    "Records a producer enqueued (sent) and the broker acknowledged (delivered) or refused "
+    "(failed), per topic",
+    ["topic", "outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "settle_producer_delivery_seconds",
+    "From enqueueing a record to its delivery report",
+    ["topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ORDERS = Counter(
+    "settle_simulator_orders_total",
+    "Order requests the order-flow simulator published, per kind (valid, duplicate, "
+    "conflict, or the injected bad-input kind)",
+    ["kind"],
+)
+CONFIRMATIONS = Counter(
+    "settle_channel_confirmations_total",
+    "Confirmations the channel-gateway simulator published, per channel and status",
+    ["channel", "status"],
+)
+
+
+def serve_from_env() -> int:
+    """Serve /metrics on 127.0.0.1:$SETTLE_METRICS_PORT when set; returns the port (0: off)."""
+    port = int(os.environ.get("SETTLE_METRICS_PORT", "0") or 0)
+    if port:
+        start_http_server(port, addr=metrics_addr())
+    return port

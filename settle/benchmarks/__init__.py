@@ -1,0 +1,1 @@
+"""Benchmarks on the real stack (`settle bench ...`): limits, stages, COPY, peer, latency."""

@@ -1,0 +1,216 @@
+"""Pure helpers of the benchmarks: /proc parsing, medians and ratios, rate search, tables."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+def stat_cpu_ticks(stat_text: str) -> tuple[int, int]:
+    """(ppid, utime + stime clock ticks) from the text of /proc/<pid>/stat.
+
+    The command name (field 2) is in parentheses and may hold spaces or ')', so the fields
+    are counted after the last ')': state is then field 0, ppid 1, utime 11, stime 12.
+    """
+    rest = stat_text.rsplit(")", 1)
+    if len(rest) != 2:
+        raise ValueError("not a /proc/<pid>/stat line: no ')' after the command name")
+    fields = rest[1].split()
+    if len(fields) < 13:
+        raise ValueError(f"/proc/<pid>/stat has {len(fields)} fields after the name, need 13")
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def status_kib(status_text: str, key: str) -> int:
+    """A `Key:   123 kB` value of /proc/<pid>/status in KiB (0 when absent, e.g. a zombie)."""
+    for line in status_text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(parents: Mapping[int, int], root: int) -> list[int]:
+    """root and every process below it, given pid -> ppid of every live process."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def median(values: Iterable[float]) -> float:
+    vals = list(values)
+    if not vals:
+        raise ValueError("median of no runs")
+    return float(statistics.median(vals))
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, None when either is missing or the reference is not positive."""
+    if value is None or reference is None or reference <= 0:
+        return None
+    return round(value / reference, 3)
+
+
+def per_1000(cpu_s: float, records: float) -> float:
+    """CPU seconds per 1,000 records."""
+    return round(cpu_s / records * 1000, 4) if records > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RatePoint:
+    """One rate of the latency search: median p50/p99 over its runs."""
+
+    rate_per_s: int
+    p50_ms: float
+    p99_ms: float
+    runs: int
+    # False when the load generator fell short of the rate: the point proves nothing.
+    rate_held: bool = True
+
+    def within(self, p99_max_ms: float) -> bool:
+        return self.rate_held and self.p99_ms <= p99_max_ms
+
+
+def search_rates(
+    measure: Callable[[int], RatePoint],
+    rates: Sequence[int],
+    p99_max_ms: float = 1000.0,
+) -> tuple[int | None, list[RatePoint]]:
+    """Try rates in ascending order until p99 exceeds the bound; (highest rate within it, all).
+
+    A rate the load generator could not hold also ends the search.
+
+    The search stops at the first failing rate: a pipeline that cannot hold p99 at R will not
+    hold it at 2R, and each point costs a whole pipeline run.
+    """
+    best: int | None = None
+    points: list[RatePoint] = []
+    for rate in sorted(set(rates)):
+        point = measure(rate)
+        points.append(point)
+        if not point.within(p99_max_ms):
+            break
+        best = rate
+    return best, points
+
+
+def doubling_rates(start: int, stop: int, extra: Iterable[int] = ()) -> list[int]:
+    """start, 2*start, 4*start, ... up to stop, plus the extra rates (e.g. 1000), sorted."""
+    if start <= 0:
+        raise ValueError("start rate must be positive")
+    rates = set(extra)
+    rate = start
+    while rate <= stop:
+        rates.add(rate)
+        rate *= 2
+    return sorted(r for r in rates if r <= stop)
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One row of the report: a figure's median over its runs and how it compares."""
+
+    key: str
+    label: str
+    unit: str
+    runs: tuple[float, ...]
+    ratio: float | None = None
+    ratio_of: str = ""
+    target: str = ""
+    target_ratio: float | None = None
+    # True when the figure must stay at or under the target (latency), else at or over.
+    at_most: bool = False
+
+    @property
+    def median(self) -> float | None:
+        return median(self.runs) if self.runs else None
+
+    @property
+    def met(self) -> bool | None:
+        if self.target_ratio is None:
+            return None
+        value = self.ratio if self.ratio_of else self.median
+        if value is None:
+            return None
+        return value <= self.target_ratio if self.at_most else value >= self.target_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "label": self.label, "unit": self.unit, "runs": list(self.runs),
+            "median": self.median, "ratio": self.ratio, "ratio_of": self.ratio_of,
+            "target": self.target, "met": self.met,
+        }
+
+
+def fmt_number(value: float | None) -> str:
+    """Thousands separators for big figures, 3 significant decimals for small ones."""
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
+    return f"{value:.4f}".rstrip("0").rstrip(".") if value else "0"
+
+
+def markdown_table(figures: Sequence[Figure]) -> str:
+    """The report's table: figure, median, runs, ratio, target, met?"""
+    lines = [
+        "| figure | median | runs | ratio | target | met? |",
+        "|---|---:|---|---:|---|:---:|",
+    ]
+    for f in figures:
+        runs = ", ".join(fmt_number(r) for r in f.runs) or "-"
+        ratio_text = f"{f.ratio:.2f} × {f.ratio_of}" if f.ratio is not None else "-"
+        met = {True: "yes", False: "no", None: ""}[f.met]
+        unit = f" {f.unit}" if f.unit else ""
+        lines.append(
+            f"| {f.label} | {fmt_number(f.median)}{unit} | {runs} | {ratio_text} | "
+            f"{f.target or '-'} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSummary:
+    """The sink's own account of a run (its exit summary): busy span and rows per table."""
+
+    records: int
+    busy_s: float
+    rows_by_table: dict[str, int]
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.busy_s if self.busy_s > 0 else 0.0
+
+    def rows_per_s(self, tables: Iterable[str]) -> float:
+        rows = sum(self.rows_by_table.get(t, 0) for t in tables)
+        return rows / self.busy_s if self.busy_s > 0 else 0.0
+
+
+_SUMMARY = re.compile(
+    r"(\d+) records in \d+ batches, \d+ rows written \(([^)]*)\).*?records/s over ([\d.]+)s",
+    re.S)
+
+
+def parse_sink_summary(log_text: str) -> SinkSummary | None:
+    """The last exit summary a `settle sink` printed (rich may wrap it over several lines)."""
+    text = " ".join(log_text.split())
+    matches = list(_SUMMARY.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    tables: dict[str, int] = {}
+    for part in m.group(2).split(","):
+        bits = part.split()
+        if len(bits) == 2 and bits[1].isdigit():
+            tables[bits[0]] = int(bits[1])
+    return SinkSummary(int(m.group(1)), float(m.group(3)), tables)

@@ -1,0 +1,311 @@
+"""`settle monitor`: consumer lag from the broker's offsets and the books' health, as metrics.
+
+The pipeline's own processes can only say what they did; what an SRE pages on is what they
+have *not* done yet (lag) and whether the books still balance. One small process answers
+both from the outside, so it works whichever worker is down:
+
+- every ``interval`` it reads the end offset of each contract topic and the committed
+  offsets of every consumer group whose id matches ``groups`` (faust workers commit after
+  processing; the sinks commit to Kafka after their PostgreSQL transaction, for exactly
+  this), and publishes ``settle_consumer_lag_records{group,topic,partition}`` and
+  ``settle_topic_end_offset{topic,partition}``;
+- every ``books_interval`` it runs the books' invariants in PostgreSQL and publishes
+  ``settle_books_balanced{invariant}`` (1 holds, 0 broken) and the time of the last check.
+
+The invariants here are the ones that hold at every instant, plus "a MATCHED payment is in a
+batch within the window, its grace and a slack": a payment waiting for its window to close
+is not an error, a payment still unbatched long after is.
+
+Metrics are served from a snapshot taken by the loop, so a scrape never waits on Kafka or
+PostgreSQL, and series of groups or partitions that disappeared disappear with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from settle.config import Settings
+
+log = logging.getLogger(__name__)
+
+CHECK_ERRORS = Counter(
+    "settle_monitor_errors_total",
+    "Monitor checks that failed to run (Kafka or PostgreSQL unreachable, a query error)",
+    ["check"],
+)
+for _check in ("offsets", "books"):
+    CHECK_ERRORS.labels(_check)
+
+# Invariants that hold at every instant (each query counts violations).
+INSTANT_INVARIANTS: dict[str, str] = {
+    # Σ debits = Σ credits in every journal (the trigger enforces it; this proves it).
+    "journals_balanced": """
+        SELECT COUNT(*) FROM (
+            SELECT journal_id FROM ledger_entries GROUP BY journal_id
+            HAVING SUM(CASE WHEN side = 'DEBIT' THEN amount_minor ELSE -amount_minor END) <> 0
+        ) t""",
+    # Σ debits = Σ credits per currency over the whole ledger.
+    "currencies_balanced": """
+        SELECT COUNT(*) FROM (
+            SELECT currency FROM ledger_entries GROUP BY currency
+            HAVING SUM(CASE WHEN side = 'DEBIT' THEN amount_minor ELSE -amount_minor END) <> 0
+        ) t""",
+    # gross = net + fee for every journal and every batch.
+    "amounts_consistent": """
+        SELECT (SELECT COUNT(*) FROM ledger_journals WHERE gross_minor <> net_minor + fee_minor)
+             + (SELECT COUNT(*) FROM settlement_batches
+                 WHERE gross_minor <> net_minor + fee_minor)""",
+    # a journal for every MATCHED payment, and only for them.
+    "journal_iff_matched": """
+        SELECT (SELECT COUNT(*) FROM payments p
+                 WHERE p.state = 'MATCHED' AND NOT EXISTS (
+                       SELECT 1 FROM ledger_journals j WHERE j.payment_id = p.payment_id))
+             + (SELECT COUNT(*) FROM ledger_journals j
+                  LEFT JOIN payments p ON p.payment_id = j.payment_id
+                 WHERE p.state IS DISTINCT FROM 'MATCHED')""",
+    # a batch's totals are the sum of its items.
+    "batch_totals_match_items": """
+        SELECT COUNT(*) FROM settlement_batches b
+          LEFT JOIN (SELECT batch_id, COUNT(*) AS n, SUM(gross_minor) AS g,
+                            SUM(fee_minor) AS f, SUM(net_minor) AS net
+                       FROM settlement_batch_items GROUP BY batch_id) i
+            ON i.batch_id = b.batch_id
+         WHERE (b.payment_count, b.gross_minor, b.fee_minor, b.net_minor)
+               IS DISTINCT FROM (i.n::int, i.g, i.f, i.net)""",
+    # each batched payment is MATCHED, for the batch's merchant and currency, and its net
+    # is its journal's net: so Σ batch net = the batched part of the merchant payable.
+    "batches_match_ledger": """
+        SELECT COUNT(*) FROM settlement_batch_items i
+          JOIN settlement_batches b ON b.batch_id = i.batch_id
+          LEFT JOIN payments p ON p.payment_id = i.payment_id
+          LEFT JOIN ledger_journals j ON j.payment_id = i.payment_id
+         WHERE p.state IS DISTINCT FROM 'MATCHED'
+            OR p.merchant_id IS DISTINCT FROM b.merchant_id
+            OR j.currency IS DISTINCT FROM b.currency
+            OR (j.gross_minor, j.fee_minor, j.net_minor)
+               IS DISTINCT FROM (i.gross_minor, i.fee_minor, i.net_minor)""",
+}
+
+# MATCHED payments decided longer ago than the horizon and still in no batch.
+UNSETTLED_PAST_HORIZON = """
+    SELECT COUNT(*) FROM payments p
+     WHERE p.state = 'MATCHED'
+       AND p.decided_at < now() - make_interval(secs => %s)
+       AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
+                        WHERE i.payment_id = p.payment_id)"""
+SETTLED_IN_TIME = "matched_settled_in_time"
+INVARIANTS: tuple[str, ...] = (*INSTANT_INVARIANTS, SETTLED_IN_TIME)
+
+
+def check_books(conn: psycopg.Connection, horizon_s: float) -> dict[str, int]:
+    """Violations per invariant (0 = holds), in one repeatable-read snapshot."""
+    violations: dict[str, int] = {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for name, sql in INSTANT_INVARIANTS.items():
+            row = conn.execute(sql).fetchone()
+            violations[name] = int(row[0]) if row and row[0] is not None else 0
+        row = conn.execute(UNSETTLED_PAST_HORIZON, (horizon_s,)).fetchone()
+        violations[SETTLED_IN_TIME] = int(row[0]) if row and row[0] is not None else 0
+    return violations
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorOptions:
+    topics: tuple[str, ...]  # topics whose end offsets are published
+    groups: str = r"settle-.*"  # consumer groups (regex, full match) whose lag is published
+    interval_s: float = 10.0
+    books_interval_s: float = 30.0
+    horizon_s: float = 86_400 + 600 + 900  # window + grace + slack
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the last loop saw; scrapes read it, the loop replaces it."""
+
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    lag: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    offsets_at: float = 0.0
+    books: dict[str, int] = field(default_factory=dict)
+    books_at: float = 0.0
+    books_duration_s: float = 0.0
+
+
+def lag_of(committed: dict[tuple[str, int], int], end: dict[tuple[str, int], int]) -> dict[
+        tuple[str, int], int]:
+    """Lag per (topic, partition): end - committed; a partition never committed is skipped,
+    and lag never goes below 0 (a commit can be seen before the end offset that covers it)."""
+    out: dict[tuple[str, int], int] = {}
+    for tp, offset in committed.items():
+        if offset < 0 or tp not in end:
+            continue
+        out[tp] = max(end[tp] - offset, 0)
+    return out
+
+
+class Monitor(Collector):
+    """The loop (a thread) and the Prometheus collector that serves its snapshot."""
+
+    def __init__(self, settings: Settings, options: MonitorOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.snapshot = Snapshot()
+        self._groups = re.compile(options.groups)
+        self._admin_client: AdminClient | None = None  # created on first use
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        next_books = 0.0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.poll_offsets()
+            if started >= next_books:
+                self.poll_books()
+                next_books = started + self.options.books_interval_s
+            self._stop.wait(max(self.options.interval_s - (time.monotonic() - started), 0.1))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poll_offsets(self) -> None:
+        try:
+            end = self._end_offsets(self.options.topics)
+            lag: dict[tuple[str, str, int], int] = {}
+            for group in self._group_ids():
+                committed = self._committed(group)
+                missing = sorted({t for t, _ in committed} - {t for t, _ in end})
+                group_end = {**end, **self._end_offsets(tuple(missing))} if missing else end
+                for (topic, partition), value in lag_of(committed, group_end).items():
+                    lag[(group, topic, partition)] = value
+        except (KafkaException, OSError) as exc:
+            CHECK_ERRORS.labels("offsets").inc()
+            log.warning("monitor: offsets unavailable: %s", exc)
+            return
+        with self._lock:
+            self.snapshot.end_offsets = end
+            self.snapshot.lag = lag
+            self.snapshot.offsets_at = time.time()
+
+    def poll_books(self) -> None:
+        from sinks.db import connect
+
+        started = time.monotonic()
+        try:
+            with connect(self.settings.postgres, autocommit=True) as conn:
+                books = check_books(conn, self.options.horizon_s)
+        except (psycopg.Error, OSError) as exc:
+            CHECK_ERRORS.labels("books").inc()
+            log.warning("monitor: books check failed: %s", exc)
+            return
+        broken = {k: v for k, v in books.items() if v}
+        if broken:
+            log.error("monitor: books invariants broken: %s", broken)
+        with self._lock:
+            self.snapshot.books = books
+            self.snapshot.books_at = time.time()
+            self.snapshot.books_duration_s = time.monotonic() - started
+
+    # -- Kafka ---------------------------------------------------------------------------
+
+    @property
+    def _admin(self) -> AdminClient:
+        if self._admin_client is None:
+            self._admin_client = AdminClient({
+                **self.settings.kafka.client_config(),
+                "client.id": f"{self.settings.kafka.client_id_prefix}-monitor"})
+        return self._admin_client
+
+    def _group_ids(self) -> list[str]:
+        listing = self._admin.list_consumer_groups(request_timeout=10).result()
+        return sorted(g.group_id for g in listing.valid if self._groups.fullmatch(g.group_id))
+
+    def _committed(self, group: str) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)], request_timeout=10)
+        result = futures[group].result()
+        return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []
+                if tp.error is None}
+
+    def _end_offsets(self, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
+        if not topics:
+            return {}
+        meta = self._admin.list_topics(timeout=10)
+        wanted = {TopicPartition(t, p): OffsetSpec.latest()
+                  for t in topics if t in meta.topics
+                  for p in meta.topics[t].partitions}
+        if not wanted:
+            return {}
+        futures = self._admin.list_offsets(wanted, request_timeout=10)
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+    # -- the collector -------------------------------------------------------------------
+
+    def describe(self) -> Iterable[Any]:
+        return []  # collected on scrape only; no fixed series to announce
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            snap = Snapshot(dict(self.snapshot.end_offsets), dict(self.snapshot.lag),
+                            self.snapshot.offsets_at, dict(self.snapshot.books),
+                            self.snapshot.books_at, self.snapshot.books_duration_s)
+        lag = GaugeMetricFamily(
+            "settle_consumer_lag_records",
+            "Records a consumer group has yet to commit: the partition's end offset minus "
+            "the group's committed offset, from the broker",
+            labels=["group", "topic", "partition"])
+        for (group, topic, partition), value in sorted(snap.lag.items()):
+            lag.add_metric([group, topic, str(partition)], value)
+        yield lag
+        end = GaugeMetricFamily(
+            "settle_topic_end_offset",
+            "End offset (high watermark) of each partition of the pipeline's topics; its "
+            "rate is the topic's input rate", labels=["topic", "partition"])
+        for (topic, partition), value in sorted(snap.end_offsets.items()):
+            end.add_metric([topic, str(partition)], value)
+        yield end
+        yield GaugeMetricFamily(
+            "settle_monitor_offsets_timestamp_seconds",
+            "Unix time the offsets were last read", value=snap.offsets_at)
+        balanced = GaugeMetricFamily(
+            "settle_books_balanced",
+            "1 when the books' invariant held at the last check, 0 when it was broken",
+            labels=["invariant"])
+        violations = GaugeMetricFamily(
+            "settle_books_violations",
+            "Rows breaking the books' invariant at the last check", labels=["invariant"])
+        for name in INVARIANTS:
+            if name in snap.books:
+                balanced.add_metric([name], 0 if snap.books[name] else 1)
+                violations.add_metric([name], snap.books[name])
+        yield balanced
+        yield violations
+        yield GaugeMetricFamily(
+            "settle_books_check_timestamp_seconds",
+            "Unix time of the last completed books check (0: none yet)", value=snap.books_at)
+        yield GaugeMetricFamily(
+            "settle_books_check_duration_seconds",
+            "How long the last books check took", value=snap.books_duration_s)
+
+
+def start(settings: Settings, options: MonitorOptions) -> Monitor:
+    """Register the collector and run the loop in a daemon thread."""
+    monitor = Monitor(settings, options)
+    REGISTRY.register(monitor)
+    threading.Thread(target=monitor.run, name="settle-monitor", daemon=True).start()
+    return monitor

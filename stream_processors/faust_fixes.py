@@ -1,0 +1,300 @@
+"""Seek to committed offsets without skipping a partition that has none (a faust/aiokafka gap).
+
+After every rebalance faust restores its tables and then calls ``perform_seek``, which asks
+aiokafka to seek each assigned partition to its committed offset. aiokafka only seeks when
+the committed offset is a positive number: a partition with no committed offset yet (a new
+consumer group, or an input nobody has committed on because its first output failed) or one
+committed at 0 keeps whatever position the fetcher reached meanwhile. Records fetched before
+the seek and dropped by faust (they arrived while the stream was paused for recovery) are then
+never read again, and the next commit moves past them: the payment is read but never routed.
+Found by tests/integration/test_delivery_failure.py (one run in four lost its request).
+
+The fix seeks such partitions explicitly: to the beginning when nothing is committed (the
+``earliest`` reset every stage uses), to 0 when 0 is committed. Changelog partitions are left
+alone: faust seeks those itself from the tables' own offsets.
+
+Second gap, in faust's fetch loop (``Consumer._drain_messages``): it remembers the last offset
+handed to the streams per partition ("read offset") and silently drops any record at or
+below it, and it marks any jump forward in offsets as an acknowledged "gap" (meant for
+compacted and transactional topics). The read offset is written after the hand-over awaits,
+so a rebalance that seeks the partition back to its committed offset meanwhile is followed by
+a stale write: the re-fetched records between the commit and that offset are dropped, never
+processed, and committed past; and records a batch held when a rebalance cut it short leave a
+jump that faust acknowledges. The replacement below hands every record over (a record read
+twice is a duplicate every stage already absorbs; a record never read is a lost payment) and
+answers a jump by seeking back to the first missing offset (no input topic of this pipeline
+is compacted or transactional, so a jump always means records not read yet). The read offset
+is kept as "last offset read" everywhere (faust mixed it with "next offset to read").
+
+Third, in the commit (``Consumer._new_offset``): faust commits the first run of consecutive
+acknowledged offsets, and only refuses when the lowest acknowledged offset is more than one
+past the committed one (and never when 0 is committed). The committed offset is the next
+offset to read, so a run starting one past it skips a record that was never acknowledged.
+The wrapper refuses any run that does not start at the committed offset.
+
+Fourth, in the hand-over: the drain loop wrote a record's read offset after awaiting its
+delivery, so a ``perform_seek`` that ran during that await (it resets the read offsets to
+"committed - 1") was overwritten with the stale offset, and the jump rule could no longer
+see that the re-fetch was still ahead. The read offset is now written before the await.
+
+Fifth, in mode's ``FlowControlEvent.resume``: it empties every stream queue, also when the
+flow was not suspended. After table recovery faust resumes the flow once to read the
+changelogs, seeks the inputs to their committed offsets, and resumes it again: that second
+resume threw away the input records delivered in between (kill-workers lost 2 to 58 records
+of one partition in about one run in four). Queues are now emptied only by a resume that
+ends a suspension (their records predate the rebalance and are fetched again from the
+committed offset) and by ``perform_seek`` itself, in the same step as the read-offset reset:
+what they hold then was handed over before the seek and is fetched again, and dropping it
+there keeps a clean restart from processing those records twice.
+
+Sixth, in the ack (``Consumer.ack``): a stream acknowledges the records it skips without
+processing them (the flow is suspended, or the record belongs to an earlier generation), so
+a commit could move past a record nobody processed. Those acknowledgements are refused: the
+record stays uncommitted and the seek after the rebalance reads it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils import queues as mode_queues
+
+log = logging.getLogger(__name__)
+
+_PATCHED_ATTR = "_settle_seek_patched"
+
+
+def _position(consumer: Any, tp: Any) -> int | None:
+    """The fetch position aiokafka holds for ``tp`` (None when it has none); never waits."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return state._position if state is not None else None
+    except Exception:  # internal layout changed: the position is only for the log line
+        return None
+
+
+async def seek_to_committed_or_reset(
+    consumer: Any, changelog_topics: frozenset[str] | set[str], reset_earliest: bool
+) -> Mapping[Any, int | None]:
+    """aiokafka's seek_to_committed, plus an explicit seek where it would not move."""
+    committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
+    to_beginning = []
+    for tp, offset in committed.items():
+        if tp.topic in changelog_topics or (offset is not None and offset > 0):
+            continue
+        position = _position(consumer, tp)
+        if offset is None:
+            if not reset_earliest:
+                continue
+            to_beginning.append(tp)
+        else:
+            consumer.seek(tp, 0)
+        if position:
+            log.warning("seek: %s/%s has %s committed but its fetch position was %s; "
+                        "reading it again from the %s", tp.topic, tp.partition,
+                        "nothing" if offset is None else "offset 0", position,
+                        "beginning" if offset is None else "offset 0")
+    if to_beginning:
+        await consumer.seek_to_beginning(*to_beginning)
+    return committed
+
+
+def last_read_before(committed: int | None) -> int | None:
+    """The read offset that says "the next record expected is `committed`" (None: any)."""
+    return committed - 1 if committed is not None and committed > 0 else None
+
+
+async def perform_seek(self: Any) -> None:
+    """faust's Consumer.perform_seek, storing "last offset read" rather than the next one."""
+    committed = await self.seek_to_committed()
+    self._read_offset.update({tp: last_read_before(o) for tp, o in committed.items()})
+    self._committed_offset.update({
+        faust_consumer.ensure_TP(tp): o if o else None
+        for tp, o in committed.items() if o is not None})
+    # What the streams hold now was handed over before the seek and is fetched again from
+    # the committed offsets: drop it here, in the same step as the reset, rather than at the
+    # next resume (which would also drop records handed over after the seek).
+    self.app.flow_control.clear()
+
+
+async def seek(self: Any, partition: Any, offset: int) -> None:
+    """faust's Consumer.seek, with the same read-offset meaning as perform_seek."""
+    await self._seek(partition, offset)
+    self._read_offset[faust_consumer.ensure_TP(partition)] = last_read_before(offset)
+
+
+class Verdict:
+    DELIVER = 0
+    REWIND = 1   # records are missing before this one: seek back, deliver nothing of it yet
+    SKIP = 2     # this partition is being rewound in this batch
+
+
+def classify(offset: int, last: int | None, rewinding: bool) -> int:
+    """What the fetch loop does with a record at `offset` after reading `last` (pure rule)."""
+    if rewinding:
+        return Verdict.SKIP
+    if last is not None and offset > last + 1:
+        return Verdict.REWIND
+    return Verdict.DELIVER  # the next record, a re-read (duplicate), or the first one
+
+
+MAX_REWINDS: Final = 3
+
+
+async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - faust loop
+    """faust's Consumer._drain_messages without its silent drops (see the module docstring).
+
+    The same loop otherwise (flow control, commit every N acks, yielding to the event loop).
+    Acked topics only (the stages' inputs; never compacted here): changelogs keep faust's
+    own handling, since compaction leaves real holes in them.
+    """
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    read_offset = self._read_offset
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    rewinds: dict[tuple[Any, int], int] = {}
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(flag_consumer_fetching)
+            ait = getmany(timeout=1.0)
+            await self.sleep(0)
+            rewinding: set[Any] = set()
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+                    offset = message.offset
+                    last = read_offset[tp]
+                    if acks_enabled_for(message.topic):
+                        verdict = classify(offset, last, tp in rewinding)
+                        if verdict == Verdict.SKIP:
+                            continue
+                        if verdict == Verdict.REWIND:
+                            assert last is not None
+                            key = (tp, last + 1)
+                            rewinds[key] = rewinds.get(key, 0) + 1
+                            if rewinds[key] <= MAX_REWINDS:
+                                log.warning("fetch: %s/%s jumped from offset %s to %s; "
+                                            "reading again from %s", tp.topic, tp.partition,
+                                            last, offset, last + 1)
+                                rewinding.add(tp)
+                                await self._seek(tp, last + 1)
+                                continue
+                            # e.g. retention deleted the records: nothing left to read there.
+                            log.error("fetch: %s/%s still jumps from %s to %s after %d "
+                                      "re-reads; going on from %s", tp.topic, tp.partition,
+                                      last, offset, MAX_REWINDS, offset)
+                        elif last is not None and offset <= last:
+                            log.info("fetch: %s/%s re-read from offset %s (had read up to %s)",
+                                     tp.topic, tp.partition, offset, last)
+                    # Before any await: a seek during the awaits below resets the read
+                    # offset, and that reset must win (the re-fetch is then a jump or a
+                    # re-read, never mistaken for records already handed over).
+                    read_offset[tp] = offset
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                unset_flag(flag_consumer_fetching)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(flag_consumer_fetching)
+
+
+_faust_new_offset = faust_consumer.Consumer._new_offset
+
+
+def new_offset(self: Any, tp: Any) -> int | None:
+    """The offset to commit for ``tp``: never past a record that was not acknowledged."""
+    acked = self._acked[tp]
+    committed = self._committed_offset[tp]
+    if acked and committed is not None and not self._gap[tp] and min(acked) > committed:
+        return None  # the record at `committed` is still in flight (or was never handed over)
+    result: int | None = _faust_new_offset(self, tp)
+    return result
+
+
+_faust_ack = faust_consumer.Consumer.ack
+
+
+def skipped_unprocessed(generation_id: int | None, current_generation_id: int,
+                        flow_active: bool) -> bool:
+    """Whether a stream is acknowledging a record it skipped (faust's two skip rules)."""
+    stale = generation_id is not None and generation_id != current_generation_id
+    return stale or not flow_active
+
+
+def ack(self: Any, message: Any) -> bool:
+    """faust's Consumer.ack, refusing the records a stream skipped without processing."""
+    app = self.app
+    if skipped_unprocessed(message.generation_id, app.consumer_generation_id,
+                           app.flow_control.is_active()):
+        with faust_consumer.ack_lock:
+            # Out of the unacked set (a rebalance waits for it to empty), but not among
+            # the acked offsets: the commit stops before it and the re-read processes it.
+            message.acked = True
+            self._unacked_messages.discard(message)
+        return False
+    result: bool = _faust_ack(self, message)
+    return result
+
+
+def flow_resume(self: Any) -> None:
+    """mode's FlowControlEvent.resume, emptying the queues only after a suspension."""
+    was_suspended = self._suspend.is_set()
+    self._suspend.clear()
+    self._resume.set()
+    if was_suspended:
+        self.clear()
+
+
+def install() -> None:
+    """Route faust's seek, fetch loop, commit and ack, and mode's resume, through the fixes
+    above (idempotent)."""
+    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
+    if getattr(thread_cls, _PATCHED_ATTR, False):
+        return
+    setattr(faust_consumer.Consumer, "_drain_messages", drain_messages)  # noqa: B010
+    setattr(faust_consumer.Consumer, "perform_seek", perform_seek)  # noqa: B010
+    setattr(faust_consumer.Consumer, "seek", seek)  # noqa: B010
+    setattr(faust_consumer.Consumer, "_new_offset", new_offset)  # noqa: B010
+    setattr(faust_consumer.Consumer, "ack", ack)  # noqa: B010
+    setattr(mode_queues.FlowControlEvent, "resume", flow_resume)  # noqa: B010
+
+    async def seek_to_committed(self: Any) -> Mapping[Any, int | None]:
+        app = self.app
+        changelogs = set(app.tables.changelog_topics)
+        reset_earliest = str(app.conf.consumer_auto_offset_reset).lower() == "earliest"
+        return await self.call_thread(
+            seek_to_committed_or_reset, self._ensure_consumer(), changelogs, reset_earliest)
+
+    setattr(thread_cls, "seek_to_committed", seek_to_committed)  # noqa: B010
+    setattr(thread_cls, _PATCHED_ATTR, True)

@@ -1,0 +1,180 @@
+"""The offset rules of stream_processors.faust_fixes, on faust's own bookkeeping structures.
+
+The fetch loop and seek run against the real broker in tests/integration
+(test_delivery_failure, test_ingest_stage) and tests/chaos; these pin the decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+from intervaltree import IntervalTree
+
+from settle.chaos import offset_ranges
+from stream_processors import faust_fixes
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class Books:
+    """The attributes faust's Consumer._new_offset reads."""
+
+    def __init__(self, committed: int | None, acked: list[int]) -> None:
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset[T] = committed
+        self._acked[T] = list(acked)
+        self._acked_index[T] = set(acked)
+
+
+T = TP("payments.requested", 3)
+
+
+def test_commits_the_run_that_starts_at_the_committed_offset() -> None:
+    assert faust_fixes.new_offset(Books(10, [10, 11, 12]), T) == 13
+
+
+def test_never_commits_past_a_record_that_was_not_acknowledged() -> None:
+    # faust itself would commit 13 here: it tolerates a hole of exactly one record.
+    assert faust_fixes.new_offset(Books(10, [11, 12]), T) is None
+    assert faust_fixes.new_offset(Books(10, [15, 16]), T) is None
+
+
+def test_stops_at_a_hole_inside_the_run() -> None:
+    assert faust_fixes.new_offset(Books(10, [10, 11, 13]), T) == 12
+
+
+def test_nothing_committed_yet_commits_the_first_run() -> None:
+    assert faust_fixes.new_offset(Books(None, [0, 1, 2]), T) == 3
+    assert faust_fixes.new_offset(Books(None, []), T) is None
+
+
+class FakeAioConsumer:
+    """What seek_to_committed_or_reset calls on an AIOKafkaConsumer."""
+
+    def __init__(self, committed: dict[TP, int | None]) -> None:
+        self.committed = committed
+        self.seeks: list[tuple[TP, int]] = []
+        self.to_beginning: list[TP] = []
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self.committed)
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def seek_to_beginning(self, *tps: TP) -> None:
+        self.to_beginning.extend(tps)
+
+
+def _seek(committed: dict[TP, int | None], reset_earliest: bool = True) -> FakeAioConsumer:
+    consumer = FakeAioConsumer(committed)
+    changelogs = {"app-payments-seen-changelog"}
+    result: Any = asyncio.run(
+        faust_fixes.seek_to_committed_or_reset(consumer, changelogs, reset_earliest))
+    assert result == committed
+    return consumer
+
+
+def test_partitions_without_a_positive_commit_are_sought_explicitly() -> None:
+    none, zero, five = TP("in", 0), TP("in", 1), TP("in", 2)
+    changelog = TP("app-payments-seen-changelog", 0)
+    consumer = _seek({none: None, zero: 0, five: 5, changelog: None})
+    assert consumer.to_beginning == [none]
+    assert consumer.seeks == [(zero, 0)]  # 5 was sought by aiokafka itself
+
+
+def test_latest_reset_leaves_uncommitted_partitions_alone() -> None:
+    consumer = _seek({TP("in", 0): None}, reset_earliest=False)
+    assert consumer.to_beginning == [] and consumer.seeks == []
+
+
+def test_offset_ranges_group_missing_records_by_partition() -> None:
+    refs = ["p.requested/0/5", "p.requested/0/6", "p.requested/0/9", "p.requested/2/1"]
+    assert offset_ranges(refs) == {"p.requested/0": [[5, 6], [9, 9]], "p.requested/2": [[1, 1]]}
+    assert offset_ranges([]) == {}
+
+
+def test_fetch_rule_delivers_in_order_and_re_reads() -> None:
+    V = faust_fixes.Verdict
+    assert faust_fixes.classify(0, None, False) == V.DELIVER   # nothing read yet
+    assert faust_fixes.classify(8, 7, False) == V.DELIVER      # the next record
+    assert faust_fixes.classify(3, 7, False) == V.DELIVER      # a re-read after a seek back:
+    assert faust_fixes.classify(7, 7, False) == V.DELIVER      # faust dropped these
+
+
+def test_fetch_rule_rewinds_on_a_jump_and_skips_the_rest_of_the_batch() -> None:
+    V = faust_fixes.Verdict
+    assert faust_fixes.classify(9, 7, False) == V.REWIND       # faust acked 8 as a "gap"
+    assert faust_fixes.classify(10, 7, True) == V.SKIP
+    assert faust_fixes.classify(8, 7, True) == V.SKIP          # the seek re-reads it in order
+
+
+def test_read_offset_means_last_read() -> None:
+    assert faust_fixes.last_read_before(None) is None
+    assert faust_fixes.last_read_before(0) is None
+    assert faust_fixes.last_read_before(10) == 9
+    # After a seek to the committed 10, the record at 10 is the next one, 11 is a jump.
+    last = faust_fixes.last_read_before(10)
+    assert faust_fixes.classify(10, last, False) == faust_fixes.Verdict.DELIVER
+    assert faust_fixes.classify(11, last, False) == faust_fixes.Verdict.REWIND
+
+
+def test_a_skipped_record_is_not_acknowledged() -> None:
+    skipped = faust_fixes.skipped_unprocessed
+    assert not skipped(4, 4, True)        # processed in the current generation
+    assert not skipped(None, 4, True)     # a record without a generation (not from a fetch)
+    assert skipped(3, 4, True)            # fetched before the last rebalance
+    assert skipped(4, 4, False)           # the flow is suspended: the stream drops it
+
+
+def _flow_holding(*items: int) -> tuple[Any, Any]:
+    """mode's flow control (not suspended) and a stream queue under it holding `items`."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    flow = FlowControlEvent(initially_suspended=False)
+    queue: FlowControlQueue[int] = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    for item in items:
+        queue.put_nowait(item)
+    return flow, queue
+
+
+def test_resume_keeps_queued_records_unless_it_ends_a_suspension() -> None:
+    async def run() -> tuple[int, int]:
+        flow, queue = _flow_holding(1, 2)
+        faust_fixes.flow_resume(flow)     # not suspended: faust would drop both records here
+        kept = queue.qsize()
+        flow.suspend()
+        faust_fixes.flow_resume(flow)     # after a suspension: the records predate a rebalance
+        return kept, queue.qsize()
+
+    assert asyncio.run(run()) == (2, 0)
+
+
+def test_perform_seek_resets_read_offsets_and_drops_what_the_streams_hold() -> None:
+    from types import SimpleNamespace
+
+    async def run() -> tuple[Any, Any, int]:
+        flow, queue = _flow_holding(78, 79)  # handed over before the seek, fetched again after
+
+        class Consumer:
+            def __init__(self) -> None:
+                self.app = SimpleNamespace(flow_control=flow)
+                self._read_offset: dict[TP, int | None] = {T: 79}
+                self._committed_offset: dict[TP, int | None] = {}
+
+            async def seek_to_committed(self) -> dict[TP, int | None]:
+                return {T: 78}
+
+        consumer = Consumer()
+        await faust_fixes.perform_seek(consumer)
+        return consumer._read_offset[T], consumer._committed_offset[T], queue.qsize()
+
+    assert asyncio.run(run()) == (77, 78, 0)
