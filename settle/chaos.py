@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -642,12 +643,34 @@ def offset_ranges(refs: Iterable[str]) -> dict[str, list[list[int]]]:
     return out
 
 
+def keep_logs(src: Path, dest: Path) -> Path | None:
+    """Copy every ``*.log`` of src into dest (emptied first); None when src has none."""
+    logs = sorted(src.glob("*.log")) if src.is_dir() else []
+    if not logs or src.resolve() == dest.resolve():
+        return None
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for path in logs:
+        shutil.copy2(path, dest / path.name)
+    return dest
+
+
 def run_plan(settings: Settings, run_dir: Path, plan: Plan,
              say: Callable[[str], None] = lambda _m: None,
              report_dir: Path | None = None) -> RunReport:
-    """Run one plan; write its figures to <report_dir or run_dir>/chaos-<name>.json."""
-    report = Runner(settings, run_dir, plan, say).run()
-    out = (report_dir or run_dir) / f"chaos-{plan.name}.json"
+    """Run one plan; write its figures to <report_dir or run_dir>/chaos-<name>.json.
+
+    The processes' logs are copied to <report_dir>/chaos-<name>-logs/ whatever the outcome:
+    run_dir is often a temporary folder, and a crash is only explained by its log."""
+    out_dir = report_dir or run_dir
+    try:
+        report = Runner(settings, run_dir, plan, say).run()
+    finally:
+        kept = keep_logs(run_dir / "logs", out_dir / f"chaos-{plan.name}-logs")
+        if kept is not None:
+            say(f"process logs in {kept}")
+    out = out_dir / f"chaos-{plan.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_dict(), indent=2))
     say(f"figures in {out}")

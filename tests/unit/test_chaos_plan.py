@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
-from settle.chaos import KILL, KINDS, REBALANCE, STORM, random_plan, scenarios
+from settle.chaos import KILL, KINDS, REBALANCE, STORM, keep_logs, random_plan, scenarios
 
 
 def test_same_seed_same_schedule() -> None:
@@ -28,3 +29,23 @@ def test_every_scenario_has_a_fault() -> None:
     for name, plan in scenarios().items():
         assert plan.faults or plan.registry_down_at_start_s, name
         assert all(f.size > 0 for f in plan.faults if f.kind == STORM), name
+
+
+def test_keep_logs_copies_every_log_and_replaces_an_older_copy(tmp_path: Path) -> None:
+    src = tmp_path / "run" / "logs"
+    src.mkdir(parents=True)
+    (src / "channels.log").write_text("Traceback: DeliveryFailed\n")
+    (src / "validate.log").write_text("ok\n")
+    (src / "notes.txt").write_text("not a log\n")
+    dest = tmp_path / "reports" / "chaos-x-logs"
+    dest.mkdir(parents=True)
+    (dest / "stale.log").write_text("from an earlier run\n")
+
+    assert keep_logs(src, dest) == dest
+    assert sorted(p.name for p in dest.iterdir()) == ["channels.log", "validate.log"]
+    assert (dest / "channels.log").read_text() == "Traceback: DeliveryFailed\n"
+
+
+def test_keep_logs_without_logs_keeps_nothing(tmp_path: Path) -> None:
+    assert keep_logs(tmp_path / "missing", tmp_path / "out") is None
+    assert not (tmp_path / "out").exists()
