@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from producers import metrics
 from producers.errors import DeliveryFailed, ProducerClosed
@@ -18,10 +20,36 @@ from schemas.topics import TOPIC_RECORDS
 from settle.config import KafkaSettings
 from settle.kafka import make_producer
 
+log = logging.getLogger(__name__)
+
 DeliveryCallback = Callable[["DeliveryReport"], None]
+Headers = list[tuple[str, str | bytes | None]] | None
+
+# How often the stall watch looks at the oldest queued record, and how long it waits after a
+# check that found the broker away (each check is a metadata request).
+STALL_CHECK_EVERY_S = 1.0
+STALL_CHECK_BACKOFF_S = 5.0
 
 # The record type whose values carry a merchant signature.
 SIGNED_RECORD = "PaymentRequested"
+
+
+def is_stuck(oldest_age_s: float | None, stall_s: float,
+             leaders: Sequence[int] | None) -> bool:
+    """True when a queued record waits longer than it can for a reason that will pass.
+
+    ``leaders`` is the leader id of every partition of the record's topic from a fresh
+    metadata request, or None when the broker did not answer one. A record may wait while
+    the broker is away or a partition has no leader (a restart, an election): librdkafka
+    sends it once a leader is back. A record that waits past ``stall_s`` while every
+    partition has a leader is stuck: librdkafka can leave a partition without a leader in
+    its own cache after a broker restart and never look again (an open librdkafka bug: a
+    leader of -1 in a produce response's leader hint is skipped). Such a record would only
+    time out (message.timeout.ms) and fail.
+    """
+    if oldest_age_s is None or oldest_age_s < stall_s or not leaders:
+        return False
+    return all(leader >= 0 for leader in leaders)
 
 
 class _FromSettings:
@@ -54,6 +82,13 @@ class AvroProducer:
     ``on_delivery`` callback, and, when no callback is given, collected and raised as
     ``DeliveryFailed`` by the next ``flush`` (or at exit of the ``with`` block).
 
+    Stall watch: when a record has waited in the local queue longer than
+    ``kafka.producer_stall_s`` while the broker reports a leader for every partition of its
+    topic (see ``is_stuck``), the librdkafka producer is replaced by a new one. Records
+    still queued in the old one are taken back (purged before any byte was sent, so not
+    duplicated) and sent again on the new one in their order; records in flight finish on the
+    old one. ``replacements`` and ``resent`` count what the watch did.
+
     Every PaymentRequested record is signed by ``signer`` before encoding (see
     producers.signing). By default the signer comes from SETTLE_SIGNING_KEYRING, loaded on
     the first payment request (so a producer of other records never needs a keyring); None
@@ -69,7 +104,17 @@ class AvroProducer:
         signer: RequestSigner | _FromSettings | None = FROM_SETTINGS,
         **overrides: Any,
     ) -> None:
+        self._kafka, self._client_id, self._overrides = kafka, client_id, overrides
         self._producer = make_producer(kafka, client_id, **overrides)
+        self._stall_s = kafka.producer_stall_s
+        # Records enqueued and not yet reported, oldest first: seq -> (monotonic enqueue time,
+        # topic, key, value, headers); what the stall watch sends again.
+        self._queued: dict[int, tuple[float, str, bytes | None, bytes | None, Headers]] = {}
+        self._seq = itertools.count()
+        self._next_check = 0.0
+        self._produce_lock = threading.RLock()
+        self.replacements = 0
+        self.resent = 0
         self._registry = registry
         self._serializers: dict[str, AvroSerializer] = {}
         self._signed_topics: set[str] = set()
@@ -107,10 +152,19 @@ class AvroProducer:
         """The registry id of `topic`'s value schema (registered on first use, then cached)."""
         return self._serializer(topic).ensure_schema_id()
 
-    def _report(self, key: str, topic: str) -> Callable[[KafkaError | None, Message], None]:
+    def _report(self, seq: int, key: str, topic: str
+                ) -> Callable[[KafkaError | None, Message], None]:
         enqueued = time.monotonic()
 
         def callback(err: KafkaError | None, msg: Message) -> None:
+            entry = self._queued.pop(seq, None)
+            if err is not None and err.code() == KafkaError._PURGE_QUEUE and entry is not None:
+                # Taken back by the stall watch before it was sent: send it again.
+                _, _, rkey, value, hdrs = entry
+                self.resent += 1
+                metrics.PRODUCED.labels(topic, "resent").inc()
+                self._produce(topic, rkey, value, hdrs)
+                return
             metrics.DELIVERY_SECONDS.labels(topic).observe(time.monotonic() - enqueued)
             metrics.PRODUCED.labels(topic, "delivered" if err is None else "failed").inc()
             partition, offset = msg.partition(), msg.offset()
@@ -157,30 +211,92 @@ class AvroProducer:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Enqueue bytes as they are (used for dead letters and by tests that inject garbage)."""
-        callback = self._report(key.decode("utf-8", "replace") if key else "", topic)
-        hdrs: list[tuple[str, str | bytes | None]] | None = (
-            list(headers.items()) if headers else None
-        )
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=hdrs,
-                                       on_delivery=callback)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports to make room, then retry.
-                self._producer.poll(0.1)
+        hdrs: Headers = list(headers.items()) if headers else None
+        self._produce(topic, key, value, hdrs)
         self.sent += 1
         metrics.PRODUCED.labels(topic, "sent").inc()
         self._producer.poll(0)
+        self._watch_stall()
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 hdrs: Headers) -> None:
+        seq = next(self._seq)
+        callback = self._report(seq, key.decode("utf-8", "replace") if key else "", topic)
+        with self._produce_lock:
+            self._queued[seq] = (time.monotonic(), topic, key, value, hdrs)
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, headers=hdrs,
+                                           on_delivery=callback)
+                    break
+                except BufferError:
+                    # Local queue full: serve delivery reports to make room, then retry.
+                    self._producer.poll(0.1)
+
+    def _watch_stall(self) -> None:
+        """Replace the librdkafka producer when its oldest queued record is stuck."""
+        now = time.monotonic()
+        if now < self._next_check or not self._queued:
+            return
+        self._next_check = now + STALL_CHECK_EVERY_S
+        try:
+            enqueued, topic, *_ = next(iter(self._queued.values()))
+        except (StopIteration, RuntimeError):  # emptied, or changed by a callback meanwhile
+            return
+        if now - enqueued < self._stall_s:
+            return
+        leaders = self._leaders(topic)
+        if leaders is None:
+            self._next_check = now + STALL_CHECK_BACKOFF_S
+        if is_stuck(now - enqueued, self._stall_s, leaders):
+            self.replace_client(
+                f"a record for {topic} queued {now - enqueued:.0f}s while every partition "
+                f"has a leader")
+
+    def _leaders(self, topic: str) -> list[int] | None:
+        """Leader id of each partition of topic, from the broker now; None if it is away."""
+        try:
+            md = self._producer.list_topics(topic, timeout=2.0)
+        except KafkaException:
+            return None
+        meta = md.topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return None
+        return [p.leader if p.error is None else -1 for p in meta.partitions.values()]
+
+    def replace_client(self, reason: str) -> int:
+        """Swap in a new librdkafka producer; records still queued in the old one are sent
+        again on the new one (in order). Returns how many were taken back."""
+        with self._produce_lock:
+            old = self._producer
+            self._producer = make_producer(self._kafka, self._client_id, **self._overrides)
+            before = self.resent
+            old.purge(in_queue=True, in_flight=False, blocking=True)
+            # Serves the purge reports (each sends its record again on the new producer) and
+            # lets records in flight finish on the old connection.
+            left = old.flush(30)
+            self.replacements += 1
+        taken = self.resent - before
+        log.warning("producer %s replaced: %s; %d queued record(s) sent again%s",
+                    self._client_id, reason, taken,
+                    f"; {left} still in flight on the old producer" if left else "")
+        return taken
 
     def poll(self, timeout_s: float = 0.0) -> int:
-        return self._producer.poll(timeout_s)
+        served = self._producer.poll(timeout_s)
+        self._watch_stall()
+        return served
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait for every enqueued record's delivery report; raise if any failed."""
-        remaining = self._producer.flush(timeout_s)
-        if remaining:
-            raise DeliveryFailed(f"{remaining} records still undelivered after {timeout_s}s")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+            if not remaining:
+                break
+            self._watch_stall()
+            if time.monotonic() >= deadline:
+                raise DeliveryFailed(f"{remaining} records still undelivered after {timeout_s}s")
         with self._lock:
             failures, self._failures = self._failures, []
         if failures:

@@ -102,6 +102,10 @@ class KafkaSettings:
     partitions: int = 4
     replication_factor: int = 1
     client_id_prefix: str = "settle"
+    # A record of an AvroProducer still queued this long while every partition of its topic
+    # has a leader is stuck (librdkafka can keep a partition leaderless after a broker
+    # restart): the producer is replaced and the record sent again (producers.producer).
+    producer_stall_s: float = 20.0
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings common to every client; secrets revealed only here."""
@@ -236,6 +240,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         partitions=_int(env, "TOPIC_PARTITIONS", 4, 1),
         replication_factor=_int(env, "TOPIC_REPLICATION_FACTOR", 1, 1),
         client_id_prefix=_env(env, "CLIENT_ID_PREFIX", "settle"),
+        producer_stall_s=float(_int(env, "PRODUCER_STALL_S", 20, 1)),
     )
     registry_port = _int(env, "REGISTRY_PORT", 18081, 1)
     registry = RegistrySettings(
