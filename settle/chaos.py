@@ -138,6 +138,9 @@ class RunReport:
     faults: list[FaultOutcome] = field(default_factory=list)
     publish_s: float = 0.0
     total_s: float = 0.0
+    # What the publisher's stall watch did (producers.producer.AvroProducer).
+    publisher_client_replacements: int = 0
+    publisher_resent: int = 0
     duplicate_detail: dict[str, int] = field(default_factory=dict)
     lost_detail: dict[str, int] = field(default_factory=dict)
     # Where the requests without any validate output sit: "topic/partition" -> offset ranges.
@@ -535,6 +538,8 @@ class Runner:
                 if publisher.error is not None:
                     raise RuntimeError(f"publishing failed: {publisher.error!r}")
                 report.publish_s = round(publisher.finished_at - publisher.started_at, 1)
+                report.publisher_client_replacements = producer.replacements
+                report.publisher_resent = producer.resent
                 self.say(f"published {publisher.sent:,} records in {report.publish_s}s; "
                          "draining")
                 books = self._drain(pipeline, publisher.expected["routed"])
@@ -687,6 +692,10 @@ def summary_lines(report: RunReport) -> Iterator[str]:
         rec = f"{f.recovery_s:.1f}s" if f.recovery_s is not None else (
             "n/a" if f.kind == STORM else "NOT RECOVERED")
         yield f"  {f.at_s:6.1f}s  {f.fault:<45} recovery {rec}"
+    if report.publisher_client_replacements:
+        yield (f"  publisher: stuck producer client replaced "
+               f"{report.publisher_client_replacements}x, {report.publisher_resent:,} queued "
+               "records sent again")
     for exit_ in report.unexpected_exits:
         yield f"  CRASH {exit_.splitlines()[0]}"
     for check in report.failed_checks:
