@@ -29,27 +29,35 @@ Headers = list[tuple[str, str | bytes | None]] | None
 # check that found the broker away (each check is a metadata request).
 STALL_CHECK_EVERY_S = 1.0
 STALL_CHECK_BACKOFF_S = 5.0
+# How long the broker must have shown every leader before a waiting record counts as stuck
+# (at most the stall time itself): after a restart the client needs seconds to catch up.
+STALL_GRACE_S = 10.0
 
 # The record type whose values carry a merchant signature.
 SIGNED_RECORD = "PaymentRequested"
 
 
-def is_stuck(oldest_age_s: float | None, stall_s: float,
-             leaders: Sequence[int] | None) -> bool:
+def leaders_present(leaders: Sequence[int] | None) -> bool:
+    """Every partition has a leader (``leaders``: one id per partition, None: no answer)."""
+    return bool(leaders) and all(leader >= 0 for leader in leaders or ())
+
+
+def is_stuck(oldest_age_s: float | None, stall_s: float, healthy_for_s: float | None,
+             grace_s: float) -> bool:
     """True when a queued record waits longer than it can for a reason that will pass.
 
-    ``leaders`` is the leader id of every partition of the record's topic from a fresh
-    metadata request, or None when the broker did not answer one. A record may wait while
-    the broker is away or a partition has no leader (a restart, an election): librdkafka
-    sends it once a leader is back. A record that waits past ``stall_s`` while every
-    partition has a leader is stuck: librdkafka can leave a partition without a leader in
-    its own cache after a broker restart and never look again (an open librdkafka bug: a
-    leader of -1 in a produce response's leader hint is skipped). Such a record would only
-    time out (message.timeout.ms) and fail.
+    ``healthy_for_s`` is how long the broker has reported a leader for every partition of
+    the record's topic without a break (None: not now). A record may wait while the broker
+    is away or a partition has no leader (a restart, an election), and for a few seconds
+    after it is back (reconnect, producer id, retries): librdkafka sends it then. A record
+    older than ``stall_s`` whose partitions have all had a leader for ``grace_s`` is stuck:
+    librdkafka can keep a partition without a leader in its own cache after a broker
+    restart and never look again (an open librdkafka bug: a produce response's leader hint
+    of -1 is skipped). Such a record would only time out (message.timeout.ms) and fail.
     """
-    if oldest_age_s is None or oldest_age_s < stall_s or not leaders:
+    if oldest_age_s is None or oldest_age_s < stall_s or healthy_for_s is None:
         return False
-    return all(leader >= 0 for leader in leaders)
+    return healthy_for_s >= grace_s
 
 
 class _FromSettings:
@@ -83,11 +91,13 @@ class AvroProducer:
     ``DeliveryFailed`` by the next ``flush`` (or at exit of the ``with`` block).
 
     Stall watch: when a record has waited in the local queue longer than
-    ``kafka.producer_stall_s`` while the broker reports a leader for every partition of its
-    topic (see ``is_stuck``), the librdkafka producer is replaced by a new one. Records
-    still queued in the old one are taken back (purged before any byte was sent, so not
-    duplicated) and sent again on the new one in their order; records in flight finish on the
-    old one. ``replacements`` and ``resent`` count what the watch did.
+    ``kafka.producer_stall_s`` and the broker has reported a leader for every partition of
+    its topic for ``STALL_GRACE_S`` (see ``is_stuck``), the librdkafka producer is replaced
+    by a new one. Records still queued in the old one are taken back and sent again on the
+    new one in their order; records in flight finish on the old one. A queued record may be
+    a retry of a request whose answer was lost, so a re-sent record can land twice: payment
+    requests and confirmations are deduplicated by payment_id downstream. ``replacements``
+    and ``resent`` count what the watch did.
 
     Every PaymentRequested record is signed by ``signer`` before encoding (see
     producers.signing). By default the signer comes from SETTLE_SIGNING_KEYRING, loaded on
@@ -112,6 +122,7 @@ class AvroProducer:
         self._queued: dict[int, tuple[float, str, bytes | None, bytes | None, Headers]] = {}
         self._seq = itertools.count()
         self._next_check = 0.0
+        self._healthy_since: float | None = None
         self._produce_lock = threading.RLock()
         self.replacements = 0
         self.resent = 0
@@ -244,14 +255,21 @@ class AvroProducer:
         except (StopIteration, RuntimeError):  # emptied, or changed by a callback meanwhile
             return
         if now - enqueued < self._stall_s:
+            self._healthy_since = None
             return
-        leaders = self._leaders(topic)
-        if leaders is None:
+        if leaders_present(self._leaders(topic)):
+            if self._healthy_since is None:
+                self._healthy_since = now
+        else:
+            self._healthy_since = None
             self._next_check = now + STALL_CHECK_BACKOFF_S
-        if is_stuck(now - enqueued, self._stall_s, leaders):
+        healthy_for = None if self._healthy_since is None else now - self._healthy_since
+        if is_stuck(now - enqueued, self._stall_s, healthy_for,
+                    min(STALL_GRACE_S, self._stall_s)):
+            self._healthy_since = None
             self.replace_client(
-                f"a record for {topic} queued {now - enqueued:.0f}s while every partition "
-                f"has a leader")
+                f"a record for {topic} queued {now - enqueued:.0f}s, every partition with a "
+                f"leader for {healthy_for:.0f}s")
 
     def _leaders(self, topic: str) -> list[int] | None:
         """Leader id of each partition of topic, from the broker now; None if it is away."""
