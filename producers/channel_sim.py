@@ -30,7 +30,7 @@ from producers.channels import (
     plan_confirmations,
 )
 from producers.clients import wall_clock_ms
-from producers.errors import DeliveryFailed
+from producers.errors import DeliveryFailed, StillQueued
 from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError, RegistryUnavailable
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUP: Final = "settle-channel-sim"
 COMMIT_INTERVAL_S: Final = 1.0
+# A periodic commit waits this long for the answers it covers; a broker away longer only
+# postpones the commit (the loop keeps serving the group meanwhile).
+COMMIT_FLUSH_TIMEOUT_S: Final = 5.0
 POLL_MAX_S: Final = 0.1
 PROGRESS_INTERVAL_S: Final = 0.5
 REGISTRY_BACKOFF_MAX_S: Final = 10.0
@@ -112,6 +115,7 @@ class SimStats:
     consumer_error: str | None = None
     scheduled: int = 0
     commits: int = 0
+    refused_commits: int = 0  # commits the group refused (retried at the next interval)
     registry_waits: int = 0
     elapsed_s: float = 0.0
     stop_reason: str = ""
@@ -182,7 +186,10 @@ class ChannelSimulator:
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             tps = [(p.topic, p.partition) for p in partitions]
             if not self.stats.failed:  # after a failed delivery nothing more may be committed
-                self._commit(c, producer, tps)
+                # After a session timeout (a broker away longer than session.timeout.ms) the
+                # group has already dropped this member and refuses the commit: the offsets
+                # stay uncommitted and the next owner answers those records again.
+                self._commit_or_retry(c, producer, tps, "revoked partitions' offsets")
             self._tracker.forget(tps)
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
@@ -218,9 +225,14 @@ class ChannelSimulator:
                     last_progress = now
         except KeyboardInterrupt:
             self.stats.stop_reason = "interrupted"
+        except BaseException as exc:
+            self.stats.stop_reason = f"error: {type(exc).__name__}"
+            log.error("channel simulator stopping on %s: %s", type(exc).__name__, exc)
+            raise
         finally:
             try:
-                self._commit(consumer, producer)
+                self._commit_or_retry(consumer, producer, None, "last offsets before stopping",
+                                      flush_timeout_s=60.0)
             finally:
                 consumer.close()
                 self.stats.elapsed_s = time.monotonic() - started
@@ -311,23 +323,36 @@ class ChannelSimulator:
                 self.stats.orphans += 1
             self._tracker.produced(due.source, due.offset)
 
-    def _commit_or_retry(self, consumer: Consumer, producer: AvroProducer) -> None:
-        """A periodic commit that the group refuses for now (a broker restart moved the
-        coordinator, a rebalance is under way) is tried again at the next interval: the
-        offsets stay uncommitted, so nothing is skipped (at worst answered twice)."""
+    def _commit_or_retry(self, consumer: Consumer, producer: AvroProducer,
+                         tps: Sequence[TP] | None = None,
+                         what: str = "offsets",
+                         flush_timeout_s: float = COMMIT_FLUSH_TIMEOUT_S) -> None:
+        """A commit the group refuses for now (a broker restart moved the coordinator, a
+        rebalance is under way, a session timed out and the member is unknown) is logged and
+        tried again at the next interval: the offsets stay uncommitted, so nothing is skipped
+        (at worst answered twice). A fatal error, or a failed delivery, still raises."""
         try:
-            self._commit(consumer, producer)
+            self._commit(consumer, producer, tps, flush_timeout_s)
+        except StillQueued as exc:
+            # The broker is away (a restart, say): the answers wait in the producer's queue,
+            # and the offsets of their inputs wait for them.
+            self.stats.refused_commits += 1
+            log.warning("%d confirmation(s) still queued after %gs: %s stay uncommitted; "
+                        "retrying at the next commit", exc.undelivered, flush_timeout_s, what)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if not isinstance(err, KafkaError) or err.fatal():
                 raise
-            log.warning("offset commit refused (%s); retrying at the next commit", err.str())
+            self.stats.refused_commits += 1
+            log.warning("offset commit refused (%s): %s stay uncommitted; retrying at the "
+                        "next commit", err.str(), what)
 
     def _commit(
-        self, consumer: Consumer, producer: AvroProducer, tps: Sequence[TP] | None = None
+        self, consumer: Consumer, producer: AvroProducer, tps: Sequence[TP] | None = None,
+        flush_timeout_s: float = 60.0,
     ) -> None:
         """Flush what was produced, then commit the offsets whose answers are all out."""
-        producer.flush()
+        producer.flush(flush_timeout_s)
         if self.stats.failed:
             raise DeliveryFailed(
                 f"{self.stats.failed} confirmation(s) failed delivery; first: "

@@ -19,6 +19,15 @@ class DeliveryFailed(ProducerError):
         self.reports = reports or []
 
 
+class StillQueued(DeliveryFailed):
+    """``flush`` timed out with ``undelivered`` records still queued (none refused yet): the
+    broker may be away. They stay queued and may still be delivered."""
+
+    def __init__(self, message: str, undelivered: int) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered
+
+
 class ProducerClosed(ProducerError):
     """``send`` was called after ``close``."""
 

@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from producers import metrics
-from producers.errors import DeliveryFailed, ProducerClosed
+from producers.errors import DeliveryFailed, ProducerClosed, StillQueued
 from producers.signing import RequestSigner
 from schemas.codec import AvroSerializer
 from schemas.topics import TOPIC_RECORDS
@@ -314,7 +314,8 @@ class AvroProducer:
                 break
             self._watch_stall()
             if time.monotonic() >= deadline:
-                raise DeliveryFailed(f"{remaining} records still undelivered after {timeout_s}s")
+                raise StillQueued(f"{remaining} records still undelivered after {timeout_s}s",
+                                  remaining)
         with self._lock:
             failures, self._failures = self._failures, []
         if failures:

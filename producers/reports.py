@@ -72,6 +72,7 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         ("delivered", str(stats.delivered)),
         ("orphan confirmations", str(stats.orphans)),
         ("offset commits", str(stats.commits)),
+        ("commits refused (retried)", str(stats.refused_commits)),
         ("elapsed", f"{stats.elapsed_s:.1f} s"),
     ]
     if stats.failed:

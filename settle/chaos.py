@@ -170,6 +170,12 @@ def scenarios(seed: int = 11) -> dict[str, Plan]:
             Fault(7, KILL, "ledger-sink", hold_s=1), Fault(16, KILL, "settlement-sink", hold_s=1))),
         "restart-kafka": Plan("restart-kafka", seed=seed + 2, faults=(
             Fault(10, SERVICE_RESTART, "kafka", hold_s=3),)),
+        # The broker away longer than the consumer groups' session timeouts (45 s for the
+        # sinks and the channel simulator, counting its restart), then a rebalance at once:
+        # what seed 1 of `settle chaos` does at 136 s.
+        "kafka-down-long": Plan("kafka-down-long", count=4000, seed=seed + 8, faults=(
+            Fault(8, SERVICE_RESTART, "kafka", hold_s=40),
+            Fault(9, REBALANCE, "validate", hold_s=5))),
         "stop-postgres": Plan("stop-postgres", seed=seed + 3, faults=(
             Fault(10, SERVICE_STOP, "postgres", hold_s=8),)),
         "registry-down-at-start": Plan("registry-down-at-start", seed=seed + 4,
