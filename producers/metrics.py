@@ -13,7 +13,8 @@ disable_created_metrics()
 PRODUCED = Counter(
     "settle_producer_records_total",
     "Records a producer enqueued (sent) and the broker acknowledged (delivered) or refused "
-    "(failed), per topic",
+    "(failed), or the stall watch took back from a stuck client and sent again (resent), "
+    "per topic",
     ["topic", "outcome"],
 )
 DELIVERY_SECONDS = Histogram(
