@@ -163,8 +163,8 @@ def test_reconcile_resends_results_lost_with_a_crash_after_its_state_changed(
 
     The hard exit can also lose the state change itself (faust's changelog buffer drains in
     the background, so its record may leave after the result, and the exit does not wait for
-    it): then the re-read tick decides MISSING again. So the missing payment's channel keeps the short SLA in every phase, and
-    either way it must be published once.
+    it): then the re-read tick decides MISSING again. So the missing payment's channel keeps
+    the short SLA in every phase, and either way it must be published once.
     """
     from tests.integration.test_reconcile_stage import Publisher
 
