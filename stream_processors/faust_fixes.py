@@ -51,6 +51,14 @@ Sixth, in the ack (``Consumer.ack``): a stream acknowledges the records it skips
 processing them (the flow is suspended, or the record belongs to an earlier generation), so
 a commit could move past a record nobody processed. Those acknowledgements are refused: the
 record stays uncommitted and the seek after the rebalance reads it again.
+
+Seventh, the floor of the commit where nothing is committed yet: faust keeps "committed"
+as None there (and also where 0 is committed), and the commit rule then has no floor: it
+commits the first run of acknowledged offsets wherever it starts. A record skipped at 83
+while 84 onwards were processed was committed past, never read again, and its payment
+stayed unrouted (`settle chaos --seed 1`, partitions that validate had just sought back to
+the beginning). The seek now reports the first offset of such a partition, and perform_seek
+stores it (and a committed 0) as the floor, so new_offset waits for the record there.
 """
 
 from __future__ import annotations
@@ -81,7 +89,11 @@ def _position(consumer: Any, tp: Any) -> int | None:
 async def seek_to_committed_or_reset(
     consumer: Any, changelog_topics: frozenset[str] | set[str], reset_earliest: bool
 ) -> Mapping[Any, int | None]:
-    """aiokafka's seek_to_committed, plus an explicit seek where it would not move."""
+    """aiokafka's seek_to_committed, plus an explicit seek where it would not move.
+
+    Returns the committed offsets, except that a partition sought to the beginning maps to
+    its first offset: the offset its stream reads next, which is what a commit must start at.
+    """
     committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
     to_beginning = []
     for tp, offset in committed.items():
@@ -99,9 +111,25 @@ async def seek_to_committed_or_reset(
                         "reading it again from the %s", tp.topic, tp.partition,
                         "nothing" if offset is None else "offset 0", position,
                         "beginning" if offset is None else "offset 0")
-    if to_beginning:
-        await consumer.seek_to_beginning(*to_beginning)
-    return committed
+    if not to_beginning:
+        return committed
+    await consumer.seek_to_beginning(*to_beginning)
+    # The commit needs a floor on these partitions too: the first offset still on the log is
+    # the first record the stream must acknowledge (see new_offset).
+    floor = dict(committed)
+    try:
+        beginnings: Mapping[Any, int] = await consumer.beginning_offsets(to_beginning)
+    except Exception as exc:  # the broker went away between the two requests
+        log.error("seek: cannot read the first offsets of %s (%r); committing none of them "
+                  "past offset 0 until the next rebalance", _names(to_beginning), exc)
+        beginnings = {}
+    for tp in to_beginning:
+        floor[tp] = beginnings.get(tp, 0)
+    return floor
+
+
+def _names(tps: list[Any]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}" for tp in tps)
 
 
 def last_read_before(committed: int | None) -> int | None:
@@ -110,12 +138,17 @@ def last_read_before(committed: int | None) -> int | None:
 
 
 async def perform_seek(self: Any) -> None:
-    """faust's Consumer.perform_seek, storing "last offset read" rather than the next one."""
+    """faust's Consumer.perform_seek, storing "last offset read" rather than the next one.
+
+    The committed offsets it stores are the floor of the next commit (new_offset), so 0 and
+    a partition's first offset (nothing committed, read from the beginning) are stored as
+    such: faust stored None for both, and then committed any run of acknowledged records,
+    also one that started past a record never processed.
+    """
     committed = await self.seek_to_committed()
     self._read_offset.update({tp: last_read_before(o) for tp, o in committed.items()})
     self._committed_offset.update({
-        faust_consumer.ensure_TP(tp): o if o else None
-        for tp, o in committed.items() if o is not None})
+        faust_consumer.ensure_TP(tp): o for tp, o in committed.items() if o is not None})
     # What the streams hold now was handed over before the seek and is fetched again from
     # the committed offsets: drop it here, in the same step as the reset, rather than at the
     # next resume (which would also drop records handed over after the seek).

@@ -56,6 +56,15 @@ def test_nothing_committed_yet_commits_the_first_run() -> None:
     assert faust_fixes.new_offset(Books(None, []), T) is None
 
 
+def test_a_partition_read_from_its_beginning_commits_only_from_its_first_offset() -> None:
+    # perform_seek stores the first offset (here 0) as the floor; 83 was skipped, 84 on
+    # processed: faust (floor None) would commit 86 and lose 83 for good.
+    assert faust_fixes.new_offset(Books(0, [84, 85]), T) is None
+    assert faust_fixes.new_offset(Books(0, [0, 1]), T) == 2
+    # Retention removed 0..39: the first offset on the log is the floor.
+    assert faust_fixes.new_offset(Books(40, [40, 41]), T) == 42
+
+
 class FakeAioConsumer:
     """What seek_to_committed_or_reset calls on an AIOKafkaConsumer."""
 
@@ -73,27 +82,44 @@ class FakeAioConsumer:
     async def seek_to_beginning(self, *tps: TP) -> None:
         self.to_beginning.extend(tps)
 
+    async def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        if self.first_offset is None:
+            raise TimeoutError("ListOffsets timed out")
+        return {tp: self.first_offset for tp in tps}
 
-def _seek(committed: dict[TP, int | None], reset_earliest: bool = True) -> FakeAioConsumer:
+    first_offset: int | None = 0
+
+
+def _seek(committed: dict[TP, int | None], reset_earliest: bool = True,
+          first_offset: int | None = 0) -> tuple[FakeAioConsumer, Any]:
     consumer = FakeAioConsumer(committed)
+    consumer.first_offset = first_offset
     changelogs = {"app-payments-seen-changelog"}
     result: Any = asyncio.run(
         faust_fixes.seek_to_committed_or_reset(consumer, changelogs, reset_earliest))
-    assert result == committed
-    return consumer
+    return consumer, result
 
 
 def test_partitions_without_a_positive_commit_are_sought_explicitly() -> None:
     none, zero, five = TP("in", 0), TP("in", 1), TP("in", 2)
     changelog = TP("app-payments-seen-changelog", 0)
-    consumer = _seek({none: None, zero: 0, five: 5, changelog: None})
+    consumer, result = _seek({none: None, zero: 0, five: 5, changelog: None}, first_offset=7)
     assert consumer.to_beginning == [none]
     assert consumer.seeks == [(zero, 0)]  # 5 was sought by aiokafka itself
+    # The partition read from its beginning reports its first offset: the commit's floor.
+    assert result == {none: 7, zero: 0, five: 5, changelog: None}
+
+
+def test_a_failed_first_offset_lookup_floors_the_commit_at_zero() -> None:
+    none = TP("in", 0)
+    consumer, result = _seek({none: None}, first_offset=None)
+    assert consumer.to_beginning == [none] and result == {none: 0}
 
 
 def test_latest_reset_leaves_uncommitted_partitions_alone() -> None:
-    consumer = _seek({TP("in", 0): None}, reset_earliest=False)
+    consumer, result = _seek({TP("in", 0): None}, reset_earliest=False)
     assert consumer.to_beginning == [] and consumer.seeks == []
+    assert result == {TP("in", 0): None}
 
 
 def test_offset_ranges_group_missing_records_by_partition() -> None:
@@ -178,3 +204,27 @@ def test_perform_seek_resets_read_offsets_and_drops_what_the_streams_hold() -> N
         return consumer._read_offset[T], consumer._committed_offset[T], queue.qsize()
 
     assert asyncio.run(run()) == (77, 78, 0)
+
+
+def test_perform_seek_keeps_a_zero_floor_that_faust_would_drop() -> None:
+    from types import SimpleNamespace
+
+    async def run() -> dict[TP, int | None]:
+        flow, _ = _flow_holding()
+        new, zero, changelog = TP("in", 0), TP("in", 1), TP("app-changelog", 0)
+
+        class Consumer:
+            def __init__(self) -> None:
+                self.app = SimpleNamespace(flow_control=flow)
+                self._read_offset: dict[TP, int | None] = {}
+                self._committed_offset: dict[TP, int | None] = {}
+
+            async def seek_to_committed(self) -> dict[TP, int | None]:
+                return {new: 0, zero: 0, changelog: None}  # `new` was read from its beginning
+
+        consumer = Consumer()
+        await faust_fixes.perform_seek(consumer)
+        assert consumer._read_offset == {new: None, zero: None, changelog: None}
+        return consumer._committed_offset
+
+    assert asyncio.run(run()) == {TP("in", 0): 0, TP("in", 1): 0}
