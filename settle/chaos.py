@@ -180,6 +180,12 @@ def scenarios(seed: int = 11) -> dict[str, Plan]:
             Fault(10, SERVICE_STOP, "postgres", hold_s=8),)),
         "registry-down-at-start": Plan("registry-down-at-start", seed=seed + 4,
                                        registry_down_at_start_s=12.0),
+        # Two validate workers that start while the registry is down, then a rebalance: what
+        # seed 1 of `settle chaos` does first (its validate partitions are sought back to the
+        # beginning after records were already fetched; see faust_fixes, "Seventh").
+        "registry-down-at-start-two-workers": Plan(
+            "registry-down-at-start-two-workers", seed=seed + 9, registry_down_at_start_s=12.0,
+            faults=(Fault(6, REBALANCE, "validate", hold_s=3),)),
         "registry-down-mid-run": Plan("registry-down-mid-run", seed=seed + 5, faults=(
             Fault(8, SERVICE_STOP, "registry", hold_s=10),)),
         "rebalance": Plan("rebalance", seed=seed + 6, faults=(

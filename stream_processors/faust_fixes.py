@@ -59,6 +59,14 @@ while 84 onwards were processed was committed past, never read again, and its pa
 stayed unrouted (`settle chaos --seed 1`, partitions that validate had just sought back to
 the beginning). The seek now reports the first offset of such a partition, and perform_seek
 stores it (and a committed 0) as the floor, so new_offset waits for the record there.
+The read offset it sets says the same ("first offset - 1"; faust and the fix above had
+None, "anything comes next"): records of a fetch made before the seek and handed over after
+it (the drain loop was inside that batch) were then delivered ahead of the re-read from the
+beginning, so a later duplicate of a request was routed before the request itself, which
+was then dropped as the duplicate (`settle chaos` scenario
+registry-down-at-start-two-workers: 2 requests of 3,000 in its first run). Now the first of
+those records is a jump: the partition is sought back to its first offset and the rest of
+the batch is skipped.
 """
 
 from __future__ import annotations
@@ -133,8 +141,12 @@ def _names(tps: list[Any]) -> str:
 
 
 def last_read_before(committed: int | None) -> int | None:
-    """The read offset that says "the next record expected is `committed`" (None: any)."""
-    return committed - 1 if committed is not None and committed > 0 else None
+    """The read offset that says "the next record expected is `committed`" (None: any).
+
+    0 gives -1: the record at 0 comes next, and one past it is a jump (a leftover of a fetch
+    made before the seek), not the first record.
+    """
+    return committed - 1 if committed is not None else None
 
 
 async def perform_seek(self: Any) -> None:

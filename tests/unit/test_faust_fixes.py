@@ -145,7 +145,13 @@ def test_fetch_rule_rewinds_on_a_jump_and_skips_the_rest_of_the_batch() -> None:
 
 def test_read_offset_means_last_read() -> None:
     assert faust_fixes.last_read_before(None) is None
-    assert faust_fixes.last_read_before(0) is None
+    assert faust_fixes.last_read_before(0) == -1
+    # Nothing committed, read from offset 0: a record at 100 left over from a fetch before
+    # the seek is a jump, not the first record.
+    assert faust_fixes.classify(100, faust_fixes.last_read_before(0), False) == \
+        faust_fixes.Verdict.REWIND
+    assert faust_fixes.classify(0, faust_fixes.last_read_before(0), False) == \
+        faust_fixes.Verdict.DELIVER
     assert faust_fixes.last_read_before(10) == 9
     # After a seek to the committed 10, the record at 10 is the next one, 11 is a jump.
     last = faust_fixes.last_read_before(10)
@@ -224,7 +230,7 @@ def test_perform_seek_keeps_a_zero_floor_that_faust_would_drop() -> None:
 
         consumer = Consumer()
         await faust_fixes.perform_seek(consumer)
-        assert consumer._read_offset == {new: None, zero: None, changelog: None}
+        assert consumer._read_offset == {new: -1, zero: -1, changelog: None}
         return consumer._committed_offset
 
     assert asyncio.run(run()) == {TP("in", 0): 0, TP("in", 1): 0}
