@@ -35,7 +35,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError
@@ -88,9 +95,11 @@ class OffsetsConsumer:
                       if options.session_timeout_ms else {})
         self._consumer = consumer or make_consumer(settings.kafka, options.group_id,
                                                    **group_conf)
-        producer = make_producer(settings.kafka, f"{writer.stage}-dlq")
-        self._dlq = DeadLetterPublisher(producer, registry, options.dlq_topic, writer.stage)
-        self._producer = producer
+        def dlq_producer() -> Producer:
+            return make_producer(settings.kafka, f"{writer.stage}-dlq")
+
+        self._dlq = DeadLetterPublisher(dlq_producer(), registry, options.dlq_topic,
+                                        writer.stage, producer_factory=dlq_producer)
         self._decoder = AvroDeserializer(registry, reader_schema=writer.record_name)
         self._conn: psycopg.Connection | None = None
         self._batch: list[Message] = []  # collected, not yet committed
@@ -145,7 +154,7 @@ class OffsetsConsumer:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: closing the consumer: %s", self.writer.stage, exc)
-        self._producer.flush(10)
+        self._dlq.flush(10)
         if self._conn is not None:
             self._conn.close()
 

@@ -16,7 +16,7 @@ from producers.producer import AvroProducer
 from schemas.codec import AvroDeserializer
 from schemas.registry import RegistryClient
 from settle.config import Settings
-from settle.kafka import make_consumer
+from settle.kafka import make_consumer, make_producer
 from settle.smoke import registry_client
 from settle.topics import (
     DAY_MS,
@@ -28,8 +28,10 @@ from settle.topics import (
     delete_topics,
 )
 from settlement.fees import FeeSchedule
-from sinks.base import SourceRecord, Writer, WriteResult
+from sinks.base import DeadRecord, SourceRecord, Writer, WriteResult
 from sinks.db import connect
+from sinks.dead_letters import DeadLetterPublisher
+from sinks.errors import DeadLetterFailed
 from sinks.ledger_sink import LedgerWriter
 from sinks.migrate import migrate
 from sinks.offsets_consumer import OffsetsConsumer
@@ -408,3 +410,31 @@ def test_max_records_stops_after_a_commit_and_the_next_run_resumes(
     count = db.execute("SELECT count(*) FROM payments WHERE payment_id LIKE %s",
                        (f"p-{run}-%",)).fetchone()
     assert count == (5,)
+
+
+def test_dead_letter_publisher_replaces_a_client_that_cannot_deliver(
+    stack: Settings, registry: RegistryClient, topics: Topics
+) -> None:
+    """A client whose letters stay queued (here: it points at a closed port, as a client
+    stuck on a leaderless partition would behave) is swapped for a fresh one, and the
+    sink's retry of the batch delivers every letter on the real broker."""
+    stuck = make_producer(stack.kafka, "t-dlq-stuck", **{"bootstrap.servers": "127.0.0.1:9"})
+    made: list[Any] = []
+
+    def fresh() -> Any:
+        made.append(make_producer(stack.kafka, "t-dlq-fresh"))
+        return made[-1]
+
+    publisher = DeadLetterPublisher(stuck, registry, topics.dlq, "ledger-sink",
+                                    producer_factory=fresh)
+    dead = [DeadRecord(SourceRecord(topics.results, 0, n, f"p-{n}".encode(), b"\x00junk"),
+                       "DecodeError", "not Avro") for n in range(3)]
+    with pytest.raises(DeadLetterFailed, match="3 undelivered"):
+        publisher.publish(dead, timeout_s=1.0)
+    assert publisher.replacements == 1 and publisher.producer is made[0]
+
+    publisher.publish(dead, timeout_s=30.0)  # the retry, on the new client
+    assert publisher.replacements == 1
+    letters = dead_letters(stack, registry, topics.dlq)
+    assert sorted(letter["source_offset"] for letter in letters) == [0, 1, 2]
+    assert {letter["original_key"] for letter in letters} == {b"p-0", b"p-1", b"p-2"}
