@@ -24,6 +24,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     source: str | None
+    timestamp_ms: int = 0  # the record's Kafka timestamp (CreateTime: when it was produced)
 
 
 @dataclass(slots=True)
@@ -80,7 +81,8 @@ def read_topic(
             for name, val in list(msg.headers() or []):
                 if name == SOURCE_HEADER and isinstance(val, bytes):
                     source = val.decode("utf-8", "replace")
-            yield RawRecord(topic, part, off, msg.key(), msg.value(), source)
+            yield RawRecord(topic, part, off, msg.key(), msg.value(), source,
+                            msg.timestamp()[1])
             if off + 1 >= end:
                 del targets[part]
         if batch:

@@ -98,6 +98,11 @@ def _latency(conn: Any, since_epoch_s: float = 0.0) -> tuple[int, int, float]:
     return int(row[0] or 0), int(row[1] or 0), float(row[2] or 0)
 
 
+def isolated_dbname(base_dbname: str, prefix: str) -> str:
+    """The database of the isolated pipeline whose topics carry `prefix`."""
+    return f"{base_dbname}_{prefix.rstrip('.')}"
+
+
 class IsolatedPipeline:
     """A prefixed copy of the pipeline: own topics, own database, own process pid files.
 
@@ -111,7 +116,7 @@ class IsolatedPipeline:
         self.run_dir = run_dir
         self.prefix = f"{tag}{uuid.uuid4().hex[:6]}."
         self.topics = TopicNames(self.prefix)
-        self.dbname = f"{base.postgres.dbname}_{self.prefix.rstrip('.')}"
+        self.dbname = isolated_dbname(base.postgres.dbname, self.prefix)
         self.settings = replace(base, postgres=replace(base.postgres, dbname=self.dbname))
         self.env = {**(FAST_TIMINGS if timings is None else timings),
                     "SETTLE_TOPIC_PREFIX": self.prefix, "SETTLE_RUN_DIR": str(run_dir),
@@ -250,7 +255,8 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             rate_per_s: float = 0.0, timeout_s: float = 600.0,
             say: Callable[[str], None] = lambda _m: None, warmup: int = 0,
             metrics_port_base: int = 0,
-            inspect: Callable[[list[ProcessSpec], str], None] | None = None) -> E2EResult:
+            inspect: Callable[[list[ProcessSpec], str, float], None] | None = None,
+            ) -> E2EResult:
     """Publish `count` payments through a fresh, prefixed copy of the pipeline; audit it.
 
     With `warmup`, that many extra payments go first and the run waits for the first
@@ -259,8 +265,8 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
 
     With ``metrics_port_base`` every process (and a monitor) serves /metrics and is
     announced to the stack's Prometheus (file_sd, label ``run`` = the topic prefix) until
-    the run ends; ``inspect(processes, prefix)`` is called once the books balance, while
-    the pipeline still runs.
+    the run ends; ``inspect(processes, prefix, started)`` (started: epoch s of the first
+    counted payment) is called once the books balance, while the pipeline still runs.
     """
     procs = specs(seed)
     if metrics_port_base:
@@ -306,7 +312,7 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
                 "SELECT outcome, COUNT(*) FROM reconciliation_exceptions GROUP BY 1").fetchall())
             late = _one(conn, "SELECT COUNT(*) FROM payments WHERE late")
         if inspect is not None:
-            inspect(procs, pipeline.prefix)
+            inspect(procs, pipeline.prefix, started)
         ingest = audit_pipeline_ingest(pipeline)
         span = max(last_commit - started, 1e-3)
         return E2EResult(

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from settle.audit_ingest import read_topic
 from settle.benchmarks.common import Say
-from settle.benchmarks.measure import RatePoint, median
+from settle.benchmarks.measure import RatePoint, hop_latencies, hop_summary, median
 from settle.config import Settings
-from settle.e2e import run_e2e
+from settle.e2e import isolated_dbname, run_e2e
+from settle.kafka import make_consumer
+from sinks.db import connect
+from stream_processors.topics import TopicNames
 
 # Below this share of the asked rate the publisher, not the pipeline, set the pace: the
 # point says nothing about the pipeline at that rate and the search stops there.
@@ -26,11 +32,43 @@ class LatencyRun:
     p50_ms: int
     p99_ms: int
     books_ok: bool
+    # hop -> {"p50_ms", "p99_ms", "n"}: where the time went (measure.hop_latencies)
+    hops: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rate_per_s": self.rate_per_s, "count": self.count,
                 "published_per_s": self.published_per_s, "p50_ms": self.p50_ms,
-                "p99_ms": self.p99_ms, "books_ok": self.books_ok}
+                "p99_ms": self.p99_ms, "books_ok": self.books_ok, "hops": self.hops}
+
+
+def _first_timestamps(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+    """payment_id (the record key) -> timestamp of its first record on any of `topics`."""
+    consumer = make_consumer(settings.kafka, group_id=f"settle-bench-hops-{uuid.uuid4()}")
+    out: dict[str, int] = {}
+    try:
+        for topic in topics:
+            for rec in read_topic(consumer, topic):
+                if rec.key is not None:
+                    pid = rec.key.decode("utf-8", "replace")
+                    if pid not in out or rec.timestamp_ms < out[pid]:
+                        out[pid] = rec.timestamp_ms
+    finally:
+        consumer.close()
+    return out
+
+
+def collect_hops(settings: Settings, prefix: str, since_ms: int) -> dict[str, dict[str, int]]:
+    """Per-hop p50/p99 of a finished run, read from its topics' timestamps and its ledger."""
+    t = TopicNames(prefix)
+    db = replace(settings.postgres, dbname=isolated_dbname(settings.postgres.dbname, prefix))
+    with connect(db, autocommit=True) as conn:
+        posted = {str(pid): int(ms) for pid, ms in conn.execute(
+            "SELECT payment_id, (EXTRACT(EPOCH FROM posted_at) * 1000)::bigint"
+            "  FROM ledger_journals").fetchall()}
+    return hop_summary(hop_latencies(
+        _first_timestamps(settings, [t.requested]), _first_timestamps(settings, t.all_routed),
+        _first_timestamps(settings, [t.confirmations]),
+        _first_timestamps(settings, [t.results]), posted, since_ms=since_ms))
 
 
 def measure_rate(settings: Settings, rate: int, duration_s: float, runs: int, seed: int,
@@ -40,15 +78,27 @@ def measure_rate(settings: Settings, rate: int, duration_s: float, runs: int, se
     mine: list[LatencyRun] = []
     for run in range(runs):
         say(f"end to end at {rate:,}/s for {duration_s:g}s, run {run + 1}/{runs}")
+        hops: dict[str, dict[str, int]] = {}
+
+        def inspect(_procs: Any, prefix: str, started_s: float,
+                    hops: dict[str, dict[str, int]] = hops) -> None:
+            try:
+                hops.update(collect_hops(settings, prefix, int(started_s * 1000)))
+            except Exception as exc:  # a diagnostic: the run's figures stand without it
+                say(f"hop breakdown failed: {type(exc).__name__}: {exc}")
+
         r = run_e2e(settings, out_dir / f"latency-{rate}-run{run + 1}", count, seed + run,
-                    rate_per_s=float(rate), say=say, warmup=WARMUP_PAYMENTS)
+                    rate_per_s=float(rate), say=say, warmup=WARMUP_PAYMENTS, inspect=inspect)
         published = round(count / max(r.publish_s, 1e-3), 1)
         item = LatencyRun(rate, count, published, r.latency_ms_p50, r.latency_ms_p99,
-                          bool(r.books.ok and r.ingest.balanced))
+                          bool(r.books.ok and r.ingest.balanced), hops)
         mine.append(item)
         log.append(item)
         say(f"{rate:,}/s: p50 {item.p50_ms} ms, p99 {item.p99_ms} ms "
             f"(published at {published:,.0f}/s)")
+        if hops:
+            say("  hops p50/p99 ms: " + ", ".join(
+                f"{h} {v['p50_ms']}/{v['p99_ms']}" for h, v in hops.items()))
     held = median(r.published_per_s for r in mine) >= PUBLISH_SHARE_MIN * rate
     return RatePoint(rate, median(r.p50_ms for r in mine), median(r.p99_ms for r in mine),
                      runs, rate_held=held)

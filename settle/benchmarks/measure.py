@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -214,3 +215,46 @@ def parse_sink_summary(log_text: str) -> SinkSummary | None:
         if len(bits) == 2 and bits[1].isdigit():
             tables[bits[0]] = int(bits[1])
     return SinkSummary(int(m.group(1)), float(m.group(3)), tables)
+
+
+# Where a payment's end-to-end time goes, hop by hop (settle bench latency).
+HOPS = ("validate", "channel", "reconcile", "ledger sink")
+
+
+def hop_latencies(requested: Mapping[str, int], routed: Mapping[str, int],
+                  confirmed: Mapping[str, int], results: Mapping[str, int],
+                  posted: Mapping[str, int], since_ms: int = 0) -> dict[str, list[int]]:
+    """Milliseconds each payment spent in each hop, from per-payment timestamps (epoch ms).
+
+    validate: request produced -> routed record produced; channel: routed -> confirmation
+    (the simulated channel's latency); reconcile: the later of the two -> its result;
+    ledger sink: result -> journal commit. Payments requested before `since_ms`, or missing
+    from any step (rejected, declined, late), are left out.
+    """
+    hops: dict[str, list[int]] = {h: [] for h in HOPS}
+    for pid, t0 in requested.items():
+        if t0 < since_ms:
+            continue
+        r, c, res, p = routed.get(pid), confirmed.get(pid), results.get(pid), posted.get(pid)
+        if r is None or c is None or res is None or p is None:
+            continue
+        hops["validate"].append(r - t0)
+        hops["channel"].append(c - r)
+        hops["reconcile"].append(res - max(r, c))
+        hops["ledger sink"].append(p - res)
+    return hops
+
+
+def percentile(values: Sequence[int], q: float) -> int:
+    """The nearest-rank q-quantile (0 < q <= 1) of `values` (0 for none), as percentile_disc."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * q))
+    return int(ordered[rank - 1])
+
+
+def hop_summary(hops: Mapping[str, Sequence[int]]) -> dict[str, dict[str, int]]:
+    """p50/p99 (ms) and the count per hop."""
+    return {h: {"p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99), "n": len(v)}
+            for h, v in hops.items()}

@@ -17,6 +17,7 @@ from settle.benchmarks.common import Isolated, ProcRun, Say
 from settle.benchmarks.latency import LatencyRun, measure_rate
 from settle.benchmarks.limits import PassRun, preload_requests, run_limits
 from settle.benchmarks.measure import (
+    HOPS,
     Figure,
     RatePoint,
     doubling_rates,
@@ -66,7 +67,7 @@ class Options:
 
     def latency_rates(self) -> list[int]:
         return sorted(self.rates) if self.rates else doubling_rates(
-            250, 16000, extra=(REFERENCE_RATE,))
+            125, 16000, extra=(REFERENCE_RATE,))
 
 
 @dataclass(slots=True)
@@ -244,6 +245,15 @@ def figures(raw: Raw) -> list[Figure]:
             out.append(Figure("e2e.p99", f"end to end p99 at {REFERENCE_RATE:,}/s", "ms",
                               tuple(float(r.p99_ms) for r in at_ref), target="≤ 1,000 ms",
                               target_ratio=P99_MAX_MS, at_most=True))
+        # Where the time goes, at the highest rate that held and at the reference rate.
+        for rate in sorted({best or 0, REFERENCE_RATE} - {0}):
+            hop_runs = [r for r in raw.latency_runs if r.rate_per_s == rate and r.hops]
+            for hop in HOPS if hop_runs else ():
+                for q in ("p50", "p99"):
+                    out.append(Figure(
+                        f"e2e.hop.{rate}.{hop}.{q}", f"at {rate:,}/s, {hop} hop {q}", "ms",
+                        tuple(float(r.hops[hop][f"{q}_ms"]) for r in hop_runs
+                              if hop in r.hops)))
     cpu_rows: list[tuple[str, str, list[float]]] = []
     rss_rows: list[tuple[str, str, list[float]]] = []
     for stage in STAGES:

@@ -113,7 +113,7 @@ def _suite_options(f: Any) -> Any:
 
 def _latency_options(f: Any) -> Any:
     f = click.option("--rates", default=None,
-                     help="Comma-separated rates to try, ascending [default 250, 500, 1000, "
+                     help="Comma-separated rates to try, ascending [default 125, 250, 500, 1000, "
                           "2000, ... 16000; --quick 500,1000,2000].")(f)
     return click.option("--duration", type=click.FloatRange(min=1), default=None,
                         help="Seconds of load per latency run [default 20; --quick 8].")(f)

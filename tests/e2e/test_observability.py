@@ -56,7 +56,7 @@ def test_prometheus_scrapes_every_process_and_every_query_works(
     assert rules, "no rules found under deploy/prometheus/rules"
     seen: dict[str, Any] = {}
 
-    def inspect(procs: list[ProcessSpec], prefix: str) -> None:
+    def inspect(procs: list[ProcessSpec], prefix: str, _started_s: float) -> None:
         run = prefix.rstrip(".")
         # Every /metrics page is valid exposition format.
         for spec in procs:

@@ -14,10 +14,13 @@ from settle.benchmarks.measure import (
     descendants,
     doubling_rates,
     fmt_number,
+    hop_latencies,
+    hop_summary,
     markdown_table,
     median,
     parse_sink_summary,
     per_1000,
+    percentile,
     ratio,
     search_rates,
     stat_cpu_ticks,
@@ -188,3 +191,25 @@ def test_validate_cpu_bench_checks_every_outcome() -> None:
     w.expected = Counter({"routed": 300})
     with pytest.raises(RuntimeError, match="differ from the expected"):
         run_once(w)
+
+
+def test_hops_split_each_payment_between_the_stages() -> None:
+    requested = {"a": 1000, "b": 1010, "warm": 10, "declined": 1020}
+    routed = {"a": 1020, "b": 1015, "warm": 20, "declined": 1030}
+    confirmed = {"a": 1120, "b": 1300, "warm": 30, "declined": 1100}
+    results = {"a": 1150, "b": 1900, "warm": 40}        # the declined one has no result
+    posted = {"a": 1400, "b": 2000, "warm": 50}
+    hops = hop_latencies(requested, routed, confirmed, results, posted, since_ms=1000)
+    assert hops == {"validate": [20, 5], "channel": [100, 285], "reconcile": [30, 600],
+                    "ledger sink": [250, 100]}
+    # Each payment's hops add up to its end-to-end time.
+    assert sum(h[0] for h in hops.values()) == posted["a"] - requested["a"]
+    summary = hop_summary(hops)
+    assert summary["reconcile"] == {"p50_ms": 30, "p99_ms": 600, "n": 2}
+
+
+def test_percentile_is_nearest_rank_like_percentile_disc() -> None:
+    values = list(range(1, 101))  # 1..100
+    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
+    assert percentile(values[::-1], 1.0) == 100  # unsorted input
+    assert percentile([7], 0.99) == 7 and percentile([], 0.5) == 0
