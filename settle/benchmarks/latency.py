@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,19 +41,15 @@ class LatencyRun:
                 "p99_ms": self.p99_ms, "books_ok": self.books_ok, "hops": self.hops}
 
 
-def _first_timestamps(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+def _first_timestamps(consumer: Any, topics: Sequence[str]) -> dict[str, int]:
     """payment_id (the record key) -> timestamp of its first record on any of `topics`."""
-    consumer = make_consumer(settings.kafka, group_id=f"settle-bench-hops-{uuid.uuid4()}")
     out: dict[str, int] = {}
-    try:
-        for topic in topics:
-            for rec in read_topic(consumer, topic):
-                if rec.key is not None:
-                    pid = rec.key.decode("utf-8", "replace")
-                    if pid not in out or rec.timestamp_ms < out[pid]:
-                        out[pid] = rec.timestamp_ms
-    finally:
-        consumer.close()
+    for topic in topics:
+        for rec in read_topic(consumer, topic):
+            if rec.key is not None:
+                pid = rec.key.decode("utf-8", "replace")
+                if pid not in out or rec.timestamp_ms < out[pid]:
+                    out[pid] = rec.timestamp_ms
     return out
 
 
@@ -65,10 +61,27 @@ def collect_hops(settings: Settings, prefix: str, since_ms: int) -> dict[str, di
         posted = {str(pid): int(ms) for pid, ms in conn.execute(
             "SELECT payment_id, (EXTRACT(EPOCH FROM posted_at) * 1000)::bigint"
             "  FROM ledger_journals").fetchall()}
-    return hop_summary(hop_latencies(
-        _first_timestamps(settings, [t.requested]), _first_timestamps(settings, t.all_routed),
-        _first_timestamps(settings, [t.confirmations]),
-        _first_timestamps(settings, [t.results]), posted, since_ms=since_ms))
+    consumer = make_consumer(settings.kafka, group_id=f"settle-bench-hops-{uuid.uuid4()}")
+    try:
+        requested = _first_timestamps(consumer, [t.requested])
+        routed = _first_timestamps(consumer, t.all_routed)
+        confirmed = _first_timestamps(consumer, [t.confirmations])
+        results = _first_timestamps(consumer, [t.results])
+    finally:
+        consumer.close()
+    return hop_summary(hop_latencies(requested, routed, confirmed, results, posted,
+                                     since_ms=since_ms))
+
+
+def _hop_inspector(settings: Settings, say: Say,
+                   into: dict[str, dict[str, int]]) -> Callable[[Any, str, float], None]:
+    """run_e2e's inspect hook: fills `into` with the run's hops before the teardown."""
+    def inspect(_procs: Any, prefix: str, started_s: float) -> None:
+        try:
+            into.update(collect_hops(settings, prefix, int(started_s * 1000)))
+        except Exception as exc:  # a diagnostic: the run's figures stand without it
+            say(f"hop breakdown failed: {type(exc).__name__}: {exc}")
+    return inspect
 
 
 def measure_rate(settings: Settings, rate: int, duration_s: float, runs: int, seed: int,
@@ -79,16 +92,9 @@ def measure_rate(settings: Settings, rate: int, duration_s: float, runs: int, se
     for run in range(runs):
         say(f"end to end at {rate:,}/s for {duration_s:g}s, run {run + 1}/{runs}")
         hops: dict[str, dict[str, int]] = {}
-
-        def inspect(_procs: Any, prefix: str, started_s: float,
-                    hops: dict[str, dict[str, int]] = hops) -> None:
-            try:
-                hops.update(collect_hops(settings, prefix, int(started_s * 1000)))
-            except Exception as exc:  # a diagnostic: the run's figures stand without it
-                say(f"hop breakdown failed: {type(exc).__name__}: {exc}")
-
         r = run_e2e(settings, out_dir / f"latency-{rate}-run{run + 1}", count, seed + run,
-                    rate_per_s=float(rate), say=say, warmup=WARMUP_PAYMENTS, inspect=inspect)
+                    rate_per_s=float(rate), say=say, warmup=WARMUP_PAYMENTS,
+                    inspect=_hop_inspector(settings, say, hops))
         published = round(count / max(r.publish_s, 1e-3), 1)
         item = LatencyRun(rate, count, published, r.latency_ms_p50, r.latency_ms_p99,
                           bool(r.books.ok and r.ingest.balanced), hops)
