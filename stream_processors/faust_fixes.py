@@ -67,6 +67,17 @@ was then dropped as the duplicate (`settle chaos` scenario
 registry-down-at-start-two-workers: 2 requests of 3,000 in its first run). Now the first of
 those records is a jump: the partition is sought back to its first offset and the rest of
 the batch is skipped.
+
+Eighth, the order of the seek's steps. aiokafka's seek_to_committed looks up each partition's
+committed offset and seeks it before looking up the next, and the first-offset lookup of the
+seventh fix came after the seeks: while those awaits ran, the fetcher read from partitions
+already sought and the drain loop handed the records over, and perform_seek's reset (read
+offsets back to "committed - 1", stream queues emptied) then threw them away. Where more
+records followed, the next one was a jump and the partition was read again; a partition's
+last record stayed unread until the next rebalance (test_delivery_failure: a lone request,
+never routed, three runs in three). Every lookup now comes first and all the seeks are made
+in one step with no await after them, so the reset always precedes the hand-over of a
+record fetched from a new position.
 """
 
 from __future__ import annotations
@@ -101,38 +112,51 @@ async def seek_to_committed_or_reset(
 
     Returns the committed offsets, except that a partition sought to the beginning maps to
     its first offset: the offset its stream reads next, which is what a commit must start at.
+
+    Every lookup (committed offsets, first offsets) is made before the first seek, and the
+    seeks are made together, with no await between them or after them. A record fetched from
+    a new position can then only reach the drain loop after the caller (perform_seek) has
+    reset its read offsets and emptied the stream queues in the step that resumes it.
+    aiokafka's own seek_to_committed awaited each partition's lookup between seeks (and the
+    first-offset lookup came after them): a record fetched from a partition already sought was
+    handed over, then thrown away by that reset, and with no record after it to show the gap
+    it was never read again (tests/integration/test_delivery_failure.py, a lone request on its
+    partition: never routed, three runs in three).
     """
-    committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
-    to_beginning = []
-    for tp, offset in committed.items():
-        if tp.topic in changelog_topics or (offset is not None and offset > 0):
+    partitions = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+    committed: dict[Any, int | None] = {}
+    for tp in partitions:
+        committed[tp] = await consumer.committed(tp)
+    to_beginning = [tp for tp in partitions if tp.topic not in changelog_topics
+                    and committed[tp] is None and reset_earliest]
+    beginnings: Mapping[Any, int] = {}
+    if to_beginning:
+        try:
+            beginnings = await consumer.beginning_offsets(to_beginning)
+        except Exception as exc:  # the broker went away between the two requests
+            log.error("seek: cannot read the first offsets of %s (%r); reading them from "
+                      "offset 0 (the reset moves that to the first offset) and committing none "
+                      "of them past offset 0 until the next rebalance",
+                      _names(to_beginning), exc)
+    # From here to the return: no await.
+    floor = dict(committed)
+    for tp in partitions:
+        offset = committed[tp]
+        if offset is not None and offset > 0:
+            consumer.seek(tp, offset)  # what aiokafka's seek_to_committed does
             continue
+        if tp.topic in changelog_topics or (offset is None and not reset_earliest):
+            continue
+        # The commit needs a floor on these partitions too: the first offset still on the
+        # log is the first record the stream must acknowledge (see new_offset).
+        target = 0 if offset == 0 else beginnings.get(tp, 0)
         position = _position(consumer, tp)
-        if offset is None:
-            if not reset_earliest:
-                continue
-            to_beginning.append(tp)
-        else:
-            consumer.seek(tp, 0)
+        consumer.seek(tp, target)
+        floor[tp] = target
         if position:
             log.warning("seek: %s/%s has %s committed but its fetch position was %s; "
-                        "reading it again from the %s", tp.topic, tp.partition,
-                        "nothing" if offset is None else "offset 0", position,
-                        "beginning" if offset is None else "offset 0")
-    if not to_beginning:
-        return committed
-    await consumer.seek_to_beginning(*to_beginning)
-    # The commit needs a floor on these partitions too: the first offset still on the log is
-    # the first record the stream must acknowledge (see new_offset).
-    floor = dict(committed)
-    try:
-        beginnings: Mapping[Any, int] = await consumer.beginning_offsets(to_beginning)
-    except Exception as exc:  # the broker went away between the two requests
-        log.error("seek: cannot read the first offsets of %s (%r); committing none of them "
-                  "past offset 0 until the next rebalance", _names(to_beginning), exc)
-        beginnings = {}
-    for tp in to_beginning:
-        floor[tp] = beginnings.get(tp, 0)
+                        "reading it again from offset %s", tp.topic, tp.partition,
+                        "nothing" if offset is None else "offset 0", position, target)
     return floor
 
 
