@@ -536,6 +536,14 @@ class Runner:
                 else:
                     pipeline.start_all()
                     monitor.start()
+                    # The faults are mid-stream: start the traffic (and the fault clock) once
+                    # the workers are up. A faust worker that starts during a broker outage
+                    # exits (faust raises on topic creation) and only a restart helps; on a
+                    # loaded machine start-up could reach the first fault (kafka-down-long
+                    # in CI: both settle workers died at 11.7 s, broker down from 9.6 s).
+                    waited, missing = pipeline.wait_workers_joined(120.0)
+                    self.say(f"workers joined their groups after {waited:.1f}s"
+                             + (f" (not joined: {', '.join(missing)})" if missing else ""))
                     publisher.start()
                 while publisher.started_at == 0.0 and publisher.is_alive():
                     time.sleep(0.05)

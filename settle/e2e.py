@@ -169,6 +169,37 @@ class IsolatedPipeline:
     def pid(self, name: str) -> int | None:
         return processes.running_pid(self.run_dir, name)
 
+    def wait_workers_joined(self, timeout_s: float) -> tuple[float, list[str]]:
+        """Wait until every faust stage's consumer group is stable with all its workers.
+
+        A faust worker creates its topics and starts its producer before it joins its group,
+        so a joined group means the worker is past the start-up steps that need the broker.
+        Returns the seconds waited and the stages still not joined at the timeout.
+        """
+        from confluent_kafka import ConsumerGroupState
+
+        from settle.topics import admin_client
+
+        wanted: dict[str, int] = {}
+        for spec in self.procs.values():
+            if spec.args[:1] == ("worker",):
+                group = f"{self.prefix}settle-{spec.args[1]}"
+                wanted[group] = wanted.get(group, 0) + 1
+        admin = admin_client(self.base.kafka)
+        started = time.monotonic()
+        missing = sorted(wanted)
+        while missing and time.monotonic() - started < timeout_s:
+            try:
+                futures = admin.describe_consumer_groups(missing, request_timeout=5)
+                missing = [g for g, f in sorted(futures.items())
+                           if not ((d := f.result(timeout=10)).state == ConsumerGroupState.STABLE
+                                   and len(d.members) >= wanted[g])]
+            except Exception:  # the broker is busy or away: ask again
+                pass
+            if missing:
+                time.sleep(0.5)
+        return time.monotonic() - started, [g[len(self.prefix):] for g in missing]
+
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.run_dir / "logs" / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
