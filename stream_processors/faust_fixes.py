@@ -78,13 +78,20 @@ last record stayed unread until the next rebalance (test_delivery_failure: a lon
 never routed, three runs in three). Every lookup now comes first and all the seeks are made
 in one step with no await after them, so the reset always precedes the hand-over of a
 record fetched from a new position.
+
+Ninth, a committed offset that retention has deleted past. aiokafka seeks to it, the fetcher
+resets to the first offset left, and the commit, whose floor is the committed offset, never
+moves again on that partition (every restart re-reads everything after it). The seek now
+looks up the first offsets of every input partition, counts the deleted records
+(settle_input_records_expired_total, alert SettleInputExpired), logs the range and reads on
+from the first offset (tests/integration/test_input_expired.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from faust.transport import consumer as faust_consumer
@@ -105,8 +112,15 @@ def _position(consumer: Any, tp: Any) -> int | None:
         return None
 
 
+def _count_expired(tp: Any, records: int) -> None:
+    from stream_processors import metrics
+
+    metrics.INPUT_EXPIRED.labels(tp.topic).inc(records)
+
+
 async def seek_to_committed_or_reset(
-    consumer: Any, changelog_topics: frozenset[str] | set[str], reset_earliest: bool
+    consumer: Any, changelog_topics: frozenset[str] | set[str], reset_earliest: bool,
+    on_expired: Callable[[Any, int], None] = _count_expired,
 ) -> Mapping[Any, int | None]:
     """aiokafka's seek_to_committed, plus an explicit seek where it would not move.
 
@@ -122,41 +136,59 @@ async def seek_to_committed_or_reset(
     handed over, then thrown away by that reset, and with no record after it to show the gap
     it was never read again (tests/integration/test_delivery_failure.py, a lone request on its
     partition: never routed, three runs in three).
+
+    A committed offset below the partition's first offset means retention deleted records
+    this group never processed: they are counted (`on_expired`, the
+    settle_input_records_expired_total counter that pages), logged, and reading resumes at
+    the first offset. Seeking to the committed offset instead would reset to the first offset
+    anyway, and the commit, whose floor is the committed offset, would never move again.
     """
     partitions = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
     committed: dict[Any, int | None] = {}
     for tp in partitions:
         committed[tp] = await consumer.committed(tp)
-    to_beginning = [tp for tp in partitions if tp.topic not in changelog_topics
-                    and committed[tp] is None and reset_earliest]
+    lookup = [tp for tp in partitions if tp.topic not in changelog_topics
+              and (committed[tp] is not None or reset_earliest)]
     beginnings: Mapping[Any, int] = {}
-    if to_beginning:
+    if lookup:
         try:
-            beginnings = await consumer.beginning_offsets(to_beginning)
+            beginnings = await consumer.beginning_offsets(lookup)
         except Exception as exc:  # the broker went away between the two requests
-            log.error("seek: cannot read the first offsets of %s (%r); reading them from "
-                      "offset 0 (the reset moves that to the first offset) and committing none "
-                      "of them past offset 0 until the next rebalance",
-                      _names(to_beginning), exc)
+            log.error("seek: cannot read the first offsets of %s (%r); reading those with "
+                      "nothing committed from offset 0 (the reset moves that to the first "
+                      "offset) and committing none of them past offset 0 until the next "
+                      "rebalance", _names(lookup), exc)
     # From here to the return: no await.
     floor = dict(committed)
     for tp in partitions:
         offset = committed[tp]
-        if offset is not None and offset > 0:
-            consumer.seek(tp, offset)  # what aiokafka's seek_to_committed does
+        if tp.topic in changelog_topics:
+            if offset is not None and offset > 0:
+                consumer.seek(tp, offset)  # what aiokafka's seek_to_committed does
             continue
-        if tp.topic in changelog_topics or (offset is None and not reset_earliest):
-            continue
-        # The commit needs a floor on these partitions too: the first offset still on the
-        # log is the first record the stream must acknowledge (see new_offset).
-        target = 0 if offset == 0 else beginnings.get(tp, 0)
-        position = _position(consumer, tp)
+        first = beginnings.get(tp)
+        if offset is None:
+            if not reset_earliest:
+                continue
+            target = first if first is not None else 0
+        elif first is not None and offset < first:
+            log.error("seek: %s/%s has offset %s committed but its first offset is %s: "
+                      "retention deleted %d records this group never processed; reading on "
+                      "from %s", tp.topic, tp.partition, offset, first, first - offset, first)
+            on_expired(tp, first - offset)
+            target = first
+        else:
+            target = offset
+        if offset is None or offset == 0:
+            position = _position(consumer, tp)
+            if position:
+                log.warning("seek: %s/%s has %s committed but its fetch position was %s; "
+                            "reading it again from offset %s", tp.topic, tp.partition,
+                            "nothing" if offset is None else "offset 0", position, target)
         consumer.seek(tp, target)
+        # The floor of the next commit (see new_offset): the first record the stream must
+        # acknowledge.
         floor[tp] = target
-        if position:
-            log.warning("seek: %s/%s has %s committed but its fetch position was %s; "
-                        "reading it again from offset %s", tp.topic, tp.partition,
-                        "nothing" if offset is None else "offset 0", position, target)
     return floor
 
 

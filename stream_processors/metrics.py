@@ -30,6 +30,12 @@ REGISTRY_RETRIES = Counter(
     "settle_registry_retries_total", "Records retried because the registry was unavailable",
     ["stage"],
 )
+INPUT_EXPIRED = Counter(
+    "settle_input_records_expired_total",
+    "Input records deleted by retention before this stage's consumer group processed them "
+    "(found at a rebalance: the committed offset was below the partition's first offset)",
+    ["topic"],
+)
 MERCHANTS_KNOWN = Gauge("settle_merchants_known", "Merchants in this worker's directory")
 DEDUP_ENTRIES = Gauge("settle_dedup_entries", "payment_ids remembered for idempotency")
 

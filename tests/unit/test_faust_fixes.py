@@ -90,25 +90,29 @@ class FakeAioConsumer:
         await asyncio.sleep(0)
         if self.first_offset is None:
             raise TimeoutError("ListOffsets timed out")
-        return {tp: self.first_offset for tp in tps}
+        first = self.first_offset
+        return {tp: first.get(tp, 0) if isinstance(first, dict) else first for tp in tps}
 
-    first_offset: int | None = 0
+    first_offset: int | dict[TP, int] | None = 0
 
 
 def _seek(committed: dict[TP, int | None], reset_earliest: bool = True,
-          first_offset: int | None = 0) -> tuple[FakeAioConsumer, Any]:
+          first_offset: int | dict[TP, int] | None = 0,
+          expired: list[tuple[TP, int]] | None = None) -> tuple[FakeAioConsumer, Any]:
     consumer = FakeAioConsumer(committed)
     consumer.first_offset = first_offset
     changelogs = {"app-payments-seen-changelog"}
-    result: Any = asyncio.run(
-        faust_fixes.seek_to_committed_or_reset(consumer, changelogs, reset_earliest))
+    found: list[tuple[TP, int]] = [] if expired is None else expired
+    result: Any = asyncio.run(faust_fixes.seek_to_committed_or_reset(
+        consumer, changelogs, reset_earliest, on_expired=lambda tp, n: found.append((tp, n))))
     return consumer, result
 
 
 def test_partitions_without_a_positive_commit_are_sought_explicitly() -> None:
     none, zero, five = TP("in", 0), TP("in", 1), TP("in", 2)
     changelog = TP("app-payments-seen-changelog", 0)
-    consumer, result = _seek({none: None, zero: 0, five: 5, changelog: None}, first_offset=7)
+    consumer, result = _seek({none: None, zero: 0, five: 5, changelog: None},
+                             first_offset={none: 7})
     # Nothing committed: the first offset (7); 0 committed: 0; 5 committed: 5 (what aiokafka
     # does); the changelog is left to faust.
     assert sorted(consumer.seeks) == [(none, 7), (zero, 0), (five, 5)]
@@ -127,6 +131,18 @@ def test_every_lookup_is_made_before_the_first_seek() -> None:
     first_seek = kinds.index("seek")
     assert all(kind == "seek" for kind in kinds[first_seek:]), kinds
     assert kinds.count("committed") == len(tps) and kinds.count("beginning_offsets") == 1
+
+
+def test_a_commit_below_the_first_offset_is_counted_and_read_on_from_there() -> None:
+    """Retention deleted records the group never processed: say how many, and do not stall
+    (the commit's floor would stay below every offset still on the log)."""
+    behind, zero, fine = TP("in", 0), TP("in", 1), TP("in", 2)
+    expired: list[tuple[TP, int]] = []
+    consumer, result = _seek({behind: 5, zero: 0, fine: 12},
+                             first_offset={behind: 9, zero: 4, fine: 3}, expired=expired)
+    assert sorted(consumer.seeks) == [(behind, 9), (zero, 4), (fine, 12)]
+    assert result == {behind: 9, zero: 4, fine: 12}
+    assert sorted(expired) == [(behind, 4), (zero, 4)]
 
 
 def test_a_failed_first_offset_lookup_floors_the_commit_at_zero() -> None:
