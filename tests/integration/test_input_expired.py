@@ -12,40 +12,30 @@ from __future__ import annotations
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import TopicPartition
 
 from producers.producer import AvroProducer
 from settle.audit_ingest import read_topic
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.smoke import registry_client
-from settle.topics import admin_client, create_topics, delete_topics
+from settle.topics import admin_client
 from stream_processors.topics import TopicNames
-from tests.integration.test_ingest_stage import now_ms, payment, start_worker, stop
+from tests.integration.test_delivery_failure import _committed
+from tests.integration.test_ingest_stage import (  # noqa: F401 - prefix is a fixture
+    now_ms,
+    payment,
+    prefix,
+    start_worker,
+    stop,
+)
 
 pytestmark = pytest.mark.integration
 
 METRICS_PORT = 19393
-
-
-@pytest.fixture()
-def prefix(stack: Settings) -> Iterator[str]:
-    p = f"t{uuid.uuid4().hex[:8]}."
-    create_topics(stack.kafka, name_prefix=p)
-    yield p
-    delete_topics(stack.kafka, TopicNames(p).all)
-
-
-def _committed(stack: Settings, group: str, topic: str) -> dict[int, int]:
-    admin = admin_client(stack.kafka)
-    result = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group)])[group].result(timeout=30)
-    return {tp.partition: tp.offset for tp in result.topic_partitions or []
-            if tp.topic == topic and tp.offset >= 0}
 
 
 def _routed_keys(stack: Settings, topics: TopicNames) -> list[bytes | None]:
@@ -57,7 +47,7 @@ def _routed_keys(stack: Settings, topics: TopicNames) -> list[bytes | None]:
 
 
 def test_inputs_deleted_before_processing_are_counted_and_read_past(
-        stack: Settings, prefix: str, tmp_path: Path) -> None:
+        stack: Settings, prefix: str, tmp_path: Path) -> None:  # noqa: F811 - the fixture
     topics = TopicNames(prefix)
     group = f"{prefix}settle-validate"
     registry = registry_client(stack)
