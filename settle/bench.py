@@ -17,9 +17,8 @@ from producers.merchants import load_merchants, publish_merchants, sample_mercha
 from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
-from settle.audit_ingest import end_offsets
+from settle.benchmarks.common import Offsets
 from settle.config import Settings
-from settle.kafka import make_consumer
 from settle.smoke import registry_client
 from settle.topics import create_topics, delete_prefixed_topics
 from stream_processors.topics import TopicNames
@@ -69,14 +68,6 @@ def preload_validate(settings: Settings, topics: TopicNames, count: int, seed: i
     return expected["routed"] + expected["rejected"] + expected["dead_lettered"]
 
 
-def total_end_offsets(settings: Settings, topic_names: list[str]) -> int:
-    consumer = make_consumer(settings.kafka, group_id=f"bench-{uuid.uuid4()}")
-    try:
-        return sum(sum(end_offsets(consumer, t).values()) for t in topic_names)
-    finally:
-        consumer.close()
-
-
 def run_stage(
     settings: Settings,
     stage: str,
@@ -96,12 +87,15 @@ def run_stage(
     )
     first_t = cpu_first = None
     rss_peak = 0.0
+    # One long-lived consumer for the end offsets: a consumer made per poll cost the bench
+    # about half a core, taken from the worker it measures on a 2-core machine.
+    offsets = Offsets(settings)
     try:
         deadline = started + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{stage} worker exited with {proc.returncode}")
-            done = total_end_offsets(settings, output_topics)
+            done = offsets.end(output_topics)
             now = time.monotonic()
             rss_peak = max(rss_peak, rss_mib(proc.pid))
             if done > 0 and first_t is None:
@@ -120,6 +114,7 @@ def run_stage(
             time.sleep(0.2)
         raise TimeoutError(f"{stage}: {expected_outputs} outputs not reached in {timeout_s}s")
     finally:
+        offsets.close()
         proc.terminate()
         try:
             proc.wait(timeout=30)
