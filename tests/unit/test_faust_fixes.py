@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 from intervaltree import IntervalTree
+from mode.utils import queues as mode_queues
 
 from settle.chaos import offset_ranges
 from stream_processors import faust_fixes
@@ -271,3 +272,42 @@ def test_perform_seek_keeps_a_zero_floor_that_faust_would_drop() -> None:
         return consumer._committed_offset
 
     assert asyncio.run(run()) == {TP("in", 0): 0, TP("in", 1): 0}
+
+
+def test_hand_over_is_awaited_directly_only_when_nothing_can_make_it_wait() -> None:
+    from types import SimpleNamespace
+
+    async def run() -> list[bool]:
+        flow = mode_queues.FlowControlEvent(initially_suspended=False)
+        queue: mode_queues.FlowControlQueue[int] = mode_queues.FlowControlQueue(
+            maxsize=2, flow_control=flow)
+        lock = asyncio.Lock()
+        buffer = SimpleNamespace(size=0, max_messages=100)
+        conductor = SimpleNamespace(
+            _topic_name_index=defaultdict(list, {T.topic: [SimpleNamespace(queue=queue)]}),
+            _tp_to_callback_lock=lock)
+        consumer = SimpleNamespace(
+            app=SimpleNamespace(topics=conductor, flow_control=flow,
+                                producer=SimpleNamespace(buffer=buffer)),
+            suspend_flow=asyncio.Event())
+        ready = faust_fixes.hand_over_ready(consumer)
+        seen = [ready(T.topic), ready("a topic nobody reads")]
+        queue.put_nowait(1)
+        queue.put_nowait(2)
+        seen.append(ready(T.topic))            # the stream's queue is full
+        queue.clear()
+        buffer.size = 101
+        seen.append(ready(T.topic))            # the producer buffer waits to ebb
+        buffer.size = 0
+        consumer.suspend_flow.set()
+        seen.append(ready(T.topic))            # a rebalance began
+        consumer.suspend_flow.clear()
+        flow.suspend()
+        seen.append(ready(T.topic))            # the flow is suspended
+        flow.resume()
+        async with lock:
+            seen.append(ready(T.topic))        # the subscription is changing
+        seen.append(ready(T.topic))
+        return seen
+
+    assert asyncio.run(run()) == [True, True, False, False, False, False, False, True]
