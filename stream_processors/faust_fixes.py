@@ -85,6 +85,12 @@ moves again on that partition (every restart re-reads everything after it). The 
 looks up the first offsets of every input partition, counts the deleted records
 (settle_input_records_expired_total, alert SettleInputExpired), logs the range and reads on
 from the first offset (tests/integration/test_input_expired.py).
+
+Not a fault but a cost, in the same loop: faust awaits every record's hand-over to the
+streams inside ``wait_first`` (four tasks and an ``asyncio.wait`` per record). The loop now
+awaits the hand-over directly whenever it cannot wait on anything (``hand_over_ready``), and
+keeps faust's path for the cases where it can; a third less CPU per record in the validate
+worker (README, Performance).
 """
 
 from __future__ import annotations
