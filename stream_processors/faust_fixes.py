@@ -89,8 +89,8 @@ from the first offset (tests/integration/test_input_expired.py).
 Not a fault but a cost, in the same loop: faust awaits every record's hand-over to the
 streams inside ``wait_first`` (four tasks and an ``asyncio.wait`` per record). The loop now
 awaits the hand-over directly whenever it cannot wait on anything (``hand_over_ready``), and
-keeps faust's path for the cases where it can; a third less CPU per record in the validate
-worker (README, Performance).
+keeps faust's path for the cases where it can; about a quarter less CPU per record in the
+validate worker (README, Performance).
 """
 
 from __future__ import annotations
@@ -344,8 +344,8 @@ def hand_over_ready(consumer: Any) -> Callable[[str], bool]:
     """A check that the hand-over of a record of `topic` would finish without waiting.
 
     faust awaits every record's hand-over inside ``wait_first`` (so a rebalance or a stop can
-    cut a blocked one short), which makes four tasks and an ``asyncio.wait`` per record:
-    about a tenth of a validate worker's CPU, and an event-loop turn per record. The
+    cut a blocked one short), which makes four tasks, an ``asyncio.wait`` and an event-loop
+    turn per record. The
     hand-over (the conductor's ``on_message``) only ever waits on the flow control during a
     rebalance, the producer buffer when full, the callback lock during a subscription
     change, or a full stream queue. When none of those holds it runs to the end in one step,
