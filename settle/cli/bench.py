@@ -8,12 +8,13 @@ from typing import Any
 import click
 from rich.table import Table
 
-from settle.cli.common import console, settings
+from settle.cli.common import console, settings, unwind_on_sigterm
 
 
 @click.group("bench")
 def bench() -> None:
     """Benchmarks on the real stack; reports go to .bench/ (JSON and a table)."""
+    unwind_on_sigterm()
 
 
 @bench.command("validate")

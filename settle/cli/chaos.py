@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from settle.cli.common import console, settings
+from settle.cli.common import console, settings, unwind_on_sigterm
 
 
 @click.command("chaos")
@@ -37,6 +37,8 @@ def chaos(seed: int, duration_s: float, rate_per_s: float, dry_run: bool,
     with no duplicate, no loss and in = out.
     """
     from settle.chaos import STORM, random_plan, run_plan
+
+    unwind_on_sigterm()
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     plan = random_plan(seed, duration_s, rate_per_s)
