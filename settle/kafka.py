@@ -27,7 +27,7 @@ def producer_config(
         # reconciler's table lookup needs a payment_id in the same partition on both sides.
         "partitioner": "murmur2_random",
         "compression.type": "lz4",
-        "linger.ms": 5,
+        "linger.ms": settings.producer_linger_ms,
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 200000,
         # Give up on a message after two minutes and say so through the delivery report,

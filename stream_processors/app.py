@@ -12,6 +12,7 @@ from schemas.errors import RegistryUnavailable
 from settle.config import Settings
 from settle.keyring import KeyringError, KeyringWatcher, configured_keyring
 from stream_processors import metrics
+from stream_processors.aiokafka_fixes import install as install_aiokafka_fixes
 from stream_processors.delivery import DeliveryGuard
 from stream_processors.faust_fixes import install as install_faust_fixes
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
@@ -54,6 +55,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     kafka = settings.kafka
     (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)
     install_faust_fixes()  # offsets: see stream_processors/faust_fixes.py
+    install_aiokafka_fixes()  # one produce request per broker: stream_processors/aiokafka_fixes.py
 
     return faust.App(
         app_id,
@@ -72,9 +74,11 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # aiokafka's default linger of 0 sends one produce request per record; a few ms of
-        # linger batches them (profiled: socket writes were the largest cost per record).
-        producer_linger=0.01,
+        # aiokafka's default linger of 0 sends one produce request per record. With the
+        # per-broker drain (aiokafka_fixes) a linger batches every partition's records into
+        # one request; 50 ms took a third of the CPU off each stage and the broker at
+        # 125 payments/s end to end, for about 50 ms more latency per hop (README).
+        producer_linger=kafka.stage_linger_ms / 1000,
         producer_max_batch_size=262144,
         producer_compression_type="lz4",
         stream_buffer_maxsize=8192,

@@ -26,6 +26,7 @@ from quixstreams import Application, message_context
 from quixstreams.models.serializers import Serializer
 
 from schemas.registry import RegistryClient
+from settle.config import load as load_settings
 from settlement.model import Merchant
 from stream_processors import settings as ps_settings
 from stream_processors.ingest import DEDUPLICATED, IngestProcessor, SeenIndex, now_ms
@@ -114,7 +115,8 @@ def main() -> None:
         commit_interval=1.0,
         state_dir=os.environ["QUIX_STATE_DIR"],
         # The same client choices as our faust stage where they matter for throughput.
-        producer_extra_config={"compression.type": "lz4", "linger.ms": 10,
+        producer_extra_config={"compression.type": "lz4",
+                               "linger.ms": load_settings().kafka.stage_linger_ms,
                                "partitioner": "murmur2_random"},
         loglevel="WARNING",
     )
