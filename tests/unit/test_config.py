@@ -27,7 +27,8 @@ def test_environment_overrides_every_address() -> None:
 
 
 @pytest.mark.parametrize(
-    "name,value", [("SETTLE_PG_PORT", "abc"), ("SETTLE_TOPIC_PARTITIONS", "0")]
+    "name,value", [("SETTLE_PG_PORT", "abc"), ("SETTLE_TOPIC_PARTITIONS", "0"),
+                   ("SETTLE_STAGE_LINGER_MS", "fast"), ("SETTLE_PRODUCER_LINGER_MS", "-1")]
 )
 def test_malformed_settings_are_refused_with_the_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -42,3 +43,9 @@ def test_secrets_are_masked_everywhere_but_reveal() -> None:
     assert "hunter2" in s.postgres.conninfo()
     assert s.kafka.client_config()["sasl.password"] == "s3cret"
     assert str(Secret("x")) == "***" and Secret("x").reveal() == "x"
+
+
+def test_lingers_default_and_override() -> None:
+    assert (load({}).kafka.stage_linger_ms, load({}).kafka.producer_linger_ms) == (50, 25)
+    s = load({"SETTLE_STAGE_LINGER_MS": "0", "SETTLE_PRODUCER_LINGER_MS": "5"})
+    assert (s.kafka.stage_linger_ms, s.kafka.producer_linger_ms) == (0, 5)
