@@ -25,7 +25,7 @@ from settle.keyring import ensure_run_keyring, load_keyring
 from settle.processes import ProcessSpec
 from settle.smoke import registry_client
 from settle.topics import create_topics, delete_prefixed_topics
-from sinks.db import connect
+from sinks.db import connect, drop_database
 from sinks.migrate import migrate
 from stream_processors.topics import TopicNames
 
@@ -221,7 +221,7 @@ class IsolatedPipeline:
         if self._created:
             delete_prefixed_topics(self.base.kafka, self.prefix)
         with connect(self.base.postgres, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+            drop_database(conn, self.dbname)
 
 
 @contextmanager

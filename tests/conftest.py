@@ -62,19 +62,19 @@ def _reachable(host_port: str, timeout_s: float = 2.0) -> bool:
 @pytest.fixture(scope="session")
 def stack(_services: config.Settings) -> Iterator[config.Settings]:
     """The real stack with a fresh, migrated database of this session's own."""
-    from sinks.db import connect
+    from sinks.db import connect, drop_database
     from sinks.migrate import migrate
 
     admin = _services.postgres
     maint = config.PostgresSettings(admin.host, admin.port, admin.user, admin.password, _MAIN_DB)
     with psycopg.connect(maint.conninfo(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        drop_database(conn, TEST_DB)
         conn.execute(f'CREATE DATABASE "{TEST_DB}"')
     with connect(_services.postgres) as conn:
         migrate(conn)
     yield _services
     with psycopg.connect(maint.conninfo(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        drop_database(conn, TEST_DB)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from settle.benchmarks.measure import descendants, per_1000, stat_cpu_ticks, sta
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.topics import create_topics, delete_prefixed_topics
-from sinks.db import connect
+from sinks.db import connect, drop_database
 from sinks.migrate import migrate
 from stream_processors.topics import TopicNames
 
@@ -248,4 +248,4 @@ class Isolated:
         with connect(self.base.postgres, autocommit=True) as conn:
             for db in [self.dbname, *self.extra_dbs]:
                 if db:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                    drop_database(conn, db)

@@ -23,7 +23,7 @@ from settle.topics import (
     delete_topics,
 )
 from sinks.base import SourceRecord
-from sinks.db import connect
+from sinks.db import connect, drop_database, drop_database_plain
 from sinks.errors import DatabaseUnavailable
 from sinks.ledger_sink import LedgerWriter
 from sinks.migrate import migrate
@@ -287,8 +287,7 @@ def test_concurrent_migrations_of_several_databases(stack: Settings) -> None:
 
     with connect(stack.postgres, autocommit=True) as admin:
         for name in names:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            drop_database(admin, name)
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
             threads = [threading.Thread(target=run, args=(n,)) for n in names]
@@ -307,5 +306,25 @@ def test_concurrent_migrations_of_several_databases(stack: Settings) -> None:
                 assert granted == (True, False, True)
         finally:
             for name in names:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+                drop_database(admin, name)
+
+
+def test_drop_database_plain_closes_own_sessions(stack: Settings) -> None:
+    """The fallback when FORCE is refused (an autovacuum worker in the database): our role's
+    sessions in it are terminated and the plain DROP succeeds; the open session is dead."""
+    name = f"t_drop_{uuid.uuid4().hex[:10]}"
+    with connect(stack.postgres, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            held = connect(replace(stack.postgres, dbname=name), autocommit=True)
+            held.execute("SELECT 1")
+            drop_database_plain(admin, name)
+            gone = admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                                 [name]).fetchone()
+            assert gone == (0,)
+            with pytest.raises(psycopg.OperationalError):
+                held.execute("SELECT 1")
+            held.close()
+        finally:
+            drop_database(admin, name)
+            drop_database(admin, name)  # IF EXISTS: a second drop is harmless
