@@ -88,6 +88,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(env, name, default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{ENV_PREFIX}{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+# Compression codecs both clients (librdkafka and aiokafka) can write.
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     """Kafka client settings shared by producers, the faust app and the sinks."""
@@ -112,6 +123,8 @@ class KafkaSettings:
     producer_linger_ms: int = 25
     # faust stages (their outputs and their tables' changelogs, through aiokafka):
     stage_linger_ms: int = 50
+    # Compression of every produced batch (COMPRESSIONS).
+    compression: str = "lz4"
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings common to every client; secrets revealed only here."""
@@ -249,6 +262,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         producer_stall_s=float(_int(env, "PRODUCER_STALL_S", 20, 1)),
         producer_linger_ms=_int(env, "PRODUCER_LINGER_MS", 25, 0),
         stage_linger_ms=_int(env, "STAGE_LINGER_MS", 50, 0),
+        compression=_choice(env, "KAFKA_COMPRESSION", "lz4", COMPRESSIONS),
     )
     registry_port = _int(env, "REGISTRY_PORT", 18081, 1)
     registry = RegistrySettings(

@@ -26,7 +26,7 @@ def producer_config(
         # (murmur2): faust writes the routed topics, other clients write confirmations, and the
         # reconciler's table lookup needs a payment_id in the same partition on both sides.
         "partitioner": "murmur2_random",
-        "compression.type": "lz4",
+        "compression.type": settings.compression,
         "linger.ms": settings.producer_linger_ms,
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 200000,

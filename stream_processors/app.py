@@ -80,7 +80,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         # 125 payments/s end to end, for about 50 ms more latency per hop (README).
         producer_linger=kafka.stage_linger_ms / 1000,
         producer_max_batch_size=262144,
-        producer_compression_type="lz4",
+        producer_compression_type=(None if kafka.compression == "none" else kafka.compression),
         stream_buffer_maxsize=8192,
         broker_max_poll_records=2000,
         # A topic faust creates at startup (a table's changelog) can be missing from the

@@ -107,6 +107,7 @@ def main() -> None:
         keyring = load_keyring(Path(keyring_path))
     processor = IngestProcessor(registry, merchants.get, seen, ps.routing, ps.policy, out,
                                 disabled_channels=ps.disabled_channels, keyring=keyring)
+    kafka = load_settings().kafka
     app = Application(
         broker_address=os.environ.get("SETTLE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
         consumer_group=prefix + "quix-validate",
@@ -115,8 +116,8 @@ def main() -> None:
         commit_interval=1.0,
         state_dir=os.environ["QUIX_STATE_DIR"],
         # The same client choices as our faust stage where they matter for throughput.
-        producer_extra_config={"compression.type": "lz4",
-                               "linger.ms": load_settings().kafka.stage_linger_ms,
+        producer_extra_config={"compression.type": kafka.compression,
+                               "linger.ms": kafka.stage_linger_ms,
                                "partitioner": "murmur2_random"},
         loglevel="WARNING",
     )

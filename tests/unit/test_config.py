@@ -3,6 +3,7 @@
 import pytest
 
 from settle.config import ConfigError, Secret, load
+from settle.kafka import producer_config
 
 
 def test_defaults_point_at_the_local_stack() -> None:
@@ -43,6 +44,15 @@ def test_secrets_are_masked_everywhere_but_reveal() -> None:
     assert "hunter2" in s.postgres.conninfo()
     assert s.kafka.client_config()["sasl.password"] == "s3cret"
     assert str(Secret("x")) == "***" and Secret("x").reveal() == "x"
+
+
+def test_compression_default_override_and_refusal() -> None:
+    assert load({}).kafka.compression == "lz4"
+    s = load({"SETTLE_KAFKA_COMPRESSION": " None "})
+    assert s.kafka.compression == "none"
+    assert producer_config(s.kafka, "t")["compression.type"] == "none"
+    with pytest.raises(ConfigError, match="SETTLE_KAFKA_COMPRESSION='brotli'"):
+        load({"SETTLE_KAFKA_COMPRESSION": "brotli"})
 
 
 def test_lingers_default_and_override() -> None:
