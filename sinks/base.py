@@ -85,7 +85,12 @@ class Writer(Protocol):
         ...
 
     def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
-        """Write the rows of decoded records; never commits. Refused records come back dead."""
+        """Write the rows of decoded records; never commits. Refused records come back dead.
+
+        A writer may also define ``build(records)``, the pure part (rows from records), and
+        accept its result as a third argument of ``write``: the consumer then builds the
+        next batch's rows in a helper thread while this one is written.
+        """
         ...
 
 

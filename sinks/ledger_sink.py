@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import psycopg
 
 from settlement.fees import FeeSchedule
+from settlement.ledger import DEBIT
 from settlement.reconciliation import MATCHED
 from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
 from sinks.errors import TerminalStateConflict
@@ -20,7 +21,7 @@ from sinks.ledger_rows import (
     fee_schedule_from_env,
     result_rows,
 )
-from sinks.pg import copy_rows, require_tables
+from sinks.pg import clear_staging, copy_rows, require_tables
 
 __all__ = [
     "LedgerWriter",
@@ -32,16 +33,9 @@ __all__ = [
 TABLES = ("payments", "ledger_journals", "ledger_entries", "reconciliation_exceptions")
 
 # Staging tables live per connection and empty themselves at every commit; the writer copies
-# a batch into them and moves it with INSERT ... SELECT ... ON CONFLICT, so a replay is a no-op.
+# a batch's payments and exceptions into them and moves them with INSERT ... SELECT ... ON
+# CONFLICT, so a replay is a no-op. Journals and their entries need no staging (see write).
 _STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS stage_ledger_journals (
-    journal_id text, payment_id text, currency text,
-    gross_minor bigint, fee_minor bigint, net_minor bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_ledger_entries (
-    journal_id text, payment_id text, account text, side text, amount_minor bigint,
-    currency text
-) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_payments (
     payment_id text, merchant_id text, channel text, amount_minor bigint, currency text,
     state text, late boolean, result_id text, created_at timestamptz, decided_at timestamptz
@@ -54,10 +48,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_recon_exceptions (
 ) ON COMMIT DELETE ROWS;
 """
 
-_CLEAR_STAGING = (
-    "DELETE FROM stage_ledger_journals; DELETE FROM stage_ledger_entries; "
-    "DELETE FROM stage_payments; DELETE FROM stage_recon_exceptions"
-)
+_CLEAR_STAGING = "DELETE FROM stage_payments; DELETE FROM stage_recon_exceptions"
 
 # First terminal state wins; the one exception is a late MATCHED replacing
 # MISSING_CONFIRMATION, which happens at most once because the state then is MATCHED.
@@ -81,29 +72,6 @@ ON CONFLICT (payment_id) DO UPDATE
 RETURNING payment_id, state
 """
 
-# Only journals inserted by this statement get their entries, so a replayed MATCHED result
-# can neither post twice nor add postings to a journal written earlier.
-_INSERT_JOURNALS = """
-WITH journals AS (
-    INSERT INTO ledger_journals (journal_id, payment_id, currency, gross_minor, fee_minor,
-                                 net_minor)
-    SELECT journal_id, payment_id, currency, gross_minor, fee_minor, net_minor
-      FROM stage_ledger_journals
-     WHERE payment_id = ANY(%s)
-    ON CONFLICT (payment_id) DO NOTHING
-    RETURNING journal_id
-), entries AS (
-    INSERT INTO ledger_entries (journal_id, payment_id, account, side, amount_minor, currency)
-    SELECT e.journal_id, e.payment_id, e.account, e.side, e.amount_minor, e.currency
-      FROM stage_ledger_entries e JOIN journals j USING (journal_id)
-    ON CONFLICT (payment_id, account, side) DO NOTHING
-    RETURNING side
-)
-SELECT (SELECT count(*) FROM journals),
-       (SELECT count(*) FROM entries WHERE side = 'DEBIT'),
-       (SELECT count(*) FROM entries WHERE side = 'CREDIT')
-"""
-
 _INSERT_EXCEPTIONS = """
 INSERT INTO reconciliation_exceptions (result_id, payment_id, merchant_id, channel, outcome,
     expected_amount_minor, expected_currency, confirmed_amount_minor, confirmed_currency,
@@ -116,9 +84,9 @@ ON CONFLICT (result_id) DO NOTHING
 """
 
 _T, _B, _BOOL, _TS = "text", "int8", "bool", "timestamptz"
+_JOURNAL_TYPES = (_T, _T, _T, _B, _B, _B)
+_ENTRY_TYPES = (_T, _T, _T, _T, _B, _T)
 _STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("stage_ledger_journals", JournalRow._fields, (_T, _T, _T, _B, _B, _B)),
-    ("stage_ledger_entries", EntryRow._fields, (_T, _T, _T, _T, _B, _T)),
     ("stage_payments", PaymentRow._fields, (_T, _T, _T, _B, _T, _T, _BOOL, _T, _TS, _TS)),
     ("stage_recon_exceptions", ExceptionRow._fields,
      (_T, _T, _T, _T, _T, _B, _T, _B, _T, _T, _T, _T, _TS)),
@@ -139,37 +107,57 @@ class LedgerWriter:
         require_tables(conn, (*TABLES, "sink_offsets"))
         conn.execute(_STAGING_DDL)
 
-    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
-        rows = build_ledger_rows([r.record or {} for r in records], self.fees)
+    def build(self, records: Sequence[SourceRecord]) -> LedgerRows:
+        """The rows of decoded records (pure: the consumer may call it ahead, in a thread)."""
+        return build_ledger_rows([r.record or {} for r in records], self.fees)
+
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
+              rows: LedgerRows | None = None) -> WriteResult:
+        """Write the records' rows (`rows`: what build(records) returned, if already built)."""
+        if rows is None:
+            rows = self.build(records)
         result = WriteResult(dead=dead_from_rejections(records, rows.rejected))
         result.duplicates = rows.duplicates
         with conn.cursor() as cur:
-            cur.execute(_CLEAR_STAGING)  # rows of an earlier record in the same transaction
+            clear_staging(conn, cur, _CLEAR_STAGING)
             self._stage(cur, rows)
             changed = cur.execute(_UPSERT_PAYMENTS).fetchall()
             result.add_rows("payments", len(changed))
-            matched_now = [pid for pid, state in changed if state == MATCHED]
-            result.dead.extend(self._conflicts(cur, records, rows, set(matched_now)))
+            matched_now = {pid for pid, state in changed if state == MATCHED}
+            result.dead.extend(self._conflicts(cur, records, rows, matched_now))
             if matched_now:
-                counts = cur.execute(_INSERT_JOURNALS, (matched_now,)).fetchone()
-                assert counts is not None  # an aggregate SELECT always returns one row
-                journals, debits, credits = counts
-                result.add_rows("ledger_journals", journals)
-                result.add_rows("ledger_entries", debits + credits)
-                result.postings_by_side = {"DEBIT": debits, "CREDIT": credits}
-                posted = set(matched_now)
+                self._post(cur, rows, matched_now, result)
                 result.posted = [(p.channel or "unknown", p.created_at) for p in rows.payments
-                                 if p.payment_id in posted and p.created_at is not None]
+                                 if p.payment_id in matched_now and p.created_at is not None]
             if rows.exceptions:
                 cur.execute(_INSERT_EXCEPTIONS)
                 result.add_rows("reconciliation_exceptions", cur.rowcount)
         return result
 
     @staticmethod
+    def _post(cur: psycopg.Cursor, rows: LedgerRows, matched_now: set[str],
+              result: WriteResult) -> None:
+        """COPY the journals of payments that became MATCHED in this transaction, and their entries.
+
+        Only this writer posts journals, and in the same transaction as the payment's move to
+        MATCHED, which is final. So a payment the upsert has just moved to MATCHED has no
+        journal yet, and its rows go straight into the ledger tables: a replayed result finds
+        its payment MATCHED already and posts nothing. Should a journal exist all the same,
+        the unique keys refuse the COPY, and the batch is written again record by record
+        (the consumer's isolation), dead-lettering that record: never a second posting.
+        """
+        journals = [j for j in rows.journals if j.payment_id in matched_now]
+        entries = [e for e in rows.entries if e.payment_id in matched_now]
+        copy_rows(cur, "ledger_journals", JournalRow._fields, _JOURNAL_TYPES, journals)
+        copy_rows(cur, "ledger_entries", EntryRow._fields, _ENTRY_TYPES, entries)
+        debits = sum(1 for e in entries if e.side == DEBIT)
+        result.add_rows("ledger_journals", len(journals))
+        result.add_rows("ledger_entries", len(entries))
+        result.postings_by_side = {"DEBIT": debits, "CREDIT": len(entries) - debits}
+
+    @staticmethod
     def _stage(cur: psycopg.Cursor, rows: LedgerRows) -> None:
-        batches: tuple[Sequence[Sequence[object]], ...] = (
-            rows.journals, rows.entries, rows.payments, rows.exceptions
-        )
+        batches: tuple[Sequence[Sequence[object]], ...] = (rows.payments, rows.exceptions)
         for (table, columns, types), batch in zip(_STAGES, batches, strict=True):
             if batch:
                 copy_rows(cur, table, columns, types, batch)

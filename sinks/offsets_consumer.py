@@ -24,6 +24,12 @@ Failure policy:
   batch was committed, so a fixed sink resumes exactly there.
 - SIGTERM/SIGINT: finish (commit) the current batch, then close; a second signal aborts it
   (uncommitted, so it is read again on restart).
+
+Read-ahead: with a backlog (a full batch already fetched), the next batch is decoded and its
+rows built in a helper thread while PostgreSQL works on the current one; only Python work
+overlaps (fastavro and the row builders hold the GIL, psycopg releases it while it waits).
+Batches are still written, and their offsets committed, one transaction at a time and in
+order; a read-ahead is used only for exactly the batch it was made for.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +68,11 @@ from sinks.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
+# The GIL switch interval a sink process runs with (`settle sink` sets it; Python's default
+# is 5 ms): short, so the main thread gets the GIL back soon after PostgreSQL answers while
+# the read-ahead thread decodes.
+SWITCH_INTERVAL_S = 0.0005
+
 
 def _coords(msg: Message) -> tuple[str, int, int]:
     """(topic, partition, offset) of a consumed record (never None once consumed)."""
@@ -74,6 +87,20 @@ def _next_offsets(batch: Sequence[Message]) -> dict[int, int]:
         _topic, partition, offset = _coords(msg)
         out[partition] = max(out.get(partition, 0), offset + 1)
     return out
+
+
+class _BatchChanged(Exception):
+    """A rebalance revoked partitions while the batch in hand was being prepared."""
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """A batch decoded (and its rows built, if the writer can) ahead of its write."""
+
+    sources: list[SourceRecord]
+    dead: list[DeadRecord]
+    decoded: list[SourceRecord]
+    built: Any = None
 
 
 class OffsetsConsumer:
@@ -106,6 +133,10 @@ class OffsetsConsumer:
         self._carry: list[Message] = []  # delivered while waiting to retry
         self._stopping = False
         self._last_activity = time.monotonic()
+        self._revocations = 0  # counts _on_revoke calls: a batch in preparation may be stale
+        # The batch decoded ahead (its messages, by identity) and the helper's future.
+        self._ahead: tuple[list[Message], Future[_Decoded]] | None = None
+        self._helper: ThreadPoolExecutor | None = None
         for retry_cause in RETRY_CAUSES:  # every series exists from the start, so rate() works
             metrics.RETRIES.labels(writer.name, retry_cause)
         for outcome in ("written", "dead_lettered"):
@@ -150,6 +181,10 @@ class OffsetsConsumer:
         return opts.idle_exit_s is not None and idle_s >= opts.idle_exit_s
 
     def _close(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=True, cancel_futures=True)
+            self._helper = None
+        self._ahead = None
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
@@ -210,6 +245,7 @@ class OffsetsConsumer:
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Drop uncommitted records of partitions we lose; their next owner re-reads them."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._revocations += 1
         self._batch = [m for m in self._batch if (m.topic(), m.partition()) not in gone]
         self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in gone]
         log.info("%s: revoked %s", self.writer.stage,
@@ -225,6 +261,8 @@ class OffsetsConsumer:
                 self._attempt(list(self._batch))
                 self._batch = []
                 return
+            except _BatchChanged:
+                continue  # _on_revoke has filtered self._batch; prepare what is left
             except RETRYABLE as exc:
                 self._rollback()
                 attempt += 1
@@ -249,11 +287,17 @@ class OffsetsConsumer:
 
     def _attempt(self, batch: list[Message]) -> None:
         started = time.monotonic()
+        ready = self._take_ahead(batch) or self._prepare(batch)
+        # Fetch (and start decoding) the next batch before this one's SQL: a rebalance
+        # callback that runs inside that poll then finds no transaction of ours open.
+        revocations = self._revocations
+        self._read_ahead()
+        if self._revocations != revocations:
+            raise _BatchChanged
         conn = self._connection()
-        sources, dead = self._decode(batch)
-        decoded = [s for s in sources if s.record is not None]
+        dead, decoded = ready.dead, ready.decoded
         try:
-            result = self._write(conn, decoded)
+            result = self._write(conn, decoded, ready.built)
         except DATA_ERRORS as exc:
             conn.rollback()
             log.warning("%s: PostgreSQL refused the batch (%s: %s); writing it record by record",
@@ -269,18 +313,70 @@ class OffsetsConsumer:
     def _decode(self, batch: list[Message]) -> tuple[list[SourceRecord], list[DeadRecord]]:
         sources: list[SourceRecord] = []
         dead: list[DeadRecord] = []
+        decode = self._decoder.decode
         for msg in batch:
-            src = SourceRecord(*_coords(msg), msg.key(), msg.value())
+            topic, partition, offset = _coords(msg)
+            value = msg.value()
             try:
-                src = SourceRecord(src.topic, src.partition, src.offset, src.key, src.value,
-                                   self._decoder.decode(src.value))
+                src = SourceRecord(topic, partition, offset, msg.key(), value, decode(value))
             except DecodeError as exc:
+                src = SourceRecord(topic, partition, offset, msg.key(), value)
                 dead.append(DeadRecord(src, type(exc).__name__, str(exc), exc.reason))
             sources.append(src)
         return sources, dead
 
-    def _write(self, conn: psycopg.Connection, records: list[SourceRecord]) -> WriteResult:
-        result = self.writer.write(conn, records) if records else WriteResult()
+    def _prepare(self, batch: list[Message], build: bool = False) -> _Decoded:
+        """Decode a batch, and build its rows ahead if asked (pure: no database, no Kafka)."""
+        sources, dead = self._decode(batch)
+        decoded = [s for s in sources if s.record is not None]
+        builder = getattr(self.writer, "build", None) if build else None
+        built = builder(decoded) if builder is not None and decoded else None
+        return _Decoded(sources, dead, decoded, built)
+
+    def _take_ahead(self, batch: list[Message]) -> _Decoded | None:
+        """The read-ahead of exactly this batch, if there is one; waits for the helper."""
+        if self._ahead is None:
+            return None
+        messages, future = self._ahead
+        try:
+            ready = future.result()
+        except Exception as exc:  # e.g. the registry went away: decode again here
+            log.debug("%s: read-ahead failed (%s); decoding inline", self.writer.stage, exc)
+            self._ahead = None
+            return None
+        if len(messages) != len(batch) or any(
+            a is not b for a, b in zip(messages, batch, strict=True)
+        ):
+            return None  # made for a later batch (this one is retried) or made stale
+        self._ahead = None
+        self.stats.read_ahead += 1
+        return ready
+
+    def _read_ahead(self) -> None:
+        """With a backlog, fetch the next full batch now and decode it in the helper thread."""
+        limit = self.options.batch_rows_max
+        if self._ahead is not None or self._carry or self._stopping:
+            return
+        if self.options.max_records is not None:
+            limit = min(limit, self.options.max_records - self.stats.records - len(self._batch))
+        if limit <= 0:
+            return
+        messages = [m for m in self._consumer.consume(limit, 0) if self._usable(m)]
+        self._carry.extend(messages)
+        if len(messages) < limit:
+            return  # no backlog: the next batch is collected (and decoded) as usual
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix=f"{self.writer.name}-ahead")
+        self._ahead = (messages, self._helper.submit(self._prepare, messages, True))
+
+    def _write(self, conn: psycopg.Connection, records: list[SourceRecord],
+               built: Any = None) -> WriteResult:
+        if not records:
+            result = WriteResult()
+        elif built is not None:
+            result = self.writer.write(conn, records, built)  # type: ignore[call-arg]
+        else:
+            result = self.writer.write(conn, records)
         # Run the deferred checks (journal balance) now, so a refusal is known before any
         # dead letter is sent, instead of at COMMIT.
         conn.execute("SET CONSTRAINTS ALL IMMEDIATE")

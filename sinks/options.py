@@ -45,6 +45,7 @@ class SinkStats:
     duplicates: int = 0
     batches: int = 0
     retries: int = 0
+    read_ahead: int = 0  # batches decoded (and their rows built) while the one before was written
     first_record_at: float | None = None
     last_commit_at: float | None = None
     rows_by_table: dict[str, int] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class SinkStats:
         return (
             f"{self.records} records in {self.batches} batches, {self.rows_written} rows written "
             f"({tables}), {self.dead_letters} dead letters, {self.duplicates} duplicates, "
-            f"{self.retries} retries; {self.rows_per_s:,.0f} rows/s, "
+            f"{self.retries} retries, {self.read_ahead} batches read ahead; "
+            f"{self.rows_per_s:,.0f} rows/s, "
             f"{self.records_per_s:,.0f} records/s over {self.busy_s:.2f}s"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import psycopg
+from psycopg import pq
 
 from sinks.errors import SchemaNotMigrated
 
@@ -35,3 +36,14 @@ def copy_rows(
         copy.set_types(list(types))
         for row in rows:
             copy.write_row(row)
+
+
+def clear_staging(conn: psycopg.Connection, cur: psycopg.Cursor, statement: str) -> None:
+    """Empty the (ON COMMIT DELETE ROWS) staging tables, unless no transaction is open yet.
+
+    Outside a transaction they are empty: the last one ended with a commit, which emptied
+    them, or a rollback, which undid what was staged. Inside one (the record-by-record
+    isolation of a refused batch) an earlier write may have left rows: delete them.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        cur.execute(statement)

@@ -8,8 +8,14 @@ import psycopg
 
 from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
 from sinks.errors import BatchContentConflict, ConcurrentWriteConflict, PaymentInAnotherBatch
-from sinks.pg import copy_rows, require_tables
-from sinks.settlement_rows import BatchRow, ItemRow, batch_rows, build_settlement_rows
+from sinks.pg import clear_staging, copy_rows, require_tables
+from sinks.settlement_rows import (
+    BatchRow,
+    ItemRow,
+    SettlementRows,
+    batch_rows,
+    build_settlement_rows,
+)
 
 __all__ = ["SettlementWriter", "batch_rows", "build_settlement_rows"]
 
@@ -108,14 +114,21 @@ class SettlementWriter:
         require_tables(conn, (*TABLES, "sink_offsets"))
         conn.execute(_STAGING_DDL)
 
-    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
-        rows = build_settlement_rows([r.record or {} for r in records])
+    def build(self, records: Sequence[SourceRecord]) -> SettlementRows:
+        """The rows of decoded records (pure: the consumer may call it ahead, in a thread)."""
+        return build_settlement_rows([r.record or {} for r in records])
+
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
+              rows: SettlementRows | None = None) -> WriteResult:
+        """Write the records' rows (`rows`: what build(records) returned, if already built)."""
+        if rows is None:
+            rows = self.build(records)
         result = WriteResult(dead=dead_from_rejections(records, rows.rejected))
         result.duplicates = rows.duplicates
         if not rows.batches:
             return result
         with conn.cursor() as cur:
-            cur.execute(_CLEAR_STAGING)  # rows of an earlier record in the same transaction
+            clear_staging(conn, cur, _CLEAR_STAGING)
             copy_rows(cur, "stage_settlement_batches", BatchRow._fields, _BATCH_TYPES,
                       rows.batches)
             copy_rows(cur, "stage_settlement_items", ItemRow._fields, _ITEM_TYPES, rows.items)

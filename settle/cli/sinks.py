@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
@@ -71,13 +72,16 @@ def sink(
     from settle.smoke import registry_client
     from sinks import metrics
     from sinks.ledger_sink import LedgerWriter
-    from sinks.offsets_consumer import OffsetsConsumer
+    from sinks.offsets_consumer import SWITCH_INTERVAL_S, OffsetsConsumer
     from sinks.options import SinkOptions
     from sinks.settlement_sink import SettlementWriter
 
     logging.basicConfig(level=loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry call
+    # The read-ahead thread holds the GIL while it decodes; when PostgreSQL answers, the
+    # main thread would wait up to the switch interval (5 ms) per statement to go on.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     s = settings()
     default_topic, default_group = SINKS[name]

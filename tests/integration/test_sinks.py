@@ -32,6 +32,7 @@ from sinks.base import DeadRecord, SourceRecord, Writer, WriteResult
 from sinks.db import connect
 from sinks.dead_letters import DeadLetterPublisher
 from sinks.errors import DeadLetterFailed
+from sinks.ledger_rows import LedgerRows
 from sinks.ledger_sink import LedgerWriter
 from sinks.migrate import migrate
 from sinks.offsets_consumer import OffsetsConsumer
@@ -360,11 +361,12 @@ class FlakyLedgerWriter(LedgerWriter):
         self.poison = poison
         self.calls = 0
 
-    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord]) -> WriteResult:
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
+              rows: LedgerRows | None = None) -> WriteResult:
         self.calls += 1
         if self.calls == 1:
             raise psycopg.errors.SerializationFailure("injected: could not serialize access")
-        out = super().write(conn, records)
+        out = super().write(conn, records, rows)
         if any((r.record or {}).get("payment_id") == self.poison for r in records):
             conn.execute("SELECT 1 / 0")  # a DataError caused by this record only
         return out
@@ -391,6 +393,68 @@ def test_retry_then_isolate_a_record_the_database_refuses(
         (p["declined"].encode(), "DivisionByZero")
     ]
     assert_offsets_at_end(stack, db, group, topics.results)
+
+
+class FailOnceLedgerWriter(LedgerWriter):
+    """Fails its `fail_on`-th call like a lost connection would (a read-ahead is then pending)."""
+
+    def __init__(self, fail_on: int) -> None:
+        super().__init__(FEES)
+        self.fail_on = fail_on
+        self.calls = 0
+        self.prebuilt = 0
+
+    def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
+              rows: LedgerRows | None = None) -> WriteResult:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise psycopg.errors.SerializationFailure("injected: could not serialize access")
+        self.prebuilt += rows is not None
+        return super().write(conn, records, rows)
+
+
+def test_backlog_is_read_ahead_and_written_exactly_once(
+    stack: Settings, topics: Topics, registry: RegistryClient, db: psycopg.Connection
+) -> None:
+    """A backlog of many batches: each next batch is decoded and built while one is written.
+
+    The second write fails once (retried with the third batch already read ahead), and bad
+    records are spread over the batches: every good record is written once, in order of
+    its batch, every bad one dead-lettered, and the offsets end at the end.
+    """
+    run = uuid.uuid4().hex[:8]
+    records: list[tuple[str, Any]] = []
+    for i in range(64):
+        pid = f"p-{run}-ahead-{i:03d}"
+        if i % 16 == 5:
+            records.append((pid, b"not avro at all"))
+        elif i % 16 == 11:
+            records.append(result(pid, "MATCHED", confirmed=1))  # unequal amounts: refused
+        else:
+            records.append(result(pid, "MATCHED", amount=1_000 + i))
+    # Two results for one payment in different batches: the first decides, the replay of
+    # the same verdict is no second posting.
+    dup = f"p-{run}-ahead-000"
+    records.append(result(dup, "MATCHED", amount=1_000))
+    publish(stack, registry, topics.results, records)
+    group = f"t-ahead-{uuid.uuid4()}"
+    writer = FailOnceLedgerWriter(fail_on=2)
+    stats = run_sink(stack, registry, writer, topics.results, topics.dlq, group,
+                     batch_rows_max=8)
+    assert stats.records == len(records)
+    assert stats.retries == 1
+    assert stats.read_ahead >= 3 and writer.prebuilt >= 3
+    assert stats.dead_letters == 8
+    assert_offsets_at_end(stack, db, group, topics.results)
+    good = [pid for pid, rec in records[:64] if not isinstance(rec, bytes)
+            and rec["confirmed_amount_minor"] == rec["expected_amount_minor"]]
+    state = ledger_state(db, [pid for pid, _ in records])
+    assert sorted(state["payments"]) == sorted(good)
+    assert [j[0] for j in state["journals"]] == sorted(good)
+    assert len(state["entries"]) == 3 * len(good)
+    assert state["imbalances"] == []
+    letters = dead_letters(stack, registry, topics.dlq)
+    assert len(letters) == 8
 
 
 def test_max_records_stops_after_a_commit_and_the_next_run_resumes(

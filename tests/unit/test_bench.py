@@ -178,6 +178,19 @@ def test_parse_sink_summary_reads_a_wrapped_summary() -> None:
     assert parse_sink_summary("the sink was killed before its summary") is None
 
 
+def test_parse_sink_summary_reads_what_the_sink_prints() -> None:
+    from sinks.options import SinkStats
+
+    stats = SinkStats(records=40, rows_written=120, batches=5, read_ahead=3,
+                      first_record_at=10.0, last_commit_at=12.5,
+                      rows_by_table={"ledger_entries": 90, "ledger_journals": 30})
+    summary = parse_sink_summary(f"ledger-sink: {stats.summary()}\n")
+    assert "3 batches read ahead" in stats.summary()
+    assert summary is not None
+    assert (summary.records, summary.busy_s) == (40, 2.5)
+    assert summary.rows_by_table == {"ledger_entries": 90, "ledger_journals": 30}
+
+
 def test_validate_cpu_bench_checks_every_outcome() -> None:
     from collections import Counter
 
