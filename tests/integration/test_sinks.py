@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -460,11 +460,16 @@ def test_backlog_is_read_ahead_and_written_exactly_once(
 
 
 class SlowLedgerWriter(LedgerWriter):
-    """A writer that takes its time, so a backlog lasts while a second sink joins."""
+    """Takes 50 ms more per batch until `done()`, so a backlog outlasts a group join."""
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        super().__init__(FEES)
+        self.done = done
 
     def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
               rows: LedgerRows | None = None) -> WriteResult:
-        time.sleep(0.02)
+        if not self.done():
+            time.sleep(0.05)
         return super().write(conn, records, rows)
 
 
@@ -478,13 +483,21 @@ def test_a_rebalance_during_the_read_ahead_loses_and_doubles_nothing(
     partitions still owned, never written for a partition the other sink now reads.
     """
     run = uuid.uuid4().hex[:8]
-    records = [result(f"p-{run}-rb-{i:04d}", "MATCHED", amount=1_000 + i) for i in range(1_000)]
+    # 2,000 records in batches of 10 at >= 50 ms each: at least 10 s of backlog for the
+    # first sink alone, against a join of a few seconds (heartbeats every 3 s).
+    records = [result(f"p-{run}-rb-{i:04d}", "MATCHED", amount=1_000 + i) for i in range(2_000)]
     publish(stack, registry, topics.results, records)
     group = f"t-rebalance-{uuid.uuid4()}"
     opts = SinkOptions(group_id=group, topic=topics.results, dlq_topic=topics.dlq,
                        batch_rows_max=10, batch_wait_ms=100, idle_exit_s=5.0)
-    first = OffsetsConsumer(stack, registry, SlowLedgerWriter(FEES), opts)
-    second = OffsetsConsumer(stack, registry, SlowLedgerWriter(FEES), opts)
+    sinks: list[OffsetsConsumer] = []
+
+    def second_is_writing() -> bool:
+        return len(sinks) == 2 and sinks[1].stats.batches > 0
+
+    first = OffsetsConsumer(stack, registry, SlowLedgerWriter(second_is_writing), opts)
+    second = OffsetsConsumer(stack, registry, SlowLedgerWriter(lambda: True), opts)
+    sinks.extend([first, second])
     threads = [threading.Thread(target=c.run, kwargs={"install_signal_handlers": False})
                for c in (first, second)]
     threads[0].start()
