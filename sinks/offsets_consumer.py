@@ -97,7 +97,6 @@ class _BatchChanged(Exception):
 class _Decoded:
     """A batch decoded (and its rows built, if the writer can) ahead of its write."""
 
-    sources: list[SourceRecord]
     dead: list[DeadRecord]
     decoded: list[SourceRecord]
     built: Any = None
@@ -195,12 +194,17 @@ class OffsetsConsumer:
 
     # -- consuming -------------------------------------------------------------------------
 
+    def _batch_limit(self, uncommitted: int = 0) -> int:
+        """Most records the next batch may hold: batch_rows_max, and what max_records leaves."""
+        opts = self.options
+        if opts.max_records is None:
+            return opts.batch_rows_max
+        return min(opts.batch_rows_max, opts.max_records - self.stats.records - uncommitted)
+
     def _collect(self) -> None:
         """Fill self._batch up to batch_rows_max records or batch_wait_ms."""
         opts = self.options
-        limit = opts.batch_rows_max
-        if opts.max_records is not None:
-            limit = min(limit, opts.max_records - self.stats.records)
+        limit = self._batch_limit()
         self._batch, self._carry = self._carry[:limit], self._carry[limit:]
         deadline = time.monotonic() + opts.batch_wait_ms / 1000
         while len(self._batch) < limit and not self._stopping:
@@ -331,7 +335,7 @@ class OffsetsConsumer:
         decoded = [s for s in sources if s.record is not None]
         builder = getattr(self.writer, "build", None) if build else None
         built = builder(decoded) if builder is not None and decoded else None
-        return _Decoded(sources, dead, decoded, built)
+        return _Decoded(dead, decoded, built)
 
     def _take_ahead(self, batch: list[Message]) -> _Decoded | None:
         """The read-ahead of exactly this batch, if there is one; waits for the helper."""
@@ -344,9 +348,10 @@ class OffsetsConsumer:
             log.debug("%s: read-ahead failed (%s); decoding inline", self.writer.stage, exc)
             self._ahead = None
             return None
-        if len(messages) != len(batch) or any(
-            a is not b for a, b in zip(messages, batch, strict=True)
-        ):
+        same = len(messages) == len(batch) and all(
+            a is b for a, b in zip(messages, batch, strict=True)
+        )  # by identity: Message's own == compares contents
+        if not same:
             return None  # made for a later batch (this one is retried) or made stale
         self._ahead = None
         self.stats.read_ahead += 1
@@ -354,11 +359,9 @@ class OffsetsConsumer:
 
     def _read_ahead(self) -> None:
         """With a backlog, fetch the next full batch now and decode it in the helper thread."""
-        limit = self.options.batch_rows_max
         if self._ahead is not None or self._carry or self._stopping:
             return
-        if self.options.max_records is not None:
-            limit = min(limit, self.options.max_records - self.stats.records - len(self._batch))
+        limit = self._batch_limit(uncommitted=len(self._batch))
         if limit <= 0:
             return
         messages = [m for m in self._consumer.consume(limit, 0) if self._usable(m)]
