@@ -123,6 +123,11 @@ class KafkaSettings:
     producer_linger_ms: int = 25
     # faust stages (their outputs and their tables' changelogs, through aiokafka):
     stage_linger_ms: int = 50
+    # How long the broker may hold a faust stage's fetch to gather this many bytes: at a
+    # trickle each fetch then carries several records instead of one (stream_processors.
+    # consumer_fetch); adds up to the wait per hop, nothing with a backlog.
+    stage_fetch_min_bytes: int = 65536
+    stage_fetch_max_wait_ms: int = 25
     # Compression of every produced batch (COMPRESSIONS).
     compression: str = "lz4"
 
@@ -262,6 +267,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         producer_stall_s=float(_int(env, "PRODUCER_STALL_S", 20, 1)),
         producer_linger_ms=_int(env, "PRODUCER_LINGER_MS", 25, 0),
         stage_linger_ms=_int(env, "STAGE_LINGER_MS", 50, 0),
+        stage_fetch_min_bytes=_int(env, "STAGE_FETCH_MIN_BYTES", 65536, 1),
+        stage_fetch_max_wait_ms=_int(env, "STAGE_FETCH_MAX_WAIT_MS", 25, 0),
         compression=_choice(env, "KAFKA_COMPRESSION", "lz4", COMPRESSIONS),
     )
     registry_port = _int(env, "REGISTRY_PORT", 18081, 1)

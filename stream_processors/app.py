@@ -13,6 +13,8 @@ from settle.config import Settings
 from settle.keyring import KeyringError, KeyringWatcher, configured_keyring
 from stream_processors import metrics
 from stream_processors.aiokafka_fixes import install as install_aiokafka_fixes
+from stream_processors.consumer_fetch import FetchSettings
+from stream_processors.consumer_fetch import install as install_consumer_fetch
 from stream_processors.delivery import DeliveryGuard
 from stream_processors.faust_fixes import install as install_faust_fixes
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
@@ -56,8 +58,9 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)
     install_faust_fixes()  # offsets: see stream_processors/faust_fixes.py
     install_aiokafka_fixes()  # one produce request per broker: stream_processors/aiokafka_fixes.py
+    install_consumer_fetch()  # fuller fetches at a trickle: stream_processors/consumer_fetch.py
 
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=broker_urls(kafka.bootstrap_servers),
         # SASL and/or TLS exactly as the librdkafka clients get them (settle.kafka).
@@ -98,6 +101,10 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         web_port=ps.web_port or 6066,
         web_host="127.0.0.1",
     )
+    # faust has no setting for these; stream_processors.consumer_fetch applies them.
+    app.settle_fetch = FetchSettings(  # type: ignore[attr-defined]
+        kafka.stage_fetch_min_bytes, kafka.stage_fetch_max_wait_ms)
+    return app
 
 
 def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:

@@ -29,7 +29,8 @@ def test_environment_overrides_every_address() -> None:
 
 @pytest.mark.parametrize(
     "name,value", [("SETTLE_PG_PORT", "abc"), ("SETTLE_TOPIC_PARTITIONS", "0"),
-                   ("SETTLE_STAGE_LINGER_MS", "fast"), ("SETTLE_PRODUCER_LINGER_MS", "-1")]
+                   ("SETTLE_STAGE_LINGER_MS", "fast"), ("SETTLE_PRODUCER_LINGER_MS", "-1"),
+                   ("SETTLE_STAGE_FETCH_MIN_BYTES", "0"), ("SETTLE_STAGE_FETCH_MAX_WAIT_MS", "-5")]
 )
 def test_malformed_settings_are_refused_with_the_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -59,3 +60,10 @@ def test_lingers_default_and_override() -> None:
     assert (load({}).kafka.stage_linger_ms, load({}).kafka.producer_linger_ms) == (50, 25)
     s = load({"SETTLE_STAGE_LINGER_MS": "0", "SETTLE_PRODUCER_LINGER_MS": "5"})
     assert (s.kafka.stage_linger_ms, s.kafka.producer_linger_ms) == (0, 5)
+
+
+def test_stage_fetch_default_and_override() -> None:
+    d = load({}).kafka
+    assert (d.stage_fetch_min_bytes, d.stage_fetch_max_wait_ms) == (65536, 25)
+    s = load({"SETTLE_STAGE_FETCH_MIN_BYTES": "1", "SETTLE_STAGE_FETCH_MAX_WAIT_MS": "0"}).kafka
+    assert (s.stage_fetch_min_bytes, s.stage_fetch_max_wait_ms) == (1, 0)
