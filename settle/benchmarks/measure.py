@@ -84,22 +84,41 @@ def search_rates(
     measure: Callable[[int], RatePoint],
     rates: Sequence[int],
     p99_max_ms: float = 1000.0,
+    refine: int = 0,
+    grain: int = 25,
 ) -> tuple[int | None, list[RatePoint]]:
     """Try rates in ascending order until p99 exceeds the bound; (highest rate within it, all).
 
     A rate the load generator could not hold also ends the search.
 
     The search stops at the first failing rate: a pipeline that cannot hold p99 at R will not
-    hold it at 2R, and each point costs a whole pipeline run.
+    hold it at 2R, and each point costs a whole pipeline run. Then up to `refine` bisection
+    steps between the highest rate that held and the first that did not (midpoints rounded
+    down to `grain`), so a doubling ladder does not report 250 for a pipeline that holds 375.
+    Points are returned in the order they were measured.
     """
     best: int | None = None
+    failed: int | None = None
     points: list[RatePoint] = []
     for rate in sorted(set(rates)):
         point = measure(rate)
         points.append(point)
         if not point.within(p99_max_ms):
+            failed = rate
             break
         best = rate
+    for _ in range(refine):
+        if best is None or failed is None:
+            break
+        mid = (best + failed) // 2 // grain * grain
+        if not best < mid < failed:
+            break
+        point = measure(mid)
+        points.append(point)
+        if point.within(p99_max_ms):
+            best = mid
+        else:
+            failed = mid
     return best, points
 
 

@@ -113,6 +113,12 @@ def _suite_options(f: Any) -> Any:
 
 
 def _latency_options(f: Any) -> Any:
+    f = click.option("--reference-rate", type=click.IntRange(min=0), default=None,
+                     help="Also measure p50/p99 at this rate even when the search stopped "
+                          "below it [default 1,000]; 0 skips it.")(f)
+    f = click.option("--refine", type=click.IntRange(min=0), default=None,
+                     help="Bisection steps between the highest rate that held p99 ≤ 1 s and "
+                          "the first that did not (multiples of 25) [default 1; --quick 0].")(f)
     f = click.option("--rates", default=None,
                      help="Comma-separated rates to try, ascending [default 125, 250, 500, 1000, "
                           "2000, ... 16000; --quick 500,1000,2000].")(f)
@@ -122,7 +128,8 @@ def _latency_options(f: Any) -> Any:
 
 def _run_suite(name: str, parts: tuple[str, ...], count: int | None, runs: int | None,
                quick: bool, seed: int, out_dir: Path, duration: float | None = None,
-               rates: str | None = None) -> None:
+               rates: str | None = None, refine: int | None = None,
+               reference_rate: int | None = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from settle.benchmarks.suite import Options, machine, run_parts, write_report
@@ -135,6 +142,10 @@ def _run_suite(name: str, parts: tuple[str, ...], count: int | None, runs: int |
         given["runs"] = runs
     if duration is not None:
         given["duration_s"] = duration
+    if refine is not None:
+        given["refine"] = refine
+    if reference_rate is not None:
+        given["reference_rate"] = reference_rate
     if rates:
         try:
             given["rates"] = tuple(int(r) for r in rates.split(",") if r.strip())
@@ -213,28 +224,33 @@ def bench_peer_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
 @_suite_options
 @_latency_options
 def bench_latency_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
-                      out_dir: Path, duration: float | None, rates: str | None) -> None:
+                      out_dir: Path, duration: float | None, rates: str | None,
+                      refine: int | None, reference_rate: int | None) -> None:
     """Whole pipeline at fixed rates: p50/p99 created_at -> ledger commit.
 
     Rates are tried in ascending order until the median p99 exceeds 1 s (or the load
-    generator cannot hold the rate); reports the highest rate that held and p50/p99 at
-    1,000 payments/s. COUNT is unused here (rate x duration payments per run).
+    generator cannot hold the rate), then bisected (--refine) between the last that held and
+    the first that did not; reports the highest rate that held and p50/p99 at the reference
+    rate (1,000 payments/s). COUNT is unused here (rate x duration payments per run).
     """
-    _run_suite("latency", ("latency",), count, runs, quick, seed, out_dir, duration, rates)
+    _run_suite("latency", ("latency",), count, runs, quick, seed, out_dir, duration, rates,
+               refine, reference_rate)
 
 
 @bench.command("all")
 @_suite_options
 @_latency_options
 def bench_all_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
-                  out_dir: Path, duration: float | None, rates: str | None) -> None:
+                  out_dir: Path, duration: float | None, rates: str | None,
+                  refine: int | None, reference_rate: int | None) -> None:
     """Every benchmark; OUT/report.json (every run) and OUT/report.md (the table + machine).
 
     Takes a while (about half an hour with the defaults): run it on a quiet machine.
     """
     from settle.benchmarks.suite import PARTS
 
-    _run_suite("report", PARTS, count, runs, quick, seed, out_dir, duration, rates)
+    _run_suite("report", PARTS, count, runs, quick, seed, out_dir, duration, rates, refine,
+               reference_rate)
 
 
 @bench.command("validate-cpu")

@@ -120,6 +120,35 @@ def test_p99_exactly_at_the_bound_is_within() -> None:
     assert search_rates(measure, [1000], 1000)[0] == 1000
 
 
+def test_refine_bisects_between_the_last_rate_held_and_the_first_failed() -> None:
+    tried, measure = _fake({125: 300, 250: 500, 500: 3000, 375: 900, 425: 1200})
+    best, points = search_rates(measure, [125, 250, 500], 1000, refine=2)
+    assert best == 375
+    assert tried == [125, 250, 500, 375, 425]
+    assert [p.rate_per_s for p in points] == tried
+
+
+def test_refine_narrows_down_after_a_failed_midpoint() -> None:
+    tried, measure = _fake({250: 500, 500: 3000, 375: 1500, 300: 800})
+    best, _points = search_rates(measure, [250, 500], 1000, refine=2)
+    assert (best, tried) == (300, [250, 500, 375, 300])
+
+
+def test_refine_does_nothing_without_a_rate_that_held_or_one_that_failed() -> None:
+    tried, measure = _fake({250: 5000, 500: 10})
+    assert search_rates(measure, [250, 500], 1000, refine=3)[0] is None
+    assert tried == [250]
+    tried, measure = _fake({250: 10, 500: 20})
+    assert search_rates(measure, [250, 500], 1000, refine=3)[0] == 500
+    assert tried == [250, 500]
+
+
+def test_refine_stops_when_no_rate_of_the_grain_lies_between() -> None:
+    tried, measure = _fake({250: 500, 275: 3000})
+    assert search_rates(measure, [250, 275], 1000, refine=3, grain=25)[0] == 250
+    assert tried == [250, 275]
+
+
 def test_doubling_rates_include_the_extra_ones_in_order() -> None:
     assert doubling_rates(250, 4000, extra=(1000, 3000)) == [250, 500, 1000, 2000, 3000, 4000]
     assert doubling_rates(250, 100) == []
