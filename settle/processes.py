@@ -59,6 +59,10 @@ def start(run_dir: Path, spec: ProcessSpec, env: dict[str, str]) -> tuple[int, b
     logs.mkdir(parents=True, exist_ok=True)
     pid_file(run_dir, spec.name).parent.mkdir(parents=True, exist_ok=True)
     log = open(logs / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by the child
+    # The log is appended to across starts: a header dates each start's lines.
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    log.write(f"=== {started}: settle {' '.join(spec.args)} ===\n".encode())
+    log.flush()
     proc = subprocess.Popen(
         [sys.executable, "-m", "settle.cli", *spec.args],
         env={**os.environ, **env, "SETTLE_METRICS_PORT": str(spec.metrics_port)},

@@ -8,10 +8,11 @@ from typing import Any
 
 import faust
 
+from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from settle.config import Settings
 from settle.keyring import KeyringError, KeyringWatcher, configured_keyring
-from stream_processors import metrics
+from stream_processors import loop_health, metrics
 from stream_processors.aiokafka_fixes import install as install_aiokafka_fixes
 from stream_processors.consumer_fetch import FetchSettings
 from stream_processors.consumer_fetch import install as install_consumer_fetch
@@ -172,6 +173,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
             key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
             backoff_s = 0.5
             while True:
+                await registry_off_loop(processor.prefetch, msg.value)
                 try:
                     decision = processor.process(key, msg.value, msg.topic, msg.partition,
                                                  msg.offset)
@@ -207,8 +209,19 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
     return app
 
 
+async def registry_off_loop(prefetch: RegistryPrefetch, value: bytes | None) -> None:
+    """Do the registry lookups a record needs in a thread, not on the worker's event loop."""
+    if prefetch.needed(value):
+        await asyncio.get_running_loop().run_in_executor(None, prefetch.fetch, value)
+
+
 def install_readiness(app: faust.App, stage: str) -> None:
-    """settle_worker_ready{stage}: 1 once tables are recovered and no rebalance is running."""
+    """settle_worker_ready{stage}: 1 once tables are recovered and no rebalance is running.
+
+    Also starts the event-loop stall probe (stream_processors/loop_health.py).
+    """
+    loop_health.install(app, stage)
+
     @app.timer(interval=1.0)
     async def readiness() -> None:
         recovery = app.tables.recovery  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ class DeadLetters:
     """Builds payments.dlq records in the shape the validate stage writes."""
 
     def __init__(self, registry: Any, topic: str, stage: str) -> None:
-        self._ser = AvroSerializer(registry, topic, "DeadLetter")
+        self.serializer = self._ser = AvroSerializer(registry, topic, "DeadLetter")
         self.topic = topic
         self.stage = stage
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from schemas.codec import AvroDeserializer, AvroSerializer
+from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.contract import schema_for
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import idempotency, validation
@@ -171,6 +171,8 @@ class IngestProcessor:
         }
         self._rejected_ser = AvroSerializer(registry, topics.rejected, "PaymentRejected")
         self._dlq_ser = AvroSerializer(registry, topics.dlq, "DeadLetter")
+        self.prefetch = RegistryPrefetch(
+            [self._decoder], [*self._routed_ser.values(), self._rejected_ser, self._dlq_ser])
 
     def process(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int

@@ -7,7 +7,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from schemas.codec import AvroDeserializer, AvroSerializer, to_epoch_ms
+from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch, to_epoch_ms
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import reconciliation as recon
 from settlement.errors import SettleError
@@ -115,6 +115,7 @@ class ReconcileProcessor:
         self._decoder = AvroDeserializer(registry)
         self._results_ser = AvroSerializer(registry, topics.results, "ReconciliationResult")
         self._dlq = DeadLetters(registry, topics.dlq, STAGE)
+        self.prefetch = RegistryPrefetch([self._decoder], [self._results_ser, self._dlq.serializer])
         self._routed_channel = {topics.routed(ch): ch for ch in topics.channels}
         self.deadlines = DeadlineQueue(self._scan_deadlines)
         # partition -> payment_id -> (waiting_for, channel, since_ms), for the backlog gauges.

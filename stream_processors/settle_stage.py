@@ -8,7 +8,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from schemas.codec import AvroDeserializer, AvroSerializer, to_epoch_ms
+from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch, to_epoch_ms
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement.batches import (
     BatchError,
@@ -160,6 +160,8 @@ class SettleProcessor:
         self._decoder = AvroDeserializer(registry)
         self._batch_ser = AvroSerializer(registry, topics.batches, "SettlementBatch")
         self._dlq = DeadLetters(registry, topics.dlq, STAGE)
+        # Both agents: the items agent's values are JSON, which needs no registry.
+        self.prefetch = RegistryPrefetch([self._decoder], [self._batch_ser, self._dlq.serializer])
         self.deadlines = DeadlineQueue(self._scan)
         self._open: dict[int, dict[str, int]] = {}  # partition -> key -> open batches
         # key -> window start -> payment ids with a record in the table (open windows and

@@ -10,11 +10,17 @@ from typing import Any, TypeVar
 
 import faust
 
+from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from settle.config import Settings
 from settlement.model import CHANNELS
 from stream_processors import metrics
-from stream_processors.app import REGISTRY_BACKOFF_MAX_S, base_app, install_readiness
+from stream_processors.app import (
+    REGISTRY_BACKOFF_MAX_S,
+    base_app,
+    install_readiness,
+    registry_off_loop,
+)
 from stream_processors.delivery import DeliveryGuard
 from stream_processors.ingest import Output, now_ms
 from stream_processors.reconcile import STAGE as RECONCILE_STAGE
@@ -81,7 +87,8 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     @app.agent(source)
     async def reconcile(stream: Any) -> None:
         async for event in stream.events():
-            decision = await _with_registry_retry(processor.process, event, RECONCILE_STAGE)
+            decision = await _with_registry_retry(processor.process, event, RECONCILE_STAGE,
+                                                  processor.prefetch)
             await _send(app, decision.outputs)
             _count_recon(decision, event.message.topic == processor.tick_topic)
 
@@ -130,14 +137,16 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
         # one merchant+currency's batches (its entry and one table key per batched payment)
         # live in exactly one partition of the table.
         async for event in stream.events():
-            decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE)
+            decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE,
+                                                  processor.prefetch)
             await _send(app, decision.outputs)
             _count_settle(decision)
 
     @app.agent(batching_source)
     async def batch(stream: Any) -> None:
         async for event in stream.events():
-            decision = await _with_registry_retry(processor.process, event, SETTLE_STAGE)
+            decision = await _with_registry_retry(processor.process, event, SETTLE_STAGE,
+                                                  processor.prefetch)
             await _send(app, decision.outputs)
             _count_settle(decision)
 
@@ -160,13 +169,18 @@ def _forget_on_rebalance(app: faust.App, forget: Callable[[], None]) -> None:
 
 
 async def _with_registry_retry(
-    fun: Callable[[bytes | None, bytes | None, str, int, int], D], event: Any, stage: str
+    fun: Callable[[bytes | None, bytes | None, str, int, int], D], event: Any, stage: str,
+    prefetch: RegistryPrefetch,
 ) -> D:
-    """Call a processor on one event, retrying with backoff while the registry is away."""
+    """Call a processor on one event, retrying with backoff while the registry is away.
+
+    Registry lookups the event needs are done in a thread first (see RegistryPrefetch).
+    """
     msg = event.message
     key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
     backoff_s = 0.5
     while True:
+        await registry_off_loop(prefetch, msg.value)
         try:
             return fun(key, msg.value, msg.topic, msg.partition, msg.offset)
         except RegistryUnavailable as exc:
