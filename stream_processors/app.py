@@ -168,6 +168,9 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
         if not loaded:
             log.warning("merchant directory not loaded after %ss; validating anyway",
                         ps.merchants_wait_s)
+        # Every output schema registered before the first record, not by the first record
+        # of each kind (each a registry round trip the whole stream waits for).
+        await registry_off_loop(processor.prefetch, None)
         async for event in stream.events():
             msg = event.message
             key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)

@@ -86,6 +86,7 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
 
     @app.agent(source)
     async def reconcile(stream: Any) -> None:
+        await registry_off_loop(processor.prefetch, None)  # output schemas before any record
         async for event in stream.events():
             decision = await _with_registry_retry(processor.process, event, RECONCILE_STAGE,
                                                   processor.prefetch)
@@ -136,6 +137,7 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
         # Re-keys MATCHED results by merchant|currency through the internal items topic, so
         # one merchant+currency's batches (its entry and one table key per batched payment)
         # live in exactly one partition of the table.
+        await registry_off_loop(processor.prefetch, None)  # output schemas before any record
         async for event in stream.events():
             decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE,
                                                   processor.prefetch)
