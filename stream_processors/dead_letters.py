@@ -12,7 +12,7 @@ class DeadLetters:
     """Builds payments.dlq records in the shape the validate stage writes."""
 
     def __init__(self, registry: Any, topic: str, stage: str) -> None:
-        self.serializer = self._ser = AvroSerializer(registry, topic, "DeadLetter")
+        self.serializer = AvroSerializer(registry, topic, "DeadLetter")
         self.topic = topic
         self.stage = stage
 
@@ -40,7 +40,7 @@ class DeadLetters:
             "reason": reason,
         }
         ref = source_ref(topic, partition, offset).encode()
-        return Output(self.topic, key, self._ser.encode(record), ((SOURCE_HEADER, ref),))
+        return Output(self.topic, key, self.serializer.encode(record), ((SOURCE_HEADER, ref),))
 
 
 def error_label(exc: BaseException) -> str:

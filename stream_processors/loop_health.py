@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Histogram
@@ -124,7 +124,7 @@ class StallProbe:
 
     interval_s: float
     warn_s: float
-    _last: tuple[float, float, float, int] | None = field(default=None)
+    _last: tuple[float, float, float, int] | None = None
 
     def start(self, wall: float, cpu: float, gc_total: float, gc_count: int) -> None:
         self._last = (wall, cpu, gc_total, gc_count)

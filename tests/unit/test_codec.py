@@ -40,6 +40,7 @@ from schemas.errors import (
 from schemas.registry import InMemoryRegistry, RegistryClient, register_all
 from schemas.topics import TOPIC_RECORDS
 from settlement.errors import SettleError
+from tests.unit.test_reconcile_processor import FlakyRegistry
 
 LONG_MAX = 2**63 - 1
 LONG_MIN = -(2**63)
@@ -418,22 +419,6 @@ def test_deserializer_fetches_each_writer_schema_once(
 # --- registry lookups done ahead, off the event loop ---------------------------------------------
 
 
-class DownRegistry(InMemoryRegistry):
-    """The in-memory fake, failing every request while `down` is set."""
-
-    down = False
-
-    def register(self, subject: str, schema_str: str) -> int:
-        if self.down:
-            raise RegistryUnavailable("registry down (test)")
-        return super().register(subject, schema_str)
-
-    def get_schema(self, schema_id: int) -> str:
-        if self.down:
-            raise RegistryUnavailable("registry down (test)")
-        return super().get_schema(schema_id)
-
-
 def test_deserializer_says_which_values_need_the_registry_and_prefetch_fills_it(
     registry: InMemoryRegistry, encode: Callable[[str, dict[str, Any]], bytes]
 ) -> None:
@@ -494,7 +479,7 @@ def test_an_id_registered_after_a_bogus_record_used_it_decodes(
 
 
 def test_prefetch_resolves_serializers_and_writer_ids_once_and_survives_an_outage() -> None:
-    registry = DownRegistry()
+    registry = FlakyRegistry()
     data = AvroSerializer(registry, "payments.requested", "PaymentRequested").encode(requested())
     rejected_ser = AvroSerializer(registry, "payments.rejected", "PaymentRejected")
     dlq = AvroSerializer(registry, "payments.dlq", "DeadLetter")
