@@ -136,6 +136,26 @@ OVERVIEW = Row("Overview", (
           description="CPU seconds per second of each pipeline process (1 = one core)."),
     Panel("Process resident memory",
           (t('process_resident_memory_bytes{job="settle"}', "{{process}}"),), unit="bytes"),
+    Panel("Event loop lag p99 by stage",
+          (t(quantile("0.99", "settle_event_loop_lag_seconds", "stage"), "{{stage}} p99"),
+           t(quantile("0.5", "settle_event_loop_lag_seconds", "stage"), "{{stage}} p50")),
+          unit="s",
+          description="How late each faust worker's event loop woke a probe due every "
+                      "0.1 s. Every record in that worker waits out the lag; 0.5 s and more "
+                      "counts towards SettleEventLoopStalls (runbook in the README)."),
+    Panel("Event loop stalls over 0.5 s by stage",
+          (t(f"sum by (stage) (increase(settle_event_loop_lag_seconds_count[{RATE}]))"
+             f" - sum by (stage) "
+             f"(increase(settle_event_loop_lag_seconds_bucket{{le=\"0.5\"}}[{RATE}]))",
+             "{{stage}}"),), bars=True, width=6,
+          description="Probes that woke 0.5 s late or more: the count the "
+                      "SettleEventLoopStalls alert sums over 10 minutes. The worker's log "
+                      "has one warning per stall."),
+    Panel("GC time by stage",
+          (t(sum_rate("settle_gc_pause_seconds_sum", "stage"), "{{stage}}"),),
+          unit="percentunit", width=6,
+          description="Seconds per second each faust worker spent in garbage collection "
+                      "(all generations)."),
 ))
 
 INGEST = Row("Ingest", (
