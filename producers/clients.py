@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -9,11 +10,14 @@ from collections.abc import Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from producers.errors import ReadBackIncomplete
-from schemas.registry import RegistryClient
+from schemas.errors import RegistryError
+from schemas.registry import RegistryClient, delete_subjects_with_prefix
 from settle.config import KafkaSettings, Settings
 from settle.kafka import make_consumer
 
 READBACK_GROUP_PREFIX = "settle-readback"
+
+log = logging.getLogger(__name__)
 
 
 def wall_clock_ms() -> int:
@@ -27,6 +31,21 @@ def registry_client(settings: Settings) -> RegistryClient:
     return RegistryClient(
         reg.url, username=reg.username or None, password=reg.password.reveal() or None
     )
+
+
+def delete_prefixed_subjects(settings: Settings, prefix: str) -> int:
+    """Delete an isolated run's subjects (`prefix` + the contract's); return how many.
+
+    Housekeeping after a benchmark or test run: left behind, they pile up in a long-lived
+    registry. A registry that refuses is logged, not raised, so it never hides the run's
+    own result.
+    """
+    try:
+        with registry_client(settings) as client:
+            return delete_subjects_with_prefix(client, prefix)
+    except RegistryError as exc:
+        log.warning("could not delete the registry subjects of %s*: %s", prefix, exc)
+        return 0
 
 
 def _readback_consumer(kafka: KafkaSettings) -> Consumer:

@@ -87,6 +87,10 @@ def _check_level(level: str) -> str:
     return level
 
 
+# GET /subjects page; below Apicurio's ccompat cap (apicurio.ccompat.max-subjects, 1,000).
+SUBJECTS_PAGE_SIZE: Final = 500
+
+
 class RegistryClient:
     """Synchronous client of a Confluent-compatible registry (Confluent, Apicurio, Karapace)."""
 
@@ -134,14 +138,20 @@ class RegistryClient:
         self._http.close()
 
     def _request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, int | str] | None = None,
     ) -> httpx.Response:
         """Send a request, retrying connection errors and 5xx with exponential backoff."""
         headers = {"Content-Type": CONTENT_TYPE} if body is not None else None
         problem = ""
         for attempt in range(1, self._attempts_max + 1):
             try:
-                response = self._http.request(method, path, json=body, headers=headers)
+                response = self._http.request(
+                    method, path, json=body, headers=headers, params=params
+                )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
@@ -264,15 +274,59 @@ class RegistryClient:
             raise self._fail(response, f"checking compatibility with {subject!r}")
         return bool(_json(response).get("is_compatible"))
 
-    def subjects(self) -> list[str]:
-        """Return every subject the registry knows."""
-        response = self._request("GET", "subjects")
-        if response.status_code != 200:
-            raise self._fail(response, "listing subjects")
-        body = response.json()
-        if not isinstance(body, list):
-            raise RegistryError("registry answered GET /subjects with something other than a list")
-        return [str(s) for s in body]
+    def delete_subject(self, subject: str) -> bool:
+        """Delete a subject for good (soft, then permanent); False if it did not exist.
+
+        For the housekeeping of isolated runs (benchmarks, tests), never for the contract's
+        own subjects: a consumer still holding a record written with a deleted subject's
+        schema can no longer decode it if its id goes too.
+        """
+        path = f"subjects/{quote(subject, safe='')}"
+        found = False
+        for params in (None, {"permanent": "true"}):
+            response = self._request("DELETE", path, params=params)
+            if response.status_code == 200:
+                found = True
+            elif response.status_code != 404:
+                raise self._fail(response, f"deleting subject {subject!r}")
+        self._ids = {key: i for key, i in self._ids.items() if key[0] != subject}
+        return found
+
+    def subjects(self, page_size: int = SUBJECTS_PAGE_SIZE) -> list[str]:
+        """Return every subject the registry knows, in the registry's order.
+
+        Read in pages of `page_size` (`offset` and `limit`): a bare GET /subjects is cut at
+        a server cap (Apicurio's ccompat API answers its first 1,000 and says nothing). A
+        registry that ignores the paging answers everything at once, which ends the loop; one
+        that honours `limit` but not `offset` would repeat a page, and that is an error, not
+        a short list. Subjects created or deleted while the pages are read may be missed.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        seen: dict[str, None] = {}
+        offset = 0
+        while True:
+            response = self._request(
+                "GET", "subjects", params={"offset": offset, "limit": page_size}
+            )
+            if response.status_code != 200:
+                raise self._fail(response, "listing subjects")
+            body = response.json()
+            if not isinstance(body, list):
+                raise RegistryError(
+                    "registry answered GET /subjects with something other than a list"
+                )
+            before = len(seen)
+            seen.update((str(s), None) for s in body)
+            if len(body) != page_size:  # the last page, or paging ignored (all at once)
+                return list(seen)
+            if len(seen) == before:
+                raise RegistryError(
+                    f"registry answered GET /subjects?offset={offset} with a page it had "
+                    f"already sent: it ignores `offset`, so the listing would stop at "
+                    f"{len(seen)} subjects"
+                )
+            offset += page_size
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -367,6 +421,16 @@ class InMemoryRegistry:
     def subjects(self) -> list[str]:
         """Return every subject with at least one version."""
         return sorted(self._versions)
+
+
+def delete_subjects_with_prefix(client: RegistryClient, prefix: str) -> int:
+    """Delete every subject whose name starts with `prefix`; return how many went.
+
+    An isolated run's topics are `prefix` + the contract's names, and so are its subjects.
+    """
+    if not prefix:
+        raise ValueError("an empty prefix would delete every subject")
+    return sum(client.delete_subject(s) for s in client.subjects() if s.startswith(prefix))
 
 
 def register_all(

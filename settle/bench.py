@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from producers.clients import delete_prefixed_subjects
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
@@ -161,6 +162,7 @@ def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_rat
                      f"{result.cpu_s_per_1000} CPU s per 1,000")
         finally:
             delete_prefixed_topics(settings.kafka, prefix)
+            delete_prefixed_subjects(settings, prefix)
     rates = [r.records_per_s for r in results]
     report = {
         "stage": "validate",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from producers.clients import delete_prefixed_subjects
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import Accounting, OrderMix, expected_accounting, generate_orders
@@ -220,6 +221,7 @@ class IsolatedPipeline:
         self.registry.close()
         if self._created:
             delete_prefixed_topics(self.base.kafka, self.prefix)
+            delete_prefixed_subjects(self.base, self.prefix)
         with connect(self.base.postgres, autocommit=True) as conn:
             drop_database(conn, self.dbname)
 

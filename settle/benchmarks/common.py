@@ -14,6 +14,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from producers.clients import delete_prefixed_subjects
 from settle.audit_ingest import end_offsets
 from settle.benchmarks.measure import descendants, per_1000, stat_cpu_ticks, status_kib
 from settle.config import Settings
@@ -245,6 +246,7 @@ class Isolated:
 
     def __exit__(self, *exc: object) -> None:
         delete_prefixed_topics(self.base.kafka, self.prefix)
+        delete_prefixed_subjects(self.base, self.prefix)
         with connect(self.base.postgres, autocommit=True) as conn:
             for db in [self.dbname, *self.extra_dbs]:
                 if db:

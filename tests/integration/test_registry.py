@@ -15,7 +15,7 @@ import pytest
 from schemas import contract
 from schemas.codec import AvroDeserializer, AvroSerializer, header, to_epoch_ms
 from schemas.errors import IncompatibleSchema, RegistryUnavailable, SchemaNotFound, UnknownSchemaId
-from schemas.registry import RegistryClient, register_all
+from schemas.registry import RegistryClient, delete_subjects_with_prefix, register_all
 from schemas.topics import TOPIC_RECORDS, value_subject
 
 pytestmark = pytest.mark.integration
@@ -48,9 +48,12 @@ def client(stack: object) -> Iterator[RegistryClient]:
 
 
 @pytest.fixture
-def subject(request: pytest.FixtureRequest) -> str:
-    """A subject no earlier run has used."""
-    return f"it-{RUN}-{request.node.name}-value"
+def subject(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A subject no earlier run has used, deleted afterwards (if the test created it)."""
+    name = f"it-{RUN}-{request.node.name}-value"
+    yield name
+    with new_client() as registry:
+        registry.delete_subject(name)
 
 
 def versions(subject: str) -> list[int]:
@@ -178,3 +181,31 @@ def test_register_all_sets_backward_and_is_idempotent(client: RegistryClient) ->
         assert len(versions(subject_name)) == 1
     routed = {ids[value_subject(t)] for t, r in topics.items() if r == "RoutedPayment"}
     assert len(routed) == 1
+
+
+def test_listing_pages_past_the_registrys_cap_and_prefix_deletion_cleans_up(
+    client: RegistryClient,
+) -> None:
+    # Apicurio's ccompat API cuts a bare GET /subjects at 1,000 subjects without a word.
+    prefix = f"it-{RUN}-many."
+    schema = contract.schema_str_for("Merchant")
+    registry = new_client()
+    already = len(registry.subjects())
+    mine = [f"{prefix}{i:04d}-value" for i in range(max(0, 1_001 - already) + 5)]
+    try:
+        for name in mine:
+            registry.register(name, schema)
+        listed = new_client().subjects()
+        assert len(listed) >= 1_001 and len(listed) == len(set(listed))
+        assert set(mine) <= set(listed)
+        user = os.environ.get("SETTLE_REGISTRY_USERNAME")
+        auth = (user, os.environ.get("SETTLE_REGISTRY_PASSWORD", "")) if user else None
+        bare = httpx.get(f"{REGISTRY_URL}/subjects", auth=auth).json()
+        assert len(bare) <= len(listed)  # the bare call is the one that may be cut
+    finally:
+        deleted = delete_subjects_with_prefix(new_client(), prefix)
+    assert deleted == len(mine)
+    left = new_client().subjects()
+    assert not [s for s in left if s.startswith(prefix)]
+    assert value_subject("payments.requested") in left  # the contract's subjects stay
+    assert new_client().delete_subject(mine[0]) is False
