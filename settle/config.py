@@ -128,6 +128,9 @@ class KafkaSettings:
     # consumer_fetch); adds up to the wait per hop, nothing with a backlog.
     stage_fetch_min_bytes: int = 65536
     stage_fetch_max_wait_ms: int = 25
+    # A faust stage commits its consumed offsets every this many records, inside its fetch
+    # loop (no record is handed over meanwhile), besides every second on a timer.
+    stage_commit_every: int = 1000
     # Compression of every produced batch (COMPRESSIONS).
     compression: str = "lz4"
 
@@ -269,6 +272,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         stage_linger_ms=_int(env, "STAGE_LINGER_MS", 50, 0),
         stage_fetch_min_bytes=_int(env, "STAGE_FETCH_MIN_BYTES", 65536, 1),
         stage_fetch_max_wait_ms=_int(env, "STAGE_FETCH_MAX_WAIT_MS", 25, 0),
+        stage_commit_every=_int(env, "STAGE_COMMIT_EVERY", 1000, 1),
         compression=_choice(env, "KAFKA_COMPRESSION", "lz4", COMPRESSIONS),
     )
     registry_port = _int(env, "REGISTRY_PORT", 18081, 1)

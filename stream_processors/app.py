@@ -93,7 +93,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         # until then (PartitionsMismatch: a whole chaos run stalled on it). 15 s bounds that.
         consumer_metadata_max_age_ms=15_000,
         producer_metadata_max_age_ms=15_000,
-        broker_commit_every=1000,
+        broker_commit_every=kafka.stage_commit_every,
         broker_commit_interval=1.0,
         broker_session_timeout=ps.session_timeout_s,
         # The heartbeat must come well inside the session timeout (a third is Kafka's advice).

@@ -98,6 +98,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 from faust.transport import consumer as faust_consumer
@@ -253,6 +254,11 @@ def classify(offset: int, last: int | None, rewinding: bool) -> int:
 MAX_REWINDS: Final = 3
 
 
+# True in the fetch loop's task only: a commit started there holds every record back until
+# it ends, while the timer's commits run beside the stream (loop_health times both).
+IN_FETCH_LOOP: ContextVar[bool] = ContextVar("settle_in_fetch_loop", default=False)
+
+
 async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - faust loop
     """faust's Consumer._drain_messages without its silent drops (see the module docstring).
 
@@ -260,6 +266,7 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover -
     Acked topics only (the stages' inputs; never compacted here): changelogs keep faust's
     own handling, since compaction leaves real holes in them.
     """
+    IN_FETCH_LOOP.set(True)
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = self._stopped.is_set

@@ -10,6 +10,10 @@ the process not getting a core) delays every record it holds by that long. A pro
 - a warning line for each lag of `SETTLE_LOOP_STALL_WARN_MS` (default 500) or more, with the
   CPU the process used meanwhile (near the stall's length: busy in this process; near 0:
   starved of CPU) and the GC pauses inside it, so a latency spike can be dated and explained;
+- `settle_stage_commit_seconds{stage,path}`: each offset commit, from faust's commit sensor
+  hooks. `path="fetch_loop"` is the commit every `SETTLE_STAGE_COMMIT_EVERY` records, made
+  inside the fetch loop: no record reaches the stream until it ends, yet the event loop is
+  free meanwhile, so the probe above never sees it. `path="timer"` runs beside the stream;
 - with `SETTLE_STALL_STACKS=N` (default 0) the first N stalls also write every thread's stack
   to the process's stderr (the worker's log) while the stall is still going on
   (`faulthandler`'s watchdog thread, in C, runs while the loop is stuck), which names what
@@ -28,9 +32,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from faust.sensors import Sensor
 from prometheus_client import Histogram
 
 from settlement.errors import SettleError
+from stream_processors.faust_fixes import IN_FETCH_LOOP
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,32 @@ GC_PAUSE = Histogram(
     ["stage", "generation"],
     buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+
+
+COMMIT_SECONDS = Histogram(
+    "settle_stage_commit_seconds",
+    "Offset commits of a faust stage, producer flush included; path fetch_loop holds every "
+    "record back until it ends, path timer runs beside the stream",
+    ["stage", "path"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class CommitTimer(Sensor):
+    """A faust sensor timing each offset commit into `settle_stage_commit_seconds`."""
+
+    def __init__(self, stage: str, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._paths = {True: COMMIT_SECONDS.labels(stage, "fetch_loop"),
+                       False: COMMIT_SECONDS.labels(stage, "timer")}
+
+    def on_commit_initiated(self, consumer: Any) -> tuple[float, bool]:
+        return self._clock(), IN_FETCH_LOOP.get()
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        started, in_fetch_loop = state
+        self._paths[bool(in_fetch_loop)].observe(max(self._clock() - started, 0.0))
 
 
 class LoopHealthConfigError(SettleError):
@@ -186,6 +218,7 @@ def install(app: Any, stage: str, env: Mapping[str, str] | None = None) -> LoopH
         GC_PAUSE.labels(stage, generation)
     LOOP_LAG.labels(stage)
     gc.callbacks.append(gc_pauses)
+    app.sensors.add(CommitTimer(stage))
 
     @app.task
     async def loop_health() -> None:

@@ -156,6 +156,12 @@ OVERVIEW = Row("Overview", (
           unit="percentunit", width=6,
           description="Seconds per second each faust worker spent in garbage collection "
                       "(all generations)."),
+    Panel("Offset commits p99 by stage and path",
+          (t(quantile("0.99", "settle_stage_commit_seconds", "stage, path"),
+             "{{stage}} {{path}}"),), unit="s", width=24,
+          description="A fetch_loop commit (every SETTLE_STAGE_COMMIT_EVERY records) holds "
+                      "every record of that worker back until it ends, without stalling the "
+                      "event loop; timer commits run beside the stream."),
 ))
 
 INGEST = Row("Ingest", (

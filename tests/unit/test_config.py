@@ -62,6 +62,13 @@ def test_lingers_default_and_override() -> None:
     assert (s.kafka.stage_linger_ms, s.kafka.producer_linger_ms) == (0, 5)
 
 
+def test_stage_commit_every_default_override_and_minimum() -> None:
+    assert load({}).kafka.stage_commit_every == 1000
+    assert load({"SETTLE_STAGE_COMMIT_EVERY": "50000"}).kafka.stage_commit_every == 50000
+    with pytest.raises(ConfigError, match="SETTLE_STAGE_COMMIT_EVERY=0 is below its minimum 1"):
+        load({"SETTLE_STAGE_COMMIT_EVERY": "0"})
+
+
 def test_stage_fetch_default_and_override() -> None:
     d = load({}).kafka
     assert (d.stage_fetch_min_bytes, d.stage_fetch_max_wait_ms) == (65536, 25)

@@ -47,7 +47,7 @@ GAUGES = {
 HISTOGRAMS = {
     "settle_reconciliation_time_to_match_seconds", "settle_sink_batch_rows",
     "settle_sink_commit_duration_seconds", "settle_e2e_latency_seconds",
-    "settle_event_loop_lag_seconds", "settle_gc_pause_seconds",
+    "settle_event_loop_lag_seconds", "settle_gc_pause_seconds", "settle_stage_commit_seconds",
 }
 KNOWN_SERIES = COUNTERS | GAUGES | {
     f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")

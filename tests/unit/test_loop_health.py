@@ -9,8 +9,11 @@ import time
 
 import pytest
 
+from stream_processors.faust_fixes import IN_FETCH_LOOP
 from stream_processors.loop_health import (
+    COMMIT_SECONDS,
     DEFAULT_WARN_MS,
+    CommitTimer,
     GcPauses,
     LoopHealthConfigError,
     LoopHealthSettings,
@@ -117,3 +120,31 @@ def test_stall_stacks_are_written_during_the_stall_and_then_stop(
     assert "Timeout (0:00:00" in err  # faulthandler's header for dump_traceback_later
     assert "_run_with_a_blocked_loop" in err  # the stack names what blocked the loop
     assert any("no more stacks" in r.getMessage() for r in caplog.records)
+
+
+def _commits(stage: str, path: str) -> tuple[float, float]:
+    """(count, sum) of settle_stage_commit_seconds{stage, path}."""
+    samples = {s.name: s.value for metric in COMMIT_SECONDS.collect() for s in metric.samples
+               if s.labels.get("stage") == stage and s.labels.get("path") == path}
+    return (samples["settle_stage_commit_seconds_count"],
+            samples["settle_stage_commit_seconds_sum"])
+
+
+def test_commit_timer_tells_the_fetch_loops_commits_from_the_timers() -> None:
+    now = [100.0]
+    timer = CommitTimer("commit-test", clock=lambda: now[0])
+
+    state = timer.on_commit_initiated(None)  # the timer's task: IN_FETCH_LOOP unset
+    now[0] += 0.25
+    timer.on_commit_completed(None, state)
+
+    async def fetch_loop() -> None:  # a task of its own, like faust's fetcher
+        IN_FETCH_LOOP.set(True)
+        inner = timer.on_commit_initiated(None)
+        now[0] += 0.4
+        timer.on_commit_completed(None, inner)
+
+    asyncio.run(fetch_loop())
+    assert IN_FETCH_LOOP.get() is False  # the flag stayed in the fetch loop's task
+    assert _commits("commit-test", "timer") == (1.0, 0.25)
+    assert _commits("commit-test", "fetch_loop") == (1.0, pytest.approx(0.4))
