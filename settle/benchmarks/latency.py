@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from settle.audit_ingest import read_topic
 from settle.benchmarks.common import Say
-from settle.benchmarks.measure import RatePoint, hop_latencies, hop_summary, median
+from settle.benchmarks.measure import (
+    HopRow,
+    RatePoint,
+    hop_columns,
+    hop_rows,
+    hop_summary,
+    median,
+    slow_seconds,
+)
 from settle.config import Settings
 from settle.e2e import isolated_dbname, run_e2e
 from settle.kafka import make_consumer
@@ -53,8 +62,10 @@ def _first_timestamps(consumer: Any, topics: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def collect_hops(settings: Settings, prefix: str, since_ms: int) -> dict[str, dict[str, int]]:
-    """Per-hop p50/p99 of a finished run, read from its topics' timestamps and its ledger."""
+def collect_hops(settings: Settings, prefix: str, since_ms: int,
+                 dump: Path | None = None) -> tuple[dict[str, dict[str, int]], list[HopRow]]:
+    """Per-hop p50/p99 of a finished run, read from its topics' timestamps and its ledger,
+    and each payment's hops (also written to `dump` as CSV, when given)."""
     t = TopicNames(prefix)
     db = replace(settings.postgres, dbname=isolated_dbname(settings.postgres.dbname, prefix))
     with connect(db, autocommit=True) as conn:
@@ -69,18 +80,32 @@ def collect_hops(settings: Settings, prefix: str, since_ms: int) -> dict[str, di
         results = _first_timestamps(consumer, [t.results])
     finally:
         consumer.close()
-    return hop_summary(hop_latencies(requested, routed, confirmed, results, posted,
-                                     since_ms=since_ms))
+    rows = hop_rows(requested, routed, confirmed, results, posted, since_ms=since_ms)
+    if dump is not None:
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        with dump.open("w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(["payment_id", "requested_ms", "validate_ms", "channel_ms",
+                          "reconcile_ms", "ledger_sink_ms"])
+            out.writerows(astuple(r) for r in rows)
+    return hop_summary(hop_columns(rows)), rows
 
 
-def _hop_inspector(settings: Settings, say: Say,
-                   into: dict[str, dict[str, int]]) -> Callable[[Any, str, float], None]:
-    """run_e2e's inspect hook: fills `into` with the run's hops before the teardown."""
+def _hop_inspector(settings: Settings, say: Say, into: dict[str, dict[str, int]],
+                   dump: Path) -> Callable[[Any, str, float], None]:
+    """run_e2e's inspect hook: fills `into` with the run's hops before the teardown, writes
+    each payment's hops to `dump` and says when the validate hop's slowest 1 % happened."""
     def inspect(_procs: Any, prefix: str, started_s: float) -> None:
         try:
-            into.update(collect_hops(settings, prefix, int(started_s * 1000)))
+            summary, rows = collect_hops(settings, prefix, int(started_s * 1000), dump)
         except Exception as exc:  # a diagnostic: the run's figures stand without it
             say(f"hop breakdown failed: {type(exc).__name__}: {exc}")
+            return
+        into.update(summary)
+        slow = slow_seconds(rows, "validate")
+        if slow:
+            say("  slowest 1% of the validate hop, by second of the run: " + ", ".join(
+                f"s{sec} {n}× ≤{worst} ms" for sec, n, worst in slow) + f" ({dump.name})")
     return inspect
 
 
@@ -94,7 +119,8 @@ def measure_rate(settings: Settings, rate: int, duration_s: float, runs: int, se
         hops: dict[str, dict[str, int]] = {}
         r = run_e2e(settings, out_dir / f"latency-{rate}-run{run + 1}", count, seed + run,
                     rate_per_s=float(rate), say=say, warmup=WARMUP_PAYMENTS,
-                    inspect=_hop_inspector(settings, say, hops))
+                    inspect=_hop_inspector(settings, say, hops,
+                                           out_dir / f"latency-{rate}-run{run + 1}-hops.csv"))
         published = round(count / max(r.publish_s, 1e-3), 1)
         item = LatencyRun(rate, count, published, r.latency_ms_p50, r.latency_ms_p99,
                           bool(r.books.ok and r.ingest.balanced), hops)

@@ -240,28 +240,73 @@ def parse_sink_summary(log_text: str) -> SinkSummary | None:
 HOPS = ("validate", "channel", "reconcile", "ledger sink")
 
 
-def hop_latencies(requested: Mapping[str, int], routed: Mapping[str, int],
-                  confirmed: Mapping[str, int], results: Mapping[str, int],
-                  posted: Mapping[str, int], since_ms: int = 0) -> dict[str, list[int]]:
-    """Milliseconds each payment spent in each hop, from per-payment timestamps (epoch ms).
+@dataclass(frozen=True, slots=True)
+class HopRow:
+    """One payment's way through the pipeline: when it was requested, ms in each hop."""
+
+    payment_id: str
+    requested_ms: int
+    validate: int
+    channel: int
+    reconcile: int
+    ledger_sink: int
+
+
+def hop_rows(requested: Mapping[str, int], routed: Mapping[str, int],
+             confirmed: Mapping[str, int], results: Mapping[str, int],
+             posted: Mapping[str, int], since_ms: int = 0) -> list[HopRow]:
+    """Each payment's hops from per-payment timestamps (epoch ms), in request order.
 
     validate: request produced -> routed record produced; channel: routed -> confirmation
     (the simulated channel's latency); reconcile: the later of the two -> its result;
     ledger sink: result -> journal commit. Payments requested before `since_ms`, or missing
     from any step (rejected, declined, late), are left out.
     """
-    hops: dict[str, list[int]] = {h: [] for h in HOPS}
+    rows = []
     for pid, t0 in requested.items():
         if t0 < since_ms:
             continue
         r, c, res, p = routed.get(pid), confirmed.get(pid), results.get(pid), posted.get(pid)
         if r is None or c is None or res is None or p is None:
             continue
-        hops["validate"].append(r - t0)
-        hops["channel"].append(c - r)
-        hops["reconcile"].append(res - max(r, c))
-        hops["ledger sink"].append(p - res)
-    return hops
+        rows.append(HopRow(pid, t0, r - t0, c - r, res - max(r, c), p - res))
+    rows.sort(key=lambda row: (row.requested_ms, row.payment_id))
+    return rows
+
+
+def hop_latencies(requested: Mapping[str, int], routed: Mapping[str, int],
+                  confirmed: Mapping[str, int], results: Mapping[str, int],
+                  posted: Mapping[str, int], since_ms: int = 0) -> dict[str, list[int]]:
+    """Milliseconds each payment spent in each hop (see `hop_rows`), by hop."""
+    return hop_columns(hop_rows(requested, routed, confirmed, results, posted, since_ms))
+
+
+def hop_columns(rows: Iterable[HopRow]) -> dict[str, list[int]]:
+    """The rows' milliseconds by hop (HOPS)."""
+    rows = list(rows)
+    return {hop: [getattr(r, hop.replace(" ", "_")) for r in rows] for hop in HOPS}
+
+
+def slow_seconds(rows: Sequence[HopRow], hop: str, worst: float = 0.01,
+                 top: int = 5) -> list[tuple[int, int, int]]:
+    """When the slowest `worst` share of a hop happened: (second into the run, how many of
+    them were requested in it, their worst ms), busiest seconds first, at most `top`.
+
+    Tells one slow episode (a stall, a commit, a rebalance: the slow payments bunched in a
+    second or two) from a tail spread over the whole run (queueing, a noisy machine).
+    """
+    if not rows:
+        return []
+    attr = hop.replace(" ", "_")
+    values = sorted(getattr(r, attr) for r in rows)
+    cut = values[len(values) - max(1, math.ceil(len(values) * worst))]
+    start = rows[0].requested_ms
+    by_second: dict[int, list[int]] = {}
+    for r in rows:
+        if getattr(r, attr) >= cut:
+            by_second.setdefault((r.requested_ms - start) // 1000, []).append(getattr(r, attr))
+    ranked = sorted(by_second.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return [(second, len(ms), max(ms)) for second, ms in ranked[:top]]
 
 
 def percentile(values: Sequence[int], q: float) -> int:

@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from settle.benchmarks.measure import (
     Figure,
+    HopRow,
     RatePoint,
     descendants,
     doubling_rates,
     fmt_number,
     hop_latencies,
+    hop_rows,
     hop_summary,
     markdown_table,
     median,
@@ -23,6 +25,7 @@ from settle.benchmarks.measure import (
     percentile,
     ratio,
     search_rates,
+    slow_seconds,
     stat_cpu_ticks,
     status_kib,
 )
@@ -248,6 +251,34 @@ def test_hops_split_each_payment_between_the_stages() -> None:
     assert sum(h[0] for h in hops.values()) == posted["a"] - requested["a"]
     summary = hop_summary(hops)
     assert summary["reconcile"] == {"p50_ms": 30, "p99_ms": 600, "n": 2}
+
+
+def test_hop_rows_are_per_payment_in_request_order() -> None:
+    requested = {"b": 1010, "a": 1000, "warm": 10, "declined": 1020}
+    routed = {"a": 1020, "b": 1015, "warm": 20, "declined": 1030}
+    confirmed = {"a": 1120, "b": 1300, "warm": 30, "declined": 1100}
+    results = {"a": 1150, "b": 1900, "warm": 40}
+    posted = {"a": 1400, "b": 2000, "warm": 50}
+    assert hop_rows(requested, routed, confirmed, results, posted, since_ms=1000) == [
+        HopRow("a", 1000, 20, 100, 30, 250), HopRow("b", 1010, 5, 285, 600, 100)]
+
+
+def _row(at_ms: int, validate_ms: int) -> HopRow:
+    return HopRow(f"p{at_ms}", at_ms, validate_ms, 0, 0, 0)
+
+
+def test_slow_seconds_finds_one_episode() -> None:
+    # 10 s at 100/s, all 40 ms but for a 350 ms episode 6.2-6.3 s into the run.
+    rows = [_row(t, 350 if 6_200 <= t < 6_300 else 40) for t in range(0, 10_000, 10)]
+    assert slow_seconds(rows, "validate") == [(6, 10, 350)]
+
+
+def test_slow_seconds_of_a_spread_tail_names_many_seconds() -> None:
+    rows = [_row(t, 500 if t % 1_000 == 0 else 40) for t in range(0, 10_000, 10)]
+    assert slow_seconds(rows, "validate", top=3) == [(0, 1, 500), (1, 1, 500), (2, 1, 500)]
+    assert len(slow_seconds(rows, "validate", top=99)) == 10
+    assert slow_seconds([], "validate") == []
+    assert slow_seconds(rows, "ledger sink")[0] == (0, 100, 0)  # all equal: all "slowest"
 
 
 def test_percentile_is_nearest_rank_like_percentile_disc() -> None:
