@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
 
 from settle.config import Settings
-from sinks.db import connect
+from sinks.db import connect, drop_database
 from sinks.migrate import available, migrate
 
 pytestmark = pytest.mark.integration
@@ -130,3 +131,71 @@ def test_batch_totals_must_add_up(conn: psycopg.Connection) -> None:
             " VALUES (%s, 'm1', 'CNY', now(), now() + interval '1 day', 1, 100, 1, 98, now())",
             (f"b-{uuid.uuid4()}",),
         )
+
+
+def _post_journals(conn: psycopg.Connection, first: int, count: int) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ledger_journals (journal_id, payment_id, currency, gross_minor,"
+            " fee_minor, net_minor) VALUES (%s, %s, 'CNY', 1000, 10, 990)",
+            [(f"j{n}", f"p{n}") for n in range(first, first + count)])
+        cur.executemany(
+            "INSERT INTO ledger_entries (journal_id, payment_id, account, side, amount_minor,"
+            " currency) VALUES (%s, %s, %s, %s, %s, 'CNY')",
+            [row for n in range(first, first + count) for row in (
+                (f"j{n}", f"p{n}", "clearing:card", "DEBIT", 1000),
+                (f"j{n}", f"p{n}", "payable:m1", "CREDIT", 990),
+                (f"j{n}", f"p{n}", "fee_revenue:card", "CREDIT", 10))])
+
+
+# The balance check's query (0001's ledger_check_journal_balanced), as PL/pgSQL caches it.
+_CHECK_QUERY = (
+    "SELECT COALESCE(SUM(CASE WHEN side = 'DEBIT' THEN amount_minor ELSE -amount_minor END), 0),"
+    " COUNT(DISTINCT currency) FROM ledger_entries WHERE journal_id = $1")
+
+
+def _generic_plan(conn: psycopg.Connection) -> str:
+    """The plan cached for the check's query once PL/pgSQL settles on a generic plan."""
+    conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    conn.execute(f"PREPARE balance_check (text) AS {_CHECK_QUERY}")
+    try:
+        rows = conn.execute("EXPLAIN EXECUTE balance_check ('j1')").fetchall()
+    finally:
+        conn.execute("DEALLOCATE balance_check")
+    return "\n".join(str(r[0]) for r in rows)
+
+
+def test_balance_check_keeps_its_index_after_an_analyze_of_a_nearly_empty_ledger(
+    stack: Settings,
+) -> None:
+    # A new ledger ANALYZEd (as autovacuum does) after its first journals: a plan made then,
+    # and kept by the sink's long-lived session, must not be a sequential scan.
+    name = f"{stack.postgres.dbname}_it_plan_{uuid.uuid4().hex[:8]}"
+    with connect(stack.postgres, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with connect(replace(stack.postgres, dbname=name)) as c:
+            migrate(c)
+            c.autocommit = False  # SET LOCAL below needs a transaction
+            _post_journals(c, 0, 3)
+            c.commit()
+            c.execute("ANALYZE ledger_entries")
+            c.commit()
+            # The hazard: on such a ledger the planner's generic plan is a sequential scan,
+            # which the check would then run once per entry row however large the table grows.
+            assert "Seq Scan on ledger_entries" in _generic_plan(c)
+            c.rollback()
+            # 0003: the function plans with enable_seqscan off, so its cached plan is the index.
+            config = c.execute("SELECT proconfig FROM pg_proc"
+                               " WHERE proname = 'ledger_check_journal_balanced'").fetchone()
+            assert config == (["enable_seqscan=off"],)
+            c.execute("SET LOCAL enable_seqscan = off")
+            assert "Index Scan using ledger_entries_journal_idx" in _generic_plan(c)
+            c.rollback()
+            # And the check itself still refuses an unbalanced journal and passes a balanced one.
+            _post_journals(c, 100, 50)
+            c.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            c.commit()
+    finally:
+        with connect(stack.postgres, autocommit=True) as admin:
+            drop_database(admin, name)
