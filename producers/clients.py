@@ -14,6 +14,7 @@ from schemas.errors import RegistryError
 from schemas.registry import RegistryClient, delete_subjects_with_prefix
 from settle.config import KafkaSettings, Settings
 from settle.kafka import make_consumer
+from settle.topics import delete_prefixed_topics
 
 READBACK_GROUP_PREFIX = "settle-readback"
 
@@ -33,19 +34,19 @@ def registry_client(settings: Settings) -> RegistryClient:
     )
 
 
-def delete_prefixed_subjects(settings: Settings, prefix: str) -> int:
-    """Delete an isolated run's subjects (`prefix` + the contract's); return how many.
+def delete_isolated_run(settings: Settings, prefix: str) -> None:
+    """Delete what an isolated run (benchmark, e2e, chaos) made under `prefix` on the broker
+    and the registry: its topics, then its subjects (`prefix` + the contract's).
 
-    Housekeeping after a benchmark or test run: left behind, they pile up in a long-lived
-    registry. A registry that refuses is logged, not raised, so it never hides the run's
-    own result.
+    Left behind, they pile up in a long-lived stack. A registry that refuses is logged, not
+    raised, so it never hides the run's own result.
     """
+    delete_prefixed_topics(settings.kafka, prefix)
     try:
         with registry_client(settings) as client:
-            return delete_subjects_with_prefix(client, prefix)
+            delete_subjects_with_prefix(client, prefix)
     except RegistryError as exc:
         log.warning("could not delete the registry subjects of %s*: %s", prefix, exc)
-        return 0
 
 
 def _readback_consumer(kafka: KafkaSettings) -> Consumer:

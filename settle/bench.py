@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from producers.clients import delete_prefixed_subjects
+from producers.clients import delete_isolated_run
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
@@ -21,7 +21,7 @@ from producers.producer import AvroProducer
 from settle.benchmarks.common import Offsets
 from settle.config import Settings
 from settle.smoke import registry_client
-from settle.topics import create_topics, delete_prefixed_topics
+from settle.topics import create_topics
 from stream_processors.topics import TopicNames
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -161,8 +161,7 @@ def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_rat
             progress(f"run {run + 1}/{runs}: {result.records_per_s:,.0f} records/s, "
                      f"{result.cpu_s_per_1000} CPU s per 1,000")
         finally:
-            delete_prefixed_topics(settings.kafka, prefix)
-            delete_prefixed_subjects(settings, prefix)
+            delete_isolated_run(settings, prefix)
     rates = [r.records_per_s for r in results]
     report = {
         "stage": "validate",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from producers.clients import delete_prefixed_subjects
+from producers.clients import delete_isolated_run
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import Accounting, OrderMix, expected_accounting, generate_orders
@@ -25,7 +25,7 @@ from settle.config import Settings
 from settle.keyring import ensure_run_keyring, load_keyring
 from settle.processes import ProcessSpec
 from settle.smoke import registry_client
-from settle.topics import create_topics, delete_prefixed_topics
+from settle.topics import create_topics
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
 from stream_processors.topics import TopicNames
@@ -220,8 +220,7 @@ class IsolatedPipeline:
         self.stop_all()
         self.registry.close()
         if self._created:
-            delete_prefixed_topics(self.base.kafka, self.prefix)
-            delete_prefixed_subjects(self.base, self.prefix)
+            delete_isolated_run(self.base, self.prefix)
         with connect(self.base.postgres, autocommit=True) as conn:
             drop_database(conn, self.dbname)
 

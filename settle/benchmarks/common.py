@@ -14,12 +14,12 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from producers.clients import delete_prefixed_subjects
+from producers.clients import delete_isolated_run
 from settle.audit_ingest import end_offsets
 from settle.benchmarks.measure import descendants, per_1000, stat_cpu_ticks, status_kib
 from settle.config import Settings
 from settle.kafka import make_consumer
-from settle.topics import create_topics, delete_prefixed_topics
+from settle.topics import create_topics
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
 from stream_processors.topics import TopicNames
@@ -245,8 +245,7 @@ class Isolated:
         return env
 
     def __exit__(self, *exc: object) -> None:
-        delete_prefixed_topics(self.base.kafka, self.prefix)
-        delete_prefixed_subjects(self.base, self.prefix)
+        delete_isolated_run(self.base, self.prefix)
         with connect(self.base.postgres, autocommit=True) as conn:
             for db in [self.dbname, *self.extra_dbs]:
                 if db:

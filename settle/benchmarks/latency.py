@@ -41,7 +41,7 @@ class LatencyRun:
     p50_ms: int
     p99_ms: int
     books_ok: bool
-    # hop -> {"p50_ms", "p99_ms", "n"}: where the time went (measure.hop_latencies)
+    # hop -> {"p50_ms", "p99_ms", "n"}: where the time went (measure.hop_rows)
     hops: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

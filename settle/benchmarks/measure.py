@@ -274,17 +274,16 @@ def hop_rows(requested: Mapping[str, int], routed: Mapping[str, int],
     return rows
 
 
-def hop_latencies(requested: Mapping[str, int], routed: Mapping[str, int],
-                  confirmed: Mapping[str, int], results: Mapping[str, int],
-                  posted: Mapping[str, int], since_ms: int = 0) -> dict[str, list[int]]:
-    """Milliseconds each payment spent in each hop (see `hop_rows`), by hop."""
-    return hop_columns(hop_rows(requested, routed, confirmed, results, posted, since_ms))
+def hop_ms(row: HopRow, hop: str) -> int:
+    """A row's milliseconds in `hop` (one of HOPS)."""
+    value: int = getattr(row, hop.replace(" ", "_"))
+    return value
 
 
 def hop_columns(rows: Iterable[HopRow]) -> dict[str, list[int]]:
     """The rows' milliseconds by hop (HOPS)."""
     rows = list(rows)
-    return {hop: [getattr(r, hop.replace(" ", "_")) for r in rows] for hop in HOPS}
+    return {hop: [hop_ms(r, hop) for r in rows] for hop in HOPS}
 
 
 def slow_seconds(rows: Sequence[HopRow], hop: str, worst: float = 0.01,
@@ -297,14 +296,13 @@ def slow_seconds(rows: Sequence[HopRow], hop: str, worst: float = 0.01,
     """
     if not rows:
         return []
-    attr = hop.replace(" ", "_")
-    values = sorted(getattr(r, attr) for r in rows)
+    values = sorted(hop_ms(r, hop) for r in rows)
     cut = values[len(values) - max(1, math.ceil(len(values) * worst))]
     start = rows[0].requested_ms
     by_second: dict[int, list[int]] = {}
     for r in rows:
-        if getattr(r, attr) >= cut:
-            by_second.setdefault((r.requested_ms - start) // 1000, []).append(getattr(r, attr))
+        if hop_ms(r, hop) >= cut:
+            by_second.setdefault((r.requested_ms - start) // 1000, []).append(hop_ms(r, hop))
     ranked = sorted(by_second.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     return [(second, len(ms), max(ms)) for second, ms in ranked[:top]]
 

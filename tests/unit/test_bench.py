@@ -15,7 +15,7 @@ from settle.benchmarks.measure import (
     descendants,
     doubling_rates,
     fmt_number,
-    hop_latencies,
+    hop_columns,
     hop_rows,
     hop_summary,
     markdown_table,
@@ -244,7 +244,7 @@ def test_hops_split_each_payment_between_the_stages() -> None:
     confirmed = {"a": 1120, "b": 1300, "warm": 30, "declined": 1100}
     results = {"a": 1150, "b": 1900, "warm": 40}        # the declined one has no result
     posted = {"a": 1400, "b": 2000, "warm": 50}
-    hops = hop_latencies(requested, routed, confirmed, results, posted, since_ms=1000)
+    hops = hop_columns(hop_rows(requested, routed, confirmed, results, posted, since_ms=1000))
     assert hops == {"validate": [20, 5], "channel": [100, 285], "reconcile": [30, 600],
                     "ledger sink": [250, 100]}
     # Each payment's hops add up to its end-to-end time.
