@@ -20,6 +20,7 @@ from stream_processors.delivery import DeliveryGuard
 from stream_processors.faust_fixes import install as install_faust_fixes
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
 from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
+from stream_processors.json_codec import install as install_json_codec
 from stream_processors.kafka_auth import broker_credentials
 from stream_processors.merchants import MerchantDirectory
 from stream_processors.settings import ProcessorSettings
@@ -60,6 +61,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     install_faust_fixes()  # offsets: see stream_processors/faust_fixes.py
     install_aiokafka_fixes()  # one produce request per broker: stream_processors/aiokafka_fixes.py
     install_consumer_fetch()  # fuller fetches at a trickle: stream_processors/consumer_fetch.py
+    install_json_codec()  # tables' JSON on orjson, keys' bytes unchanged: .json_codec
 
     app = faust.App(
         app_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -269,5 +270,44 @@ def test_reconcile_and_settle_on_the_real_stack(
         assert sum(b["net_minor"] for b in batches) == 10_000 - 96
         assert len({b["batch_id"] for b in batches}) == len(batches)
     finally:
+        reader.close()
+        registry.close()
+
+
+def test_table_changelog_keys_keep_their_bytes_and_values_are_compact(
+    pipeline: tuple[TopicNames, Settings],
+) -> None:
+    """stream_processors.json_codec on the real broker: a non-ASCII payment id's changelog key
+    is the standard library's escaped JSON (what every earlier release wrote, so compaction
+    and rocksdb lookups still meet the old records), its value orjson's compact JSON."""
+    topics, settings = pipeline
+    registry = registry_client(settings)
+    pub = Publisher(settings, registry, topics)
+    reader = Topics(settings, registry)
+    pid = f"支付-é-{uuid.uuid4().hex[:6]}"
+    changelog = f"{topics.prefix}settle-reconcile-recon-state-changelog"
+    consumer = make_consumer(settings.kafka, f"it-read-{uuid.uuid4()}")
+    try:
+        pub.routed(pid, "m-codec", "alipay", 1000)
+        pub.confirm(pid, f"c-{pid}", "alipay", 1000)
+        pub.flush()
+        results = reader.poll_until(
+            topics.results, lambda rs: any(r["payment_id"] == pid for r in rs), 60)
+        assert [r["outcome"] for r in results if r["payment_id"] == pid] == ["MATCHED"]
+        consumer.subscribe([changelog])
+        records: list[tuple[bytes, bytes]] = []
+        deadline = time.monotonic() + 60
+        while len(records) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None and msg.key() == json.dumps(pid).encode():
+                records.append((msg.key(), msg.value()))
+        assert len(records) == 2, f"{len(records)} changelog records under {pid!r}'s old bytes"
+        assert records[0][0].isascii() and b"\\u" in records[0][0]
+        routed_value, matched_value = (json.loads(value) for _key, value in records)
+        assert routed_value["state"]["outcome"] is None
+        assert matched_value["state"]["outcome"] == "MATCHED"
+        assert all(b'": ' not in value for _key, value in records)  # orjson, not the stdlib
+    finally:
+        consumer.close()
         reader.close()
         registry.close()
