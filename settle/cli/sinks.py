@@ -69,6 +69,7 @@ def sink(
     the dead-letter topic; PostgreSQL outages are retried with backoff. SIGTERM or Ctrl-C
     finishes the current batch, then prints a summary. Needs `settle db migrate` first.
     """
+    from settle import gc_tuning
     from settle.smoke import registry_client
     from sinks import metrics
     from sinks.ledger_sink import LedgerWriter
@@ -83,6 +84,7 @@ def sink(
     # main thread would wait up to the switch interval (5 ms) per statement to go on.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
+    gc_settings = gc_tuning.load()
     s = settings()
     default_topic, default_group = SINKS[name]
     options = SinkOptions(
@@ -100,6 +102,7 @@ def sink(
     pg = s.postgres.for_sinks()
     console.print(f"{writer.stage}: {options.topic} -> PostgreSQL {pg.describe()} "
                   f"as group {options.group_id}")
+    console.print(f"{writer.stage}: {gc_tuning.apply(gc_settings)}")
     with registry_client(s) as registry:
         stats = OffsetsConsumer(s, registry, writer, options).run()
     console.print(f"{writer.stage}: {stats.summary()}")

@@ -54,6 +54,7 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     """
     import faust
 
+    from settle import gc_tuning
     from settle.smoke import registry_client
     from stream_processors import metrics
     from stream_processors import settings as ps_settings
@@ -61,6 +62,7 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     from stream_processors.stages import make_reconcile_app, make_settle_app
 
     loop_name = use_event_loop(os.environ.get("SETTLE_EVENT_LOOP", "asyncio"))
+    gc_settings = gc_tuning.load()  # a malformed setting stops the worker before it starts
     s = settings()
     ps = ps_settings.load(run_dir=s.run_dir)
     port = ps.metrics_port if metrics_port is None else metrics_port
@@ -86,4 +88,6 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
         # One line per registry request drowns the worker's own log.
         logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
+    # Last, so the freeze takes every object the app and its libraries made at start-up.
+    click.echo(f"{stage}: {gc_tuning.apply(gc_settings)}", err=True)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
