@@ -26,6 +26,7 @@ from quixstreams import Application, message_context
 from quixstreams.models.serializers import Serializer
 
 from schemas.registry import RegistryClient
+from settle import gc_tuning
 from settle.config import load as load_settings
 from settlement.model import Merchant
 from stream_processors import settings as ps_settings
@@ -141,6 +142,9 @@ def main() -> None:
     sdf = sdf.filter(lambda d: d is not None)
     sdf = sdf.set_headers(lambda value, _k, _t, _h: value["headers"])
     sdf.to_topic(lambda value, _k, _t, _h: targets[value["topic"]], key=lambda d: d["key"])
+    # The same garbage-collector settings as our workers (SETTLE_GC_*), so the ratio compares
+    # the frameworks, not a tuned process with an untuned one.
+    print(f"quix-validate: {gc_tuning.apply(gc_tuning.load())}", file=sys.stderr, flush=True)
     app.run()
 
 
