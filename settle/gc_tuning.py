@@ -3,11 +3,11 @@
 CPython's cyclic collector runs a young (generation 0) collection every 700 container
 allocations net of frees, and a full one whenever the survivors have grown by a quarter. A
 faust stage allocates several containers per record that die by reference counting a moment
-later, so it ran about 1,000-2,000 young collections per 40,000 records, and about 15 full
+later, so it ran about 1,000-2,000 young collections per 40,000 payments, and about 15 full
 ones, each walking every live object: the ~80,000 objects of the imported libraries and, in
-reconcile, every state in its table (up to 170 ms a pause). Measured with
-`settle bench stages --count 40000 --runs 1` (README, *Performance*): GC pauses took 5-9 %
-of each stage's CPU with Python's defaults.
+reconcile, every state in its table (about 170 ms a full collection there). Measured with
+`settle bench stages --count 40000 --runs 1` (README, *Performance*): GC pauses took 5-11 %
+of each stage's CPU with Python's defaults, and these settings took 5-20 % off it.
 
 Two settings, both applied once at start-up, before the worker's loop runs:
 
