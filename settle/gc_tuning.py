@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from settlement.errors import SettleError
 
 DEFAULT_THRESHOLD = (50_000, 20, 10)
-PYTHON_DEFAULT_THRESHOLD = (700, 10, 10)
 _ON = ("on", "1", "true", "yes")
 _OFF = ("off", "0", "false", "no")
 
@@ -74,10 +73,10 @@ def load(env: Mapping[str, str] | None = None) -> GcSettings:
     env = os.environ if env is None else env
     raw_threshold = env.get("SETTLE_GC_THRESHOLD", "").strip()
     threshold = parse_threshold(raw_threshold) if raw_threshold else DEFAULT_THRESHOLD
-    raw_freeze = env.get("SETTLE_GC_FREEZE", "").strip().lower()
-    if raw_freeze in ("", *_ON):
+    raw_freeze = env.get("SETTLE_GC_FREEZE", "").strip()
+    if raw_freeze.lower() in ("", *_ON):
         freeze = True
-    elif raw_freeze in _OFF:
+    elif raw_freeze.lower() in _OFF:
         freeze = False
     else:
         raise GcConfigError(f"SETTLE_GC_FREEZE={raw_freeze!r}: expected on or off")

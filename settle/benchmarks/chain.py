@@ -126,8 +126,7 @@ def run_chain(iso: Isolated, pre: Preloaded, seed: int, out_dir: Path, wanted: S
         recon_inputs = [*t.all_routed, t.confirmations]
         run.stages["reconcile"] = run_measured(
             "reconcile", settle_argv("worker", "reconcile", "--loglevel", "warning"), env,
-            lambda: sum(offsets.committed(recon_group, topic, partitions)
-                        for topic in recon_inputs),
+            lambda: offsets.committed(recon_group, recon_inputs, partitions),
             len(routed) + confirmations, len(routed) + confirmations,
             out_dir / "reconcile.log")
         if last < 2:
@@ -150,7 +149,7 @@ def run_chain(iso: Isolated, pre: Preloaded, seed: int, out_dir: Path, wanted: S
 
             run.stages["settle"] = run_measured(
                 "settle", settle_argv("worker", "settle", "--loglevel", "warning"), env,
-                lambda: offsets.committed(group, items_topic, partitions), matched,
+                lambda: offsets.committed(group, [items_topic], partitions), matched,
                 len(results), out_dir / "settle.log",
                 after=wait_closed if last >= 4 else None)
         if "ledger-sink" in wanted:

@@ -187,14 +187,15 @@ class Offsets:
             self._last[key] = sum(sum(end_offsets(self._consumer, t).values()) for t in topics)
         return self._last.get(key, 0)
 
-    def committed(self, group: str, topic: str, partitions: int) -> int:
-        """Σ committed offsets of a group on a topic (what the group has surely consumed)."""
+    def committed(self, group: str, topics: Sequence[str], partitions: int) -> int:
+        """Σ committed offsets of a group on topics (what the group has surely consumed)."""
         # committed() answers for the consumer's own group; the probe never subscribes, so
-        # it never joins (or rebalances) the stage's group.
+        # it never joins (or rebalances) the stage's group. One request for every topic.
         probe = self._probes.get(group)
         if probe is None:
             probe = self._probes[group] = make_consumer(self._settings.kafka, group_id=group)
-        tps = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=15)
+        tps = probe.committed([TopicPartition(topic, p) for topic in topics
+                               for p in range(partitions)], timeout=15)
         return sum(max(tp.offset, 0) for tp in tps)
 
     def close(self) -> None:
