@@ -255,6 +255,14 @@ owned_by_stack() {
     local service=$1 pid=$2 cmdline marker
     [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
     cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) " || return 1
+    # A process in the middle of exec (launch's `bash -c 'echo $$ >pidfile; exec java ...'`)
+    # shows an empty cmdline for a moment; read as "not ours", that deleted a live broker's pid
+    # file and failed its start ("exited while starting") while it went on running.
+    local tries=0
+    while [[ $cmdline == " " ]] && ((tries++ < 20)) && kill -0 "$pid" 2>/dev/null; do
+        sleep 0.05
+        cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) " || return 1
+    done
     while IFS= read -r marker; do
         [[ $cmdline == *"$marker"* ]] || return 1
     done < <(service_markers "$service")
