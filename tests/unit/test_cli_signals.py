@@ -18,8 +18,11 @@ RUN = textwrap.dedent("""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                              start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    print(child.pid, flush=True)
     try:
+        # Printed inside the try: the test signals as soon as it reads the pid, and a SIGTERM
+        # that landed between a print before the try and the try itself skipped the finally
+        # (CI under load saw "stopped" missing once).
+        print(child.pid, flush=True)
         time.sleep(120)
     finally:
         child.terminate()
