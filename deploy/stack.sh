@@ -493,6 +493,7 @@ start_kafka() {
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
         -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
         "-Xlog:gc*:file=$KAFKA_DIR/logs/kafkaServer-gc.log:time,tags:filecount=5,filesize=20M" \
+        "-XX:ErrorFile=$KAFKA_DIR/logs/hs_err_pid%p.log" \
         "-Dsettle.run.dir=$RUN" \
         "-Dkafka.logs.dir=$KAFKA_DIR/logs" \
         "-Dlog4j2.configurationFile=$DEPLOY_DIR/kafka/log4j2.properties" \
@@ -630,6 +631,7 @@ start_registry() {
     rotate_log "$REGISTRY_DIR/logs/registry.log"
     launch registry "$REGISTRY_DIR/logs/registry.log" "$REGISTRY_DIR" \
         "$REGISTRY_JAVA" "-Xmx$REGISTRY_HEAP" -Djava.awt.headless=true \
+        "-XX:ErrorFile=$REGISTRY_DIR/logs/hs_err_pid%p.log" \
         "-Dsettle.run.dir=$RUN" \
         -Dquarkus.http.host=127.0.0.1 "-Dquarkus.http.port=$REGISTRY_PORT" \
         -Dquarkus.management.host=127.0.0.1 "-Dquarkus.management.port=$REGISTRY_MGMT_PORT" \

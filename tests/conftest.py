@@ -92,4 +92,29 @@ def _services(settings: config.Settings) -> config.Settings:
         missing.append(f"schema registry at {reg}")
     if missing:
         pytest.fail("the stack is not running (" + ", ".join(missing) + "): run `make up`")
+    _STACK_USED.append(True)
     return settings
+
+
+_STACK_USED: list[bool] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """After a run that used the stack: say so when a service of it is no longer up.
+
+    A service that dies mid-run fails every test after it with "connection refused" and
+    explains nothing; its log, and a JVM's crash file, are gone with a CI machine's run folder.
+    """
+    if not _STACK_USED:
+        return
+    from settle.chaos import stack_status
+
+    # The session's own database is dropped by now: PostgreSQL's check logs in to the main one.
+    code, table, tails = stack_status(lines=40, env={"SETTLE_PG_DB": _MAIN_DB})
+    if code == 0:
+        return
+    terminalreporter.section("stack services not up at the end of the run", yellow=True)
+    terminalreporter.write_line(table.rstrip())
+    for name, tail in tails.items():
+        terminalreporter.write_line(f"--- the end of {name} ---")
+        terminalreporter.write_line(tail or "(empty)")

@@ -8,11 +8,20 @@ the SETTLE_* environment through `deploy/stack.sh`: run them on a stack of your 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 
-from settle.chaos import STORM, run_plan, scenarios, summary_lines
+from settle.chaos import (
+    STORM,
+    ensure_stack_up,
+    run_plan,
+    scenarios,
+    stack_service,
+    stack_status,
+    summary_lines,
+)
 from settle.config import Settings
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
@@ -27,6 +36,9 @@ def test_fault_scenario(stack: Settings, tmp_path: Path, name: str) -> None:
     report = run_plan(stack, tmp_path, plan, say=print, report_dir=stack.run_dir / "chaos")
     for line in summary_lines(report):
         print(line)
+    for repair in report.stack_repairs:
+        # Shown in pytest's warnings summary even when the scenario passes.
+        warnings.warn(f"{name}: {repair}", stacklevel=1)
 
     assert not report.failed_checks, report.failed_checks
     assert report.books_ok
@@ -49,3 +61,15 @@ def test_fault_scenario(stack: Settings, tmp_path: Path, name: str) -> None:
         if fault.kind != STORM:
             assert fault.recovery_s is not None, (fault.fault, fault.note)
     assert report.ok
+
+
+def test_a_dead_service_is_started_before_a_scenario(stack: Settings) -> None:
+    """A scenario begins from a whole stack: a service found dead is started, and said so."""
+    stack_service("stop", "registry")
+    said: list[str] = []
+    repairs = ensure_stack_up(said.append)
+    assert len(repairs) == 1 and repairs[0].startswith("registry was not up"), repairs
+    assert any("The end of its log" in line for line in said), said
+    code, table, _tails = stack_status()
+    assert code == 0, table
+    assert ensure_stack_up() == []

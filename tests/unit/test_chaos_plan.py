@@ -5,7 +5,16 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from settle.chaos import KILL, KINDS, REBALANCE, STORM, keep_logs, random_plan, scenarios
+from settle.chaos import (
+    KILL,
+    KINDS,
+    REBALANCE,
+    STORM,
+    down_services,
+    keep_logs,
+    random_plan,
+    scenarios,
+)
 
 
 def test_same_seed_same_schedule() -> None:
@@ -49,3 +58,27 @@ def test_keep_logs_copies_every_log_and_replaces_an_older_copy(tmp_path: Path) -
 def test_keep_logs_without_logs_keeps_nothing(tmp_path: Path) -> None:
     assert keep_logs(tmp_path / "missing", tmp_path / "out") is None
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- stack status
+
+STATUS = """\
+SERVICE     STATE     PID      ADDRESS                 RSS_MiB  DETAIL
+kafka       up        14664    127.0.0.1:19092             475
+registry    down      -        127.0.0.1:18081               -
+postgres    unhealthy 14897    127.0.0.1:15432             104  pg_isready: down
+prometheus  down      -        127.0.0.1:19090               -
+validate    running   18025    (pipeline)                   74
+"""
+
+
+def test_down_services_names_the_needed_services_not_up() -> None:
+    # Prometheus is not needed by a scenario; pipeline processes are not services.
+    assert down_services(STATUS) == ["registry", "postgres"]
+    assert down_services(STATUS, ("prometheus", "kafka")) == ["prometheus"]
+
+
+def test_down_services_of_a_whole_stack_is_empty() -> None:
+    whole = STATUS.replace("down      -        127.0.0.1:18081", "up        14825    "
+                           "127.0.0.1:18081").replace("unhealthy", "up       ")
+    assert down_services(whole) == []
