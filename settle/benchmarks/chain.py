@@ -20,7 +20,15 @@ from producers.channels import ChannelSimConfig, plan_confirmations
 from producers.producer import AvroProducer
 from schemas.codec import AvroDeserializer
 from settle.audit_ingest import read_topic
-from settle.benchmarks.common import Isolated, Offsets, ProcRun, Say, run_measured, settle_argv
+from settle.benchmarks.common import (
+    Isolated,
+    Offsets,
+    ProcRun,
+    Say,
+    free_port,
+    run_measured,
+    settle_argv,
+)
 from settle.benchmarks.limits import Preloaded
 from settle.benchmarks.measure import SinkSummary, parse_sink_summary, per_1000
 from settle.kafka import make_consumer
@@ -111,7 +119,7 @@ def run_chain(iso: Isolated, pre: Preloaded, seed: int, out_dir: Path, wanted: S
             "validate", settle_argv("worker", "validate", "--loglevel", "warning"), env,
             lambda: offsets.end([*t.all_routed, t.rejected, t.dlq]),
             exp["routed"] + exp["rejected"] + exp["dead_lettered"], pre.count,
-            out_dir / "validate.log")
+            out_dir / "validate.log", metrics_port=free_port())
         if last < 1:
             return run
         routed = [r for topic in t.all_routed for r in decode_topic(iso, topic)]
@@ -128,7 +136,7 @@ def run_chain(iso: Isolated, pre: Preloaded, seed: int, out_dir: Path, wanted: S
             "reconcile", settle_argv("worker", "reconcile", "--loglevel", "warning"), env,
             lambda: offsets.committed(recon_group, recon_inputs, partitions),
             len(routed) + confirmations, len(routed) + confirmations,
-            out_dir / "reconcile.log")
+            out_dir / "reconcile.log", metrics_port=free_port())
         if last < 2:
             return run
         results = decode_topic(iso, t.results)
@@ -151,7 +159,7 @@ def run_chain(iso: Isolated, pre: Preloaded, seed: int, out_dir: Path, wanted: S
                 "settle", settle_argv("worker", "settle", "--loglevel", "warning"), env,
                 lambda: offsets.committed(group, [items_topic], partitions), matched,
                 len(results), out_dir / "settle.log",
-                after=wait_closed if last >= 4 else None)
+                after=wait_closed if last >= 4 else None, metrics_port=free_port())
         if "ledger-sink" in wanted:
             say(f"ledger sink draining {len(results):,} results")
             ledger = run_measured(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -16,7 +18,14 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from producers.clients import delete_isolated_run
 from settle.audit_ingest import end_offsets
-from settle.benchmarks.measure import descendants, per_1000, stat_cpu_ticks, status_kib
+from settle.benchmarks.measure import (
+    GcTotals,
+    descendants,
+    parse_gc_totals,
+    per_1000,
+    stat_cpu_ticks,
+    status_kib,
+)
 from settle.config import Settings
 from settle.kafka import make_consumer
 from settle.topics import create_topics
@@ -78,6 +87,9 @@ class ProcRun:
     startup_s: float
     # From the last poll that saw no progress: all the work, plus up to one poll of start-up.
     cpu_s_from_idle: float = 0.0
+    # A faust worker's garbage collector over the timed span (from its /metrics), if served.
+    gc_pause_s: float | None = None
+    gc_collections: tuple[int, int, int] | None = None
 
 
 def run_measured(
@@ -91,6 +103,7 @@ def run_measured(
     timeout_s: float = 600.0,
     after: Callable[[], None] | None = None,
     poll_s: float = 0.1,
+    metrics_port: int = 0,
 ) -> ProcRun:
     """Start argv, time from its first progress to progress >= target, then stop it.
 
@@ -98,14 +111,18 @@ def run_measured(
     figure scales `records` by the share of progress made inside the timed span, so the
     start-up (connecting, joining the group, loading merchants) is excluded. CPU seconds
     are the process tree's over the same span. `after` runs before the process is stopped
-    (e.g. to let a window close so the next stage has input).
+    (e.g. to let a window close so the next stage has input). With `metrics_port`, the
+    process serves /metrics there and a faust worker's GC pauses over the span are read from it.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the child
     started = time.monotonic()
+    if metrics_port:
+        env = {**env, "SETTLE_METRICS_PORT": str(metrics_port)}
     proc = subprocess.Popen(list(argv), env={**os.environ, **env}, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     first_t: float | None = None
+    gc_first: GcTotals | None = None
     cpu_first = 0.0
     first_done = 0
     zero_t, zero_cpu = started, 0.0
@@ -127,6 +144,7 @@ def run_measured(
                 zero_t, zero_cpu = now, cpu_now
             elif first_t is None:
                 first_t, cpu_first, first_done = now, cpu_now, done
+                gc_first = scrape_gc(metrics_port)
             if done >= target and first_t is not None:
                 cpu_end = tree_cpu_s(proc.pid, tree)
                 rss = tree_peak_rss_mib(proc.pid)
@@ -142,6 +160,8 @@ def run_measured(
                     steady = max(now - zero_t, 1e-3)
                     measured = float(records)
                     cpu = cpu_end - zero_cpu
+                gc_end = scrape_gc(metrics_port)
+                gc_span = gc_end.since(gc_first) if gc_end and gc_first else None
                 if after is not None:
                     after()
                 return ProcRun(
@@ -150,6 +170,8 @@ def run_measured(
                     cpu_s_per_1000=per_1000(cpu, measured), rss_mib_peak=rss,
                     startup_s=round(first_t - started, 2),
                     cpu_s_from_idle=round(cpu_end - zero_cpu, 3),
+                    gc_pause_s=round(gc_span.pause_s, 3) if gc_span else None,
+                    gc_collections=gc_span.collections if gc_span else None,
                 )
             time.sleep(poll_s)
         raise TimeoutError(f"{name}: progress {progress()} of {target} after {timeout_s}s; "
@@ -162,6 +184,24 @@ def run_measured(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def scrape_gc(port: int) -> GcTotals | None:
+    """A worker's GC pause totals from its /metrics on 127.0.0.1:port (None: no answer)."""
+    if not port:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as r:
+            return parse_gc_totals(r.read().decode())
+    except OSError:
+        return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def settle_argv(*args: str) -> list[str]:

@@ -236,6 +236,41 @@ def parse_sink_summary(log_text: str) -> SinkSummary | None:
     return SinkSummary(int(m.group(1)), float(m.group(3)), tables)
 
 
+@dataclass(frozen=True, slots=True)
+class GcTotals:
+    """A worker's garbage-collector pauses so far (its settle_gc_pause_seconds histogram)."""
+
+    pause_s: float
+    collections: tuple[int, int, int]  # per generation: young, middle, full
+
+    def since(self, earlier: GcTotals) -> GcTotals:
+        return GcTotals(self.pause_s - earlier.pause_s, (
+            self.collections[0] - earlier.collections[0],
+            self.collections[1] - earlier.collections[1],
+            self.collections[2] - earlier.collections[2]))
+
+
+_GC_SAMPLE = re.compile(
+    r'^settle_gc_pause_seconds_(sum|count)\{([^}]*)\}\s+(\S+)\s*$', re.M)
+
+
+def parse_gc_totals(metrics_text: str) -> GcTotals | None:
+    """The GC pause totals in a worker's /metrics text; None when it has none."""
+    pause = 0.0
+    counts = [0, 0, 0]
+    seen = False
+    for kind, labels, value in _GC_SAMPLE.findall(metrics_text):
+        generation = re.search(r'generation="(\d)"', labels)
+        if generation is None or int(generation.group(1)) > 2:
+            continue
+        seen = True
+        if kind == "sum":
+            pause += float(value)
+        else:
+            counts[int(generation.group(1))] += int(float(value))
+    return GcTotals(pause, (counts[0], counts[1], counts[2])) if seen else None
+
+
 # Where a payment's end-to-end time goes, hop by hop (settle bench latency).
 HOPS = ("validate", "channel", "reconcile", "ledger sink")
 

@@ -283,6 +283,14 @@ def figures(raw: Raw) -> list[Figure]:
                           tuple(round(v, 4) for v in per_run)))
     for key, label, per_run in rss_rows:
         out.append(Figure(f"rss.{key}", f"peak RSS: {label}", "MiB", tuple(per_run)))
+    # The faust workers' collector: its pauses as a share of the CPU the stage used.
+    for stage in STAGES:
+        shares = tuple(round(100 * run.gc_pause_s / run.cpu_s, 2)
+                       for c in raw.chains if (run := c.stages.get(stage)) is not None
+                       and run.gc_pause_s is not None and run.cpu_s > 0)
+        if shares:
+            out.append(Figure(f"gc.{stage}", f"GC pauses, share of CPU: {STAGE_LABELS[stage]}",
+                              "%", shares))
     return out
 
 

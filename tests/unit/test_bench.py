@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from settle.benchmarks.measure import (
     Figure,
+    GcTotals,
     HopRow,
     RatePoint,
     descendants,
@@ -20,6 +21,7 @@ from settle.benchmarks.measure import (
     hop_summary,
     markdown_table,
     median,
+    parse_gc_totals,
     parse_sink_summary,
     per_1000,
     percentile,
@@ -286,3 +288,31 @@ def test_percentile_is_nearest_rank_like_percentile_disc() -> None:
     assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
     assert percentile(values[::-1], 1.0) == 100  # unsorted input
     assert percentile([7], 0.99) == 7 and percentile([], 0.5) == 0
+
+
+# ----------------------------------------------------------------------------- GC totals
+
+def test_gc_totals_read_from_the_workers_own_histogram() -> None:
+    """The text a worker serves: its real settle_gc_pause_seconds histogram, rendered."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    pauses = Histogram("settle_gc_pause_seconds", "GC pauses", ["stage", "generation"],
+                       registry=registry, buckets=(0.001, 0.1, 1))
+    for generation, pause in (("0", 0.002), ("0", 0.003), ("1", 0.02), ("2", 0.25)):
+        pauses.labels("reconcile", generation).observe(pause)
+    text = generate_latest(registry).decode()
+    totals = parse_gc_totals(text)
+    assert totals is not None
+    assert totals.collections == (2, 1, 1)
+    assert totals.pause_s == pytest.approx(0.275)
+
+
+def test_gc_totals_absent_from_a_process_without_them() -> None:
+    text = "# HELP process_cpu_seconds_total x\nprocess_cpu_seconds_total 3.0\n"
+    assert parse_gc_totals(text) is None
+
+
+def test_gc_totals_since_an_earlier_reading() -> None:
+    later = GcTotals(1.5, (100, 10, 2))
+    assert later.since(GcTotals(0.5, (40, 4, 2))) == GcTotals(1.0, (60, 6, 0))
