@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from producers.clients import delete_isolated_run
@@ -18,39 +17,11 @@ from producers.merchants import load_merchants, publish_merchants, sample_mercha
 from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
-from settle.benchmarks.common import Offsets
+from settle.benchmarks.common import Offsets, ProcRun, free_port, run_measured, settle_argv
 from settle.config import Settings
 from settle.smoke import registry_client
 from settle.topics import create_topics
 from stream_processors.topics import TopicNames
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True, slots=True)
-class StageRun:
-    stage: str
-    records: int
-    outputs: int
-    steady_s: float
-    records_per_s: float
-    cpu_s: float
-    cpu_s_per_1000: float
-    rss_mib_peak: float
-    startup_s: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (from /proc, so no dependency)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def preload_validate(settings: Settings, topics: TopicNames, count: int, seed: int,
@@ -76,52 +47,21 @@ def run_stage(
     expected_outputs: int,
     output_topics: list[str],
     env: dict[str, str],
+    log_path: Path,
     timeout_s: float = 600.0,
-    log_path: Path | None = None,
-) -> StageRun:
-    """Start the stage's worker and time from its first output to its last expected one."""
-    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - lives as long as the child
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "settle.cli", "worker", stage, "--loglevel", "warning"],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    first_t = cpu_first = None
-    rss_peak = 0.0
+) -> ProcRun:
+    """Start the stage's worker and time from its first output to its last expected one
+    (benchmarks.common.run_measured: the process tree's CPU, its peak RSS, its GC pauses)."""
     # One long-lived consumer for the end offsets: a consumer made per poll cost the bench
     # about half a core, taken from the worker it measures on a 2-core machine.
     offsets = Offsets(settings)
     try:
-        deadline = started + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{stage} worker exited with {proc.returncode}")
-            done = offsets.end(output_topics)
-            now = time.monotonic()
-            rss_peak = max(rss_peak, rss_mib(proc.pid))
-            if done > 0 and first_t is None:
-                first_t, cpu_first, first_done = now, cpu_seconds(proc.pid), done
-            if done >= expected_outputs:
-                assert first_t is not None and cpu_first is not None
-                cpu = cpu_seconds(proc.pid) - cpu_first
-                steady = max(now - first_t, 1e-3)
-                measured = records * (done - first_done) / max(done, 1)
-                return StageRun(
-                    stage=stage, records=records, outputs=done, steady_s=round(steady, 3),
-                    records_per_s=round(measured / steady, 1), cpu_s=round(cpu, 2),
-                    cpu_s_per_1000=round(cpu / max(measured, 1) * 1000, 3),
-                    rss_mib_peak=round(rss_peak, 1), startup_s=round(first_t - started, 2),
-                )
-            time.sleep(0.2)
-        raise TimeoutError(f"{stage}: {expected_outputs} outputs not reached in {timeout_s}s")
+        return run_measured(
+            stage, settle_argv("worker", stage, "--loglevel", "warning"), env,
+            lambda: offsets.end(output_topics), expected_outputs, records, log_path,
+            timeout_s=timeout_s, poll_s=0.2, metrics_port=free_port())
     finally:
         offsets.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def use_run_keyring(settings: Settings, out_dir: Path) -> None:
@@ -140,7 +80,7 @@ def use_run_keyring(settings: Settings, out_dir: Path) -> None:
 def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_ratio: float,
                    out_dir: Path, progress: Callable[[str], None] = print) -> dict[str, object]:
     """Median of `runs` drains of `count` preloaded payments through validate+route."""
-    results: list[StageRun] = []
+    results: list[ProcRun] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     use_run_keyring(settings, out_dir)
     for run in range(runs):
@@ -154,8 +94,8 @@ def bench_validate(settings: Settings, count: int, runs: int, seed: int, bad_rat
             result = run_stage(
                 settings, "validate", count, expected,
                 [*topics.all_routed, topics.rejected, topics.dlq],
-                {"SETTLE_TOPIC_PREFIX": prefix, "SETTLE_METRICS_PORT": "0"},
-                log_path=out_dir / f"validate-run{run + 1}.log",
+                {"SETTLE_TOPIC_PREFIX": prefix},
+                out_dir / f"validate-run{run + 1}.log",
             )
             results.append(result)
             progress(f"run {run + 1}/{runs}: {result.records_per_s:,.0f} records/s, "

@@ -30,20 +30,23 @@ def bench_validate_cmd(count: int, runs: int, seed: int, bad_ratio: float, out_d
     """Drain COUNT preloaded payments through one validate+route worker, RUNS times.
 
     Records/s are timed from the worker's first output to its last expected one (start-up
-    excluded); CPU is the worker's user+system time over the same span.
+    excluded); CPU is the worker's user+system time over the same span, and so are its
+    garbage collector's pauses (read from its /metrics).
     """
     from settle.bench import bench_validate
 
     report = bench_validate(settings(), count, runs, seed, bad_ratio, out_dir,
                             progress=lambda m: console.print(f"[dim]{m}[/]"))
     table = Table(title=f"validate+route, {count:,} payments per run")
-    for col in ("run", "records/s", "steady s", "CPU s", "CPU s / 1,000", "peak RSS MiB",
-                "start-up s"):
+    for col in ("run", "records/s", "steady s", "CPU s", "CPU s / 1,000", "GC pause s",
+                "peak RSS MiB", "start-up s"):
         table.add_column(col, justify="right")
     run_rows: list[dict[str, Any]] = report["runs"]  # type: ignore[assignment]
     for i, r in enumerate(run_rows, 1):
+        gc = "-" if r.get("gc_pause_s") is None else str(r["gc_pause_s"])
         table.add_row(str(i), f"{r['records_per_s']:,.0f}", str(r["steady_s"]), str(r["cpu_s"]),
-                      str(r["cpu_s_per_1000"]), str(r["rss_mib_peak"]), str(r["startup_s"]))
+                      str(r["cpu_s_per_1000"]), gc, str(r["rss_mib_peak"]),
+                      str(r["startup_s"]))
     console.print(table)
     console.print(f"median {report['records_per_s_median']:,.0f} records/s, "
                   f"{report['cpu_s_per_1000_median']} CPU s per 1,000 payments; "
