@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import time
 import uuid
 
@@ -14,6 +13,7 @@ import pytest
 from producers.clients import delete_isolated_run
 from schemas import contract
 from schemas.topics import TOPIC_RECORDS, value_subject
+from settle.benchmarks.common import free_port
 from settle.config import Settings
 from settle.smoke import registry_client
 from settle.topics import admin_client, create_topics
@@ -44,13 +44,6 @@ def _a_run(stack: Settings) -> tuple[str, str]:
     return prefix, subject
 
 
-def _closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_isolated_run_leaves_no_topic_and_no_subject(stack: Settings) -> None:
     prefix, subject = _a_run(stack)
     delete_isolated_run(stack, prefix)
@@ -63,7 +56,7 @@ def test_a_refusing_registry_is_logged_and_the_topics_still_go(
         stack: Settings, caplog: pytest.LogCaptureFixture) -> None:
     prefix, subject = _a_run(stack)
     down = dataclasses.replace(stack, registry=dataclasses.replace(
-        stack.registry, url=f"http://127.0.0.1:{_closed_port()}/apis/ccompat/v7"))
+        stack.registry, url=f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"))
     with caplog.at_level(logging.WARNING, logger="producers.clients"):
         delete_isolated_run(down, prefix)   # must not raise
     refusals = [r for r in caplog.records

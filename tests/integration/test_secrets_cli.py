@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from settle.benchmarks.common import free_port
 from settle.config import Settings
 from settle.topics import DAY_MS, TopicSpec, create_topics, delete_topics
 
@@ -37,12 +37,6 @@ NEEDLES = sorted({*SECRETS.values(), *(p for v in SECRETS.values() for p in v.sp
                                        if len(p) > 6)})
 SASL_PORT = int(os.environ.get("SETTLE_KAFKA_SASL_PORT", "19094"))
 COMMAND_TIMEOUT_S = 120  # a bound for a hung command, not a speed assertion
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env(**overrides: str) -> dict[str, str]:
@@ -87,7 +81,7 @@ def test_settle_config_and_help_show_no_secret() -> None:
 
 
 def test_db_migrate_against_a_closed_port() -> None:
-    out = settle("db", "migrate", environ=env(SETTLE_PG_PORT=str(closed_port())))
+    out = settle("db", "migrate", environ=env(SETTLE_PG_PORT=str(free_port())))
     assert out.returncode == 1
     assert "DatabaseUnavailable" in out.stderr and "Connection refused" in out.stderr
     assert "Traceback" not in out.stderr
@@ -102,7 +96,7 @@ def test_db_migrate_with_a_wrong_password(stack: Settings) -> None:
 
 
 def test_smoke_against_wrong_hosts() -> None:
-    port = closed_port()
+    port = free_port()
     out = settle("smoke", "--timeout", "3", environ=env(
         SETTLE_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}",
         SETTLE_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
@@ -138,7 +132,7 @@ def test_a_sink_that_cannot_reach_postgresql(
     stack: Settings, topic: str, tmp_path: Path
 ) -> None:
     """Kafka answers, PostgreSQL does not: the sink logs its retries, never the password."""
-    environ = env(SETTLE_PG_PORT=str(closed_port()),
+    environ = env(SETTLE_PG_PORT=str(free_port()),
                   # librdkafka is told SASL settings it does not use on PLAINTEXT
                   SETTLE_KAFKA_SASL_MECHANISM="SCRAM-SHA-512")
     output = run_until(["sink", "ledger", "--topic", topic, "--dlq-topic", topic,
