@@ -106,6 +106,28 @@ def rotate(path: Path, merchant_id: str) -> SigningKey:
     return key
 
 
+def key_to_hand_over(path: Path, merchant_id: str) -> SigningKey:
+    """The key a merchant must sign with: its newest active key; KeyringError if it has none.
+
+    The error says whether the merchant is unknown to the keyring or has only retired keys,
+    and never includes a secret.
+    """
+    keyring = load_keyring(path)
+    key = keyring.signing_key_for(merchant_id)
+    if key is not None:
+        return key
+    retired = [k.key_id for k in keyring if k.merchant_id == merchant_id]
+    if retired:
+        raise KeyringError(
+            f"merchant {merchant_id!r} has no active key in {path} (retired: "
+            f"{', '.join(retired)}): `settle keys rotate {merchant_id}` creates one"
+        )
+    raise KeyringError(
+        f"merchant {merchant_id!r} has no key in {path}: `settle keys rotate {merchant_id}` "
+        f"creates one (check the merchant id with `settle keys list`)"
+    )
+
+
 def remove(path: Path, key_id: str) -> None:
     """Delete a key: requests signed with it are rejected SIGNATURE_KEY_UNKNOWN from then on."""
     keyring = load_keyring(path)

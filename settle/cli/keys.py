@@ -1,7 +1,11 @@
-"""`settle keys`: the merchant signing keyring (init, rotate, remove, list); secrets never shown."""
+"""`settle keys`: the merchant signing keyring (init, rotate, remove, list, show-secret).
+
+Only `show-secret` ever prints a secret: alone on stdout, every other word on stderr.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from settle.cli.common import console, settings
+from settle.cli.common import console, err_console, settings
 from settle.keyring import KeyringError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,3 +115,40 @@ def keys_list(merchant_id: str | None, keyring_path: Path | None) -> None:
         table.add_row(key.key_id, key.merchant_id, key.status,
                       created.strftime("%Y-%m-%d %H:%M:%S"), "✓" if signs else "")
     console.print(table)
+
+
+@keys.command("show-secret")
+@click.argument("merchant_id")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"merchant_id", "key_id", "secret_hex"} as one JSON line instead '
+                   "of the bare secret.")
+@_keyring_option
+def keys_show_secret(merchant_id: str, as_json: bool, keyring_path: Path | None) -> None:
+    """Print the secret MERCHANT_ID signs with (its newest active key), to hand it over.
+
+    stdout gets the secret alone (the HMAC key, hex-encoded), or with --json
+    one line with the merchant id, key id and secret; the key id, what to do with it and any
+    error go to stderr, so `settle keys show-secret m-0001 > file` captures the secret only.
+    Nothing is logged or written anywhere else. Hand the secret to the merchant over a secure
+    channel; if it may have leaked, `settle keys rotate MERCHANT_ID` replaces it.
+
+    Fails (exit status 1) when the keyring is missing or unreadable, or when the merchant has
+    no key in it or only retired ones.
+    """
+    from settle.keyring import key_to_hand_over
+
+    path = _keyring_path(keyring_path)
+    key = key_to_hand_over(path, merchant_id)
+    created = _EPOCH + timedelta(milliseconds=key.created_at_ms)
+    if as_json:
+        click.echo(json.dumps({"merchant_id": key.merchant_id, "key_id": key.key_id,
+                               "secret_hex": key.secret.hex()}))
+    else:
+        click.echo(key.secret.hex())
+    err_console.print(
+        f"key {key.key_id} of merchant {key.merchant_id} (active, created "
+        f"{created:%Y-%m-%d %H:%M:%S} UTC) from {path}: the merchant puts {key.key_id} in "
+        "signature_key_id and signs with the secret hex-decoded (HMAC-SHA256). Hand it over "
+        "a secure channel; `settle keys rotate` replaces it.",
+        soft_wrap=True,
+    )

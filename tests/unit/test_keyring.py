@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import stat
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +29,7 @@ from settle.keyring import (
     rotate,
 )
 from settlement.model import PaymentRequest
-from settlement.signing import verify
+from settlement.signing import canonical_form, verify
 
 
 def record(merchant_id: str = "m-1") -> dict[str, object]:
@@ -154,3 +159,60 @@ def test_signer_leaves_explicit_signatures_and_unshapeable_records_alone(tmp_pat
     assert signer.sign_record(incomplete) == incomplete
     with pytest.raises(NoSigningKey, match="m-9"):
         signer.sign_record(record("m-9"))
+
+
+def test_show_secret_prints_the_signing_secret_alone_on_stdout(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    init_keyring(path, ["m-1", "m-2"])
+    new = rotate(path, "m-1")  # the newest active key is the one handed over
+    runner = CliRunner()
+    result = runner.invoke(keys, ["show-secret", "m-1", "--keyring", str(path)])
+    assert result.exit_code == 0, result.output
+    secret_hex = next(e["secret_hex"] for e in json.loads(path.read_text())["keys"]
+                      if e["key_id"] == new.key_id)
+    assert result.stdout == secret_hex + "\n"
+    assert new.key_id in result.stderr and secret_hex not in result.stderr
+    # What the merchant does with it: HMAC-SHA256 under the hex-decoded secret verifies.
+    request = PaymentRequest.from_record(record("m-1"))
+    mac = hmac.new(bytes.fromhex(result.stdout.strip()), canonical_form(request, new.key_id),
+                   hashlib.sha256).hexdigest()
+    signed = replace(request, signature_key_id=new.key_id, signature=mac)
+    assert verify(signed, load_keyring(path)) is None
+
+
+def test_show_secret_json_carries_the_key_id(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    key = init_keyring(path, ["m-1"]).signing_key_for("m-1")
+    assert key is not None
+    result = CliRunner().invoke(keys, ["show-secret", "m-1", "--json", "--keyring", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "merchant_id": "m-1", "key_id": key.key_id, "secret_hex": key.secret.hex()}
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("unknown merchant", "has no key in"),
+    ("only retired keys", "has no active key"),
+    ("no keyring file", "no keyring at"),
+    ("no keyring configured", "no keyring path"),
+])
+def test_show_secret_errors_name_the_problem(tmp_path: Path, case: str, message: str) -> None:
+    path = tmp_path / "ring.json"
+    if case != "no keyring file":
+        init_keyring(path, ["m-1"])
+    merchant = "m-9" if case == "unknown merchant" else "m-1"
+    if case == "only retired keys":
+        remove(path, rotate(path, "m-1").key_id)  # the rotation retired the first key
+    args = ["keys", "show-secret", merchant]
+    if case != "no keyring configured":
+        args += ["--keyring", str(path)]
+    env = {k: v for k, v in os.environ.items() if k != "SETTLE_SIGNING_KEYRING"}
+    env["COLUMNS"] = "300"
+    done = subprocess.run([sys.executable, "-m", "settle", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "KeyringError" in done.stderr and message in done.stderr
+    if path.exists():
+        for entry in json.loads(path.read_text())["keys"]:
+            assert entry["secret_hex"] not in done.stderr
