@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any
 
@@ -270,3 +271,12 @@ def test_unknown_type_is_a_schema_error() -> None:
 
     with pytest.raises(SchemaError):
         contract.schema_for("NoSuchRecord")
+
+
+def test_reason_code_doc_examples_are_real_codes() -> None:
+    from settlement.validation import REASON_CODES
+
+    doc = next(f["doc"] for f in contract.definition_for("RejectionReason")["fields"]
+               if f["name"] == "code")
+    examples = re.findall(r"\b[A-Z]+(?:_[A-Z]+)+\b", doc)
+    assert examples and set(examples) <= REASON_CODES
