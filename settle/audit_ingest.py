@@ -156,7 +156,13 @@ def _join(
                 placed.setdefault(rec.source, set()).add(bucket)
                 if bucket == "routed":
                     audit.routed_by_topic[topic] += 1
-    routed_bodies: dict[bytes, bytes | None] = {}
+    # Every routed body first: with several partitioners one payment_id's copies sit on
+    # several partitions, read in no common order, and the routed one may come last.
+    routed_bodies: dict[bytes, set[bytes | None]] = {}
+    for rec in inputs:
+        if rec.key is not None and placed.get(
+                f"{rec.topic}/{rec.partition}/{rec.offset}") == {"routed"}:
+            routed_bodies.setdefault(rec.key, set()).add(rec.value)
     for rec in inputs:
         ref = f"{rec.topic}/{rec.partition}/{rec.offset}"
         buckets = placed.get(ref, set())
@@ -167,8 +173,6 @@ def _join(
             bucket = next(iter(buckets))
             if bucket == "routed":
                 audit.routed += 1
-                if rec.key is not None:
-                    routed_bodies.setdefault(rec.key, rec.value)
             elif bucket == "rejected":
                 audit.rejected += 1
             else:
@@ -176,7 +180,7 @@ def _join(
             continue
         # No output: only acceptable as an identical re-send of an earlier routed payment.
         if rec.key is not None and rec.key in routed_bodies:
-            if routed_bodies[rec.key] == rec.value:
+            if rec.value in routed_bodies[rec.key]:
                 audit.deduplicated += 1
             else:
                 audit.bad_duplicates.append(ref)

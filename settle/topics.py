@@ -39,12 +39,19 @@ class TopicError(SettleError):
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """One topic of the contract; ``copartitioned`` topics share the payment-keyed count."""
+    """One topic of the contract; ``copartitioned`` topics share the payment-keyed count.
+
+    ``external`` topics are written by clients outside the pipeline (order systems, channel
+    adapters, merchant systems), with whatever partitioner their client library defaults to:
+    a stage that keeps per-key state moves their misplaced records itself
+    (stream_processors.placement), and a stage reading one must be listed in its tests.
+    """
 
     name: str
     retention_ms: int
     cleanup_policy: str = "delete"
     copartitioned: bool = True
+    external: bool = False
     partitions_override: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -64,11 +71,11 @@ class TopicSpec:
 # payments.routed.* with channel.confirmations through a table lookup, which only works
 # when a payment_id lands in the same partition number on both sides.
 CONTRACT: tuple[TopicSpec, ...] = (
-    TopicSpec(PAYMENTS_REQUESTED, retention_ms=7 * DAY_MS),
+    TopicSpec(PAYMENTS_REQUESTED, retention_ms=7 * DAY_MS, external=True),
     TopicSpec(PAYMENTS_REJECTED, retention_ms=30 * DAY_MS),
     TopicSpec(PAYMENTS_DLQ, retention_ms=30 * DAY_MS),
     *(TopicSpec(t, retention_ms=7 * DAY_MS) for t in ROUTED_TOPICS),
-    TopicSpec(CHANNEL_CONFIRMATIONS, retention_ms=7 * DAY_MS),
+    TopicSpec(CHANNEL_CONFIRMATIONS, retention_ms=7 * DAY_MS, external=True),
     TopicSpec(RECONCILIATION_RESULTS, retention_ms=30 * DAY_MS),
     # Keyed by batch_id, not payment_id, so it need not be co-partitioned.
     TopicSpec(SETTLEMENTS_BATCHES, retention_ms=90 * DAY_MS, copartitioned=False),
@@ -78,10 +85,13 @@ CONTRACT: tuple[TopicSpec, ...] = (
         retention_ms=-1,
         cleanup_policy="compact",
         extra={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+        external=True,
     ),
 )
 
 TOPIC_NAMES = tuple(spec.name for spec in CONTRACT)
+# Written by clients outside the pipeline, with any partitioner.
+EXTERNAL_TOPICS = tuple(spec.name for spec in CONTRACT if spec.external)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,9 @@ from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
 from stream_processors.json_codec import install as install_json_codec
 from stream_processors.kafka_auth import broker_credentials
 from stream_processors.merchants import MerchantDirectory
+from stream_processors.placement import PLACED_RETENTION, stage_placement
 from stream_processors.settings import ProcessorSettings
+from stream_processors.ticks import owned_topic, stage_channel
 from stream_processors.topics import TopicNames
 from stream_processors.transient import is_transient
 
@@ -114,7 +116,12 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
     """validate+route: payments.requested -> payments.routed.<channel> | rejected | dlq."""
     topics = TopicNames(ps.topic_prefix)
     app = base_app(f"{ps.topic_prefix}settle-validate", settings, ps)
-    source = app.topic(topics.requested, key_serializer="raw", value_serializer="raw")
+    n = settings.kafka.partitions
+    placement = stage_placement(app, topics, n)
+    placed = owned_topic(app, placement.topic, n, PLACED_RETENTION)
+    # payments.requested plus the stage's own placement topic (third parties' misplaced
+    # requests, moved to their payment_id's partition: stream_processors.placement).
+    source = stage_channel(app, [topics.requested], [placed], n, settings.kafka)
     seen_table = app.Table(
         "payments-seen",
         default=None,
@@ -138,6 +145,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
         topics,
         disabled_channels=ps.disabled_channels,
         keyring=watcher.keyring if watcher is not None else None,
+        placement=placement,
     )
 
     @app.task
@@ -181,7 +189,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
                 await registry_off_loop(processor.prefetch, msg.value)
                 try:
                     decision = processor.process(key, msg.value, msg.topic, msg.partition,
-                                                 msg.offset)
+                                                 msg.offset, msg.headers)
                     break
                 except RegistryUnavailable as exc:
                     metrics.REGISTRY_RETRIES.labels(VALIDATE_STAGE).inc()
@@ -197,8 +205,8 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
                                 exc)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, REGISTRY_BACKOFF_MAX_S)
-            await guard.send_all(app.producer, ((o.topic, o.key, o.value, list(o.headers))
-                                                for o in decision.outputs))
+            await guard.send_all(app.producer, ((o.topic, o.key, o.value, list(o.headers),
+                                                 o.partition) for o in decision.outputs))
             _count(decision)
             seen.expire(now_ms(), msg.partition)
         # unreachable: the stream never ends while the worker runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.codec import AvroSerializer
-from stream_processors.ingest import SOURCE_HEADER, Output, source_ref
+from stream_processors.outputs import SOURCE_HEADER, Output, source_ref
 
 
 class DeadLetters:

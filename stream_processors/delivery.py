@@ -73,11 +73,12 @@ class DeliveryGuard:
         future.add_done_callback(done)
 
     async def send_all(self, producer: Sender,
-                       outputs: Iterable[tuple[str, bytes | None, bytes, Any]]) -> None:
-        """Send (topic, key, value, headers) outputs in order, each watched."""
-        for topic, key, value, headers in outputs:
+                       outputs: Iterable[tuple[str, bytes | None, bytes, Any, int | None]]
+                       ) -> None:
+        """Send (topic, key, value, headers, partition) outputs in order, each watched."""
+        for topic, key, value, headers, partition in outputs:
             try:
-                future = await producer.send(topic, key, value, None, None, headers)
+                future = await producer.send(topic, key, value, partition, None, headers)
             except Exception as exc:  # faust's ProducerSendError, aiokafka's KafkaError
                 self.fail(topic, exc)
                 raise

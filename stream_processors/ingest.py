@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from settlement.model import Merchant, PaymentRequest, RecordError
 from settlement.routing import RoutingTable
 from settlement.signing import Keyring
 from settlement.validation import Rejection, ValidationPolicy
+from stream_processors.outputs import SOURCE_HEADER, Output, now_ms
+from stream_processors.placement import Origin, Placement, PlacementError
 from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -27,30 +28,10 @@ ROUTED: Final = "routed"
 REJECTED: Final = "rejected"
 DEAD_LETTERED: Final = "dead_lettered"
 DEDUPLICATED: Final = "deduplicated"
-OUTCOMES: Final = (ROUTED, REJECTED, DEAD_LETTERED, DEDUPLICATED)
-
-# Every record written for an input carries the input's coordinates, so `settle audit ingest`
-# can prove from the topics alone that each input ended in exactly one place.
-SOURCE_HEADER: Final = "settle-source"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def source_ref(topic: str, partition: int, offset: int) -> str:
-    return f"{topic}/{partition}/{offset}"
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One record to publish: topic, key bytes, encoded value, headers."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-
+# A third party's record on another partition than its payment_id's: moved there first
+# (stream_processors.placement); its outcome is counted when it is read back from there.
+MOVED: Final = "moved"
+OUTCOMES: Final = (ROUTED, REJECTED, DEAD_LETTERED, DEDUPLICATED, MOVED)
 
 @dataclass(slots=True)
 class Decision:
@@ -86,17 +67,22 @@ class SeenIndex:
         return idempotency.SeenEntry(fingerprint=raw[0], first_seen_ms=raw[1])
 
     def remember(self, payment_id: str, fingerprint: str, at_ms: int, partition: int,
-                 offset: int = -1) -> None:
+                 offset: int = -1, source_partition: int | None = None) -> None:
+        """`partition` holds the entry (expiry walks it); (`source_partition` or `partition`,
+        `offset`) are the accepted input's original coordinates (a moved record's differ)."""
         # Re-assign (never mutate in place) so the faust changelog sees the write.
-        self._store[payment_id] = [fingerprint, at_ms, partition, offset]
+        entry = [fingerprint, at_ms, partition, offset]
+        if source_partition is not None and source_partition != partition:
+            entry.append(source_partition)
+        self._store[payment_id] = entry
         self._queue(partition).append((at_ms, payment_id))
 
     def accepted_at(self, payment_id: str) -> tuple[int, int] | None:
-        """(partition, offset) of the input that was accepted under this payment_id."""
+        """(partition, offset) where the input accepted under this payment_id was written."""
         raw = self._store.get(payment_id)
         if raw is None or len(raw) < 4 or raw[3] < 0:
             return None  # entries written before offsets were kept
-        return raw[2], raw[3]
+        return (raw[4] if len(raw) > 4 else raw[2]), raw[3]
 
     def _queue(self, partition: int) -> deque[tuple[int, str]]:
         queue = self._queues.get(partition)
@@ -151,8 +137,10 @@ class IngestProcessor:
         clock: Callable[[], int] = now_ms,
         disabled_channels: frozenset[str] = frozenset(),
         keyring: Keyring | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.disabled_channels = disabled_channels
+        self._placement = placement
         self.keyring = keyring
         self._decoder = AvroDeserializer(registry, reader_schema=schema_for("PaymentRequested"))
         self._merchants = merchants
@@ -175,28 +163,45 @@ class IngestProcessor:
             [self._decoder], [*self._routed_ser.values(), self._rejected_ser, self._dlq_ser])
 
     def process(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
+        headers: Any = None,
     ) -> Decision:
-        ref = source_ref(topic, partition, offset).encode()
+        """One record of payments.requested, or of the placement topic (`headers` then name
+        the original coordinates, which every output and dead letter carries)."""
+        src = Origin(topic, partition, offset)
+        if self._placement is not None and topic == self._placement.topic:
+            try:
+                src = self._placement.origin_of(headers)
+            except PlacementError as exc:
+                return self._dead_letter(key, value, src, src.ref.encode(), exc)
+        ref = src.ref.encode()
         try:
-            return self._process(key, value, topic, partition, offset, ref)
+            return self._process(key, value, src, partition, ref, moved=src.topic != topic)
         except RegistryUnavailable:
             raise
         except Exception as exc:  # per-event catch: the design's rule for faust agents
             if is_transient(exc):
                 raise  # the agent retries the event (see stream_processors.transient)
             log.exception("validate: unexpected error at %s", ref.decode())
-            return self._dead_letter(key, value, topic, partition, offset, ref, exc)
+            return self._dead_letter(key, value, src, ref, exc)
 
     def _process(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
-        ref: bytes,
+        self, key: bytes | None, value: bytes | None, src: Origin, partition: int, ref: bytes,
+        moved: bool,
     ) -> Decision:
         try:
             # from_record reads the Avro name created_at (the model says created_at_ms).
             request = PaymentRequest.from_record(self._decoder.decode(value))
         except (DecodeError, RecordError) as exc:
-            return self._dead_letter(key, value, topic, partition, offset, ref, exc)
+            return self._dead_letter(key, value, src, ref, exc)
+        if (self._placement is not None and not moved and value is not None
+                and isinstance(request.payment_id, str) and request.payment_id):
+            # Dedup needs every copy of a payment_id in one partition, whatever partitioner
+            # the order system used: a misplaced request is moved before anything is decided.
+            target = self._placement.misplaced(src.topic, partition, request.payment_id)
+            if target is not None:
+                return Decision(MOVED, [self._placement.move(request.payment_id, value, src,
+                                                             target)])
 
         now = self._clock()
         merchant = self._merchants(request.merchant_id) if isinstance(
@@ -212,7 +217,7 @@ class IngestProcessor:
             self._seen.get(request.payment_id), fp, now, self._seen.retention_ms
         )
         replay = (verdict is idempotency.IdempotencyDecision.DUPLICATE
-                  and self._seen.accepted_at(request.payment_id) == (partition, offset))
+                  and self._seen.accepted_at(request.payment_id) == (src.partition, src.offset))
         if verdict is idempotency.IdempotencyDecision.DUPLICATE and not replay:
             return Decision(DEDUPLICATED)
         if verdict is idempotency.IdempotencyDecision.CONFLICT:
@@ -232,7 +237,8 @@ class IngestProcessor:
         # its entry but the routed output may be lost, so it is routed again (downstream
         # dedupes by payment_id). Only a different input with the same body is a duplicate.
         if not replay:
-            self._seen.remember(request.payment_id, fp, now, partition, offset)
+            self._seen.remember(request.payment_id, fp, now, partition, src.offset,
+                                source_partition=src.partition)
         topic, channel_symbol, serializer = self._routed_to[route.channel]
         # The signature stops here: channels get the authenticated business fields only.
         r = request
@@ -273,14 +279,14 @@ class IngestProcessor:
         return Decision(REJECTED, [out], reasons=tuple(r.code for r in reasons))
 
     def _dead_letter(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
-        ref: bytes, exc: BaseException,
+        self, key: bytes | None, value: bytes | None, src: Origin, ref: bytes,
+        exc: BaseException,
     ) -> Decision:
         error_type = getattr(exc, "reason", None) or type(exc).__name__
         letter = {
-            "source_topic": topic,
-            "source_partition": partition,
-            "source_offset": offset,
+            "source_topic": src.topic,
+            "source_partition": src.partition,
+            "source_offset": src.offset,
             "original_key": key,
             "original_value": value,
             "stage": STAGE,

@@ -33,6 +33,11 @@ class MerchantDirectory:
     has read everything that was in the topic at start-up, or a restart would reject valid
     payments as MERCHANT_UNKNOWN. ``wait_loaded`` gives exactly that barrier.
     A record that cannot be decoded is logged and counted, never applied.
+
+    Any partitioner: a merchant system may write one merchant's updates to several
+    partitions (another client, another partitioner), which are read in no common order. So
+    the newest ``updated_at`` wins, whatever partition it came from, and a tombstone removes
+    the merchant for good unless an update newer than the tombstone's record time arrives.
     """
 
     def __init__(
@@ -46,6 +51,9 @@ class MerchantDirectory:
         self._topic = topic
         self._decoder = AvroDeserializer(registry)
         self._merchants: dict[str, Merchant] = {}
+        # merchant_id -> record time (ms) of its newest tombstone, against older upserts read
+        # later from another partition.
+        self._removed_at: dict[str, int] = {}
         self._loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,11 +92,21 @@ class MerchantDirectory:
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """Apply one record of the topic: an upsert, or a tombstone that removes the merchant."""
+    def apply(self, key: bytes | None, value: bytes | None,
+              timestamp_ms: int | None = None) -> None:
+        """Apply one record of the topic: an upsert, or a tombstone that removes the merchant
+        (``timestamp_ms``: the record's time, which orders a tombstone against upserts read
+        from other partitions; None: the tombstone removes whatever is there)."""
         if value is None:
             if key is not None:
-                self._merchants.pop(key.decode("utf-8", "replace"), None)
+                merchant_id = key.decode("utf-8", "replace")
+                current = self._merchants.get(merchant_id)
+                if timestamp_ms is None:
+                    self._merchants.pop(merchant_id, None)
+                elif current is None or current.updated_at_ms <= timestamp_ms:
+                    self._merchants.pop(merchant_id, None)
+                    self._removed_at[merchant_id] = max(
+                        timestamp_ms, self._removed_at.get(merchant_id, 0))
             return
         try:
             merchant = Merchant.from_record(self._decoder.decode(value))
@@ -99,19 +117,21 @@ class MerchantDirectory:
                 self._on_bad_record(type(exc).__name__)
             return
         current = self._merchants.get(merchant.merchant_id)
-        # Compaction keeps the last record per key, but a replay may still deliver an older
-        # update after a newer one within a partition only if the producer reordered; keep
-        # the newest by updated_at to be safe.
+        removed_at = self._removed_at.get(merchant.merchant_id)
+        if removed_at is not None and merchant.updated_at_ms <= removed_at:
+            return  # an update older than the merchant's removal (another partition)
+        # The newest by updated_at: one merchant's records may sit on several partitions.
         if current is None or merchant.updated_at_ms >= current.updated_at_ms:
             self._merchants[merchant.merchant_id] = merchant
 
-    def _apply_when_registry_answers(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply_when_registry_answers(self, key: bytes | None, value: bytes | None,
+                                     timestamp_ms: int | None = None) -> None:
         """Apply a record, waiting out a registry outage (at start-up nothing is cached yet):
         giving up would leave validation without merchants for good."""
         delay_s = 0.5
         while True:
             try:
-                self.apply(key, value)
+                self.apply(key, value, timestamp_ms)
                 return
             except RegistryUnavailable as exc:
                 if self._stop.is_set():
@@ -148,7 +168,9 @@ class MerchantDirectory:
                 if msg.error() is not None:
                     log.warning("merchants: consumer error %s", msg.error())
                     continue
-                self._apply_when_registry_answers(msg.key(), msg.value())
+                _kind, timestamp_ms = msg.timestamp()
+                self._apply_when_registry_answers(
+                    msg.key(), msg.value(), timestamp_ms if timestamp_ms >= 0 else None)
                 part, off = msg.partition(), msg.offset()
                 if part in targets and off is not None and off + 1 >= targets[part]:
                     del targets[part]

@@ -20,7 +20,8 @@ from settlement.reconciliation import (
     RoutedInfo,
 )
 from stream_processors.dead_letters import DeadLetters, error_label
-from stream_processors.ingest import SOURCE_HEADER, Output, now_ms, source_ref
+from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
+from stream_processors.placement import Origin, Placement, PlacementError
 from stream_processors.ticks import DeadlineQueue, items_by_partition
 from stream_processors.transient import is_transient
 
@@ -33,6 +34,9 @@ APPLIED: Final = "applied"
 REPLAYED: Final = "replayed"  # an input applied before a crash, read again: outputs re-sent
 TICKED: Final = "ticked"
 DEAD_LETTERED: Final = "dead_lettered"
+# A third party's confirmation on another partition than its payment_id's: moved there first
+# (stream_processors.placement); it is applied when read back from there.
+MOVED: Final = "moved"
 
 # Keys handled per tick and partition, so one tick cannot stall the partition's inputs; the
 # rest wait for the next tick.
@@ -86,8 +90,10 @@ class ReconcileProcessor:
 
     Table value: {"partition": p, "state": ReconState.to_dict()} under the payment_id. The
     partition is kept because deadlines are per partition (a tick of partition p may only
-    touch p's keys) and because a record of one payment arriving on another partition means
-    the inputs are not co-partitioned; that record is dead-lettered, never joined.
+    touch p's keys). With a `placement`, a confirmation a third party wrote on another
+    partition than its payment_id's is moved there before it touches any state, so every
+    state lives on its payment_id's partition; a record that still disagrees (the pipeline's
+    own topics with another partition count) is dead-lettered, never joined.
 
     Failure policy per record: undecodable or invalid for the core -> dead letter with the
     original bytes; anything unexpected -> dead letter as well, so no exception reaches faust.
@@ -105,8 +111,10 @@ class ReconcileProcessor:
         topics: Any,
         tick_topic: str,
         clock: Callable[[], int] = now_ms,
+        placement: Placement | None = None,
     ) -> None:
         self._store = store
+        self._placement = placement
         self._policy = policy
         self._fees = fees
         self._topics = topics
@@ -124,23 +132,32 @@ class ReconcileProcessor:
     # -- entry points -------------------------------------------------------------------------
 
     def process(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
+        headers: Any = None,
     ) -> ReconDecision:
-        ref = source_ref(topic, partition, offset).encode()
+        """One input record or tick; a record of the placement topic is processed as the
+        record at its original coordinates (named by `headers`)."""
         if topic == self.tick_topic:
-            return self.on_tick(partition, ref)
+            return self.on_tick(partition, source_ref(topic, partition, offset).encode())
+        src = Origin(topic, partition, offset)
+        if self._placement is not None and topic == self._placement.topic:
+            try:
+                src = self._placement.origin_of(headers)
+            except PlacementError as exc:
+                return self._dead_letter(key, value, src, exc)
+        ref = src.ref.encode()
         try:
-            return self._on_input(key, value, topic, partition, ref)
+            return self._on_input(key, value, src, partition, ref, moved=src.topic != topic)
         except RegistryUnavailable:
             raise
         except _BadInput as exc:
             log.warning("reconcile: dead-lettering %s: %s", ref.decode(), exc)
-            return self._dead_letter(key, value, topic, partition, offset, exc.cause)
+            return self._dead_letter(key, value, src, exc.cause)
         except Exception as exc:  # per-event catch: an escaped exception skips the event
             if is_transient(exc):
                 raise  # the agent retries the event (see stream_processors.transient)
             log.exception("reconcile: cannot process %s", ref.decode())
-            return self._dead_letter(key, value, topic, partition, offset, exc)
+            return self._dead_letter(key, value, src, exc)
 
     def on_tick(self, partition: int, ref: bytes = b"tick") -> ReconDecision:
         """Decide MISSING/ORPHAN and evict, for this partition's keys whose time has come.
@@ -210,10 +227,11 @@ class ReconcileProcessor:
     # -- inputs -------------------------------------------------------------------------------
 
     def _on_input(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, ref: bytes
+        self, key: bytes | None, value: bytes | None, src: Origin, partition: int, ref: bytes,
+        moved: bool,
     ) -> ReconDecision:
         now = self._clock()
-        channel = self._routed_channel.get(topic)
+        channel = self._routed_channel.get(src.topic)
         try:
             record = self._decoder.decode(value)
             event: RoutedInfo | Confirmation = (
@@ -222,7 +240,15 @@ class ReconcileProcessor:
         except (DecodeError, recon.ReconError, KeyError, TypeError, ValueError) as exc:
             raise _BadInput(exc) from exc
         payment_id = event.payment_id
-        if key is not None and key != payment_id.encode():
+        external = self._placement is not None and src.topic in self._placement.external
+        if external and not moved and value is not None:
+            # Placed by the payment_id it names, whatever the writer's partitioner or key.
+            assert self._placement is not None
+            target = self._placement.misplaced(src.topic, partition, payment_id)
+            if target is not None:
+                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
+                                                                  target)])
+        elif key is not None and key != payment_id.encode():
             raise _BadInput(NotCopartitioned(f"key {key!r} is not payment_id {payment_id!r}"))
         self._ensure(partition)
         state = self._load(payment_id, partition)
@@ -358,15 +384,10 @@ class ReconcileProcessor:
             decision.results.append(result)
 
     def _dead_letter(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        exc: BaseException,
+        self, key: bytes | None, value: bytes | None, src: Origin, exc: BaseException,
     ) -> ReconDecision:
-        out = self._dlq.letter(key, value, topic, partition, offset, exc, self._clock())
+        out = self._dlq.letter(key, value, src.topic, src.partition, src.offset, exc,
+                               self._clock())
         return ReconDecision(DEAD_LETTERED, [out], error_type=error_label(exc))
 
 

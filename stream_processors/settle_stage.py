@@ -23,7 +23,7 @@ from settlement.fees import FeeSchedule
 from settlement.reconciliation import MATCHED
 from settlement.windows import WindowPolicy, assign_window, window_for
 from stream_processors.dead_letters import DeadLetters, error_label
-from stream_processors.ingest import SOURCE_HEADER, Output, now_ms, source_ref
+from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.ticks import DeadlineQueue
 from stream_processors.transient import is_transient
 

@@ -22,7 +22,8 @@ from stream_processors.app import (
     registry_off_loop,
 )
 from stream_processors.delivery import DeliveryGuard
-from stream_processors.ingest import Output, now_ms
+from stream_processors.outputs import Output, now_ms
+from stream_processors.placement import PLACED_RETENTION, stage_placement
 from stream_processors.reconcile import STAGE as RECONCILE_STAGE
 from stream_processors.reconcile import (
     WAITING_CONFIRMATION,
@@ -72,12 +73,15 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     metrics.init_stage(RECONCILE_STAGE)
     install_readiness(app, RECONCILE_STAGE)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
+    placement = stage_placement(app, topics, n)
+    placed = owned_topic(app, placement.topic, n, PLACED_RETENTION)
     source = stage_channel(
-        app, [*topics.all_routed, topics.confirmations], [ticks], n, settings.kafka
+        app, [*topics.all_routed, topics.confirmations], [ticks, placed], n, settings.kafka
     )
     table = _table(app, "recon-state", n)
     processor = ReconcileProcessor(
-        registry, table, ps.recon, ps.fees, topics, tick_topic_name(app.conf.id)
+        registry, table, ps.recon, ps.fees, topics, tick_topic_name(app.conf.id),
+        placement=placement,
     )
     install_tick_timer(app, tick_topic_name(app.conf.id), ps.tick_interval_s)
     _forget_on_rebalance(app, processor.forget_partitions)
@@ -89,7 +93,7 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
         await registry_off_loop(processor.prefetch, None)  # output schemas before any record
         async for event in stream.events():
             decision = await _with_registry_retry(processor.process, event, RECONCILE_STAGE,
-                                                  processor.prefetch)
+                                                  processor.prefetch, with_headers=True)
             await _send(app, decision.outputs)
             _count_recon(decision, event.message.topic == processor.tick_topic)
 
@@ -171,20 +175,22 @@ def _forget_on_rebalance(app: faust.App, forget: Callable[[], None]) -> None:
 
 
 async def _with_registry_retry(
-    fun: Callable[[bytes | None, bytes | None, str, int, int], D], event: Any, stage: str,
-    prefetch: RegistryPrefetch,
+    fun: Callable[..., D], event: Any, stage: str, prefetch: RegistryPrefetch,
+    with_headers: bool = False,
 ) -> D:
     """Call a processor on one event, retrying with backoff while the registry is away.
 
     Registry lookups the event needs are done in a thread first (see RegistryPrefetch).
+    `with_headers` passes the record's headers too (the placement topic's origin).
     """
     msg = event.message
     key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
+    extra = (msg.headers,) if with_headers else ()
     backoff_s = 0.5
     while True:
         await registry_off_loop(prefetch, msg.value)
         try:
-            return fun(key, msg.value, msg.topic, msg.partition, msg.offset)
+            return fun(key, msg.value, msg.topic, msg.partition, msg.offset, *extra)
         except RegistryUnavailable as exc:
             metrics.REGISTRY_RETRIES.labels(stage).inc()
             log.warning("registry unavailable, retrying %s/%s@%s in %.1fs: %s",
@@ -202,7 +208,7 @@ async def _with_registry_retry(
 
 async def _send(app: faust.App, outputs: Iterable[Output]) -> None:
     guard: DeliveryGuard = app.settle_delivery_guard  # type: ignore[attr-defined]
-    await guard.send_all(app.producer, ((o.topic, o.key, o.value, list(o.headers))
+    await guard.send_all(app.producer, ((o.topic, o.key, o.value, list(o.headers), o.partition)
                                         for o in outputs))
 
 

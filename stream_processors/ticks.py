@@ -15,7 +15,7 @@ import faust
 from settle.config import KafkaSettings
 from settle.topics import admin_client
 from settlement.errors import SettleError
-from stream_processors.ingest import now_ms
+from stream_processors.outputs import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -55,6 +55,11 @@ class TopicNames:
         return tuple(self.routed(c) for c in CHANNELS)
 
     @property
+    def external(self) -> tuple[str, ...]:
+        """The topics clients outside the pipeline write (any partitioner, any key order)."""
+        return tuple(self.prefix + name for name in contract.EXTERNAL_TOPICS)
+
+    @property
     def all(self) -> tuple[str, ...]:
         """Every contract topic under this prefix (tests delete their copies with it)."""
         return tuple(self.prefix + name for name in contract.TOPIC_NAMES)

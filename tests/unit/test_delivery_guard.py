@@ -26,8 +26,8 @@ class FakeProducer:
         return future
 
 
-def _outputs(*topics: str) -> list[tuple[str, bytes, bytes, list[Any]]]:
-    return [(t, b"k", b"v", []) for t in topics]
+def _outputs(*topics: str) -> list[tuple[str, bytes | None, bytes, Any, int | None]]:
+    return [(t, b"k", b"v", [], None) for t in topics]
 
 
 def test_delivered_outputs_do_not_exit() -> None:

@@ -13,7 +13,7 @@ from schemas.registry import InMemoryRegistry
 from settlement.batches import BatchItem, OpenBatch
 from settlement.fees import FeeSchedule
 from settlement.windows import Window, WindowPolicy, batch_id
-from stream_processors.ingest import Output
+from stream_processors.outputs import Output
 from stream_processors.settle_stage import (
     ADDED,
     DEAD_LETTERED,

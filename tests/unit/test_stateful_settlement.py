@@ -32,7 +32,7 @@ from schemas.registry import InMemoryRegistry
 from settlement.batches import BatchItem, BatchTotals, OpenBatch, SettlementBatch
 from settlement.fees import FeeSchedule
 from settlement.windows import WindowPolicy, parse_batch_id, window_for
-from stream_processors.ingest import Output
+from stream_processors.outputs import Output
 from stream_processors.settle_stage import (
     ADDED,
     DUPLICATE,
