@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -447,3 +448,11 @@ def test_signature_is_checked_first_and_other_failures_still_reported() -> None:
     req = dataclasses.replace(signed_by(KEY_1), region="cn")
     assert signature_codes(req) == [v.SIGNATURE_INVALID, "REGION_INVALID"]
     assert signature_codes(signed_by(KEY_1), merchant=None) == ["MERCHANT_UNKNOWN"]
+
+
+def test_the_readme_lists_every_rejection_reason_code_and_no_other() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
+    section = readme.split("### Rejection reason codes", 1)[1].split("\n### ", 1)[0]
+    listed = re.findall(r"^\| `([A-Z_]+)` \|", section, re.M)
+    assert len(listed) == len(set(listed))
+    assert set(listed) == REASON_CODES
