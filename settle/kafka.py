@@ -23,8 +23,9 @@ def producer_config(
         "acks": "all",
         "max.in.flight.requests.per.connection": 5,
         # librdkafka's default partitioner (CRC32) differs from the Java and aiokafka one
-        # (murmur2): faust writes the routed topics, other clients write confirmations, and the
-        # reconciler's table lookup needs a payment_id in the same partition on both sides.
+        # (murmur2), which faust uses for the routed topics. The stages move a record that is
+        # not on its payment_id's murmur2 partition (stream_processors.placement); the
+        # pipeline's own producers use murmur2 so that theirs never need the extra hop.
         "partitioner": "murmur2_random",
         "compression.type": settings.compression,
         "linger.ms": settings.producer_linger_ms,

@@ -36,8 +36,10 @@ class Preloaded:
     publish_s: float
 
 
-def preload_requests(iso: Isolated, count: int, seed: int, bad_ratio: float) -> Preloaded:
-    """Merchants, then `count` simulated payment requests (Avro, real registry) on the prefix."""
+def preload_requests(iso: Isolated, count: int, seed: int, bad_ratio: float,
+                     partitioner: str = "murmur2_random") -> Preloaded:
+    """Merchants, then `count` simulated payment requests (Avro, real registry) on the prefix;
+    `partitioner` places the requests (librdkafka's name: the placement bench uses CRC32)."""
     registry = registry_client(iso.settings)
     entries = load_merchants(sample_merchants_path())
     mix = OrderMix(bad_ratio=bad_ratio, duplicate_ratio=0.01, conflict_ratio=0.002)
@@ -47,6 +49,8 @@ def preload_requests(iso: Isolated, count: int, seed: int, bad_ratio: float) -> 
         publish_merchants(producer, entries, time.time_ns() // 1_000_000,
                           topic=iso.topics.merchants)
         producer.flush()
+    with AvroProducer(iso.settings.kafka, registry, client_id="bench",
+                      partitioner=partitioner) as producer:
         for order in orders:
             publish_order(producer, iso.topics.requested, order)
     return Preloaded(count, expected_accounting(orders), orders,

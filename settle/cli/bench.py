@@ -53,6 +53,30 @@ def bench_validate_cmd(count: int, runs: int, seed: int, bad_ratio: float, out_d
                   f"report in {out_dir / 'validate.json'}")
 
 
+@bench.command("placement")
+@click.option("--count", type=int, default=20_000, show_default=True,
+              help="Payments per run.")
+@click.option("--runs", type=int, default=2, show_default=True,
+              help="Pairs of runs (murmur2, then CRC32, alternated); medians count.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path(".bench"),
+              show_default=True)
+def bench_placement_cmd(count: int, runs: int, seed: int, out_dir: Path) -> None:
+    """What a third party's partitioner costs validate and reconcile.
+
+    The same requests and confirmations published with murmur2 (the pipeline's own
+    partitioner) and with librdkafka's default CRC32, whose misplaced records each stage
+    moves to their payment_id's partition; records/s and CPU per 1,000 payments side by
+    side, and the extra CPU per moved record.
+    """
+    from settle.benchmarks.placement import run_placement
+
+    report, path = run_placement(settings(), count, runs, seed, out_dir,
+                                 lambda m: console.print(f"[dim]{m}[/]"))
+    click.echo(report.markdown())
+    console.print(f"report: {path}")
+
+
 @bench.command("e2e")
 @click.option("--count", type=int, default=10_000, show_default=True,
               help="Payments per run.")
