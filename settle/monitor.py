@@ -10,7 +10,10 @@ both from the outside, so it works whichever worker is down:
   this), and publishes ``settle_consumer_lag_records{group,topic,partition}`` and
   ``settle_topic_end_offset{topic,partition}``;
 - every ``books_interval`` it runs the books' invariants in PostgreSQL and publishes
-  ``settle_books_balanced{invariant}`` (1 holds, 0 broken) and the time of the last check.
+  ``settle_books_balanced{invariant}`` (1 holds, 0 broken) and the time of the last check;
+- in the same check it counts the routed payments reconcile consumed that have had no
+  terminal state in PostgreSQL for longer than their channel's SLA and a margin
+  (``settle_routed_undecided_payments{channel}``, see ``settle.undecided``).
 
 The invariants here are the ones that hold at every instant, plus "a MATCHED payment is in a
 batch within the window, its grace and a slack": a payment waiting for its window to close
@@ -38,6 +41,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from settle.config import Settings
+from settle.undecided import (
+    Overdue,
+    RoutedSource,
+    RoutedTail,
+    UndecidedTracker,
+    decided_among,
+)
+from settlement.errors import SettleError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +57,7 @@ CHECK_ERRORS = Counter(
     "Monitor checks that failed to run (Kafka or PostgreSQL unreachable, a query error)",
     ["check"],
 )
-for _check in ("offsets", "books"):
+for _check in ("offsets", "books", "undecided"):
     CHECK_ERRORS.labels(_check)
 
 # Invariants that hold at every instant (each query counts violations).
@@ -130,6 +141,10 @@ class MonitorOptions:
     interval_s: float = 10.0
     books_interval_s: float = 30.0
     horizon_s: float = 86_400 + 600 + 900  # window + grace + slack
+    # routed topics whose payments must reach a terminal state (none: no such check)
+    routed: tuple[RoutedSource, ...] = ()
+    reconcile_group: str = "settle-reconcile"  # whose committed offsets mean "consumed"
+    undecided_lookback_s: float = 86_400.0  # routed records read back at start
 
 
 @dataclass(slots=True)
@@ -142,6 +157,7 @@ class Snapshot:
     books: dict[str, int] = field(default_factory=dict)
     books_at: float = 0.0
     books_duration_s: float = 0.0
+    undecided: dict[str, Overdue] = field(default_factory=dict)
 
 
 def lag_of(committed: dict[tuple[str, int], int], end: dict[tuple[str, int], int]) -> dict[
@@ -167,6 +183,9 @@ class Monitor(Collector):
         self._admin_client: AdminClient | None = None  # created on first use
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._tracker = UndecidedTracker(options.routed)
+        self._tail = (RoutedTail(settings.kafka, options.routed, self._tracker,
+                                 options.undecided_lookback_s) if options.routed else None)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -179,9 +198,15 @@ class Monitor(Collector):
                 self.poll_books()
                 next_books = started + self.options.books_interval_s
             self._stop.wait(max(self.options.interval_s - (time.monotonic() - started), 0.1))
+        self.close()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def close(self) -> None:
+        """Close the routed topics' consumer (the loop does when it stops)."""
+        if self._tail is not None:
+            self._tail.close()
 
     def poll_offsets(self) -> None:
         try:
@@ -209,7 +234,8 @@ class Monitor(Collector):
         try:
             with connect(self.settings.postgres, autocommit=True) as conn:
                 books = check_books(conn, self.options.horizon_s)
-        except (psycopg.Error, OSError) as exc:
+                undecided = self.check_undecided(conn)
+        except (psycopg.Error, OSError, SettleError) as exc:
             CHECK_ERRORS.labels("books").inc()
             log.warning("monitor: books check failed: %s", exc)
             return
@@ -218,8 +244,35 @@ class Monitor(Collector):
             log.error("monitor: books invariants broken: %s", broken)
         with self._lock:
             self.snapshot.books = books
-            self.snapshot.books_at = time.time()
-            self.snapshot.books_duration_s = time.monotonic() - started
+            if undecided is not None:
+                self.snapshot.undecided = undecided
+            # A check is complete with its routed-payments part: while that part fails, the
+            # check's time stands still (SettleBooksCheckStale), the last counts stay.
+            if undecided is not None or self._tail is None:
+                self.snapshot.books_at = time.time()
+                self.snapshot.books_duration_s = time.monotonic() - started
+
+    def check_undecided(self, conn: psycopg.Connection) -> dict[str, Overdue] | None:
+        """Overdue routed payments per channel; None when the routed topics or reconcile's
+        offsets could not be read (PostgreSQL errors propagate, as in the books check)."""
+        if self._tail is None:
+            return None
+        try:
+            committed = self._committed(self.options.reconcile_group)
+            self._tail.read(self._end_offsets(self._tail.topics))
+        except (KafkaException, OSError) as exc:
+            CHECK_ERRORS.labels("undecided").inc()
+            log.warning("monitor: routed topics or reconcile's offsets unavailable: %s", exc)
+            return None
+        now_ms = int(time.time() * 1000)
+        self._tracker.consumed(committed, now_ms)
+        self._tracker.decided(decided_among(conn, self._tracker.to_check()))
+        overdue = self._tracker.overdue(now_ms)
+        late = {ch: o.count for ch, o in overdue.items() if o.count}
+        if late:
+            log.error("monitor: routed payments without a terminal state past their SLA "
+                      "and margin, per channel: %s", late)
+        return overdue
 
     # -- Kafka ---------------------------------------------------------------------------
 
@@ -263,7 +316,8 @@ class Monitor(Collector):
         with self._lock:
             snap = Snapshot(dict(self.snapshot.end_offsets), dict(self.snapshot.lag),
                             self.snapshot.offsets_at, dict(self.snapshot.books),
-                            self.snapshot.books_at, self.snapshot.books_duration_s)
+                            self.snapshot.books_at, self.snapshot.books_duration_s,
+                            dict(self.snapshot.undecided))
         lag = GaugeMetricFamily(
             "settle_consumer_lag_records",
             "Records a consumer group has yet to commit: the partition's end offset minus "
@@ -301,6 +355,20 @@ class Monitor(Collector):
         yield GaugeMetricFamily(
             "settle_books_check_duration_seconds",
             "How long the last books check took", value=snap.books_duration_s)
+        undecided = GaugeMetricFamily(
+            "settle_routed_undecided_payments",
+            "Routed payments the reconcile group consumed that have had no terminal state in "
+            "PostgreSQL for longer than their channel's reconciliation SLA + margin",
+            labels=["channel"])
+        oldest = GaugeMetricFamily(
+            "settle_routed_undecided_oldest_age_seconds",
+            "How long the oldest of settle_routed_undecided_payments has been owed a terminal "
+            "state (since the monitor saw reconcile consume it; 0: none)", labels=["channel"])
+        for channel, overdue in sorted(snap.undecided.items()):
+            undecided.add_metric([channel], overdue.count)
+            oldest.add_metric([channel], overdue.oldest_age_s)
+        yield undecided
+        yield oldest
 
 
 def start(settings: Settings, options: MonitorOptions) -> Monitor:

@@ -82,6 +82,13 @@ def test_prometheus_scrapes_every_process_and_every_query_works(
                                    "batch_totals_match_items", "batches_match_ledger",
                                    "matched_settled_in_time")}
 
+        # Every routed payment was decided: none counted as left without a terminal state.
+        def undecided_seen() -> list[dict[str, Any]]:
+            return _query(stack, f'settle_routed_undecided_payments{{run="{run}"}}')
+        undecided = _wait_for("settle_routed_undecided_payments", undecided_seen)
+        assert {r["metric"]["channel"]: r["value"][1] for r in undecided} == {
+            channel: "0" for channel in ("alipay", "wechat_pay", "unionpay", "card")}
+
         # Lag from the broker's offsets reaches 0 for the drained sinks.
         def sinks_caught_up() -> bool:
             lag = _query(stack, f'sum by (group) (settle_consumer_lag_records{{run="{run}", '

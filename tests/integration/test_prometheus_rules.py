@@ -55,7 +55,8 @@ def test_the_issue_s_alerts_exist() -> None:
     alerts = set(_alerts())
     for wanted in ("SettleConsumerLagGrowing", "SettleDeadLetters", "SettleRejectionRateSpike",
                    "SettleReconciliationBacklogOverSLA", "SettleChannelDeclineRateSpike",
-                   "SettleNoThroughput", "SettleBooksOutOfBalance", "SettleTargetDown"):
+                   "SettleNoThroughput", "SettleBooksOutOfBalance", "SettleTargetDown",
+                   "SettleRoutedPaymentUndecided"):
         assert wanted in alerts, wanted
 
 
