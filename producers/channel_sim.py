@@ -20,6 +20,8 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from infra.config import Settings
+from infra.kafka import make_consumer
 from producers import metrics
 from producers.channels import (
     FAULT_ORPHAN,
@@ -34,9 +36,7 @@ from producers.errors import DeliveryFailed, StillQueued
 from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError, RegistryUnavailable
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.topics import CHANNEL_CONFIRMATIONS, ROUTED_TOPICS
+from schemas.topics import CHANNEL_CONFIRMATIONS, ROUTED_TOPICS
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,13 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from infra.config import Settings, load
+from infra.keyring import KeyringError, configured_keyring
+from infra.registry import registry_client
 from producers import reports
 from producers.channel_sim import DEFAULT_GROUP, ChannelSimulator, SimStats
 from producers.channels import FAULTS, ChannelSimConfig
-from producers.clients import read_to_end, registry_client, wall_clock_ms
+from producers.clients import read_to_end, wall_clock_ms
 from producers.merchants import (
     check_entries,
     fold_merchant_records,
@@ -29,10 +32,13 @@ from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_
 from producers.producer import AvroProducer
 from producers.signing import RequestSigner
 from schemas.contract import schema_str_for
-from schemas.topics import value_subject
-from settle.config import Settings, load
-from settle.keyring import KeyringError, configured_keyring
-from settle.topics import CHANNEL_CONFIRMATIONS, CHANNELS, MERCHANTS, PAYMENTS_REQUESTED
+from schemas.topics import (
+    CHANNEL_CONFIRMATIONS,
+    CHANNELS,
+    MERCHANTS,
+    PAYMENTS_REQUESTED,
+    value_subject,
+)
 from settlement.model import MERCHANT_STATUSES
 
 console = Console(highlight=False)

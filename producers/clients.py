@@ -9,12 +9,13 @@ from collections.abc import Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from infra.admin import delete_prefixed_topics
+from infra.config import KafkaSettings, Settings
+from infra.kafka import make_consumer
+from infra.registry import registry_client
 from producers.errors import ReadBackIncomplete
 from schemas.errors import RegistryError
-from schemas.registry import RegistryClient, delete_subjects_with_prefix
-from settle.config import KafkaSettings, Settings
-from settle.kafka import make_consumer
-from settle.topics import delete_prefixed_topics
+from schemas.registry import delete_subjects_with_prefix
 
 READBACK_GROUP_PREFIX = "settle-readback"
 
@@ -24,14 +25,6 @@ log = logging.getLogger(__name__)
 def wall_clock_ms() -> int:
     """Milliseconds since the Unix epoch, as an int (no float on the way)."""
     return time.time_ns() // 1_000_000
-
-
-def registry_client(settings: Settings) -> RegistryClient:
-    """A registry client for the configured URL; credentials go to httpx only."""
-    reg = settings.registry
-    return RegistryClient(
-        reg.url, username=reg.username or None, password=reg.password.reveal() or None
-    )
 
 
 def delete_isolated_run(settings: Settings, prefix: str) -> None:

@@ -6,7 +6,7 @@ import os
 
 from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
 
-from settle.config import metrics_addr
+from infra.config import metrics_addr
 
 disable_created_metrics()
 

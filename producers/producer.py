@@ -12,13 +12,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
+from infra.config import KafkaSettings
+from infra.kafka import make_producer
 from producers import metrics
 from producers.errors import DeliveryFailed, ProducerClosed, StillQueued
 from producers.signing import RequestSigner
 from schemas.codec import AvroSerializer
 from schemas.topics import TOPIC_RECORDS
-from settle.config import KafkaSettings
-from settle.kafka import make_producer
 
 log = logging.getLogger(__name__)
 

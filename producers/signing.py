@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from infra.config import Settings
+from infra.config import load as load_settings
+from infra.keyring import configured_keyring
 from producers.errors import ProducerError
-from settle.config import Settings
-from settle.config import load as load_settings
-from settle.keyring import configured_keyring
 from settlement.model import PaymentRequest, RecordError
 from settlement.signing import Keyring, NotSignable, sign
 

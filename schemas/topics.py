@@ -1,9 +1,12 @@
-"""Which contract record each topic's values carry, and their registry subject."""
+"""The topic contract: names, keys, partitioning, retention, records and subjects."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
+
+from settlement.errors import SettleError
 
 ROUTED_TOPIC_PREFIX: Final = "payments.routed."
 
@@ -29,6 +32,144 @@ def value_subject(topic: str) -> str:
     return f"{topic}-value"
 
 
+DAY_MS = 24 * 3600 * 1000
+
+CHANNELS = ("alipay", "wechat_pay", "unionpay", "card")
+
+PAYMENTS_REQUESTED = "payments.requested"
+PAYMENTS_REJECTED = "payments.rejected"
+PAYMENTS_DLQ = "payments.dlq"
+CHANNEL_CONFIRMATIONS = "channel.confirmations"
+RECONCILIATION_RESULTS = "reconciliation.results"
+SETTLEMENTS_BATCHES = "settlements.batches"
+MERCHANTS = "merchants"
+
+
 def routed_topic(channel: str) -> str:
-    """Return the routed topic of a Channel symbol: WECHAT_PAY -> payments.routed.wechat_pay."""
-    return ROUTED_TOPIC_PREFIX + channel.lower()
+    """The topic a channel's gateway consumes: alipay or the Avro symbol ALIPAY ->
+    ``payments.routed.alipay``."""
+    name = channel.lower()
+    if name not in CHANNELS:
+        raise TopicError(f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
+    return ROUTED_TOPIC_PREFIX + name
+
+
+ROUTED_TOPICS = tuple(routed_topic(c) for c in CHANNELS)
+
+
+class TopicError(SettleError):
+    """A topic could not be created or does not match the contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic of the contract; ``copartitioned`` topics share the payment-keyed count.
+
+    ``external`` topics are written by clients outside the pipeline (order systems, channel
+    adapters, merchant systems), with whatever partitioner their client library defaults to:
+    a stage that keeps per-key state moves their misplaced records itself
+    (stream_processors.placement), and a stage reading one must be listed in its tests.
+    """
+
+    name: str
+    retention_ms: int
+    cleanup_policy: str = "delete"
+    copartitioned: bool = True
+    external: bool = False
+    partitions_override: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def partitions(self, payment_keyed: int) -> int:
+        """This topic's partition count when payment-keyed topics have `payment_keyed`."""
+        if self.partitions_override is not None:
+            return self.partitions_override
+        return payment_keyed
+
+    def configs(self) -> dict[str, str]:
+        conf = {"cleanup.policy": self.cleanup_policy, **self.extra}
+        if self.cleanup_policy == "delete":
+            conf["retention.ms"] = str(self.retention_ms)
+        return conf
+
+
+# Every payment-keyed topic must have the same partition count: the reconciler joins
+# payments.routed.* with channel.confirmations through a table lookup, which only works
+# when a payment_id lands in the same partition number on both sides.
+CONTRACT: tuple[TopicSpec, ...] = (
+    TopicSpec(PAYMENTS_REQUESTED, retention_ms=7 * DAY_MS, external=True),
+    TopicSpec(PAYMENTS_REJECTED, retention_ms=30 * DAY_MS),
+    TopicSpec(PAYMENTS_DLQ, retention_ms=30 * DAY_MS),
+    *(TopicSpec(t, retention_ms=7 * DAY_MS) for t in ROUTED_TOPICS),
+    TopicSpec(CHANNEL_CONFIRMATIONS, retention_ms=7 * DAY_MS, external=True),
+    TopicSpec(RECONCILIATION_RESULTS, retention_ms=30 * DAY_MS),
+    # Keyed by batch_id, not payment_id, so it need not be co-partitioned.
+    TopicSpec(SETTLEMENTS_BATCHES, retention_ms=90 * DAY_MS, copartitioned=False),
+    # Compacted: the latest Merchant record per merchant_id is the merchant's state.
+    TopicSpec(
+        MERCHANTS,
+        retention_ms=-1,
+        cleanup_policy="compact",
+        extra={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+        external=True,
+    ),
+)
+
+TOPIC_NAMES = tuple(spec.name for spec in CONTRACT)
+# Written by clients outside the pipeline, with any partitioner.
+EXTERNAL_TOPICS = tuple(spec.name for spec in CONTRACT if spec.external)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The contract's topic names, each with an optional prefix."""
+
+    prefix: str = ""
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return CHANNELS
+
+    @property
+    def requested(self) -> str:
+        return self.prefix + PAYMENTS_REQUESTED
+
+    @property
+    def rejected(self) -> str:
+        return self.prefix + PAYMENTS_REJECTED
+
+    @property
+    def dlq(self) -> str:
+        return self.prefix + PAYMENTS_DLQ
+
+    @property
+    def confirmations(self) -> str:
+        return self.prefix + CHANNEL_CONFIRMATIONS
+
+    @property
+    def results(self) -> str:
+        return self.prefix + RECONCILIATION_RESULTS
+
+    @property
+    def batches(self) -> str:
+        return self.prefix + SETTLEMENTS_BATCHES
+
+    @property
+    def merchants(self) -> str:
+        return self.prefix + MERCHANTS
+
+    def routed(self, channel: str) -> str:
+        return self.prefix + routed_topic(channel)
+
+    @property
+    def all_routed(self) -> tuple[str, ...]:
+        return tuple(self.routed(c) for c in CHANNELS)
+
+    @property
+    def external(self) -> tuple[str, ...]:
+        """The topics clients outside the pipeline write (any partitioner, any key order)."""
+        return tuple(self.prefix + name for name in EXTERNAL_TOPICS)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every contract topic under this prefix (tests delete their copies with it)."""
+        return tuple(self.prefix + name for name in TOPIC_NAMES)

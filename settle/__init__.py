@@ -1,1 +1,2 @@
-"""Composition root: configuration, Kafka plumbing, topics and the `settle` command line."""
+"""Entry points and operations tooling: the `settle` command line, demo, audits, monitor,
+benchmarks, fault injection. Nothing below this layer imports it."""

@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 
+from infra.config import Settings
+from infra.kafka import make_consumer
 from settle.audit_ingest import read_topic
-from settle.config import Settings
-from settle.kafka import make_consumer
 
 
 @dataclass(frozen=True, slots=True)

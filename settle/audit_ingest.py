@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from settle.config import KafkaSettings
-from settle.kafka import make_consumer
+from infra.config import KafkaSettings
+from infra.kafka import make_consumer
 
 SOURCE_HEADER = "settle-source"  # written by stream_processors.ingest on every output
 

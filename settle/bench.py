@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from infra.admin import create_topics
+from infra.config import Settings
+from infra.registry import registry_client
 from producers.clients import delete_isolated_run
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
+from schemas.topics import TopicNames
 from settle.benchmarks.common import Offsets, ProcRun, free_port, run_measured, settle_argv
-from settle.config import Settings
-from settle.smoke import registry_client
-from settle.topics import create_topics
-from stream_processors.topics import TopicNames
 
 
 def preload_validate(settings: Settings, topics: TopicNames, count: int, seed: int,
@@ -67,7 +67,7 @@ def run_stage(
 def use_run_keyring(settings: Settings, out_dir: Path) -> None:
     """Signed traffic, as in production: producers and workers read the keyring from the
     environment (the configured one, or one made under the report folder)."""
-    from settle.keyring import ensure_run_keyring
+    from infra.keyring import ensure_run_keyring
 
     out_dir.mkdir(parents=True, exist_ok=True)
     keyring_path = ensure_run_keyring(

@@ -31,18 +31,18 @@ from typing import Any, Final
 
 from confluent_kafka import ConsumerGroupTopicPartitions
 
+from infra.admin import admin_client
+from infra.config import REPO_ROOT, Settings
+from infra.config import load as load_settings
+from infra.kafka import make_consumer
 from producers.order_faults import INJECTED_KINDS
 from producers.order_flow import publish_order
 from producers.orders import Accounting, OrderMix, SimulatedOrder, generate_orders
 from producers.producer import AvroProducer
 from settle.audit_books import BooksAudit, unbatched_matched
 from settle.audit_ingest import IngestAudit, end_offsets
-from settle.config import REPO_ROOT, Settings
-from settle.config import load as load_settings
 from settle.e2e import IsolatedPipeline, audit_pipeline_ingest, isolated_pipeline, specs
-from settle.kafka import make_consumer
 from settle.processes import ProcessSpec
-from settle.topics import admin_client
 from sinks.db import connect
 
 log = logging.getLogger("settle.chaos")

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
+from infra.config import REPO_ROOT, Settings
 from settle import processes
-from settle.config import REPO_ROOT, Settings
 from settle.processes import ProcessSpec
 
 
@@ -155,8 +155,8 @@ def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
     The full audit re-reads whole topics, so it only runs once the cheap SQL counts have
     stopped moving and every MATCHED payment is in a batch (or at the deadline).
     """
+    from schemas.topics import ROUTED_TOPICS
     from settle.audit_books import audit_books, unbatched_matched
-    from settle.topics import ROUTED_TOPICS
     from sinks.db import connect
 
     deadline = time.monotonic() + timeout_s
@@ -178,8 +178,8 @@ def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
 
 def lag_monitor(settings: Settings, prefix: str = "") -> Any:
     """A monitor of the pipeline's groups on the contract's topics (see `behind`)."""
+    from schemas.topics import TOPIC_NAMES
     from settle.monitor import Monitor, MonitorOptions
-    from settle.topics import TOPIC_NAMES
 
     topics = tuple(prefix + name for name in TOPIC_NAMES)
     return Monitor(settings, MonitorOptions(topics=topics,
@@ -200,8 +200,8 @@ def behind(monitor: Any) -> dict[tuple[str, str, int], int]:
 def signing_env(settings: Settings) -> dict[str, str]:
     """SETTLE_SIGNING_KEYRING for the demo's processes: the configured keyring, or one made
     (once, then reused) under the run folder for the sample merchants."""
+    from infra.keyring import ensure_run_keyring
     from producers.merchants import load_merchants, sample_merchants_path
-    from settle.keyring import ensure_run_keyring
 
     merchant_ids = [e.merchant_id for e in load_merchants(sample_merchants_path())]
     path = ensure_run_keyring(settings.run_dir / "demo", merchant_ids, settings.signing)

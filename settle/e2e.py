@@ -11,6 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from infra.admin import create_topics
+from infra.config import Settings
+from infra.keyring import ensure_run_keyring, load_keyring
+from infra.registry import registry_client
 from producers.clients import delete_isolated_run
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
@@ -18,17 +22,13 @@ from producers.orders import Accounting, OrderMix, expected_accounting, generate
 from producers.producer import AvroProducer
 from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer
+from schemas.topics import TopicNames
 from settle import processes
 from settle.audit_books import BooksAudit, audit_books, unbatched_matched
 from settle.audit_ingest import IngestAudit, audit_ingest
-from settle.config import Settings
-from settle.keyring import ensure_run_keyring, load_keyring
 from settle.processes import ProcessSpec
-from settle.smoke import registry_client
-from settle.topics import create_topics
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
-from stream_processors.topics import TopicNames
 
 # A settlement day shrunk to seconds: windows of 5 s closing 3 s later, a 6 s channel SLA
 # and late answers at 10 s, so every fault shows up within a test's time.
@@ -179,7 +179,7 @@ class IsolatedPipeline:
         """
         from confluent_kafka import ConsumerGroupState
 
-        from settle.topics import admin_client
+        from infra.admin import admin_client
 
         wanted: dict[str, int] = {}
         for spec in self.procs.values():

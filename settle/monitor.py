@@ -40,7 +40,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from settle.config import Settings
+from infra.config import Settings
 from settle.undecided import (
     Overdue,
     RoutedSource,

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from settle.config import REPO_ROOT
+from infra.config import REPO_ROOT
 
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus" / "rules"
 RULE_TESTS_DIR = REPO_ROOT / "deploy" / "prometheus" / "tests"

@@ -10,15 +10,16 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from producers.clients import registry_client
+from infra.admin import create_topics
+from infra.config import Settings
+from infra.kafka import make_consumer
+from infra.keyring import generate
+from infra.registry import registry_client
 from producers.producer import AvroProducer, DeliveryReport
 from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer
 from schemas.registry import register_all
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.keyring import generate
-from settle.topics import PAYMENTS_REQUESTED, create_topics
+from schemas.topics import PAYMENTS_REQUESTED
 from settlement.errors import SettleError
 from settlement.model import PaymentRequest
 from settlement.signing import verify

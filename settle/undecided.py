@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from settle.config import KafkaSettings
-from settle.kafka import make_consumer
+from infra.config import KafkaSettings
+from infra.kafka import make_consumer
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from settle.config import PostgresSettings
+from infra.config import PostgresSettings
 from sinks.errors import DatabaseUnavailable
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
 
-from settle.config import metrics_addr
+from infra.config import metrics_addr
 
 disable_created_metrics()
 

@@ -52,11 +52,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from infra.config import Settings
+from infra.kafka import make_consumer, make_producer
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError
 from schemas.registry import SchemaRegistry
-from settle.config import Settings
-from settle.kafka import make_consumer, make_producer
 from sinks import metrics
 from sinks.base import DeadRecord, SourceRecord, Writer, WriteResult
 from sinks.db import connect

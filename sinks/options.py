@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from settle.topics import PAYMENTS_DLQ
+from schemas.topics import PAYMENTS_DLQ
 
 
 @dataclass(frozen=True, slots=True)

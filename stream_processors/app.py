@@ -8,10 +8,12 @@ from typing import Any
 
 import faust
 
+from infra.config import Settings
+from infra.kafka_auth import broker_credentials
+from infra.keyring import KeyringError, KeyringWatcher, configured_keyring
 from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
-from settle.config import Settings
-from settle.keyring import KeyringError, KeyringWatcher, configured_keyring
+from schemas.topics import TopicNames
 from stream_processors import loop_health, metrics
 from stream_processors.aiokafka_fixes import install as install_aiokafka_fixes
 from stream_processors.consumer_fetch import FetchSettings
@@ -21,12 +23,10 @@ from stream_processors.faust_fixes import install as install_faust_fixes
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
 from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
 from stream_processors.json_codec import install as install_json_codec
-from stream_processors.kafka_auth import broker_credentials
 from stream_processors.merchants import MerchantDirectory
 from stream_processors.placement import PLACED_RETENTION, stage_placement
 from stream_processors.settings import ProcessorSettings
 from stream_processors.ticks import owned_topic, stage_channel
-from stream_processors.topics import TopicNames
 from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     app = faust.App(
         app_id,
         broker=broker_urls(kafka.bootstrap_servers),
-        # SASL and/or TLS exactly as the librdkafka clients get them (settle.kafka).
+        # SASL and/or TLS exactly as the librdkafka clients get them (infra.kafka).
         broker_credentials=broker_credentials(kafka),
         store=ps.store,
         datadir=str(ps.data_dir / app_id),

@@ -11,10 +11,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from infra.config import KafkaSettings
+from infra.kafka import make_consumer
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError, RegistryUnavailable
-from settle.config import KafkaSettings
-from settle.kafka import make_consumer
 from settlement.errors import SettleError
 from settlement.model import Merchant, RecordError
 

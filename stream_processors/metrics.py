@@ -10,7 +10,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from settle.config import metrics_addr
+from infra.config import metrics_addr
 
 # The *_created series double the scrape size and no dashboard uses them.
 disable_created_metrics()

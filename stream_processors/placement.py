@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
-from settle.partitioning import partition_for
+from infra.partitioning import partition_for
 from stream_processors.outputs import Output, source_ref
 
 # The header that carries a moved record's original coordinates ("topic/partition/offset").
@@ -60,7 +60,7 @@ def stage_placement(app: Any, topics: Any, partitions: int) -> Placement:
 class Placement:
     """Which inputs are written by third parties, and where each payment_id belongs.
 
-    `external` are the topics clients outside the pipeline write (settle.topics marks them);
+    `external` are the topics clients outside the pipeline write (schemas.topics marks them);
     `topic` is the stage's internal topic for moved records; `partitions` the payment-keyed
     partition count, the same for every co-partitioned topic.
     """

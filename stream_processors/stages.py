@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import faust
 
+from infra.config import Settings
 from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
-from settle.config import Settings
+from schemas.topics import TopicNames
 from settlement.model import CHANNELS
 from stream_processors import metrics
 from stream_processors.app import (
@@ -41,7 +42,6 @@ from stream_processors.ticks import (
     stage_channel,
     tick_topic_name,
 )
-from stream_processors.topics import TopicNames
 from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)

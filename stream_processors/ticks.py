@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import faust
 
-from settle.config import KafkaSettings
-from settle.topics import admin_client
+from infra.admin import admin_client
+from infra.config import KafkaSettings
 from settlement.errors import SettleError
 from stream_processors.outputs import now_ms
 

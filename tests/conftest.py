@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from settle import config
+from infra import config
 
 # Every test session gets its own database, so test rows never mix with the demo's books
 # (or with another session's); worker subprocesses inherit the setting.
@@ -28,8 +28,8 @@ def _session_keyring() -> str:
     Set in the environment (like the database) so producers and worker subprocesses sign and
     verify with it; signatures are required, as by default.
     """
+    from infra.keyring import init_keyring
     from producers.merchants import load_merchants, sample_merchants_path
-    from settle.keyring import init_keyring
 
     folder = tempfile.mkdtemp(prefix="settle-test-keys-")
     atexit.register(shutil.rmtree, folder, True)

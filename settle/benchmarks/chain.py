@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from infra.kafka import make_consumer
+from infra.registry import registry_client
 from producers.channels import ChannelSimConfig, plan_confirmations
 from producers.producer import AvroProducer
 from schemas.codec import AvroDeserializer
@@ -31,8 +33,6 @@ from settle.benchmarks.common import (
 )
 from settle.benchmarks.limits import Preloaded
 from settle.benchmarks.measure import SinkSummary, parse_sink_summary, per_1000
-from settle.kafka import make_consumer
-from settle.smoke import registry_client
 from sinks.db import connect
 from sinks.ledger_rows import build_ledger_rows, fee_schedule_from_env
 from sinks.pg import copy_rows

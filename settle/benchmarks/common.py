@@ -16,7 +16,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from infra.admin import create_topics
+from infra.config import Settings
+from infra.kafka import make_consumer
 from producers.clients import delete_isolated_run
+from schemas.topics import TopicNames
 from settle.audit_ingest import end_offsets
 from settle.benchmarks.measure import (
     GcTotals,
@@ -26,12 +30,8 @@ from settle.benchmarks.measure import (
     stat_cpu_ticks,
     status_kib,
 )
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.topics import create_topics
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
-from stream_processors.topics import TopicNames
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 Say = Callable[[str], None]
@@ -259,8 +259,8 @@ class Isolated:
         self.extra_dbs: list[str] = []
 
     def __enter__(self) -> Isolated:
+        from infra.config import REPO_ROOT
         from settle.bench import use_run_keyring
-        from settle.config import REPO_ROOT
 
         # Signed requests, like production traffic (producers and workers read the env).
         use_run_keyring(self.base, REPO_ROOT / ".bench")

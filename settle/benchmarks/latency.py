@@ -9,6 +9,9 @@ from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from infra.config import Settings
+from infra.kafka import make_consumer
+from schemas.topics import TopicNames
 from settle.audit_ingest import read_topic
 from settle.benchmarks.common import Say
 from settle.benchmarks.measure import (
@@ -20,11 +23,8 @@ from settle.benchmarks.measure import (
     median,
     slow_seconds,
 )
-from settle.config import Settings
 from settle.e2e import isolated_dbname, run_e2e
-from settle.kafka import make_consumer
 from sinks.db import connect
-from stream_processors.topics import TopicNames
 
 # Below this share of the asked rate the publisher, not the pipeline, set the pace: the
 # point says nothing about the pipeline at that rate and the search stops there.

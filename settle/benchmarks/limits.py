@@ -7,6 +7,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from infra.admin import create_topics
+from infra.kafka import make_consumer, make_producer
+from infra.registry import registry_client
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import publish_order
 from producers.orders import (
@@ -19,11 +22,9 @@ from producers.orders import (
 from producers.producer import AvroProducer
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.errors import DecodeError
+from schemas.topics import TopicSpec
 from settle.benchmarks.common import Isolated, Offsets
 from settle.benchmarks.measure import per_1000
-from settle.kafka import make_consumer, make_producer
-from settle.smoke import registry_client
-from settle.topics import TopicSpec, create_topics
 
 Transform = Callable[[bytes], bytes]
 
@@ -70,7 +71,7 @@ def passthrough(iso: Isolated, name: str, count: int, transform: Transform | Non
                 timeout_s: float = 300.0) -> PassRun:
     """Copy `count` records of the requests topic to a fresh topic, keys and headers kept.
 
-    Same client settings as every stage (settle.kafka: idempotent producer, lz4, linger,
+    Same client settings as every stage (infra.kafka: idempotent producer, lz4, linger,
     batching; read_committed consumer), offsets committed asynchronously per poll batch.
     Timed from the first record consumed until the output's end offsets reach `count`.
     """

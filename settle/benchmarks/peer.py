@@ -8,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from infra.admin import create_topics
 from producers.merchants import load_merchants, sample_merchants_path
+from schemas.topics import CONTRACT, TopicSpec
 from settle.benchmarks.common import Isolated, Offsets, ProcRun, Say, run_measured
 from settle.benchmarks.limits import Preloaded
-from settle.topics import CONTRACT, TopicSpec, create_topics
 
 SCRIPT = Path(__file__).with_name("quix_validate.py")
 # Quix Streams pins confluent-kafka<2.13: it must never share the project's environment.

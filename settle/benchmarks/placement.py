@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.config import Settings
+from infra.partitioning import partition_for
+from infra.registry import registry_client
 from producers.channels import ChannelSimConfig, plan_confirmations
 from producers.producer import AvroProducer
 from settle.benchmarks.chain import STAGE_ENV, decode_topic
@@ -34,9 +37,6 @@ from settle.benchmarks.common import (
 )
 from settle.benchmarks.limits import preload_requests
 from settle.benchmarks.measure import median
-from settle.config import Settings
-from settle.partitioning import partition_for
-from settle.smoke import registry_client
 
 PARTITIONERS = ("murmur2_random", "consistent_random")
 

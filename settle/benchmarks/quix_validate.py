@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import Serializer
 
+from infra import gc_tuning
+from infra.config import load as load_settings
 from schemas.registry import RegistryClient
-from settle import gc_tuning
-from settle.config import load as load_settings
 from settlement.model import Merchant
 from stream_processors import settings as ps_settings
 from stream_processors.ingest import DEDUPLICATED, IngestProcessor, SeenIndex, now_ms
@@ -103,7 +103,7 @@ def main() -> None:
     keyring_path = os.environ.get("SETTLE_SIGNING_KEYRING")
     keyring = None
     if keyring_path and os.environ.get("SETTLE_SIGNATURES", "required") != "off":
-        from settle.keyring import load_keyring
+        from infra.keyring import load_keyring
 
         keyring = load_keyring(Path(keyring_path))
     processor = IngestProcessor(registry, merchants.get, seen, ps.routing, ps.policy, out,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.config import Settings
 from settle.benchmarks.chain import STAGES, ChainRun, run_chain
 from settle.benchmarks.common import Isolated, ProcRun, Say
 from settle.benchmarks.latency import LatencyRun, measure_rate
@@ -28,7 +29,6 @@ from settle.benchmarks.measure import (
     status_kib,
 )
 from settle.benchmarks.peer import run_peer
-from settle.config import Settings
 
 PARTS = ("limits", "stages", "copy", "peer", "latency")
 STAGE_LABELS = {

@@ -37,12 +37,12 @@ from producers.orders import (
 from producers.signing import RequestSigner
 from schemas.codec import AvroSerializer
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.model import Merchant
 from settlement.routing import DEFAULT_TABLE
 from settlement.signing import Keyring, SigningKey
 from settlement.validation import ValidationPolicy
 from stream_processors.ingest import IngestProcessor, SeenIndex
-from stream_processors.topics import TopicNames
 
 # A fixed clock: generated created_at and the processor's "now" agree in every run.
 NOW_MS = 1_764_000_000_000

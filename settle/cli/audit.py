@@ -27,7 +27,7 @@ def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
     Every output of the validate stage names its input (topic/partition/offset) in a header;
     the audit joins them. Exit code 1 when any input is unaccounted for or placed twice.
     """
-    from settle import topics as t
+    from schemas import topics as t
     from settle.audit_ingest import audit_ingest
 
     with console.status("reading payments.requested and the ingest outputs..."):
@@ -68,10 +68,10 @@ def audit_books_cmd() -> None:
     once the pipeline has drained and the settlement windows have closed. Exit code 1 on
     any breach; a table either way.
     """
+    from infra.registry import registry_client
     from schemas.codec import AvroDeserializer
+    from schemas.topics import ROUTED_TOPICS
     from settle.audit_books import audit_books
-    from settle.smoke import registry_client
-    from settle.topics import ROUTED_TOPICS
     from sinks.db import connect
 
     s = settings()

@@ -10,7 +10,7 @@ from types import FrameType
 
 from rich.console import Console
 
-from settle import config
+from infra import config
 from settlement.errors import SettleError
 
 console = Console(highlight=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from settle import config
+from infra import config
 from settle.cli.common import console, settings
 
 
@@ -35,12 +35,12 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     prints payments by terminal state, batches per merchant, ledger totals and the
     invariants. Everything is left running; `make down` stops it.
     """
+    from infra.registry import registry_client
+    from schemas import topics as t
     from schemas.codec import AvroDeserializer
     from settle import demo as d
-    from settle import topics as t
     from settle.audit_ingest import audit_ingest
     from settle.cli.audit import print_books
-    from settle.smoke import registry_client
 
     seed = seed if seed is not None else int(time.time())
     plan = d.DemoPlan(count=count, rate_per_s=rate, seed=seed, bad_ratio=bad_ratio,

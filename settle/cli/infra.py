@@ -9,7 +9,7 @@ import sys
 import click
 from rich.table import Table
 
-from settle import config
+from infra import config
 from settle.cli.common import console, settings
 
 STACK_SCRIPT = config.REPO_ROOT / "deploy" / "stack.sh"
@@ -39,7 +39,7 @@ def topics_create(partitions: int | None) -> None:
     """Create every topic of the contract that is missing (idempotent)."""
     from dataclasses import replace
 
-    from settle.topics import create_topics
+    from infra.admin import create_topics
 
     kafka = settings().kafka
     if partitions is not None:
@@ -60,7 +60,8 @@ def topics_create(partitions: int | None) -> None:
 @topics.command("list")
 def topics_list() -> None:
     """Show the contract's topics as the broker sees them."""
-    from settle.topics import CONTRACT, admin_client, describe_configs
+    from infra.admin import admin_client, describe_configs
+    from schemas.topics import CONTRACT
 
     kafka = settings().kafka
     meta = admin_client(kafka).list_topics(timeout=15).topics
@@ -85,8 +86,8 @@ def schemas_cmd() -> None:
 @schemas_cmd.command("register")
 def schemas_register() -> None:
     """Register every topic's value schema (TopicNameStrategy, BACKWARD); idempotent."""
+    from infra.registry import registry_client
     from schemas.registry import register_all
-    from settle.smoke import registry_client
 
     client = registry_client(settings())
     ids = register_all(client)
@@ -101,7 +102,7 @@ def schemas_register() -> None:
 @schemas_cmd.command("list")
 def schemas_list() -> None:
     """List the registry's subjects."""
-    from settle.smoke import registry_client
+    from infra.registry import registry_client
 
     client = registry_client(settings())
     for subject in sorted(client.subjects()):

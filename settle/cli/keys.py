@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
+from infra.keyring import KeyringError
 from settle.cli.common import console, err_console, settings
-from settle.keyring import KeyringError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -55,8 +55,8 @@ def keys() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing keyring (revokes every key).")
 def keys_init(merchants_file: Path | None, out: Path | None, force: bool) -> None:
     """Create a keyring with one random active key per merchant of a merchants file."""
+    from infra.keyring import init_keyring
     from producers.merchants import load_merchants, sample_merchants_path
-    from settle.keyring import init_keyring
 
     path = _keyring_path(out)
     entries = load_merchants(merchants_file or sample_merchants_path())
@@ -75,7 +75,7 @@ def keys_rotate(merchant_id: str, keyring_path: Path | None) -> None:
     A running validate worker reloads the file within seconds; remove a retired key with
     `settle keys remove KEY_ID` once no request signed with it can still arrive.
     """
-    from settle.keyring import rotate
+    from infra.keyring import rotate
 
     path = _keyring_path(keyring_path)
     key = rotate(path, merchant_id)
@@ -87,7 +87,7 @@ def keys_rotate(merchant_id: str, keyring_path: Path | None) -> None:
 @_keyring_option
 def keys_remove(key_id: str, keyring_path: Path | None) -> None:
     """Delete KEY_ID: requests signed with it are rejected SIGNATURE_KEY_UNKNOWN from then on."""
-    from settle.keyring import remove
+    from infra.keyring import remove
 
     path = _keyring_path(keyring_path)
     remove(path, key_id)
@@ -99,7 +99,7 @@ def keys_remove(key_id: str, keyring_path: Path | None) -> None:
 @_keyring_option
 def keys_list(merchant_id: str | None, keyring_path: Path | None) -> None:
     """Show key ids, merchant, status and creation time (never the secrets)."""
-    from settle.keyring import load_keyring
+    from infra.keyring import load_keyring
 
     path = _keyring_path(keyring_path)
     keyring = load_keyring(path)
@@ -135,7 +135,7 @@ def keys_show_secret(merchant_id: str, as_json: bool, keyring_path: Path | None)
     Fails (exit status 1) when the keyring is missing or unreadable, or when the merchant has
     no key in it or only retired ones.
     """
-    from settle.keyring import key_to_hand_over
+    from infra.keyring import key_to_hand_over
 
     path = _keyring_path(keyring_path)
     key = key_to_hand_over(path, merchant_id)

@@ -65,9 +65,9 @@ def monitor(interval_s: float, books_interval_s: float, horizon_s: float | None,
 
     from prometheus_client import start_http_server
 
+    from infra.config import metrics_addr
+    from schemas import topics as t
     from settle import monitor as m
-    from settle import topics as t
-    from settle.config import metrics_addr
     from settle.undecided import RoutedSource
     from stream_processors import settings as ps_settings
 

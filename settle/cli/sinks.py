@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from schemas.topics import PAYMENTS_DLQ, RECONCILIATION_RESULTS, SETTLEMENTS_BATCHES
 from settle.cli.common import console, fail_on_settle_error, settings
-from settle.topics import PAYMENTS_DLQ, RECONCILIATION_RESULTS, SETTLEMENTS_BATCHES
 
 SINKS = {
     "ledger": (RECONCILIATION_RESULTS, "settle-ledger-sink"),
@@ -69,8 +69,8 @@ def sink(
     the dead-letter topic; PostgreSQL outages are retried with backoff. SIGTERM or Ctrl-C
     finishes the current batch, then prints a summary. Needs `settle db migrate` first.
     """
-    from settle import gc_tuning
-    from settle.smoke import registry_client
+    from infra import gc_tuning
+    from infra.registry import registry_client
     from sinks import metrics
     from sinks.ledger_sink import LedgerWriter
     from sinks.offsets_consumer import SWITCH_INTERVAL_S, OffsetsConsumer

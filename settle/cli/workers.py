@@ -54,8 +54,8 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     """
     import faust
 
-    from settle import gc_tuning
-    from settle.smoke import registry_client
+    from infra import gc_tuning
+    from infra.registry import registry_client
     from stream_processors import metrics
     from stream_processors import settings as ps_settings
     from stream_processors.app import make_validate_app

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.config import Settings
 from settle.chaos import (
     STORM,
     ensure_stack_up,
@@ -22,7 +23,6 @@ from settle.chaos import (
     stack_status,
     summary_lines,
 )
-from settle.config import Settings
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 

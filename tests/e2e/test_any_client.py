@@ -27,14 +27,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer, TopicPartition
 
+from infra.admin import admin_client
+from infra.config import Settings
+from infra.kafka import make_consumer
+from infra.partitioning import partition_for
 from schemas.codec import AvroSerializer
 from settle.audit_books import BooksAudit
 from settle.audit_ingest import IngestAudit
-from settle.config import Settings
 from settle.e2e import IsolatedPipeline, audit_pipeline_ingest, specs, wait_for_books
-from settle.kafka import make_consumer
-from settle.partitioning import partition_for
-from settle.topics import admin_client
 from sinks.db import connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from infra.config import Settings
 from settle import observability as o
-from settle.config import Settings
 from settle.e2e import run_e2e
 from settle.processes import ProcessSpec
 

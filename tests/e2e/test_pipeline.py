@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from settle.config import Settings
+from infra.config import Settings
 from settle.e2e import run_e2e
 
 pytestmark = pytest.mark.e2e

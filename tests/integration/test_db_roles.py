@@ -12,16 +12,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from settle.config import PostgresSettings, Secret, Settings
-from settle.smoke import registry_client
-from settle.topics import (
-    DAY_MS,
-    PAYMENTS_DLQ,
-    RECONCILIATION_RESULTS,
-    TopicSpec,
-    create_topics,
-    delete_topics,
-)
+from infra.admin import create_topics, delete_topics
+from infra.config import PostgresSettings, Secret, Settings
+from infra.registry import registry_client
+from schemas.topics import DAY_MS, PAYMENTS_DLQ, RECONCILIATION_RESULTS, TopicSpec
 from sinks.base import SourceRecord
 from sinks.db import connect, drop_database, drop_database_plain
 from sinks.errors import DatabaseUnavailable

@@ -19,14 +19,14 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
+from infra.admin import admin_client, create_topics, delete_topics
+from infra.config import Settings
+from infra.kafka import make_consumer
+from infra.registry import registry_client
 from producers.producer import AvroProducer
+from schemas.topics import TopicNames
 from settle.audit_ingest import read_topic
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.smoke import registry_client
-from settle.topics import admin_client, create_topics, delete_topics
 from stream_processors.delivery import EXIT_SEND_FAILED
-from stream_processors.topics import TopicNames
 from tests.integration.test_ingest_stage import now_ms, payment, start_worker, stop
 
 pytestmark = pytest.mark.integration

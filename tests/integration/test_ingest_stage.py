@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
+from infra.admin import create_topics, delete_topics
+from infra.config import Settings
+from infra.kafka import make_consumer
+from infra.keyring import load_keyring
+from infra.registry import registry_client
 from producers.producer import AvroProducer
 from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer
+from schemas.topics import TopicNames
 from settle.audit_ingest import audit_ingest, read_topic
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.keyring import load_keyring
-from settle.smoke import registry_client
-from settle.topics import create_topics, delete_topics
 from settlement.model import PaymentRequest
 from settlement.signing import SigningKey, sign
-from stream_processors.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 

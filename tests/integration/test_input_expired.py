@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import TopicPartition
 
+from infra.admin import admin_client
+from infra.config import Settings
+from infra.kafka import make_consumer
+from infra.registry import registry_client
 from producers.producer import AvroProducer
+from schemas.topics import TopicNames
 from settle.audit_ingest import read_topic
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.smoke import registry_client
-from settle.topics import admin_client
-from stream_processors.topics import TopicNames
 from tests.integration.test_delivery_failure import _committed
 from tests.integration.test_ingest_stage import (  # noqa: F401 - prefix is a fixture
     now_ms,

@@ -10,13 +10,13 @@ import uuid
 
 import pytest
 
+from infra.admin import admin_client, create_topics
+from infra.config import Settings
+from infra.registry import registry_client
 from producers.clients import delete_isolated_run
 from schemas import contract
 from schemas.topics import TOPIC_RECORDS, value_subject
 from settle.benchmarks.common import free_port
-from settle.config import Settings
-from settle.smoke import registry_client
-from settle.topics import admin_client, create_topics
 
 pytestmark = pytest.mark.integration
 

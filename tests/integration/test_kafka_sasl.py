@@ -4,7 +4,7 @@ The stack's listeners (deploy/stack.sh: SETTLE_KAFKA_SASL_PORT, default 19094, a
 SETTLE_KAFKA_TLS_PORT, default 19095), its user (SETTLE_KAFKA_SASL_LOCAL_USER / _PASSWORD,
 defaults settle-client / settle-local-sasl) and its CA (<run dir>/kafka/tls/ca.pem, or
 SETTLE_KAFKA_TLS_CA) are read from the same settings as the stack script. Every client is
-built by the project's own helpers from SETTLE_KAFKA_* settings: settle.kafka for
+built by the project's own helpers from SETTLE_KAFKA_* settings: infra.kafka for
 librdkafka, the faust app's broker_credentials (mapped to aiokafka by faust's own driver code)
 for the stream processors.
 """
@@ -27,9 +27,10 @@ from aiokafka.errors import KafkaConnectionError
 from confluent_kafka import KafkaError, TopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from settle import config
-from settle.kafka import make_consumer, make_producer
-from settle.topics import DAY_MS, TopicSpec, create_topics, delete_topics
+from infra import config
+from infra.admin import create_topics, delete_topics
+from infra.kafka import make_consumer, make_producer
+from schemas.topics import DAY_MS, TopicSpec
 from stream_processors.app import base_app
 from stream_processors.settings import ProcessorSettings
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from settle.config import Settings
+from infra.config import Settings
 from sinks.db import connect, drop_database
 from sinks.migrate import available, migrate
 

@@ -17,10 +17,11 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
-from settle.config import Settings
-from settle.kafka import make_consumer, make_producer
+from infra.admin import create_topics, delete_topics
+from infra.config import Settings
+from infra.kafka import make_consumer, make_producer
+from schemas.topics import CONTRACT, routed_topic
 from settle.monitor import Monitor, MonitorOptions
-from settle.topics import CONTRACT, create_topics, delete_topics, routed_topic
 from settle.undecided import Overdue, RoutedSource
 from sinks.db import connect
 

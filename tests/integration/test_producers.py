@@ -15,9 +15,14 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import TopicPartition
 
+from infra.admin import create_topics, delete_topics
+from infra.config import Settings
+from infra.kafka import make_consumer
+from infra.keyring import configured_keyring
+from infra.registry import registry_client
 from producers.channels import ChannelSimConfig, plan_confirmations
 from producers.cli import merchants, simulate
-from producers.clients import read_at, read_to_end, registry_client, wall_clock_ms
+from producers.clients import read_at, read_to_end, wall_clock_ms
 from producers.merchants import (
     MerchantEntry,
     fold_merchant_records,
@@ -32,18 +37,13 @@ from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer, to_epoch_ms
 from schemas.contract import schema_str_for
 from schemas.registry import RegistryClient
-from schemas.topics import value_subject
-from settle.config import Settings
-from settle.kafka import make_consumer
-from settle.keyring import configured_keyring
-from settle.topics import (
+from schemas.topics import (
     CHANNEL_CONFIRMATIONS,
     CONTRACT,
     MERCHANTS,
     PAYMENTS_REQUESTED,
     ROUTED_TOPICS,
-    create_topics,
-    delete_topics,
+    value_subject,
 )
 from settlement.model import PaymentRequest
 from settlement.signing import verify

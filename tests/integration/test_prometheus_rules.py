@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from settle.config import REPO_ROOT
+from infra.config import REPO_ROOT
 from settle.observability import RULE_TESTS_DIR, RULES_DIR, promtool, rule_queries
 
 README = REPO_ROOT / "README.md"

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from infra.admin import admin_client, create_topics, delete_topics
+from infra.config import REPO_ROOT, Settings
+from infra.kafka import make_consumer, make_producer
+from infra.registry import registry_client
 from schemas.codec import AvroDeserializer, AvroSerializer
-from settle.config import REPO_ROOT, Settings
-from settle.kafka import make_consumer, make_producer
-from settle.smoke import registry_client
-from settle.topics import admin_client, create_topics, delete_topics
-from stream_processors.topics import TopicNames
+from schemas.topics import TopicNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -31,8 +31,8 @@ READY_TIMEOUT_S = 90.0
 WORKER = """
 import sys
 import faust
-from settle import config
-from settle.smoke import registry_client
+from infra import config
+from infra.registry import registry_client
 from stream_processors import settings as ps_settings
 from stream_processors import stages
 s = config.load()

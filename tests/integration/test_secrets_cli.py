@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from infra.admin import create_topics, delete_topics
+from infra.config import Settings
+from schemas.topics import DAY_MS, TopicSpec
 from settle.benchmarks.common import free_port
-from settle.config import Settings
-from settle.topics import DAY_MS, TopicSpec, create_topics, delete_topics
 
 pytestmark = pytest.mark.integration
 

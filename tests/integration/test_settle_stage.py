@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
+from infra.admin import admin_client, create_topics, delete_topics
+from infra.config import Settings
+from infra.kafka import make_consumer, make_producer
+from infra.registry import registry_client
 from schemas.codec import AvroSerializer
-from settle.config import Settings
-from settle.kafka import make_consumer, make_producer
-from settle.smoke import registry_client
-from settle.topics import admin_client, create_topics, delete_topics
+from schemas.topics import TopicNames
 from settlement.windows import SHANGHAI_MIDNIGHT_ORIGIN_MS, WindowPolicy, window_for
 from stream_processors.settle_stage import ITEM_KEY_SEP
-from stream_processors.topics import TopicNames
 from tests.integration.test_reconcile_stage import READY_TIMEOUT_S, Topics, Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]

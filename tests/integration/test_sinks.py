@@ -14,20 +14,19 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 
+from infra.admin import create_topics, delete_topics
+from infra.config import Settings
+from infra.kafka import make_consumer, make_producer
+from infra.registry import registry_client
 from producers.producer import AvroProducer
 from schemas.codec import AvroDeserializer
 from schemas.registry import RegistryClient
-from settle.config import Settings
-from settle.kafka import make_consumer, make_producer
-from settle.smoke import registry_client
-from settle.topics import (
+from schemas.topics import (
     DAY_MS,
     PAYMENTS_DLQ,
     RECONCILIATION_RESULTS,
     SETTLEMENTS_BATCHES,
     TopicSpec,
-    create_topics,
-    delete_topics,
 )
 from settlement.fees import FeeSchedule
 from sinks.base import DeadRecord, SourceRecord, Writer, WriteResult

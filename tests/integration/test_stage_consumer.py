@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from settle import config
+from infra import config
 from stream_processors.app import base_app
 from stream_processors.settings import ProcessorSettings
 

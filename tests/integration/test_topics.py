@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from settle.config import Settings
-from settle.topics import CONTRACT, MERCHANTS, PAYMENTS_REQUESTED, create_topics, describe_configs
+from infra.admin import create_topics, describe_configs
+from infra.config import Settings
+from schemas.topics import CONTRACT, MERCHANTS, PAYMENTS_REQUESTED
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from settle.config import ConfigError, Secret, load
-from settle.kafka import producer_config
+from infra.config import ConfigError, Secret, load
+from infra.kafka import producer_config
 
 
 def test_defaults_point_at_the_local_stack() -> None:

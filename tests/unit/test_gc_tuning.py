@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from settle.gc_tuning import (
+from infra.gc_tuning import (
     DEFAULT_THRESHOLD,
     GcConfigError,
     GcSettings,

@@ -9,6 +9,7 @@ import pytest
 from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.model import Merchant
 from settlement.routing import DEFAULT_RULES, RoutingTable
 from settlement.signing import Keyring, SigningKey
@@ -22,7 +23,6 @@ from stream_processors.ingest import (
     IngestProcessor,
     SeenIndex,
 )
-from stream_processors.topics import TopicNames
 
 NOW_MS = 1_764_000_000_000
 TOPICS = TopicNames()

@@ -7,8 +7,8 @@ import ssl
 import faust
 import pytest
 
-from settle.config import ConfigError, load
-from stream_processors.kafka_auth import broker_credentials
+from infra.config import ConfigError, load
+from infra.kafka_auth import broker_credentials
 
 SASL = {"SETTLE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "SETTLE_KAFKA_SASL_USERNAME": "u",
         "SETTLE_KAFKA_SASL_PASSWORD": "pw-7f3a"}

@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from producers.signing import NoSigningKey, RequestSigner
-from settle.cli.keys import keys
-from settle.config import SigningSettings, load
-from settle.keyring import (
+from infra.config import SigningSettings, load
+from infra.keyring import (
     KeyringError,
     KeyringWatcher,
     configured_keyring,
@@ -28,6 +26,8 @@ from settle.keyring import (
     remove,
     rotate,
 )
+from producers.signing import NoSigningKey, RequestSigner
+from settle.cli.keys import keys
 from settlement.model import PaymentRequest
 from settlement.signing import canonical_form, verify
 

@@ -9,10 +9,10 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from infra.partitioning import murmur2, partition_for
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.registry import InMemoryRegistry
-from settle.partitioning import murmur2, partition_for
-from settle.topics import CONTRACT, EXTERNAL_TOPICS
+from schemas.topics import CONTRACT, EXTERNAL_TOPICS, TopicNames
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import ReconPolicy
 from stream_processors.ingest import (
@@ -27,7 +27,6 @@ from stream_processors.ingest import (
 )
 from stream_processors.placement import ORIGIN_HEADER, Origin, Placement, PlacementError
 from stream_processors.reconcile import APPLIED, ReconcileProcessor
-from stream_processors.topics import TopicNames
 from tests.unit.test_ingest_processor import KEYRING, MERCHANTS, NOW_MS, request
 
 TOPICS = TopicNames()
@@ -292,7 +291,7 @@ def test_a_moved_confirmation_read_twice_is_replayed_not_applied_twice() -> None
 
 
 def test_merchant_updates_from_several_partitions_newest_wins_and_tombstones_hold() -> None:
-    from settle.config import KafkaSettings
+    from infra.config import KafkaSettings
     from settlement.model import Merchant
     from stream_processors.merchants import MerchantDirectory
 

@@ -9,6 +9,7 @@ import pytest
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.errors import RegistryUnavailable
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import ReconPolicy
 from stream_processors.reconcile import (
@@ -20,7 +21,6 @@ from stream_processors.reconcile import (
     ReconcileProcessor,
     ReconDecision,
 )
-from stream_processors.topics import TopicNames
 
 T0 = 1_764_000_000_000
 SLA_MS = 30_000

@@ -7,11 +7,11 @@ import threading
 
 from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.routing import DEFAULT_RULES, RoutingTable
 from settlement.validation import ValidationPolicy
 from stream_processors.app import registry_off_loop
 from stream_processors.ingest import IngestProcessor, SeenIndex
-from stream_processors.topics import TopicNames
 from tests.unit.test_codec import requested
 
 

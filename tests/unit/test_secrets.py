@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from settle.config import ConfigError, PostgresSettings, Secret, Settings, load, safe_url
+from infra.config import ConfigError, PostgresSettings, Secret, Settings, load, safe_url
 from sinks.errors import DatabaseUnavailable, MigrationError
 
 PG = "pg-pw 4f1d 'q\\x"  # a space, a quote and a backslash: libpq quoting must hold

@@ -10,6 +10,7 @@ from faust.serializers import codecs
 
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.batches import BatchItem, OpenBatch
 from settlement.fees import FeeSchedule
 from settlement.windows import Window, WindowPolicy, batch_id
@@ -28,7 +29,6 @@ from stream_processors.settle_stage import (
     batch_key,
     item_key,
 )
-from stream_processors.topics import TopicNames
 
 SIZE_S, GRACE_S = 10, 5
 POLICY = WindowPolicy(SIZE_S, GRACE_S, 0)

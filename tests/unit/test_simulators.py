@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infra.keyring import init_keyring
 from producers.channel_sim import OffsetTracker
 from producers.channels import (
     FAULT_AMOUNT_MISMATCH,
@@ -62,7 +63,6 @@ from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.errors import DecodeError
 from schemas.registry import InMemoryRegistry
-from settle.keyring import init_keyring
 from settlement import idempotency, validation
 from settlement.currencies import exponent
 from settlement.model import Merchant, PaymentRequest

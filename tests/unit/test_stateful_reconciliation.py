@@ -28,6 +28,7 @@ from hypothesis.stateful import (
 
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import (
     AMOUNT_MISMATCH,
@@ -44,7 +45,6 @@ from settlement.reconciliation import (
     ResultRecord,
 )
 from stream_processors.reconcile import APPLIED, TICKED, ReconcileProcessor, ReconDecision
-from stream_processors.topics import TopicNames
 
 T0 = 1_764_000_000_000
 SLA_MS = 30_000

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 
 from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.registry import InMemoryRegistry
+from schemas.topics import TopicNames
 from settlement.batches import BatchItem, BatchTotals, OpenBatch, SettlementBatch
 from settlement.fees import FeeSchedule
 from settlement.windows import WindowPolicy, parse_batch_id, window_for
@@ -44,7 +45,6 @@ from stream_processors.settle_stage import (
     SettleProcessor,
     batch_key,
 )
-from stream_processors.topics import TopicNames
 
 SIZE_S, GRACE_S = 10, 5
 SIZE_MS, GRACE_MS = SIZE_S * 1000, GRACE_S * 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from settle.config import Settings
+from infra.config import Settings
 from settle.monitor import Monitor, MonitorOptions, Snapshot
 from settle.undecided import Overdue, RoutedSource, UndecidedTracker
 

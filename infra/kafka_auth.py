@@ -7,7 +7,7 @@ import ssl
 import faust
 from faust.types.auth import CredentialsT
 
-from settle.config import ConfigError, KafkaSettings
+from infra.config import ConfigError, KafkaSettings
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from settle.config import KafkaSettings
+from infra.config import KafkaSettings
 
 
 def producer_config(

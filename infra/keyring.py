@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from settle.config import Settings, SigningSettings
+from infra.config import Settings, SigningSettings
 from settlement.errors import SettleError
 from settlement.signing import InvalidKeyring, Keyring, SigningKey
 

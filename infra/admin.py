@@ -1,97 +1,14 @@
-"""The topic contract: names, partition counts, retention and cleanup, provisioned idempotently."""
+"""Topic provisioning on the broker: the contract's topics created and checked idempotently."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from settle.config import KafkaSettings
-from settlement.errors import SettleError
-
-DAY_MS = 24 * 3600 * 1000
-
-CHANNELS = ("alipay", "wechat_pay", "unionpay", "card")
-
-PAYMENTS_REQUESTED = "payments.requested"
-PAYMENTS_REJECTED = "payments.rejected"
-PAYMENTS_DLQ = "payments.dlq"
-CHANNEL_CONFIRMATIONS = "channel.confirmations"
-RECONCILIATION_RESULTS = "reconciliation.results"
-SETTLEMENTS_BATCHES = "settlements.batches"
-MERCHANTS = "merchants"
-
-
-def routed_topic(channel: str) -> str:
-    """The topic a channel's gateway consumes, e.g. ``payments.routed.alipay``."""
-    if channel not in CHANNELS:
-        raise TopicError(f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
-    return f"payments.routed.{channel}"
-
-
-ROUTED_TOPICS = tuple(routed_topic(c) for c in CHANNELS)
-
-
-class TopicError(SettleError):
-    """A topic could not be created or does not match the contract."""
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    """One topic of the contract; ``copartitioned`` topics share the payment-keyed count.
-
-    ``external`` topics are written by clients outside the pipeline (order systems, channel
-    adapters, merchant systems), with whatever partitioner their client library defaults to:
-    a stage that keeps per-key state moves their misplaced records itself
-    (stream_processors.placement), and a stage reading one must be listed in its tests.
-    """
-
-    name: str
-    retention_ms: int
-    cleanup_policy: str = "delete"
-    copartitioned: bool = True
-    external: bool = False
-    partitions_override: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def partitions(self, settings: KafkaSettings) -> int:
-        if self.partitions_override is not None:
-            return self.partitions_override
-        return settings.partitions
-
-    def configs(self) -> dict[str, str]:
-        conf = {"cleanup.policy": self.cleanup_policy, **self.extra}
-        if self.cleanup_policy == "delete":
-            conf["retention.ms"] = str(self.retention_ms)
-        return conf
-
-
-# Every payment-keyed topic must have the same partition count: the reconciler joins
-# payments.routed.* with channel.confirmations through a table lookup, which only works
-# when a payment_id lands in the same partition number on both sides.
-CONTRACT: tuple[TopicSpec, ...] = (
-    TopicSpec(PAYMENTS_REQUESTED, retention_ms=7 * DAY_MS, external=True),
-    TopicSpec(PAYMENTS_REJECTED, retention_ms=30 * DAY_MS),
-    TopicSpec(PAYMENTS_DLQ, retention_ms=30 * DAY_MS),
-    *(TopicSpec(t, retention_ms=7 * DAY_MS) for t in ROUTED_TOPICS),
-    TopicSpec(CHANNEL_CONFIRMATIONS, retention_ms=7 * DAY_MS, external=True),
-    TopicSpec(RECONCILIATION_RESULTS, retention_ms=30 * DAY_MS),
-    # Keyed by batch_id, not payment_id, so it need not be co-partitioned.
-    TopicSpec(SETTLEMENTS_BATCHES, retention_ms=90 * DAY_MS, copartitioned=False),
-    # Compacted: the latest Merchant record per merchant_id is the merchant's state.
-    TopicSpec(
-        MERCHANTS,
-        retention_ms=-1,
-        cleanup_policy="compact",
-        extra={"min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
-        external=True,
-    ),
-)
-
-TOPIC_NAMES = tuple(spec.name for spec in CONTRACT)
-# Written by clients outside the pipeline, with any partitioner.
-EXTERNAL_TOPICS = tuple(spec.name for spec in CONTRACT if spec.external)
+from infra.config import KafkaSettings
+from schemas.topics import CONTRACT, TopicError, TopicSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +41,7 @@ def create_topics(
     to_create: list[NewTopic] = []
     for spec in specs:
         name = name_prefix + spec.name
-        want = spec.partitions(settings)
+        want = spec.partitions(settings.partitions)
         if name in existing:
             have = len(existing[name].partitions)
             if have != want:

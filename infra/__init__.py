@@ -1,0 +1,1 @@
+"""Infrastructure: typed settings, Kafka clients and admin, keyring, GC tuning."""
