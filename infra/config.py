@@ -1,4 +1,10 @@
-"""One frozen, typed settings object read from the environment, with secrets masked."""
+"""One frozen, typed settings tree read from the environment, with secrets masked.
+
+Every SETTLE_* variable is parsed here (or by a part's loader this module calls), once per
+`load()`; each process takes its part of the tree: `kafka`, `registry`, `postgres`,
+`signing`, `runtime` (run folder, /metrics, event loop, GC, stall probe), `processor` (the
+faust stages), `sink` (the PostgreSQL writers) and `monitor`. An error names the variable.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from infra import gc_tuning
+from infra.paths import REPO_ROOT
+from infra.processor_settings import ProcessorSettings, load_fees, session_timeout_ms
+from infra.processor_settings import load as load_processor
+from infra.runtime import MonitorSettings, RuntimeSettings, load_monitor, load_runtime
 from settlement.errors import SettleError
+from settlement.fees import FeeSchedule
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["REPO_ROOT"]  # re-exported: tests and tooling find the repository through it
+
 ENV_PREFIX = "SETTLE_"
 
 
@@ -219,6 +232,13 @@ class SigningSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SinkSettings:
+    """The PostgreSQL writers' part: the fee schedule for results without a fee split."""
+
+    fees: FeeSchedule = field(default_factory=lambda: load_fees({}))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a process of the pipeline needs to know about its surroundings."""
 
@@ -226,31 +246,52 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     prometheus_url: str = "http://127.0.0.1:19090"
-    run_dir: Path = REPO_ROOT / ".run"
-    metrics_port: int = 0  # 0: do not serve /metrics
     signing: SigningSettings = field(default_factory=SigningSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    processor: ProcessorSettings = field(default_factory=ProcessorSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runtime.run_dir
+
+    @property
+    def metrics_port(self) -> int:
+        return self.runtime.metrics_port
 
     def masked(self) -> dict[str, Any]:
-        """A printable view of the settings; secrets appear as ***."""
+        """The whole tree as `part.name -> printable value`; secrets appear as ***."""
         out: dict[str, Any] = {}
-        for group in (self.kafka, self.registry, self.postgres):
-            name = type(group).__name__.removesuffix("Settings").lower()
-            for f in fields(group):
-                out[f"{name}.{f.name}"] = str(getattr(group, f.name))
+        _flatten(self, "", out)
         # A URL may carry credentials of its own (https://user:pw@host).
         out["registry.url"] = safe_url(self.registry.url)
         out["prometheus_url"] = safe_url(self.prometheus_url)
-        out["run_dir"] = str(self.run_dir)
-        out["metrics_port"] = self.metrics_port
-        out["signing.mode"] = self.signing.mode
-        out["signing.keyring_path"] = str(self.signing.keyring_path or "")
         return out
 
 
-def metrics_addr(env: Mapping[str, str] | None = None) -> str:
-    """Address /metrics binds to: loopback by default; 0.0.0.0 in containers (compose)."""
-    env = os.environ if env is None else env
-    return _env(env, "METRICS_ADDR", "127.0.0.1")
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    """Dataclasses become dotted keys; anything else its printable form (Secret masks)."""
+    if hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
+        for f in fields(value):
+            _flatten(getattr(value, f.name), f"{prefix}{f.name}.", out)
+        return
+    out[prefix.rstrip(".")] = _printable(value)
+
+
+def _printable(value: Any) -> str:
+    if isinstance(value, Secret | Path | str | int | float | bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, frozenset | set):
+        return ",".join(sorted(map(str, value)))
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, FeeSchedule):
+        return value.to_spec()
+    rules = getattr(value, "rules", None)
+    if rules is not None:  # a routing table
+        return f"{len(rules)} rules"
+    return repr(value)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -291,6 +332,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sink_password=Secret(_env(env, "SINK_PG_PASSWORD", "")),
     )
     prom_port = _int(env, "PROMETHEUS_PORT", 19090, 1)
+    run_dir = Path(_env(env, "RUN_DIR", str(REPO_ROOT / ".run")))
+    metrics_port = _int(env, "METRICS_PORT", 0)
+    runtime = load_runtime(env, run_dir, metrics_port, gc_tuning.load(env),
+                           session_timeout_ms(env))
+    fees = load_fees(env)
     mode = _env(env, "SIGNATURES", SIGNATURES_REQUIRED).strip().lower()
     if mode not in SIGNATURE_MODES:
         raise ConfigError(f"{ENV_PREFIX}SIGNATURES={mode!r} is not one of {SIGNATURE_MODES}")
@@ -300,7 +346,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         registry=registry,
         postgres=postgres,
         prometheus_url=_env(env, "PROMETHEUS_URL", f"http://127.0.0.1:{prom_port}"),
-        run_dir=Path(_env(env, "RUN_DIR", str(REPO_ROOT / ".run"))),
-        metrics_port=_int(env, "METRICS_PORT", 0),
         signing=SigningSettings(mode=mode, keyring_path=Path(keyring) if keyring else None),
+        runtime=runtime,
+        processor=load_processor(env, run_dir=run_dir, metrics_port=metrics_port,
+                                 topic_prefix=runtime.topic_prefix, fees=fees,
+                                 session_timeout=runtime.session_timeout_ms),
+        sink=SinkSettings(fees=fees),
+        monitor=load_monitor(env),
     )

@@ -25,7 +25,6 @@ Two settings, both applied once at start-up, before the worker's loop runs:
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -69,8 +68,8 @@ def parse_threshold(raw: str) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-def load(env: Mapping[str, str] | None = None) -> GcSettings:
-    env = os.environ if env is None else env
+def load(env: Mapping[str, str]) -> GcSettings:
+    """The runtime's GC part (infra.config.load calls it with the environment)."""
     raw_threshold = env.get("SETTLE_GC_THRESHOLD", "").strip()
     threshold = parse_threshold(raw_threshold) if raw_threshold else DEFAULT_THRESHOLD
     raw_freeze = env.get("SETTLE_GC_FREEZE", "").strip()

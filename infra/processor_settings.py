@@ -1,12 +1,12 @@
-"""Stream-processor settings from the environment: stores, ports, policies, routing."""
+"""The stream processors' part of the settings tree: stores, policies, routing, windows, fees."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.paths import DEFAULT_RUN_DIR
 from settlement.errors import SettleError
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
 from settlement.idempotency import check_retention
@@ -93,8 +93,20 @@ def _limits(raw: str) -> dict[str, int]:
     return out
 
 
-def load(env: Mapping[str, str] | None = None, run_dir: Path | None = None) -> ProcessorSettings:
-    env = os.environ if env is None else env
+def session_timeout_ms(env: Mapping[str, str]) -> int | None:
+    """SETTLE_SESSION_TIMEOUT_MS, None when unset (faust stages then wait 60 s, sinks
+    librdkafka's 45 s)."""
+    if env.get("SETTLE_SESSION_TIMEOUT_MS", "") == "":
+        return None
+    return _int(env, "SETTLE_SESSION_TIMEOUT_MS", 60_000)
+
+
+def load(env: Mapping[str, str], run_dir: Path | None = None, metrics_port: int = 0,
+         topic_prefix: str | None = None, fees: FeeSchedule | None = None,
+         session_timeout: int | str | None = "parse") -> ProcessorSettings:
+    """The processor part, from `env`; infra.config.load passes what it parsed itself
+    (run_dir, metrics port, topic prefix, fees, session timeout: "parse" reads it here) so
+    that no variable is parsed twice."""
     rules_file = env.get("SETTLE_ROUTING_RULES_FILE", "")
     routing = (
         routing_table_from_spec(Path(rules_file).read_text("utf-8"))
@@ -113,24 +125,35 @@ def load(env: Mapping[str, str] | None = None, run_dir: Path | None = None) -> P
         check_retention(retention, policy)
     except SettleError as exc:
         raise ProcessorConfigError(f"SETTLE_DEDUP_RETENTION_MS={retention}: {exc}") from exc
-    base = run_dir or Path(env.get("SETTLE_RUN_DIR", ".run"))
+    timeout_ms = (session_timeout_ms(env) if isinstance(session_timeout, str)
+                  else session_timeout)
+    base = run_dir or DEFAULT_RUN_DIR  # SETTLE_RUN_DIR is infra.config's
     return ProcessorSettings(
         store=env.get("SETTLE_FAUST_STORE", "memory://"),
         data_dir=Path(env.get("SETTLE_FAUST_DATA_DIR", str(base / "faust"))),
         web_port=_int(env, "SETTLE_FAUST_WEB_PORT", 0),
-        metrics_port=_int(env, "SETTLE_METRICS_PORT", 0),
-        topic_prefix=env.get("SETTLE_TOPIC_PREFIX", ""),
+        metrics_port=metrics_port,
+        topic_prefix=env.get("SETTLE_TOPIC_PREFIX", "") if topic_prefix is None else topic_prefix,
         disabled_channels=disabled_channels_from_env_value(env.get("SETTLE_DISABLED_CHANNELS")),
         routing=routing,
         policy=policy,
         dedup_retention_ms=retention,
         merchants_wait_s=float(_int(env, "SETTLE_MERCHANTS_WAIT_S", 60)),
-        session_timeout_s=_int(env, "SETTLE_SESSION_TIMEOUT_MS", 60_000) / 1000,
-        **_stage_settings(env),  # type: ignore[arg-type]
+        session_timeout_s=(timeout_ms if timeout_ms is not None else 60_000) / 1000,
+        **_stage_settings(env, fees),  # type: ignore[arg-type]
     )
 
 
-def _stage_settings(env: Mapping[str, str]) -> dict[str, object]:
+def load_fees(env: Mapping[str, str]) -> FeeSchedule:
+    """SETTLE_FEES: reconcile computes each MATCHED payment's fee with it, and the ledger
+    sink posts a result that carries no fee split with it."""
+    try:
+        return FeeSchedule.from_spec(env.get("SETTLE_FEES", "") or DEFAULT_FEE_SPEC)
+    except ValueError as exc:
+        raise ProcessorConfigError(f"SETTLE_FEES: {exc}") from exc
+
+
+def _stage_settings(env: Mapping[str, str], fees: FeeSchedule | None) -> dict[str, object]:
     """The reconcile and settle stages' settings (SLAs, fees, windows, bounds)."""
     try:
         recon = ReconPolicy(
@@ -144,9 +167,10 @@ def _stage_settings(env: Mapping[str, str]) -> dict[str, object]:
             _int(env, "SETTLE_WINDOW_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
             SHANGHAI_MIDNIGHT_ORIGIN_MS,
         )
-        fees = FeeSchedule.from_spec(env.get("SETTLE_FEES", "") or DEFAULT_FEE_SPEC)
     except (ReconError, WindowError, ValueError) as exc:
         raise ProcessorConfigError(str(exc)) from exc
+    if fees is None:
+        fees = load_fees(env)
     tick_ms = _int(env, "SETTLE_TICK_INTERVAL_MS", 1000)
     bounds = {
         "SETTLE_TICK_INTERVAL_MS": tick_ms,

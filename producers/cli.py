@@ -48,11 +48,17 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _RATIO = click.FloatRange(0.0, 1.0)
 
 
+def _prefix_from_settings(_ctx: click.Context, _param: click.Parameter, value: str | None
+                          ) -> str:
+    return _settings().runtime.topic_prefix if value is None else value
+
+
 def topic_prefix_option(command: F) -> F:
     """--topic-prefix, defaulting to SETTLE_TOPIC_PREFIX like the stream processors."""
     return click.option(
-        "--topic-prefix", default="", envvar="SETTLE_TOPIC_PREFIX", show_envvar=True,
-        help="Prefix every topic name (isolated test runs; the workers read the same setting).",
+        "--topic-prefix", default=None, callback=_prefix_from_settings,
+        help="Prefix every topic name (isolated test runs; the workers read the same "
+             "setting) [default: SETTLE_TOPIC_PREFIX].",
     )(command)
 
 
@@ -199,9 +205,9 @@ def simulate_orders(
     if dry_run:
         publish_orders(None, topic, generate_orders(seed, count, entries, mix), stats)
     else:
-        from producers.metrics import serve_from_env
+        from producers.metrics import serve
 
-        serve_from_env()  # /metrics on $SETTLE_METRICS_PORT while it publishes
+        serve(settings.runtime)  # /metrics on SETTLE_METRICS_PORT while it publishes
         with registry_client(settings) as registry:
             # Garbage built from a real body carries the real schema id, so only its one
             # intended defect makes it undecodable.
@@ -275,14 +281,14 @@ def simulate_channels(
         )
     # `make down` and the demo stop processes with SIGTERM: treat it like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    from producers.metrics import serve_from_env
+    from producers.metrics import serve
 
-    serve_from_env()  # /metrics on $SETTLE_METRICS_PORT (producer and confirmation counters)
+    settings = _settings()
+    serve(settings.runtime)  # /metrics on SETTLE_METRICS_PORT (producer and confirmation counters)
     config = ChannelSimConfig(
         seed=seed, latency_ms=latency_ms, decline_rate=decline_rate, fault_rate=fault_rate,
         faults=_csv(faults), late_ms=late_ms,
     )
-    settings = _settings()
     routed = [f"{topic_prefix}payments.routed.{name}" for name in _csv(channel_names)]
     with registry_client(settings) as registry:
         simulator = ChannelSimulator(

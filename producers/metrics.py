@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
 
-from infra.config import metrics_addr
+from infra.runtime import RuntimeSettings
 
 disable_created_metrics()
 
@@ -36,9 +34,8 @@ CONFIRMATIONS = Counter(
 )
 
 
-def serve_from_env() -> int:
-    """Serve /metrics on 127.0.0.1:$SETTLE_METRICS_PORT when set; returns the port (0: off)."""
-    port = int(os.environ.get("SETTLE_METRICS_PORT", "0") or 0)
-    if port:
-        start_http_server(port, addr=metrics_addr())
-    return port
+def serve(runtime: RuntimeSettings) -> int:
+    """Serve /metrics on the runtime's address and port when set; returns the port (0: off)."""
+    if runtime.metrics_port:
+        start_http_server(runtime.metrics_port, addr=runtime.metrics_addr)
+    return runtime.metrics_port

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from infra import config
 from infra.admin import create_topics
 from infra.config import Settings
 from infra.keyring import ensure_run_keyring, load_keyring
@@ -60,7 +61,7 @@ class E2EResult:
 
 def specs(seed: int, late_ms: int = 10000) -> list[ProcessSpec]:
     # SETTLE_E2E_LOGLEVEL=info keeps faust's rebalance and recovery lines in the run's logs.
-    level = os.environ.get("SETTLE_E2E_LOGLEVEL", "warning")
+    level = config.load().runtime.e2e_loglevel
     return [
         ProcessSpec("validate", ("worker", "validate", "--loglevel", level), 0, ""),
         ProcessSpec("reconcile", ("worker", "reconcile", "--loglevel", level), 0, ""),

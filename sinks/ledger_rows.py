@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
 from settlement.ledger import (
@@ -31,7 +30,7 @@ from settlement.reconciliation import (
 from sinks.base import Rejection
 from sinks.errors import InvalidRecord, TerminalStateConflict
 
-FEES_ENV = "SETTLE_FEES"
+DEFAULT_FEES: Final = FeeSchedule.from_spec(DEFAULT_FEE_SPEC)
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -112,12 +111,6 @@ class ResultRows:
     journal: Journal | None
     journal_row: JournalRow | None
     exception: ExceptionRow | None
-
-
-def fee_schedule_from_env(env: Mapping[str, str] | None = None) -> FeeSchedule:
-    """The fee schedule used when a MATCHED result carries no fee split (SETTLE_FEES)."""
-    env = os.environ if env is None else env
-    return FeeSchedule.from_spec(env.get(FEES_ENV) or DEFAULT_FEE_SPEC)
 
 
 def _text(result: Mapping[str, Any], name: str, required: bool = True) -> str | None:

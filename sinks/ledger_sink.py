@@ -12,13 +12,13 @@ from settlement.reconciliation import MATCHED
 from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
 from sinks.errors import TerminalStateConflict
 from sinks.ledger_rows import (
+    DEFAULT_FEES,
     EntryRow,
     ExceptionRow,
     JournalRow,
     LedgerRows,
     PaymentRow,
     build_ledger_rows,
-    fee_schedule_from_env,
     result_rows,
 )
 from sinks.pg import clear_staging, copy_rows, require_tables
@@ -26,7 +26,6 @@ from sinks.pg import clear_staging, copy_rows, require_tables
 __all__ = [
     "LedgerWriter",
     "build_ledger_rows",
-    "fee_schedule_from_env",
     "result_rows",
 ]
 
@@ -100,8 +99,9 @@ class LedgerWriter:
     stage = "ledger-sink"
     record_name = "ReconciliationResult"
 
-    def __init__(self, fees: FeeSchedule | None = None) -> None:
-        self.fees = fees if fees is not None else fee_schedule_from_env()
+    def __init__(self, fees: FeeSchedule = DEFAULT_FEES) -> None:
+        # settings.sink.fees (SETTLE_FEES) in the sink process; the built-in schedule otherwise.
+        self.fees = fees
 
     def prepare(self, conn: psycopg.Connection) -> None:
         require_tables(conn, (*TABLES, "sink_offsets"))

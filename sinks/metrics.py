@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
 
-from infra.config import metrics_addr
-
 disable_created_metrics()
 
 RECORDS = Counter(
@@ -49,7 +47,7 @@ for _side in ("DEBIT", "CREDIT"):  # both series exist from the start, so rate()
     LEDGER_POSTINGS.labels(_side)
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on 127.0.0.1:port (no-op for port 0)."""
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve /metrics on addr:port (no-op for port 0); settings.runtime says which."""
     if port:
-        start_http_server(port, addr=metrics_addr())
+        start_http_server(port, addr=addr)

@@ -11,6 +11,7 @@ import faust
 from infra.config import Settings
 from infra.kafka_auth import broker_credentials
 from infra.keyring import KeyringError, KeyringWatcher, configured_keyring
+from infra.processor_settings import ProcessorSettings
 from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from schemas.topics import TopicNames
@@ -25,7 +26,6 @@ from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
 from stream_processors.json_codec import install as install_json_codec
 from stream_processors.merchants import MerchantDirectory
 from stream_processors.placement import PLACED_RETENTION, stage_placement
-from stream_processors.settings import ProcessorSettings
 from stream_processors.ticks import owned_topic, stage_channel
 from stream_processors.transient import is_transient
 
@@ -169,7 +169,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
 
     guard = DeliveryGuard(VALIDATE_STAGE)
     metrics.init_stage(VALIDATE_STAGE, ticks=False)
-    install_readiness(app, VALIDATE_STAGE)
+    install_readiness(app, VALIDATE_STAGE, settings)
 
     @app.agent(source)
     async def validate_route(stream: Any) -> None:
@@ -228,12 +228,12 @@ async def registry_off_loop(prefetch: RegistryPrefetch, value: bytes | None) -> 
         await asyncio.get_running_loop().run_in_executor(None, prefetch.fetch, value)
 
 
-def install_readiness(app: faust.App, stage: str) -> None:
+def install_readiness(app: faust.App, stage: str, settings: Settings) -> None:
     """settle_worker_ready{stage}: 1 once tables are recovered and no rebalance is running.
 
     Also starts the event-loop stall probe (stream_processors/loop_health.py).
     """
-    loop_health.install(app, stage)
+    loop_health.install(app, stage, settings.runtime.loop)
 
     @app.timer(interval=1.0)
     async def readiness() -> None:

@@ -26,22 +26,22 @@ import asyncio
 import faulthandler
 import gc
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from faust.sensors import Sensor
 from prometheus_client import Histogram
 
-from settlement.errors import SettleError
+from infra.runtime import (
+    LoopHealthSettings,
+)
 from stream_processors.faust_fixes import IN_FETCH_LOOP
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 0.1
-DEFAULT_WARN_MS = 500
 
 LOOP_LAG = Histogram(
     "settle_event_loop_lag_seconds",
@@ -82,37 +82,6 @@ class CommitTimer(Sensor):
     def on_commit_completed(self, consumer: Any, state: Any) -> None:
         started, in_fetch_loop = state
         self._paths[bool(in_fetch_loop)].observe(max(self._clock() - started, 0.0))
-
-
-class LoopHealthConfigError(SettleError):
-    """A loop-health setting is malformed."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoopHealthSettings:
-    warn_ms: int = DEFAULT_WARN_MS
-    stacks: int = 0  # stalls whose stacks are dumped, then no more
-
-
-def _nonneg(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise LoopHealthConfigError(f"{name}={raw!r} is not an integer") from exc
-    if value < 0:
-        raise LoopHealthConfigError(f"{name}={raw!r} must be 0 or more")
-    return value
-
-
-def load(env: Mapping[str, str] | None = None) -> LoopHealthSettings:
-    env = os.environ if env is None else env
-    warn_ms = _nonneg(env, "SETTLE_LOOP_STALL_WARN_MS", DEFAULT_WARN_MS)
-    if warn_ms == 0:
-        raise LoopHealthConfigError("SETTLE_LOOP_STALL_WARN_MS=0: every probe would warn")
-    return LoopHealthSettings(warn_ms, _nonneg(env, "SETTLE_STALL_STACKS", 0))
 
 
 _INSTALLED: dict[str, GcPauses] = {}
@@ -202,9 +171,8 @@ async def probe_forever(stage: str, cfg: LoopHealthSettings, gc_pauses: GcPauses
             faulthandler.cancel_dump_traceback_later()
 
 
-def install(app: Any, stage: str, env: Mapping[str, str] | None = None) -> LoopHealthSettings:
+def install(app: Any, stage: str, cfg: LoopHealthSettings) -> LoopHealthSettings:
     """Start the probe with the worker (`app.task`) and time GC pauses from now on."""
-    cfg = load(env)
 
     def observe(generation: int, pause: float) -> None:
         GC_PAUSE.labels(stage, str(generation)).observe(pause)

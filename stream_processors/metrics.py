@@ -10,8 +10,6 @@ from prometheus_client import (
     start_http_server,
 )
 
-from infra.config import metrics_addr
-
 # The *_created series double the scrape size and no dashboard uses them.
 disable_created_metrics()
 
@@ -56,10 +54,10 @@ def init_stage(stage: str, ticks: bool = True) -> None:
         TICK_ERRORS.labels(stage)
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on 127.0.0.1:port (no-op for port 0)."""
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve /metrics on addr:port (no-op for port 0); settings.runtime says which."""
     if port:
-        start_http_server(port, addr=metrics_addr())
+        start_http_server(port, addr=addr)
 
 # reconcile stage
 RECON_OUTCOMES = Counter(

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import faust
 
 from infra.config import Settings
+from infra.processor_settings import ProcessorSettings
 from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from schemas.topics import TopicNames
@@ -32,7 +33,6 @@ from stream_processors.reconcile import (
     ReconcileProcessor,
     ReconDecision,
 )
-from stream_processors.settings import ProcessorSettings
 from stream_processors.settle_stage import ADDED, DUPLICATE, TICKED, SettleDecision, SettleProcessor
 from stream_processors.settle_stage import STAGE as SETTLE_STAGE
 from stream_processors.ticks import (
@@ -71,7 +71,7 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     app = base_app(f"{ps.topic_prefix}settle-reconcile", settings, ps)
     app.settle_delivery_guard = DeliveryGuard(RECONCILE_STAGE)  # type: ignore[attr-defined]
     metrics.init_stage(RECONCILE_STAGE)
-    install_readiness(app, RECONCILE_STAGE)
+    install_readiness(app, RECONCILE_STAGE, settings)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
     placement = stage_placement(app, topics, n)
     placed = owned_topic(app, placement.topic, n, PLACED_RETENTION)
@@ -120,7 +120,7 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
     app = base_app(f"{ps.topic_prefix}settle-settle", settings, ps)
     app.settle_delivery_guard = DeliveryGuard(SETTLE_STAGE)  # type: ignore[attr-defined]
     metrics.init_stage(SETTLE_STAGE)
-    install_readiness(app, SETTLE_STAGE)
+    install_readiness(app, SETTLE_STAGE, settings)
     items_name = f"{app.conf.id}-items"
     items = owned_topic(app, items_name, n, ITEMS_RETENTION)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)

@@ -34,7 +34,7 @@ from settle.benchmarks.common import (
 from settle.benchmarks.limits import Preloaded
 from settle.benchmarks.measure import SinkSummary, parse_sink_summary, per_1000
 from sinks.db import connect
-from sinks.ledger_rows import build_ledger_rows, fee_schedule_from_env
+from sinks.ledger_rows import build_ledger_rows
 from sinks.pg import copy_rows
 
 STAGES = ("validate", "reconcile", "settle", "ledger-sink", "settlement-sink")
@@ -219,7 +219,7 @@ def raw_copy(iso: Isolated, results: Sequence[dict[str, Any]]) -> tuple[float, i
     the deferred balance trigger, one transaction: what the sink's rows cost at the least.
     Returns (seconds, rows copied).
     """
-    rows = build_ledger_rows(results, fee_schedule_from_env())
+    rows = build_ledger_rows(results, iso.settings.sink.fees)
     settings = iso.create_db(f"{iso.dbname}_copy")
     with connect(settings.postgres) as conn:
         started = time.perf_counter()

@@ -29,7 +29,6 @@ from infra import gc_tuning
 from infra.config import load as load_settings
 from schemas.registry import RegistryClient
 from settlement.model import Merchant
-from stream_processors import settings as ps_settings
 from stream_processors.ingest import DEDUPLICATED, IngestProcessor, SeenIndex, now_ms
 
 CHANNELS = ("alipay", "wechat_pay", "unionpay", "card")
@@ -92,30 +91,30 @@ def main() -> None:
         r["merchant_id"]: Merchant.from_record(r)
         for r in json.loads(Path(sys.argv[1]).read_text())
     }
-    prefix = os.environ.get("SETTLE_TOPIC_PREFIX", "")
-    ps = ps_settings.load()
-    registry = RegistryClient(os.environ.get(
-        "SETTLE_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"))
+    settings = load_settings()
+    prefix = settings.runtime.topic_prefix
+    ps = settings.processor
+    registry = RegistryClient(settings.registry.url)
     out = OutputTopics(prefix + "quix.")
     store = StateStore()
     seen = SeenIndex(store, ps.dedup_retention_ms)
     # The same signature check as our worker (the bench sets SETTLE_SIGNING_KEYRING).
-    keyring_path = os.environ.get("SETTLE_SIGNING_KEYRING")
+    keyring_path = settings.signing.keyring_path
     keyring = None
-    if keyring_path and os.environ.get("SETTLE_SIGNATURES", "required") != "off":
+    if keyring_path and settings.signing.required:
         from infra.keyring import load_keyring
 
-        keyring = load_keyring(Path(keyring_path))
+        keyring = load_keyring(keyring_path)
     processor = IngestProcessor(registry, merchants.get, seen, ps.routing, ps.policy, out,
                                 disabled_channels=ps.disabled_channels, keyring=keyring)
-    kafka = load_settings().kafka
+    kafka = settings.kafka
     app = Application(
-        broker_address=os.environ.get("SETTLE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        broker_address=kafka.bootstrap_servers,
         consumer_group=prefix + "quix-validate",
         auto_offset_reset="earliest",
         processing_guarantee="at-least-once",
         commit_interval=1.0,
-        state_dir=os.environ["QUIX_STATE_DIR"],
+        state_dir=os.environ["QUIX_STATE_DIR"],  # the peer's own, set by the bench
         # The same client choices as our faust stage where they matter for throughput.
         producer_extra_config={"compression.type": kafka.compression,
                                "linger.ms": kafka.stage_linger_ms,
@@ -144,7 +143,7 @@ def main() -> None:
     sdf.to_topic(lambda value, _k, _t, _h: targets[value["topic"]], key=lambda d: d["key"])
     # The same garbage-collector settings as our workers (SETTLE_GC_*), so the ratio compares
     # the frameworks, not a tuned process with an untuned one.
-    print(f"quix-validate: {gc_tuning.apply(gc_tuning.load())}", file=sys.stderr, flush=True)
+    print(f"quix-validate: {gc_tuning.apply(settings.runtime.gc)}", file=sys.stderr, flush=True)
     app.run()
 
 

@@ -13,40 +13,38 @@ from settle.cli.common import console, settings
 
 
 @click.command("monitor")
-@click.option("--interval", "interval_s", type=click.FloatRange(min=0.5), default=10.0,
-              envvar="SETTLE_MONITOR_INTERVAL_S", show_envvar=True, show_default=True,
-              help="Seconds between reads of the broker's offsets.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.5), default=None,
+              help="Seconds between reads of the broker's offsets "
+                   "[default: SETTLE_MONITOR_INTERVAL_S, else 10].")
 @click.option("--books-interval", "books_interval_s", type=click.FloatRange(min=1),
-              default=30.0, envvar="SETTLE_MONITOR_BOOKS_INTERVAL_S", show_envvar=True,
-              show_default=True, help="Seconds between runs of the books' invariants.")
+              default=None, help="Seconds between runs of the books' invariants "
+                                 "[default: SETTLE_MONITOR_BOOKS_INTERVAL_S, else 30].")
 @click.option("--settle-horizon", "horizon_s", type=click.FloatRange(min=0), default=None,
-              envvar="SETTLE_MONITOR_SETTLE_HORIZON_S", show_envvar=True,
               help="A MATCHED payment not in a batch this many seconds after its decision "
-                   "breaks `matched_settled_in_time` [default: SETTLE_WINDOW_SECONDS + "
-                   "SETTLE_WINDOW_GRACE_SECONDS + 900].")
+                   "breaks `matched_settled_in_time` [default: SETTLE_MONITOR_SETTLE_HORIZON_S, "
+                   "else SETTLE_WINDOW_SECONDS + SETTLE_WINDOW_GRACE_SECONDS + 900].")
 @click.option("--undecided-margin", "undecided_margin_s", type=click.FloatRange(min=0),
-              default=120.0, envvar="SETTLE_MONITOR_UNDECIDED_MARGIN_S", show_envvar=True,
-              show_default=True,
+              default=None,
               help="A routed payment reconcile has consumed counts in "
                    "settle_routed_undecided_payments once it has had no terminal state for its "
                    "channel's SLA (SETTLE_RECON_SLA_MS, SETTLE_RECON_SLA_BY_CHANNEL) plus this "
-                   "many seconds.")
+                   "many seconds [default: SETTLE_MONITOR_UNDECIDED_MARGIN_S, else 120].")
 @click.option("--undecided-lookback", "undecided_lookback_s", type=click.FloatRange(min=0),
-              default=86_400.0, envvar="SETTLE_MONITOR_UNDECIDED_LOOKBACK_S", show_envvar=True,
-              show_default=True,
-              help="Seconds of the routed topics read back at start for that count.")
-@click.option("--groups", default=None, envvar="SETTLE_MONITOR_GROUPS", show_envvar=True,
+              default=None,
+              help="Seconds of the routed topics read back at start for that count "
+                   "[default: SETTLE_MONITOR_UNDECIDED_LOOKBACK_S, else 86400].")
+@click.option("--groups", default=None,
               help="Consumer groups to report lag for, a regular expression "
-                   "[default: <prefix>settle-.*].")
-@click.option("--topic-prefix", default="", envvar="SETTLE_TOPIC_PREFIX", show_envvar=True,
-              help="Prefix of every topic (isolated test runs).")
+                   "[default: SETTLE_MONITOR_GROUPS, else <prefix>settle-.*].")
+@click.option("--topic-prefix", default=None,
+              help="Prefix of every topic (isolated test runs) [default: SETTLE_TOPIC_PREFIX].")
 @click.option("--metrics-port", type=click.IntRange(min=1), default=None,
               help="Serve /metrics on 127.0.0.1:PORT [default: SETTLE_METRICS_PORT, else 19107].")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def monitor(interval_s: float, books_interval_s: float, horizon_s: float | None,
-            undecided_margin_s: float, undecided_lookback_s: float,
-            groups: str | None, topic_prefix: str, metrics_port: int | None,
+def monitor(interval_s: float | None, books_interval_s: float | None, horizon_s: float | None,
+            undecided_margin_s: float | None, undecided_lookback_s: float | None,
+            groups: str | None, topic_prefix: str | None, metrics_port: int | None,
             loglevel: str) -> None:
     """Publish consumer lag (from the broker's offsets) and the books' invariants as metrics.
 
@@ -60,26 +58,33 @@ def monitor(interval_s: float, books_interval_s: float, horizon_s: float | None,
     settle_routed_undecided_payments{channel} and friends on /metrics; runs until Ctrl-C or
     SIGTERM.
     """
-    import os
     import threading
 
     from prometheus_client import start_http_server
 
-    from infra.config import metrics_addr
     from schemas import topics as t
     from settle import monitor as m
     from settle.undecided import RoutedSource
-    from stream_processors import settings as ps_settings
 
     logging.basicConfig(level=loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings()
+    ms = s.monitor
+    interval_s = ms.interval_s if interval_s is None else interval_s
+    books_interval_s = ms.books_interval_s if books_interval_s is None else books_interval_s
+    undecided_margin_s = (ms.undecided_margin_s if undecided_margin_s is None
+                          else undecided_margin_s)
+    undecided_lookback_s = (ms.undecided_lookback_s if undecided_lookback_s is None
+                            else undecided_lookback_s)
+    groups = ms.groups if groups is None else groups
+    topic_prefix = s.runtime.topic_prefix if topic_prefix is None else topic_prefix
     if horizon_s is None:
-        window = int(os.environ.get("SETTLE_WINDOW_SECONDS", "86400"))
-        grace = int(os.environ.get("SETTLE_WINDOW_GRACE_SECONDS", "600"))
-        horizon_s = float(window + grace + 900)
+        horizon_s = ms.settle_horizon_s
+    if horizon_s is None:
+        windows = s.processor.windows
+        horizon_s = float(windows.size_seconds + windows.grace_seconds + 900)
     # The reconcile worker's SLAs, from the same settings it reads.
-    recon = ps_settings.load().recon
+    recon = s.processor.recon
     options = m.MonitorOptions(
         topics=tuple(topic_prefix + name for name in t.TOPIC_NAMES),
         groups=groups or (re.escape(topic_prefix) + r"settle-.*"),
@@ -93,8 +98,9 @@ def monitor(interval_s: float, books_interval_s: float, horizon_s: float | None,
     )
     port = metrics_port or s.metrics_port or 19107
     m.start(s, options)
-    start_http_server(port, addr=metrics_addr())
-    console.print(f"monitor: /metrics on {metrics_addr()}:{port}; offsets every {interval_s:g}s "
+    start_http_server(port, addr=s.runtime.metrics_addr)
+    console.print(f"monitor: /metrics on {s.runtime.metrics_addr}:{port}; "
+                  f"offsets every {interval_s:g}s "
                   f"(groups {options.groups}), books every {books_interval_s:g}s "
                   f"(settle horizon {horizon_s:g}s; routed payments undecided past their SLA "
                   f"+ {undecided_margin_s:g}s)")

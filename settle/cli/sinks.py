@@ -35,12 +35,12 @@ SINKS = {
 @click.option("--topic", default=None, help="Read this topic instead of the contract's.")
 @click.option("--dlq-topic", default=None,
               help="Where undecodable and refused records go [default: payments.dlq].")
-@click.option("--topic-prefix", default="", envvar="SETTLE_TOPIC_PREFIX", show_envvar=True,
-              help="Prefix of every topic and of the group (isolated test runs).")
+@click.option("--topic-prefix", default=None,
+              help="Prefix of every topic and of the group (isolated test runs) "
+                   "[default: SETTLE_TOPIC_PREFIX].")
 @click.option("--session-timeout-ms", type=click.IntRange(min=1000), default=None,
-              envvar="SETTLE_SESSION_TIMEOUT_MS", show_envvar=True,
               help="How long the group waits for a silent member before reassigning its "
-                   "partitions [default: librdkafka's 45000].")
+                   "partitions [default: SETTLE_SESSION_TIMEOUT_MS, else librdkafka's 45000].")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def sink(
@@ -53,7 +53,7 @@ def sink(
     metrics_port: int | None,
     topic: str | None,
     dlq_topic: str | None,
-    topic_prefix: str,
+    topic_prefix: str | None,
     session_timeout_ms: int | None,
     loglevel: str,
 ) -> None:
@@ -84,8 +84,12 @@ def sink(
     # main thread would wait up to the switch interval (5 ms) per statement to go on.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
-    gc_settings = gc_tuning.load()
     s = settings()
+    gc_settings = s.runtime.gc
+    if topic_prefix is None:
+        topic_prefix = s.runtime.topic_prefix
+    if session_timeout_ms is None:
+        session_timeout_ms = s.runtime.session_timeout_ms
     default_topic, default_group = SINKS[name]
     options = SinkOptions(
         group_id=group or topic_prefix + default_group,
@@ -97,8 +101,9 @@ def sink(
         max_records=max_records,
         session_timeout_ms=session_timeout_ms,
     )
-    metrics.serve(s.metrics_port if metrics_port is None else metrics_port)
-    writer = LedgerWriter() if name == "ledger" else SettlementWriter()
+    metrics.serve(s.metrics_port if metrics_port is None else metrics_port,
+                  s.runtime.metrics_addr)
+    writer = LedgerWriter(s.sink.fees) if name == "ledger" else SettlementWriter()
     pg = s.postgres.for_sinks()
     console.print(f"{writer.stage}: {options.topic} -> PostgreSQL {pg.describe()} "
                   f"as group {options.group_id}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
@@ -57,16 +56,15 @@ def worker(stage: str, loglevel: str, metrics_port: int | None) -> None:
     from infra import gc_tuning
     from infra.registry import registry_client
     from stream_processors import metrics
-    from stream_processors import settings as ps_settings
     from stream_processors.app import make_validate_app
     from stream_processors.stages import make_reconcile_app, make_settle_app
 
-    loop_name = use_event_loop(os.environ.get("SETTLE_EVENT_LOOP", "asyncio"))
-    gc_settings = gc_tuning.load()  # a malformed setting stops the worker before it starts
-    s = settings()
-    ps = ps_settings.load(run_dir=s.run_dir)
-    port = ps.metrics_port if metrics_port is None else metrics_port
-    metrics.serve(port)
+    s = settings()  # a malformed setting stops the worker before it starts
+    loop_name = use_event_loop(s.runtime.event_loop)
+    gc_settings = s.runtime.gc
+    ps = s.processor
+    port = s.metrics_port if metrics_port is None else metrics_port
+    metrics.serve(port, s.runtime.metrics_addr)
     registry = registry_client(s)
     factories = {
         "validate": make_validate_app,

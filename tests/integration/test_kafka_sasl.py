@@ -30,9 +30,9 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from infra import config
 from infra.admin import create_topics, delete_topics
 from infra.kafka import make_consumer, make_producer
+from infra.processor_settings import ProcessorSettings
 from schemas.topics import DAY_MS, TopicSpec
 from stream_processors.app import base_app
-from stream_processors.settings import ProcessorSettings
 
 pytestmark = pytest.mark.integration
 

@@ -33,10 +33,9 @@ import sys
 import faust
 from infra import config
 from infra.registry import registry_client
-from stream_processors import settings as ps_settings
 from stream_processors import stages
 s = config.load()
-ps = ps_settings.load(run_dir=s.run_dir)
+ps = s.processor
 make = {"reconcile": stages.make_reconcile_app, "settle": stages.make_settle_app}[sys.argv[1]]
 app = make(s, ps, registry_client(s))
 faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()

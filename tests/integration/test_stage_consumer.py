@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from infra import config
+from infra.processor_settings import ProcessorSettings
 from stream_processors.app import base_app
-from stream_processors.settings import ProcessorSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -9,16 +9,18 @@ import time
 
 import pytest
 
+from infra.runtime import (
+    DEFAULT_WARN_MS,
+    LoopHealthConfigError,
+    LoopHealthSettings,
+)
+from infra.runtime import load_loop_health as load
 from stream_processors.faust_fixes import IN_FETCH_LOOP
 from stream_processors.loop_health import (
     COMMIT_SECONDS,
-    DEFAULT_WARN_MS,
     CommitTimer,
     GcPauses,
-    LoopHealthConfigError,
-    LoopHealthSettings,
     StallProbe,
-    load,
     probe_forever,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_processors.settings import ProcessorConfigError, load
+from infra.processor_settings import ProcessorConfigError, load
 
 
 def test_defaults_need_no_environment() -> None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from infra.config import load
 from schemas.errors import RegistryUnavailable
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import OUTCOMES, TERMINAL_OUTCOMES
@@ -23,7 +24,7 @@ from sinks.errors import (
     SchemaNotMigrated,
 )
 from sinks.failures import RETRYABLE, cause
-from sinks.ledger_rows import build_ledger_rows, fee_schedule_from_env
+from sinks.ledger_rows import build_ledger_rows
 from sinks.options import SinkOptions
 from sinks.settlement_rows import build_settlement_rows
 
@@ -212,8 +213,8 @@ def test_an_orphan_confirmation_needs_no_merchant_or_amount() -> None:
 
 
 def test_fee_schedule_comes_from_settle_fees() -> None:
-    assert fee_schedule_from_env({}).bps_for("card") == 180
-    assert fee_schedule_from_env({"SETTLE_FEES": "card=99"}).bps_for("card") == 99
+    assert load({}).sink.fees.bps_for("card") == 180
+    assert load({"SETTLE_FEES": "card=99"}).sink.fees.bps_for("card") == 99
 
 
 # -- settlement batches --------------------------------------------------------------------
