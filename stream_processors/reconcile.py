@@ -7,10 +7,9 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch, to_epoch_ms
+from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import reconciliation as recon
-from settlement.errors import SettleError
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import (
     Confirmation,
@@ -20,9 +19,23 @@ from settlement.reconciliation import (
     RoutedInfo,
 )
 from stream_processors.dead_letters import DeadLetters, error_label
+from stream_processors.errors import NotCopartitioned
 from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.placement import Origin, Placement, PlacementError
-from stream_processors.ticks import DeadlineQueue, items_by_partition
+from stream_processors.reconcile_records import confirmation_info, result_record, routed_info
+from stream_processors.replay import (
+    emitted_by,
+    kept,
+    remembered,
+    tick_replay,
+    with_tick,
+)
+from stream_processors.ticks import (
+    TICK_KEYS_MAX,
+    TICK_RETRY_MS,
+    DeadlineQueue,
+    items_by_partition,
+)
 from stream_processors.transient import is_transient
 
 log = logging.getLogger(__name__)
@@ -38,37 +51,12 @@ DEAD_LETTERED: Final = "dead_lettered"
 # (stream_processors.placement); it is applied when read back from there.
 MOVED: Final = "moved"
 
-# Keys handled per tick and partition, so one tick cannot stall the partition's inputs; the
-# rest wait for the next tick.
-TICK_KEYS_MAX: Final = 5_000
-# A key whose tick failed unexpectedly (a bug or a corrupt value) is retried this much later,
-# not every tick, so one bad key cannot flood the log.
-TICK_RETRY_MS: Final = 60_000
-# Replays after a crash. faust writes the table's changelog and our outputs through one
-# producer with no transaction, so a worker can die (SIGKILL, or the DeliveryGuard's exit on a
-# refused output) after the state change reached the changelog but before the result did.
-# Restarted, it re-reads the inputs since its last commit and finds them already applied:
-# without more, their results would never be published. So each state keeps the encoded
-# results of its last few applied inputs under their source coordinates, and a per-partition
-# outbox key keeps which payments each recent tick decided; an input or tick read again
-# re-sends exactly what it produced (downstream dedupes by result_id and payment_id).
-EMITTED_KEEP: Final = 8
-TICK_OUTBOX_KEEP: Final = 16
+# Replays after a crash (stream_processors.replay): each state keeps the encoded results of
+# its last few applied inputs, and a per-partition outbox key, under this prefix, the
+# payments each recent tick decided.
 TICK_OUTBOX_PREFIX: Final = "\x00tick-outbox/"
 WAITING_CONFIRMATION: Final = "confirmation"
 WAITING_ROUTED: Final = "routed"
-
-
-class NotCopartitioned(SettleError, ValueError):
-    """A record's key or partition disagrees with its payment_id's state: the join is broken."""
-
-    reason = "NOT_COPARTITIONED"
-
-
-class ChannelTopicMismatch(SettleError, ValueError):
-    """A routed payment names another channel than the topic it was routed on."""
-
-    reason = "CHANNEL_TOPIC_MISMATCH"
 
 
 @dataclass(slots=True)
@@ -80,7 +68,7 @@ class ReconDecision:
     results: list[ResultRecord] = field(default_factory=list)
     # (channel, seconds from routing to MATCHED) per match, for the histogram.
     matched_after_s: list[tuple[str, float]] = field(default_factory=list)
-    error_type: str | None = None
+    error_type: str | None = None  # a dead letter's metrics label (dead_letters.error_label)
     evicted: int = 0
     tick_errors: int = 0
 
@@ -169,10 +157,10 @@ class ReconcileProcessor:
         decision = ReconDecision(TICKED)
         outbox_key = f"{TICK_OUTBOX_PREFIX}{partition}"
         outbox = self._store.get(outbox_key)
-        replay = _tick_replay(outbox, ref)
+        replay = tick_replay(outbox, ref)
         if replay is not None:
             for payment_id in replay:
-                emitted = _emitted(self._store.get(payment_id), ref)
+                emitted = emitted_by(self._store.get(payment_id), ref)
                 if emitted:
                     decision.outputs.extend(self._outputs(payment_id, emitted, ref))
             return decision
@@ -201,9 +189,7 @@ class ReconcileProcessor:
                 decision.tick_errors += 1
         decided = sorted({out.key.decode() for out in decision.outputs if out.key is not None})
         if decided:
-            entries = [e for e in (outbox or {}).get("outbox", [])][-(TICK_OUTBOX_KEEP - 1):]
-            self._store[outbox_key] = {"partition": partition,
-                                       "outbox": [*entries, [ref.decode(), decided]]}
+            self._store[outbox_key] = with_tick(outbox, partition, ref, decided)
         return decision
 
     def forget_partitions(self) -> None:
@@ -235,7 +221,7 @@ class ReconcileProcessor:
         try:
             record = self._decoder.decode(value)
             event: RoutedInfo | Confirmation = (
-                _routed(record, channel) if channel is not None else _confirmation(record)
+                routed_info(record, channel) if channel is not None else confirmation_info(record)
             )
         except (DecodeError, recon.ReconError, KeyError, TypeError, ValueError) as exc:
             raise _BadInput(exc) from exc
@@ -253,7 +239,7 @@ class ReconcileProcessor:
         self._ensure(partition)
         state = self._load(payment_id, partition)
         raw = self._store.get(payment_id)
-        emitted = _emitted(raw, ref)
+        emitted = emitted_by(raw, ref)
         if emitted is not None:
             return ReconDecision(REPLAYED, self._outputs(payment_id, emitted, ref))
         try:
@@ -265,7 +251,7 @@ class ReconcileProcessor:
             raise _BadInput(exc) from exc
         decision = ReconDecision(APPLIED)
         self._publish(new_state, results, ref, decision)
-        self._save(new_state, partition, _remember(raw, ref, decision.outputs))
+        self._save(new_state, partition, remembered(raw, ref, decision.outputs))
         return decision
 
     def _outputs(self, payment_id: str, values: list[str], ref: bytes) -> list[Output]:
@@ -288,7 +274,7 @@ class ReconcileProcessor:
             first = len(decision.outputs)
             self._publish(state, results, ref, decision)
             if results:
-                emitted = _remember(raw, ref, decision.outputs[first:])
+                emitted = remembered(raw, ref, decision.outputs[first:])
         if recon.is_evictable(state, now, self._policy):
             del self._store[payment_id]
             self._unwait(partition, payment_id)
@@ -296,7 +282,7 @@ class ReconcileProcessor:
         elif state is before:  # nothing changed: no changelog write, only the next deadline
             self.deadlines.schedule(partition, payment_id, self._next_due(state))
         else:
-            self._save(state, partition, emitted if emitted is not None else _kept(raw))
+            self._save(state, partition, emitted if emitted is not None else kept(raw))
 
     # -- state --------------------------------------------------------------------------------
 
@@ -376,7 +362,7 @@ class ReconcileProcessor:
                 if routed is not None:
                     seconds = max(0, result.decided_at_ms - routed.routed_at_ms) / 1000
                     decision.matched_after_s.append((result.channel, seconds))
-            value = self._results_ser.encode(_avro_result(result, fee, net))
+            value = self._results_ser.encode(result_record(result, fee, net))
             decision.outputs.append(
                 Output(self._topics.results, result.payment_id.encode(), value,
                        ((SOURCE_HEADER, ref),))
@@ -389,38 +375,6 @@ class ReconcileProcessor:
         out = self._dlq.letter(key, value, src.topic, src.partition, src.offset, exc,
                                self._clock())
         return ReconDecision(DEAD_LETTERED, [out], error_type=error_label(exc))
-
-
-def _emitted(raw: Any, ref: bytes) -> list[str] | None:
-    """The encoded results the input at `ref` produced, if this state already applied it."""
-    if not isinstance(raw, dict):
-        return None
-    wanted = ref.decode()
-    for source, values in raw.get("emitted", ()):
-        if source == wanted:
-            return list(values)
-    return None
-
-
-def _kept(raw: Any) -> list[list[Any]] | None:
-    return list(raw.get("emitted", [])) if isinstance(raw, dict) else None
-
-
-def _remember(raw: Any, ref: bytes, outputs: list[Output]) -> list[list[Any]]:
-    """The state's recent inputs plus this one, with what each produced (hex values)."""
-    entries = (_kept(raw) or [])[-(EMITTED_KEEP - 1):]
-    return [*entries, [ref.decode(), [out.value.hex() for out in outputs]]]
-
-
-def _tick_replay(outbox: Any, ref: bytes) -> list[str] | None:
-    """Payments the tick at `ref` decided, if this partition already processed that tick."""
-    if not isinstance(outbox, dict):
-        return None
-    wanted = ref.decode()
-    for source, payment_ids in outbox.get("outbox", ()):
-        if source == wanted:
-            return list(payment_ids)
-    return None
 
 
 class _BadInput(Exception):
@@ -439,54 +393,3 @@ def _waiting_for(state: ReconState) -> tuple[str, str, int] | None:
     if state.pending and not state.orphan_declared:
         return WAITING_ROUTED, state.pending[0].channel, state.first_seen_ms
     return None
-
-
-def _routed(record: dict[str, Any], topic_channel: str) -> RoutedInfo:
-    channel = str(record["channel"]).lower()
-    if channel != topic_channel:
-        raise ChannelTopicMismatch(f"channel {channel} on the {topic_channel} topic")
-    return RoutedInfo(
-        payment_id=record["payment_id"],
-        merchant_id=record["merchant_id"],
-        channel=channel,
-        amount_minor=record["amount_minor"],
-        currency=record["currency"],
-        created_at_ms=to_epoch_ms(record["created_at"]),
-        routed_at_ms=to_epoch_ms(record["routed_at"]),
-    )
-
-
-def _confirmation(record: dict[str, Any]) -> Confirmation:
-    return Confirmation(
-        confirmation_id=record["confirmation_id"],
-        channel=str(record["channel"]).lower(),
-        channel_txn_id=record["channel_txn_id"],
-        payment_id=record["payment_id"],
-        status=record["status"],
-        amount_minor=record["amount_minor"],
-        currency=record["currency"],
-        confirmed_at_ms=to_epoch_ms(record["confirmed_at"]),
-    )
-
-
-def _avro_result(result: ResultRecord, fee: int | None, net: int | None) -> dict[str, Any]:
-    return {
-        "result_id": result.result_id,
-        "payment_id": result.payment_id,
-        "merchant_id": result.merchant_id,
-        "channel": result.channel.upper() if result.channel else None,
-        "outcome": result.outcome,
-        "terminal": result.terminal,
-        "late": result.late,
-        "expected_amount_minor": result.expected_amount_minor,
-        "expected_currency": result.expected_currency,
-        "confirmed_amount_minor": result.confirmed_amount_minor,
-        "confirmed_currency": result.confirmed_currency,
-        "confirmation_id": result.confirmation_id,
-        "channel_txn_id": result.channel_txn_id,
-        "created_at": result.created_at_ms,
-        "decided_at": result.decided_at_ms,
-        "detail": result.detail,
-        "fee_minor": fee,
-        "net_minor": net,
-    }

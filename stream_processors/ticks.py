@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 TICK_RETENTION: Final = timedelta(hours=1)
 TICK_KEY: Final = b"tick"
 TOPIC_VISIBLE_TIMEOUT_S: Final = 30.0
+# Keys a stage handles per tick and partition, so one tick cannot stall the partition's inputs;
+# the rest wait for the next tick.
+TICK_KEYS_MAX: Final = 5_000
+# A key whose tick failed unexpectedly (a bug or a corrupt value) is retried this much later,
+# not every tick, so one bad key cannot flood the log.
+TICK_RETRY_MS: Final = 60_000
 
 
 class TopicNotVisible(SettleError, RuntimeError):

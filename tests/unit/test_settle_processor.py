@@ -20,15 +20,13 @@ from stream_processors.settle_stage import (
     DEAD_LETTERED,
     DUPLICATE,
     IGNORED,
-    ITEM_KEY_SEP,
     ITEMIZED,
     TICK_OUTBOX_KEY,
     TICKED,
     SettleDecision,
     SettleProcessor,
-    batch_key,
-    item_key,
 )
+from stream_processors.settle_table import ITEM_KEY_SEP, batch_key, item_key
 
 SIZE_S, GRACE_S = 10, 5
 POLICY = WindowPolicy(SIZE_S, GRACE_S, 0)

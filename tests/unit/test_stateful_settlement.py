@@ -38,13 +38,12 @@ from stream_processors.settle_stage import (
     ADDED,
     DUPLICATE,
     IGNORED,
-    ITEM_KEY_SEP,
     ITEMIZED,
     TICK_OUTBOX_KEY,
     TICKED,
     SettleProcessor,
-    batch_key,
 )
+from stream_processors.settle_table import ITEM_KEY_SEP, batch_key
 
 SIZE_S, GRACE_S = 10, 5
 SIZE_MS, GRACE_MS = SIZE_S * 1000, GRACE_S * 1000

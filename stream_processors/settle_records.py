@@ -1,0 +1,68 @@
+"""Settle's records: MATCHED results into item messages, item messages read, batches out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from schemas.codec import to_epoch_ms
+from settlement.batches import BatchItem, SettlementBatch
+from settlement.fees import FeeSchedule
+from stream_processors.settle_table import BadItem, batch_key, check_text
+
+# The JSON item messages the first agent writes to the items topic for the second.
+ITEM_FORMAT_VERSION: Final = 1
+
+
+def item_message(record: dict[str, Any], fees: FeeSchedule) -> tuple[dict[str, Any], str]:
+    """(the item message, its batch key) of a terminal MATCHED ReconciliationResult."""
+    merchant_id, currency = record.get("merchant_id"), record.get("expected_currency")
+    gross, channel = record.get("expected_amount_minor"), record.get("channel")
+    if not merchant_id or not currency or gross is None or not channel:
+        raise BadItem(f"MATCHED result {record.get('result_id')!r} lacks merchant, "
+                      "currency, amount or channel")
+    check_text(merchant_id, currency, record["payment_id"])
+    fee, net = record.get("fee_minor"), record.get("net_minor")
+    if fee is None or net is None:
+        # Results written before the reconciler computed fees: same schedule, same split.
+        fee = fees.fee_for(str(channel).lower(), gross)
+        net = gross - fee
+    item = BatchItem(record["payment_id"], gross, fee, net, to_epoch_ms(record["decided_at"]))
+    body = {"v": ITEM_FORMAT_VERSION, "merchant_id": merchant_id, "currency": currency,
+            "result_id": record["result_id"], "item": item.to_dict()}
+    return body, batch_key(merchant_id, currency)
+
+
+def read_item(key: bytes | None, value: bytes | None) -> tuple[BatchItem, str, str, str]:
+    """(item, merchant_id, currency, batch key) of an item message; BadItem if it is none."""
+    body = json.loads(value or b"")
+    if not isinstance(body, dict) or body.get("v") != ITEM_FORMAT_VERSION:
+        raise BadItem(f"not a settlement item: {str(value)[:200]}")
+    item = BatchItem.from_dict(body["item"])
+    merchant_id, currency = body["merchant_id"], body["currency"]
+    check_text(merchant_id, currency, item.payment_id)
+    bkey = batch_key(merchant_id, currency)
+    if key is not None and key != bkey.encode():
+        raise BadItem(f"key {key!r} is not {bkey!r}")
+    return item, merchant_id, currency, bkey
+
+
+def batch_record(batch: SettlementBatch) -> dict[str, Any]:
+    """The SettlementBatch record of a closed batch."""
+    return {
+        "batch_id": batch.batch_id,
+        "merchant_id": batch.merchant_id,
+        "currency": batch.currency,
+        "window_start": batch.window_start_ms,
+        "window_end": batch.window_end_ms,
+        "payment_count": batch.payment_count,
+        "gross_minor": batch.gross_minor,
+        "fee_minor": batch.fee_minor,
+        "net_minor": batch.net_minor,
+        "closed_at": batch.closed_at_ms,
+        "items": [
+            {"payment_id": i.payment_id, "gross_minor": i.gross_minor, "fee_minor": i.fee_minor,
+             "net_minor": i.net_minor, "matched_at": i.matched_at_ms}
+            for i in batch.items
+        ],
+    }
