@@ -25,11 +25,8 @@ Failure policy:
 - SIGTERM/SIGINT: finish (commit) the current batch, then close; a second signal aborts it
   (uncommitted, so it is read again on restart).
 
-Read-ahead: with a backlog (a full batch already fetched), the next batch is decoded and its
-rows built in a helper thread while PostgreSQL works on the current one; only Python work
-overlaps (fastavro and the row builders hold the GIL, psycopg releases it while it waits).
-Batches are still written, and their offsets committed, one transaction at a time and in
-order; a read-ahead is used only for exactly the batch it was made for.
+With a backlog, the next batch is decoded and its rows built while PostgreSQL writes the
+current one (sinks.read_ahead).
 """
 
 from __future__ import annotations
@@ -37,9 +34,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -55,15 +49,16 @@ from confluent_kafka import (
 from infra.config import Settings
 from infra.kafka import make_consumer, make_producer
 from schemas.codec import AvroDeserializer
-from schemas.errors import DecodeError
 from schemas.registry import SchemaRegistry
 from sinks import metrics
 from sinks.base import DeadRecord, SourceRecord, Writer, WriteResult
+from sinks.batch_stats import count_committed
 from sinks.db import connect
 from sinks.dead_letters import DeadLetterPublisher
 from sinks.failures import DATA_ERRORS, RETRY_CAUSES, RETRYABLE, cause, first_line
 from sinks.offsets import load_offsets, save_offsets
 from sinks.options import SinkOptions, SinkStats
+from sinks.read_ahead import Prepared, ReadAhead, coords, prepare
 from sinks.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -74,32 +69,16 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 
 
-def _coords(msg: Message) -> tuple[str, int, int]:
-    """(topic, partition, offset) of a consumed record (never None once consumed)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return topic, partition, offset
-
-
 def _next_offsets(batch: Sequence[Message]) -> dict[int, int]:
     out: dict[int, int] = {}
     for msg in batch:
-        _topic, partition, offset = _coords(msg)
+        _topic, partition, offset = coords(msg)
         out[partition] = max(out.get(partition, 0), offset + 1)
     return out
 
 
 class _BatchChanged(Exception):
     """A rebalance revoked partitions while the batch in hand was being prepared."""
-
-
-@dataclass(slots=True)
-class _Decoded:
-    """A batch decoded (and its rows built, if the writer can) ahead of its write."""
-
-    dead: list[DeadRecord]
-    decoded: list[SourceRecord]
-    built: Any = None
 
 
 class OffsetsConsumer:
@@ -133,9 +112,7 @@ class OffsetsConsumer:
         self._stopping = False
         self._last_activity = time.monotonic()
         self._revocations = 0  # counts _on_revoke calls: a batch in preparation may be stale
-        # The batch decoded ahead (its messages, by identity) and the helper's future.
-        self._ahead: tuple[list[Message], Future[_Decoded]] | None = None
-        self._helper: ThreadPoolExecutor | None = None
+        self._ahead = ReadAhead(writer.name, writer.stage)
         for retry_cause in RETRY_CAUSES:  # every series exists from the start, so rate() works
             metrics.RETRIES.labels(writer.name, retry_cause)
         for outcome in ("written", "dead_lettered"):
@@ -180,10 +157,7 @@ class OffsetsConsumer:
         return opts.idle_exit_s is not None and idle_s >= opts.idle_exit_s
 
     def _close(self) -> None:
-        if self._helper is not None:
-            self._helper.shutdown(wait=True, cancel_futures=True)
-            self._helper = None
-        self._ahead = None
+        self._ahead.close()
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
@@ -314,52 +288,20 @@ class OffsetsConsumer:
         conn.commit()
         self._after_commit(batch, result, dead, next_offsets, time.monotonic() - started)
 
-    def _decode(self, batch: list[Message]) -> tuple[list[SourceRecord], list[DeadRecord]]:
-        sources: list[SourceRecord] = []
-        dead: list[DeadRecord] = []
-        decode = self._decoder.decode
-        for msg in batch:
-            topic, partition, offset = _coords(msg)
-            value = msg.value()
-            try:
-                src = SourceRecord(topic, partition, offset, msg.key(), value, decode(value))
-            except DecodeError as exc:
-                src = SourceRecord(topic, partition, offset, msg.key(), value)
-                dead.append(DeadRecord(src, type(exc).__name__, str(exc), exc.reason))
-            sources.append(src)
-        return sources, dead
-
-    def _prepare(self, batch: list[Message], build: bool = False) -> _Decoded:
+    def _prepare(self, batch: list[Message], build: bool = False) -> Prepared:
         """Decode a batch, and build its rows ahead if asked (pure: no database, no Kafka)."""
-        sources, dead = self._decode(batch)
-        decoded = [s for s in sources if s.record is not None]
-        builder = getattr(self.writer, "build", None) if build else None
-        built = builder(decoded) if builder is not None and decoded else None
-        return _Decoded(dead, decoded, built)
+        return prepare(self._decoder, self.writer, batch, build)
 
-    def _take_ahead(self, batch: list[Message]) -> _Decoded | None:
+    def _take_ahead(self, batch: list[Message]) -> Prepared | None:
         """The read-ahead of exactly this batch, if there is one; waits for the helper."""
-        if self._ahead is None:
-            return None
-        messages, future = self._ahead
-        try:
-            ready = future.result()
-        except Exception as exc:  # e.g. the registry went away: decode again here
-            log.debug("%s: read-ahead failed (%s); decoding inline", self.writer.stage, exc)
-            self._ahead = None
-            return None
-        same = len(messages) == len(batch) and all(
-            a is b for a, b in zip(messages, batch, strict=True)
-        )  # by identity: Message's own == compares contents
-        if not same:
-            return None  # made for a later batch (this one is retried) or made stale
-        self._ahead = None
-        self.stats.read_ahead += 1
+        ready = self._ahead.take(batch)
+        if ready is not None:
+            self.stats.read_ahead += 1
         return ready
 
     def _read_ahead(self) -> None:
         """With a backlog, fetch the next full batch now and decode it in the helper thread."""
-        if self._ahead is not None or self._carry or self._stopping:
+        if self._ahead.busy or self._carry or self._stopping:
             return
         limit = self._batch_limit(uncommitted=len(self._batch))
         if limit <= 0:
@@ -368,9 +310,7 @@ class OffsetsConsumer:
         self._carry.extend(messages)
         if len(messages) < limit:
             return  # no backlog: the next batch is collected (and decoded) as usual
-        if self._helper is None:
-            self._helper = ThreadPoolExecutor(1, thread_name_prefix=f"{self.writer.name}-ahead")
-        self._ahead = (messages, self._helper.submit(self._prepare, messages, True))
+        self._ahead.start(messages, lambda batch: self._prepare(batch, True))
 
     def _write(self, conn: psycopg.Connection, records: list[SourceRecord],
                built: Any = None) -> WriteResult:
@@ -409,28 +349,8 @@ class OffsetsConsumer:
         next_offsets: dict[int, int],
         commit_s: float,
     ) -> None:
-        stats, sink = self.stats, self.writer.name
-        stats.records += len(batch)
-        stats.batches += 1
-        stats.rows_written += result.rows_written
-        stats.dead_letters += len(dead)
-        stats.duplicates += result.duplicates
-        stats.last_commit_at = time.monotonic()
-        for table, count in result.rows_by_table.items():
-            stats.rows_by_table[table] = stats.rows_by_table.get(table, 0) + count
-        metrics.RECORDS.labels(sink, "written").inc(len(batch) - len(dead))
-        metrics.RECORDS.labels(sink, "dead_lettered").inc(len(dead))
-        metrics.BATCH_ROWS.labels(sink).observe(result.rows_written)
-        metrics.COMMIT_SECONDS.labels(sink).observe(commit_s)
-        for side, count in result.postings_by_side.items():
-            metrics.LEDGER_POSTINGS.labels(side).inc(count)
-        if result.posted:
-            now = datetime.now(UTC)
-            for channel, created_at in result.posted:
-                metrics.E2E_LATENCY.labels(channel).observe(
-                    max((now - created_at).total_seconds(), 0.0))
+        count_committed(self.stats, self.writer.name, len(batch), result, dead, commit_s)
         for item in dead:
-            metrics.DEAD_LETTERS.labels(sink, item.error_type).inc()
             log.warning("%s: dead-lettered %s to %s: %s: %s", self.writer.stage,
                         item.source.ref, self.options.dlq_topic, item.error_type, item.message)
         offsets = [TopicPartition(self.options.topic, p, o) for p, o in next_offsets.items()]
