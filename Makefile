@@ -9,19 +9,26 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv up down status logs topics schemas migrate smoke demo bench test test-unit chaos \
-        lint clean
+.PHONY: help venv lock up down status logs topics schemas migrate smoke demo bench test test-unit \
+        chaos lint clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing the project and its dev tools into $(VENV)..."
-	@$(BIN)/pip install -q -e '.[dev]'
+	@echo "installing the project and its dev tools into $(VENV) (versions from constraints.txt)..."
+	@$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-venv: $(STAMP) ## Create the virtualenv and install the project (idempotent)
+venv: $(STAMP) ## Create the virtualenv and install the project at the versions of constraints.txt (idempotent)
+
+# To change a dependency: install the new version into the virtualenv, run the tests, then lock.
+lock: ## Rewrite constraints.txt from the virtualenv's installed versions
+	@test -x $(BIN)/pip || { echo "no virtualenv in $(VENV): make venv first"; exit 1; }
+	@{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) packages pinned"
 
 up: venv ## Start Kafka, the schema registry, PostgreSQL and Prometheus (idempotent)
 	@bash deploy/stack.sh up
