@@ -9,6 +9,8 @@ from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
+from schemas.dead_letters import Failure
+
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
@@ -30,18 +32,33 @@ class Rejection(NamedTuple):
     """A record of a batch that must not be written; it becomes a dead letter."""
 
     position: int  # index in the batch handed to the row builder
-    error_type: str
+    error_type: str  # the error's class name; its reason code is derived from it
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class DeadRecord:
-    """A source record on its way to the dead-letter topic, with the reason."""
+    """A source record on its way to the dead-letter topic, with the error.
+
+    `error_type` is the error's class name and `reason` its stable code; an empty `reason`
+    stands for the code derived from the class name (see schemas.dead_letters).
+    """
 
     source: SourceRecord
     error_type: str
     message: str
     reason: str = ""
+
+    @classmethod
+    def of(cls, source: SourceRecord, error: BaseException, message: str | None = None
+           ) -> DeadRecord:
+        failure = Failure.of(error)
+        return cls(source, failure.error_type,
+                   failure.message if message is None else message, failure.reason)
+
+    @property
+    def failure(self) -> Failure:
+        return Failure(self.error_type, self.message, self.reason)
 
 
 @dataclass(slots=True)

@@ -10,30 +10,20 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.codec import AvroSerializer
+from schemas.dead_letters import DEAD_LETTER_RECORD, dead_letter
 from schemas.registry import SchemaRegistry
 from sinks.base import DeadRecord
 from sinks.errors import DeadLetterFailed
 
 log = logging.getLogger(__name__)
 
-ERROR_MESSAGE_CHARS_MAX = 2000
-
 
 def dead_letter_record(dead: DeadRecord, stage: str, failed_at_ms: int) -> dict[str, Any]:
-    """The DeadLetter value of a refused record: original bytes, coordinates and the error."""
+    """The DeadLetter value of a refused record (schemas.dead_letters.dead_letter)."""
     src = dead.source
-    return {
-        "source_topic": src.topic,
-        "source_partition": src.partition,
-        "source_offset": src.offset,
-        "original_key": src.key,
-        "original_value": src.value,
-        "stage": stage,
-        "error_type": dead.error_type,
-        "error_message": dead.message[:ERROR_MESSAGE_CHARS_MAX],
-        "failed_at": failed_at_ms,
-        "reason": dead.reason,
-    }
+    return dead_letter(key=src.key, value=src.value, topic=src.topic, partition=src.partition,
+                       offset=src.offset, stage=stage, error=dead.failure,
+                       failed_at_ms=failed_at_ms)
 
 
 class DeadLetterPublisher:
@@ -55,7 +45,7 @@ class DeadLetterPublisher:
         self.stage = stage
         self._producer = producer
         self._factory = producer_factory
-        self._serializer = AvroSerializer(registry, topic, "DeadLetter")
+        self._serializer = AvroSerializer(registry, topic, DEAD_LETTER_RECORD)
         self.replacements = 0
 
     @property

@@ -337,8 +337,7 @@ class OffsetsConsumer:
                 conn.execute("RELEASE SAVEPOINT sink_record")
             except DATA_ERRORS as exc:
                 conn.execute("ROLLBACK TO SAVEPOINT sink_record")
-                message = str(exc).strip()
-                total.dead.append(DeadRecord(src, type(exc).__name__, message, exc.sqlstate or ""))
+                total.dead.append(DeadRecord.of(src, exc, str(exc).strip()))
         return total
 
     def _after_commit(

@@ -54,7 +54,7 @@ def decode_batch(
             src = SourceRecord(topic, partition, offset, msg.key(), value, decode(value))
         except DecodeError as exc:
             src = SourceRecord(topic, partition, offset, msg.key(), value)
-            dead.append(DeadRecord(src, type(exc).__name__, str(exc), exc.reason))
+            dead.append(DeadRecord.of(src, exc))
         sources.append(src)
     return sources, dead
 

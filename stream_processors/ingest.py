@@ -16,6 +16,7 @@ from settlement.model import Merchant, PaymentRequest, RecordError
 from settlement.routing import RoutingTable
 from settlement.signing import Keyring
 from settlement.validation import Rejection, ValidationPolicy
+from stream_processors.dead_letters import DeadLetters, error_label
 from stream_processors.outputs import SOURCE_HEADER, Output, now_ms
 from stream_processors.placement import Origin, Placement, PlacementError
 from stream_processors.transient import is_transient
@@ -42,7 +43,7 @@ class Decision:
     channel: str | None = None
     rule_id: str | None = None
     reasons: tuple[str, ...] = ()
-    error_type: str | None = None
+    error_type: str | None = None  # a dead letter's metrics label (dead_letters.error_label)
 
 
 class SeenIndex:
@@ -158,9 +159,10 @@ class IngestProcessor:
             ch: (topics.routed(ch), ch.upper(), ser) for ch, ser in self._routed_ser.items()
         }
         self._rejected_ser = AvroSerializer(registry, topics.rejected, "PaymentRejected")
-        self._dlq_ser = AvroSerializer(registry, topics.dlq, "DeadLetter")
+        self._dlq = DeadLetters(registry, topics.dlq, STAGE)
         self.prefetch = RegistryPrefetch(
-            [self._decoder], [*self._routed_ser.values(), self._rejected_ser, self._dlq_ser])
+            [self._decoder], [*self._routed_ser.values(), self._rejected_ser,
+                              self._dlq.serializer])
 
     def process(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
@@ -173,7 +175,7 @@ class IngestProcessor:
             try:
                 src = self._placement.origin_of(headers)
             except PlacementError as exc:
-                return self._dead_letter(key, value, src, src.ref.encode(), exc)
+                return self._dead_letter(key, value, src, exc)
         ref = src.ref.encode()
         try:
             return self._process(key, value, src, partition, ref, moved=src.topic != topic)
@@ -183,7 +185,7 @@ class IngestProcessor:
             if is_transient(exc):
                 raise  # the agent retries the event (see stream_processors.transient)
             log.exception("validate: unexpected error at %s", ref.decode())
-            return self._dead_letter(key, value, src, ref, exc)
+            return self._dead_letter(key, value, src, exc)
 
     def _process(
         self, key: bytes | None, value: bytes | None, src: Origin, partition: int, ref: bytes,
@@ -193,7 +195,7 @@ class IngestProcessor:
             # from_record reads the Avro name created_at (the model says created_at_ms).
             request = PaymentRequest.from_record(self._decoder.decode(value))
         except (DecodeError, RecordError) as exc:
-            return self._dead_letter(key, value, src, ref, exc)
+            return self._dead_letter(key, value, src, exc)
         if (self._placement is not None and not moved and value is not None
                 and isinstance(request.payment_id, str) and request.payment_id):
             # Dedup needs every copy of a payment_id in one partition, whatever partitioner
@@ -279,24 +281,11 @@ class IngestProcessor:
         return Decision(REJECTED, [out], reasons=tuple(r.code for r in reasons))
 
     def _dead_letter(
-        self, key: bytes | None, value: bytes | None, src: Origin, ref: bytes,
-        exc: BaseException,
+        self, key: bytes | None, value: bytes | None, src: Origin, exc: BaseException,
     ) -> Decision:
-        error_type = getattr(exc, "reason", None) or type(exc).__name__
-        letter = {
-            "source_topic": src.topic,
-            "source_partition": src.partition,
-            "source_offset": src.offset,
-            "original_key": key,
-            "original_value": value,
-            "stage": STAGE,
-            "error_type": str(error_type),
-            "error_message": str(exc)[:2000],
-            "failed_at": self._clock(),
-        }
-        out = Output(self._topics.dlq, key, self._dlq_ser.encode(letter),
-                     ((SOURCE_HEADER, ref),))
-        return Decision(DEAD_LETTERED, [out], error_type=str(error_type))
+        out = self._dlq.letter(key, value, src.topic, src.partition, src.offset, exc,
+                               self._clock())
+        return Decision(DEAD_LETTERED, [out], error_type=error_label(exc))
 
 
 def _avro_request(request: PaymentRequest) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def test_undecodable_input_is_dead_lettered_with_original_bytes(
     letter = h.decoder.decode(d.outputs[0].value)
     assert letter["original_value"] == value and letter["original_key"] == b"k"
     assert letter["source_topic"] == "payments.requested" and letter["source_offset"] == 1
-    assert letter["error_type"] == d.error_type
+    assert letter["reason"] == d.error_type
     assert d.error_type is not None and error_type in d.error_type.upper()
 
 
