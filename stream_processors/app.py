@@ -16,15 +16,12 @@ from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from schemas.topics import TopicNames
 from stream_processors import loop_health, metrics
-from stream_processors.aiokafka_fixes import install as install_aiokafka_fixes
-from stream_processors.consumer_fetch import FetchSettings
-from stream_processors.consumer_fetch import install as install_consumer_fetch
 from stream_processors.delivery import DeliveryGuard
-from stream_processors.faust_fixes import install as install_faust_fixes
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
 from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
-from stream_processors.json_codec import install as install_json_codec
 from stream_processors.merchants import MerchantDirectory
+from stream_processors.patches import install_all as install_patches
+from stream_processors.patches.consumer_fetch import FetchSettings
 from stream_processors.placement import PLACED_RETENTION, stage_placement
 from stream_processors.ticks import owned_topic, stage_channel
 from stream_processors.transient import is_transient
@@ -57,13 +54,17 @@ def broker_urls(bootstrap: str) -> list[str]:
 
 
 def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.App:
-    """A faust app with every option that matters set on purpose."""
+    """A faust app with every option that matters set on purpose.
+
+    Raises UnverifiedUpstream (a SettleError: the worker exits 1 with its message) when the
+    installed faust-streaming, mode-streaming or aiokafka is not a version the framework
+    patches were verified against.
+    """
+    # Every framework patch (offsets, fetch loop, per-broker drain, fetch size, table JSON),
+    # after checking the upstream versions: stream_processors/patches.
+    install_patches()
     kafka = settings.kafka
     (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)
-    install_faust_fixes()  # offsets: see stream_processors/faust_fixes.py
-    install_aiokafka_fixes()  # one produce request per broker: stream_processors/aiokafka_fixes.py
-    install_consumer_fetch()  # fuller fetches at a trickle: stream_processors/consumer_fetch.py
-    install_json_codec()  # tables' JSON on orjson, keys' bytes unchanged: .json_codec
 
     app = faust.App(
         app_id,
@@ -83,7 +84,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # aiokafka's default linger of 0 sends one produce request per record. With the
-        # per-broker drain (aiokafka_fixes) a linger batches every partition's records into
+        # per-broker drain (patches.producer_drain) a linger batches every partition's records into
         # one request; 50 ms took a third of the CPU off each stage and the broker at
         # 125 payments/s end to end, for about 50 ms more latency per hop (README).
         producer_linger=kafka.stage_linger_ms / 1000,
@@ -106,7 +107,7 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
         web_port=ps.web_port or 6066,
         web_host="127.0.0.1",
     )
-    # faust has no setting for these; stream_processors.consumer_fetch applies them.
+    # faust has no setting for these; stream_processors.patches.consumer_fetch applies them.
     app.settle_fetch = FetchSettings(  # type: ignore[attr-defined]
         kafka.stage_fetch_min_bytes, kafka.stage_fetch_max_wait_ms)
     return app

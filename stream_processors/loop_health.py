@@ -37,7 +37,7 @@ from prometheus_client import Histogram
 from infra.runtime import (
     LoopHealthSettings,
 )
-from stream_processors.faust_fixes import IN_FETCH_LOOP
+from stream_processors.patches.drain_messages import IN_FETCH_LOOP
 
 log = logging.getLogger(__name__)
 

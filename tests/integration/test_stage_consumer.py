@@ -1,6 +1,6 @@
 """A faust stage's consumer, built by faust's own driver, fetches with the settings asked for.
 
-faust has no setting for the fetch minimum and wait (stream_processors.consumer_fetch sets
+faust has no setting for the fetch minimum and wait (stream_processors.patches.consumer_fetch sets
 them on the aiokafka consumer before it starts); this checks, on the real broker, that the
 started consumer's fetcher uses them, so an aiokafka upgrade that keeps them elsewhere fails
 here rather than silently putting one record per fetch back.

@@ -10,8 +10,8 @@ from faust.serializers import codecs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_processors import json_codec
-from stream_processors.json_codec import TableJson, install, stdlib_dumps
+from stream_processors.patches import json_codec
+from stream_processors.patches.json_codec import TableJson, install, stdlib_dumps
 from tests.unit.test_reconcile_processor import Harness
 
 CODEC = TableJson()

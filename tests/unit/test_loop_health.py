@@ -15,7 +15,6 @@ from infra.runtime import (
     LoopHealthSettings,
 )
 from infra.runtime import load_loop_health as load
-from stream_processors.faust_fixes import IN_FETCH_LOOP
 from stream_processors.loop_health import (
     COMMIT_SECONDS,
     CommitTimer,
@@ -23,6 +22,7 @@ from stream_processors.loop_health import (
     StallProbe,
     probe_forever,
 )
+from stream_processors.patches.drain_messages import IN_FETCH_LOOP
 
 
 def test_defaults_warn_at_half_a_second_and_dump_no_stacks() -> None:

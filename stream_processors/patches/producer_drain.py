@@ -1,9 +1,11 @@
 """aiokafka's producer sends one request per partition batch; this makes it one per broker.
 
-aiokafka (0.14) lingers each partition's batch on its own clock: when a batch's
-``linger_ms`` has passed, the sender drains that batch and any other whose linger has
-passed too, and leaves the rest to linger on. A stage writes to many partitions (four
-routed topics, a rejected and a dead-letter topic and its tables' changelogs, four
+Upstream: aiokafka's ``MessageAccumulator.drain_by_nodes``
+(aiokafka/producer/message_accumulator.py). aiokafka 0.14 lingers each partition's batch on
+its own clock (the per-batch linger in the accumulator: aio-libs/aiokafka#1137, #1142): when a
+batch's ``linger_ms`` has passed, the sender drains that batch and any other whose linger has
+passed too, and leaves the rest to linger on. A stage writes to many partitions
+(four routed topics, a rejected and a dead-letter topic and its tables' changelogs, four
 partitions each), and its records spread over them, so at a few hundred records per second
 almost every batch holds one record and expires at a moment of its own: one produce
 request per record, whatever the linger. Counted on the broker (its request log, 125
@@ -17,18 +19,30 @@ the same as a batch sent because it was full, which aiokafka already does: per p
 order of batches, the idempotent sequence numbers and the muting of a partition with a
 batch in flight are all as before, so ordering per key and delivery are unchanged. Only
 how many records share a request changes.
+
+Proved by tests/unit/test_patch_producer_drain.py (aiokafka's own accumulator in memory:
+test_a_ready_batch_takes_the_lingering_batches_of_its_broker against
+test_aiokafka_alone_sends_only_the_ready_batch, muted and ignored brokers, unknown leaders).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.errors import LeaderNotAvailableError, NotLeaderForPartitionError
 from aiokafka.producer import message_accumulator
 
-_PATCHED_ATTR = "_settle_drain_patched"
-# aiokafka's own, kept for comparison (tests/unit/test_aiokafka_fixes.py).
+from stream_processors.patches import replace
+
+UPSTREAM: Final = (
+    # replaced (a copy with one change, marked "settle"):
+    "aiokafka.producer.message_accumulator:MessageAccumulator.drain_by_nodes",
+    # what ready_leaders reads of a batch:
+    "aiokafka.producer.message_accumulator:MessageBatch.remaining_linger",
+)
+
+# aiokafka's own, kept for comparison (tests/unit/test_patch_producer_drain.py).
 AIOKAFKA_DRAIN = message_accumulator.MessageAccumulator.drain_by_nodes
 
 
@@ -114,8 +128,4 @@ def drain_by_nodes(self: Any, ignore_nodes: Any,
 
 def install() -> None:
     """Give aiokafka's accumulator the per-broker drain (idempotent)."""
-    cls = message_accumulator.MessageAccumulator
-    if getattr(cls, _PATCHED_ATTR, False):
-        return
-    setattr(cls, "drain_by_nodes", drain_by_nodes)  # noqa: B010
-    setattr(cls, _PATCHED_ATTR, True)
+    replace(message_accumulator.MessageAccumulator, "drain_by_nodes", drain_by_nodes)

@@ -19,6 +19,16 @@ standard library as before. Reading: orjson parses an integer past 64 bits as a 
 a word, so a text with a run of 19 or more digits (anything from 10^18 up, and a hex string
 now and then) is read by the standard library, exactly; so is anything orjson refuses (NaN).
 Every value written by either, before or after, reads back the same.
+
+Upstream: faust's "json" codec (``faust.serializers.codecs.json`` on ``faust.utils.json``,
+which switches to orjson whenever orjson is importable) is replaced in faust's codec registry
+(``codecs.register``). No upstream issue: a cost, and the key bytes an orjson switch would
+change.
+
+Proved by tests/unit/test_json_codec.py (keys byte for byte as the standard library wrote
+them, any text key, values on orjson, values of the old format, integers past 64 bits, a
+recovered store driving the processor as before) and on the real broker by
+tests/integration/test_reconcile_stage.py (a non-ASCII payment id's changelog key).
 """
 
 from __future__ import annotations
@@ -29,6 +39,16 @@ from typing import Any, Final
 import orjson
 from faust.serializers import codecs
 from faust.utils.json import JSONEncoder, on_default
+
+UPSTREAM: Final = (
+    # replaced in the codec registry:
+    "faust.serializers.codecs:json",
+    "faust.serializers.codecs:register",
+    "faust.serializers.codecs:get_codec",
+    # what the replacement writes with (the format before it):
+    "faust.utils.json:JSONEncoder",
+    "faust.utils.json:on_default",
+)
 
 NAME: Final = "json"
 # Datetimes and dataclasses go to faust's `on_default` as they did with the standard

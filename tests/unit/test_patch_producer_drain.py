@@ -14,9 +14,9 @@ import pytest
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from aiokafka.structs import TopicPartition
 
-from stream_processors import aiokafka_fixes
+from stream_processors.patches import producer_drain
 
-ORIGINAL = aiokafka_fixes.AIOKAFKA_DRAIN
+ORIGINAL = producer_drain.AIOKAFKA_DRAIN
 LINGER_MS = 50
 
 
@@ -59,7 +59,7 @@ def drained(result: tuple[dict[int, dict[Any, Any]], bool]) -> dict[int, set[Top
 def test_a_ready_batch_takes_the_lingering_batches_of_its_broker(
         loop: asyncio.AbstractEventLoop) -> None:
     acc = accumulator(loop, [A0, A1, A2, B0], ready={A0})
-    assert drained(aiokafka_fixes.drain_by_nodes(acc, set())) == {1: {A0, A1, A2}}
+    assert drained(producer_drain.drain_by_nodes(acc, set())) == {1: {A0, A1, A2}}
     # B0's broker had nothing ready: it lingers on, with a wake-up set for it.
     assert [tp for tp, queue in acc._batches.items() if queue] == [B0]
     assert acc._wakeup_handle is not None
@@ -73,7 +73,7 @@ def test_aiokafka_alone_sends_only_the_ready_batch(loop: asyncio.AbstractEventLo
 
 def test_nothing_ready_nothing_sent(loop: asyncio.AbstractEventLoop) -> None:
     acc = accumulator(loop, [A0, A1, B0], ready=set())
-    assert drained(aiokafka_fixes.drain_by_nodes(acc, set())) == {}
+    assert drained(producer_drain.drain_by_nodes(acc, set())) == {}
     assert acc._wakeup_handle is not None
 
 
@@ -81,32 +81,32 @@ def test_a_muted_partition_stays_even_when_its_broker_is_ready(
         loop: asyncio.AbstractEventLoop) -> None:
     """A partition with a batch in flight is muted: one batch in flight keeps order."""
     acc = accumulator(loop, [A0, A1, A2], ready={A0})
-    assert drained(aiokafka_fixes.drain_by_nodes(acc, set(), frozenset({A1}))) == {1: {A0, A2}}
+    assert drained(producer_drain.drain_by_nodes(acc, set(), frozenset({A1}))) == {1: {A0, A2}}
     assert len(acc._batches[A1]) == 1
 
 
 def test_a_muted_ready_batch_does_not_make_its_broker_ready(
         loop: asyncio.AbstractEventLoop) -> None:
     acc = accumulator(loop, [A0, A1], ready={A0})
-    assert drained(aiokafka_fixes.drain_by_nodes(acc, set(), frozenset({A0}))) == {}
+    assert drained(producer_drain.drain_by_nodes(acc, set(), frozenset({A0}))) == {}
 
 
 def test_an_ignored_broker_sends_nothing(loop: asyncio.AbstractEventLoop) -> None:
     """A broker with a request already in flight is ignored by the sender."""
     acc = accumulator(loop, [A0, A1, B0], ready={A0, B0})
-    assert drained(aiokafka_fixes.drain_by_nodes(acc, {1})) == {2: {B0}}
+    assert drained(producer_drain.drain_by_nodes(acc, {1})) == {2: {B0}}
 
 
 def test_a_partition_without_leader_is_not_sent(loop: asyncio.AbstractEventLoop) -> None:
     orphan = TopicPartition("routed", 9)
     acc = accumulator(loop, [A0, orphan], ready={A0})
-    nodes, unknown = aiokafka_fixes.drain_by_nodes(acc, set())
+    nodes, unknown = producer_drain.drain_by_nodes(acc, set())
     assert {n: set(b) for n, b in nodes.items()} == {1: {A0}}
     assert unknown is True
     assert len(acc._batches[orphan]) == 1
 
 
 def test_install_is_idempotent() -> None:
-    aiokafka_fixes.install()
-    aiokafka_fixes.install()
-    assert MessageAccumulator.drain_by_nodes is aiokafka_fixes.drain_by_nodes
+    producer_drain.install()
+    producer_drain.install()
+    assert MessageAccumulator.drain_by_nodes is producer_drain.drain_by_nodes

@@ -18,15 +18,35 @@ about 0.4 s and p99 from 4.7-10.5 s to 0.73-0.76 s in two runs of three (1.44 s 
 The values come from ``KafkaSettings`` (``SETTLE_STAGE_FETCH_MIN_BYTES``,
 ``SETTLE_STAGE_FETCH_MAX_WAIT_MS``), set on the app as ``settle_fetch``; an app without it
 keeps faust's consumer as it is.
+
+Upstream: faust's ``AIOKafkaConsumerThread._create_consumer`` (wrapped) and
+``_create_worker_consumer`` (which builds the consumer without a fetch minimum); aiokafka's
+``AIOKafkaConsumer`` keeps both values in attributes that ``start()`` hands to its Fetcher.
+No upstream issue: faust has no setting for them.
+
+Proved by tests/integration/test_stage_consumer.py
+(test_the_started_stage_consumer_fetches_with_the_configured_minimum_and_wait: the started
+stage's Fetcher holds the configured values).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-_PATCHED_ATTR = "_settle_fetch_patched"
+from stream_processors.patches import ORIGINALS, qualified_name, replace
+
+UPSTREAM: Final = (
+    # wrapped:
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_consumer",
+    # what faust passes (fetch_max_wait_ms=1500, no fetch_min_bytes):
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer",
+    # where aiokafka keeps the two values, and where it hands them to its Fetcher:
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.__init__",
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.start",
+)
+_CREATE: Final = qualified_name(faust_aiokafka.AIOKafkaConsumerThread, "_create_consumer")
 
 
 class FetchSettings(NamedTuple):
@@ -43,15 +63,12 @@ def apply(consumer: Any, fetch: FetchSettings | None) -> Any:
     return consumer
 
 
+def create_consumer(self: Any, loop: Any) -> Any:
+    """faust's AIOKafkaConsumerThread._create_consumer, then the app's ``settle_fetch``."""
+    create = ORIGINALS[_CREATE]
+    return apply(create(self, loop), getattr(self.app, "settle_fetch", None))
+
+
 def install() -> None:
     """Make faust's aiokafka consumers use the app's ``settle_fetch`` (idempotent)."""
-    cls = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(cls, _PATCHED_ATTR, False):
-        return
-    create = cls._create_consumer
-
-    def _create_consumer(self: Any, loop: Any) -> Any:
-        return apply(create(self, loop), getattr(self.app, "settle_fetch", None))
-
-    setattr(cls, "_create_consumer", _create_consumer)  # noqa: B010
-    setattr(cls, _PATCHED_ATTR, True)
+    replace(faust_aiokafka.AIOKafkaConsumerThread, "_create_consumer", create_consumer)

@@ -1,4 +1,6 @@
-"""The offset rules of stream_processors.faust_fixes, on faust's own bookkeeping structures.
+"""The offset rules of the consumer patches (stream_processors/patches: seek_to_committed,
+perform_seek, consumer_seek, drain_messages, new_offset, ack, flow_resume), on faust's own
+bookkeeping structures.
 
 The fetch loop and seek run against the real broker in tests/integration
 (test_delivery_failure, test_ingest_stage) and tests/chaos; these pin the decisions.
@@ -14,7 +16,14 @@ from intervaltree import IntervalTree
 from mode.utils import queues as mode_queues
 
 from settle.chaos import offset_ranges
-from stream_processors import faust_fixes
+from stream_processors.patches import (
+    ack,
+    drain_messages,
+    flow_resume,
+    new_offset,
+    perform_seek,
+    seek_to_committed,
+)
 
 
 class TP(NamedTuple):
@@ -39,31 +48,31 @@ T = TP("payments.requested", 3)
 
 
 def test_commits_the_run_that_starts_at_the_committed_offset() -> None:
-    assert faust_fixes.new_offset(Books(10, [10, 11, 12]), T) == 13
+    assert new_offset.new_offset(Books(10, [10, 11, 12]), T) == 13
 
 
 def test_never_commits_past_a_record_that_was_not_acknowledged() -> None:
     # faust itself would commit 13 here: it tolerates a hole of exactly one record.
-    assert faust_fixes.new_offset(Books(10, [11, 12]), T) is None
-    assert faust_fixes.new_offset(Books(10, [15, 16]), T) is None
+    assert new_offset.new_offset(Books(10, [11, 12]), T) is None
+    assert new_offset.new_offset(Books(10, [15, 16]), T) is None
 
 
 def test_stops_at_a_hole_inside_the_run() -> None:
-    assert faust_fixes.new_offset(Books(10, [10, 11, 13]), T) == 12
+    assert new_offset.new_offset(Books(10, [10, 11, 13]), T) == 12
 
 
 def test_nothing_committed_yet_commits_the_first_run() -> None:
-    assert faust_fixes.new_offset(Books(None, [0, 1, 2]), T) == 3
-    assert faust_fixes.new_offset(Books(None, []), T) is None
+    assert new_offset.new_offset(Books(None, [0, 1, 2]), T) == 3
+    assert new_offset.new_offset(Books(None, []), T) is None
 
 
 def test_a_partition_read_from_its_beginning_commits_only_from_its_first_offset() -> None:
     # perform_seek stores the first offset (here 0) as the floor; 83 was skipped, 84 on
     # processed: faust (floor None) would commit 86 and lose 83 for good.
-    assert faust_fixes.new_offset(Books(0, [84, 85]), T) is None
-    assert faust_fixes.new_offset(Books(0, [0, 1]), T) == 2
+    assert new_offset.new_offset(Books(0, [84, 85]), T) is None
+    assert new_offset.new_offset(Books(0, [0, 1]), T) == 2
     # Retention removed 0..39: the first offset on the log is the floor.
-    assert faust_fixes.new_offset(Books(40, [40, 41]), T) == 42
+    assert new_offset.new_offset(Books(40, [40, 41]), T) == 42
 
 
 class FakeAioConsumer:
@@ -104,7 +113,7 @@ def _seek(committed: dict[TP, int | None], reset_earliest: bool = True,
     consumer.first_offset = first_offset
     changelogs = {"app-payments-seen-changelog"}
     found: list[tuple[TP, int]] = [] if expired is None else expired
-    result: Any = asyncio.run(faust_fixes.seek_to_committed_or_reset(
+    result: Any = asyncio.run(seek_to_committed.seek_to_committed_or_reset(
         consumer, changelogs, reset_earliest, on_expired=lambda tp, n: found.append((tp, n))))
     return consumer, result
 
@@ -167,38 +176,38 @@ def test_offset_ranges_group_missing_records_by_partition() -> None:
 
 
 def test_fetch_rule_delivers_in_order_and_re_reads() -> None:
-    V = faust_fixes.Verdict
-    assert faust_fixes.classify(0, None, False) == V.DELIVER   # nothing read yet
-    assert faust_fixes.classify(8, 7, False) == V.DELIVER      # the next record
-    assert faust_fixes.classify(3, 7, False) == V.DELIVER      # a re-read after a seek back:
-    assert faust_fixes.classify(7, 7, False) == V.DELIVER      # faust dropped these
+    V = drain_messages.Verdict
+    assert drain_messages.classify(0, None, False) == V.DELIVER   # nothing read yet
+    assert drain_messages.classify(8, 7, False) == V.DELIVER      # the next record
+    assert drain_messages.classify(3, 7, False) == V.DELIVER      # a re-read after a seek back:
+    assert drain_messages.classify(7, 7, False) == V.DELIVER      # faust dropped these
 
 
 def test_fetch_rule_rewinds_on_a_jump_and_skips_the_rest_of_the_batch() -> None:
-    V = faust_fixes.Verdict
-    assert faust_fixes.classify(9, 7, False) == V.REWIND       # faust acked 8 as a "gap"
-    assert faust_fixes.classify(10, 7, True) == V.SKIP
-    assert faust_fixes.classify(8, 7, True) == V.SKIP          # the seek re-reads it in order
+    V = drain_messages.Verdict
+    assert drain_messages.classify(9, 7, False) == V.REWIND       # faust acked 8 as a "gap"
+    assert drain_messages.classify(10, 7, True) == V.SKIP
+    assert drain_messages.classify(8, 7, True) == V.SKIP          # the seek re-reads it in order
 
 
 def test_read_offset_means_last_read() -> None:
-    assert faust_fixes.last_read_before(None) is None
-    assert faust_fixes.last_read_before(0) == -1
+    assert perform_seek.last_read_before(None) is None
+    assert perform_seek.last_read_before(0) == -1
     # Nothing committed, read from offset 0: a record at 100 left over from a fetch before
     # the seek is a jump, not the first record.
-    assert faust_fixes.classify(100, faust_fixes.last_read_before(0), False) == \
-        faust_fixes.Verdict.REWIND
-    assert faust_fixes.classify(0, faust_fixes.last_read_before(0), False) == \
-        faust_fixes.Verdict.DELIVER
-    assert faust_fixes.last_read_before(10) == 9
+    assert drain_messages.classify(100, perform_seek.last_read_before(0), False) == \
+        drain_messages.Verdict.REWIND
+    assert drain_messages.classify(0, perform_seek.last_read_before(0), False) == \
+        drain_messages.Verdict.DELIVER
+    assert perform_seek.last_read_before(10) == 9
     # After a seek to the committed 10, the record at 10 is the next one, 11 is a jump.
-    last = faust_fixes.last_read_before(10)
-    assert faust_fixes.classify(10, last, False) == faust_fixes.Verdict.DELIVER
-    assert faust_fixes.classify(11, last, False) == faust_fixes.Verdict.REWIND
+    last = perform_seek.last_read_before(10)
+    assert drain_messages.classify(10, last, False) == drain_messages.Verdict.DELIVER
+    assert drain_messages.classify(11, last, False) == drain_messages.Verdict.REWIND
 
 
 def test_a_skipped_record_is_not_acknowledged() -> None:
-    skipped = faust_fixes.skipped_unprocessed
+    skipped = ack.skipped_unprocessed
     assert not skipped(4, 4, True)        # processed in the current generation
     assert not skipped(None, 4, True)     # a record without a generation (not from a fetch)
     assert skipped(3, 4, True)            # fetched before the last rebalance
@@ -219,10 +228,10 @@ def _flow_holding(*items: int) -> tuple[Any, Any]:
 def test_resume_keeps_queued_records_unless_it_ends_a_suspension() -> None:
     async def run() -> tuple[int, int]:
         flow, queue = _flow_holding(1, 2)
-        faust_fixes.flow_resume(flow)     # not suspended: faust would drop both records here
+        flow_resume.flow_resume(flow)     # not suspended: faust would drop both records here
         kept = queue.qsize()
         flow.suspend()
-        faust_fixes.flow_resume(flow)     # after a suspension: the records predate a rebalance
+        flow_resume.flow_resume(flow)     # after a suspension: the records predate a rebalance
         return kept, queue.qsize()
 
     assert asyncio.run(run()) == (2, 0)
@@ -244,7 +253,7 @@ def test_perform_seek_resets_read_offsets_and_drops_what_the_streams_hold() -> N
                 return {T: 78}
 
         consumer = Consumer()
-        await faust_fixes.perform_seek(consumer)
+        await perform_seek.perform_seek(consumer)
         return consumer._read_offset[T], consumer._committed_offset[T], queue.qsize()
 
     assert asyncio.run(run()) == (77, 78, 0)
@@ -267,7 +276,7 @@ def test_perform_seek_keeps_a_zero_floor_that_faust_would_drop() -> None:
                 return {new: 0, zero: 0, changelog: None}  # `new` was read from its beginning
 
         consumer = Consumer()
-        await faust_fixes.perform_seek(consumer)
+        await perform_seek.perform_seek(consumer)
         assert consumer._read_offset == {new: -1, zero: -1, changelog: None}
         return consumer._committed_offset
 
@@ -290,7 +299,7 @@ def test_hand_over_is_awaited_directly_only_when_nothing_can_make_it_wait() -> N
             app=SimpleNamespace(topics=conductor, flow_control=flow,
                                 producer=SimpleNamespace(buffer=buffer)),
             suspend_flow=asyncio.Event())
-        ready = faust_fixes.hand_over_ready(consumer)
+        ready = drain_messages.hand_over_ready(consumer)
         seen = [ready(T.topic), ready("a topic nobody reads")]
         queue.put_nowait(1)
         queue.put_nowait(2)
