@@ -16,7 +16,7 @@ from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from schemas.topics import TopicNames
 from stream_processors import loop_health, metrics
-from stream_processors.delivery import DeliveryGuard
+from stream_processors.delivery import DeliveryGuard, attach
 from stream_processors.ingest import STAGE as VALIDATE_STAGE
 from stream_processors.ingest import IngestProcessor, SeenIndex, now_ms
 from stream_processors.merchants import MerchantDirectory
@@ -60,8 +60,8 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     installed faust-streaming, mode-streaming or aiokafka is not a version the framework
     patches were verified against.
     """
-    # Every framework patch (offsets, fetch loop, per-broker drain, fetch size, table JSON),
-    # after checking the upstream versions: stream_processors/patches.
+    # Every framework patch (offsets, fetch loop, per-broker drain, fetch size, table JSON,
+    # changelog delivery), after checking the upstream versions: stream_processors/patches.
     install_patches()
     kafka = settings.kafka
     (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,9 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     # faust has no setting for these; stream_processors.patches.consumer_fetch applies them.
     app.settle_fetch = FetchSettings(  # type: ignore[attr-defined]
         kafka.stage_fetch_min_bytes, kafka.stage_fetch_max_wait_ms)
+    # A refused changelog record ends the worker like a refused output
+    # (stream_processors.patches.changelog_delivery); each stage attaches its own guard.
+    attach(app, DeliveryGuard(app_id))
     return app
 
 
@@ -168,7 +171,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
             log.info("keyring reloaded: %d keys, %d merchants", len(fresh),
                      len(fresh.merchants()))
 
-    guard = DeliveryGuard(VALIDATE_STAGE)
+    guard = attach(app, DeliveryGuard(VALIDATE_STAGE))  # outputs and changelog records
     metrics.init_stage(VALIDATE_STAGE, ticks=False)
     install_readiness(app, VALIDATE_STAGE, settings)
 

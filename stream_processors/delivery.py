@@ -12,6 +12,11 @@ batch resumes, and a graceful stop is not an option because faust commits on shu
 Restarted, the worker re-reads from the last commit and re-sends; the idempotent stages
 (dedup by payment_id, result ids, batch ids) make the replay harmless. Exiting is the
 at-least-once answer; losing the record silently is not.
+
+The tables' changelog records are sent by faust itself, not through ``send_all``: the app's
+guard (``attach``; every stage's app has one) is also called for those by
+stream_processors.patches.changelog_delivery, so a table update the broker refuses ends the
+worker the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 # Exit status of a worker that stopped because an output could not be delivered (EX_TEMPFAIL:
 # try again later; a supervisor restarts it).
 EXIT_SEND_FAILED: Final = 75
+
+# The app attribute holding its stage's guard (attach, guard_of).
+APP_ATTR: Final = "settle_delivery_guard"
 
 
 class Sender(Protocol):
@@ -48,13 +56,13 @@ class DeliveryGuard:
         self.failed: BaseException | None = None
         self.pending = 0
 
-    def fail(self, topic: str, exc: BaseException) -> None:
+    def fail(self, topic: str, exc: BaseException, what: str = "an output") -> None:
         if self.failed is None:
             self.failed = exc
             log.critical(
-                "%s: an output to %s could not be delivered (%s: %s); exiting with status %d "
+                "%s: %s to %s could not be delivered (%s: %s); exiting with status %d "
                 "before its input's offset is committed, so a restart re-processes it",
-                self.stage, topic, type(exc).__name__, exc, EXIT_SEND_FAILED)
+                self.stage, what, topic, type(exc).__name__, exc, EXIT_SEND_FAILED)
             self._exit(EXIT_SEND_FAILED)
 
     def watch(self, topic: str, future: Awaitable[Any]) -> None:
@@ -83,3 +91,15 @@ class DeliveryGuard:
                 self.fail(topic, exc)
                 raise
             self.watch(topic, future)
+
+
+def attach(app: Any, guard: DeliveryGuard) -> DeliveryGuard:
+    """Make `guard` the app's: the one its faust-sent records (changelogs) answer to."""
+    setattr(app, APP_ATTR, guard)
+    return guard
+
+
+def guard_of(app: Any) -> DeliveryGuard | None:
+    """The guard attached to the app, if any."""
+    guard = getattr(app, APP_ATTR, None)
+    return guard if isinstance(guard, DeliveryGuard) else None

@@ -41,6 +41,8 @@ PATCHES: Final = (
     "producer_drain",
     "consumer_fetch",
     "json_codec",
+    "changelog_delivery",
+    "producer_buffer_flush",
 )
 
 

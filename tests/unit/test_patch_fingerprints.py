@@ -46,6 +46,14 @@ FINGERPRINTS = {
         "c0695adbd9bf4cb458247854d9cd1df2b7607304cba7fcce282ffd0134bbfffc",
     "faust.streams:Stream._py_aiter":
         "3a48ee257a65435b482d51edb74f2993a67867949b1ef89b49fea893769e0614",
+    "faust.tables.base:Collection._on_changelog_sent":
+        "60122c86a120d82cffa95da4c22323e12d67fa82f3112f08ac7f8edde7c47826",
+    "faust.tables.base:Collection.send_changelog":
+        "3dd3884e1b5fc0e1612bc688b83d9318a1805ddc49700d3b6b37bade73c3905d",
+    "faust.topics:Topic._on_published":
+        "7cfe9ebd65964b0a9e7845853f98d58b995907b0020493fa1d2fa3a52aa29f8f",
+    "faust.topics:Topic.publish_message":
+        "4ce1cbc353047a36edfa0ea78ae5c542b660bda6a3a04f5b8f2d1c9919701404",
     "faust.transport.conductor:Conductor._compile_message_handler":
         "9fbc0538097aa4eca6113b99df8d17605ae72a6b5030482f041a183f4cc34df1",
     "faust.transport.conductor:ConductorCompiler.build":
@@ -66,6 +74,16 @@ FINGERPRINTS = {
         "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7",
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.seek_to_committed":
         "775ab0adc4b052abee204d5347a556412b1f77ed4de971adde69a55a1cb6f908",
+    "faust.transport.producer:ProducerBuffer._handle_pending":
+        "78d648030fd21016cc0d82ae6cc6df1cb474273195b10f133ea0ef9ac9d35f0c",
+    "faust.transport.producer:ProducerBuffer._send_pending":
+        "4a9d5f932b56bc6842151bfc868aec1570d53cab7ff129ece408d966ac7f7da8",
+    "faust.transport.producer:ProducerBuffer.flush":
+        "26fbebb124ad9c9890f19b4615585cf3eda102b61203e6aa885d3fabfda9b157",
+    "faust.transport.producer:ProducerBuffer.flush_atmost":
+        "4966e8c5f9b42eb97abe3f93cbc9bc566a22bdea01ae5328c5a6593414820323",
+    "faust.transport.producer:ProducerBuffer.size":
+        "b543a978fdece62e7d7c434eea6e842995d67cc1d3288434f5f26ad72c10a779",
     "faust.transport.producer:ProducerBuffer.wait_until_ebb":
         "758dd5744044071bbc79609fa8e5bfc339818f186bc19b723de2c4c877412e00",
     "faust.utils.json:JSONEncoder":

@@ -6,14 +6,17 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.producer.message_accumulator import MessageAccumulator
+from faust import topics as faust_topics
 from faust.serializers import codecs
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.producer import ProducerBuffer
 from mode.utils.queues import FlowControlEvent
 
 from stream_processors import patches
 from stream_processors.patches import (
     ack,
+    changelog_delivery,
     consumer_fetch,
     consumer_seek,
     drain_messages,
@@ -21,6 +24,7 @@ from stream_processors.patches import (
     json_codec,
     new_offset,
     perform_seek,
+    producer_buffer_flush,
     producer_drain,
     seek_to_committed,
 )
@@ -36,6 +40,10 @@ REPLACED = {
     (FlowControlEvent, "resume"): flow_resume.flow_resume,
     (MessageAccumulator, "drain_by_nodes"): producer_drain.drain_by_nodes,
     (AIOKafkaConsumerThread, "_create_consumer"): consumer_fetch.create_consumer,
+    (faust_topics.Topic, "_on_published"): changelog_delivery.on_published,
+    (faust_topics.Topic, "publish_message"): changelog_delivery.publish_message,
+    (ProducerBuffer, "_send_pending"): producer_buffer_flush.send_pending,
+    (ProducerBuffer, "flush"): producer_buffer_flush.flush,
 }
 
 
@@ -50,8 +58,9 @@ def test_install_all_is_idempotent_and_remembers_the_upstream_functions() -> Non
     assert isinstance(codecs.get_codec("json"), json_codec.TableJson)
     # Every patch module is installed by install_all and names what it touches upstream.
     assert {m.__name__.rsplit(".", 1)[1] for m in (
-        ack, consumer_fetch, consumer_seek, drain_messages, flow_resume, json_codec, new_offset,
-        perform_seek, producer_drain, seek_to_committed)} == set(patches.PATCHES)
+        ack, changelog_delivery, consumer_fetch, consumer_seek, drain_messages, flow_resume,
+        json_codec, new_offset, perform_seek, producer_buffer_flush, producer_drain,
+        seek_to_committed)} == set(patches.PATCHES)
 
 
 def test_the_fetch_settings_reach_the_consumer_faust_creates(monkeypatch: Any) -> None:
