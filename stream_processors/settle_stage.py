@@ -201,7 +201,7 @@ class SettleProcessor:
         )
         batches = open_totals(entry)
         totals = batches.get(window.start_ms) or BatchTotals.new(merchant_id, currency, window)
-        # The item first, the entry last: the entry is the commit point (see the class doc).
+        # The item first, the entry last: the entry is the commit point (see settle_table).
         self._store[ikey] = {"partition": partition, "key": bkey,
                              "window_start_ms": window.start_ms, "seq": totals.payment_count,
                              "item": item.to_dict()}
