@@ -1,4 +1,4 @@
-"""One settings tree: every SETTLE_* variable parsed in infra/, printed whole with secrets masked."""
+"""One settings tree: every SETTLE_* variable parsed in infra/, printed whole and masked."""
 
 from __future__ import annotations
 
