@@ -1,12 +1,17 @@
-"""A faust worker whose output the broker refuses exits before committing its input.
+"""A faust worker whose output or table update the broker refuses exits before committing
+its input.
 
 The routed topic's max.message.bytes is shrunk below any record batch, so the broker
 refuses validate's output. The worker must exit (status 75) without committing the
 request's offset; once the topic accepts records again, a restarted worker routes it.
+The same for a table's changelog record (stream_processors.patches.changelog_delivery):
+the changelog topic refuses every record, the worker exits 75 uncommitted, and a restarted
+worker routes the request and writes its table update.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from infra.admin import admin_client, create_topics, delete_topics
 from infra.config import Settings
@@ -117,6 +122,88 @@ def test_refused_output_stops_the_worker_before_the_commit(
     source = next(iter(sources))
     assert source is not None and source.startswith(topics.requested + "/"), source
     assert source.endswith("/0"), source
+
+
+def _create_refusing_changelog(stack: Settings, topic: str) -> None:
+    """The table's changelog as faust would create it, but refusing every record batch."""
+    admin = admin_client(stack.kafka)
+    futures = admin.create_topics([NewTopic(
+        topic, num_partitions=stack.kafka.partitions,
+        replication_factor=stack.kafka.replication_factor,
+        config={"cleanup.policy": "compact,delete", "max.message.bytes": "16"})])
+    for future in futures.values():
+        future.result(timeout=30)
+
+
+def _keys(stack: Settings, topic: str) -> list[bytes | None]:
+    consumer = make_consumer(stack.kafka, group_id=f"t-{uuid.uuid4()}")
+    try:
+        return [r.key for r in read_topic(consumer, topic)]
+    finally:
+        consumer.close()
+
+
+def test_refused_changelog_record_stops_the_worker_before_the_commit(
+        stack: Settings, prefix: str, tmp_path: Path) -> None:
+    """faust only logs a warning when a changelog send fails, and commits the input anyway:
+    the table update (validate's record that the payment was seen) would be lost for good.
+    With the changelog under the delivery guard the worker exits first; the restart re-reads
+    the request, routes it and writes the table update."""
+    topics = TopicNames(prefix)
+    pid = f"{uuid.uuid4().hex[:8]}-cl"
+    group = f"{prefix}settle-validate"
+    changelog = f"{group}-payments-seen-changelog"
+    seen_key = json.dumps(pid).encode()  # the table's keys are written by faust's json codec
+    _create_refusing_changelog(stack, changelog)
+    try:
+        registry = registry_client(stack)
+        with AvroProducer(stack.kafka, registry, client_id="test-changelog") as producer:
+            producer.send(topics.merchants, "m-ok", {
+                "merchant_id": "m-ok", "name": "OK", "status": "ACTIVE",
+                "settlement_currency": "CNY", "updated_at": now_ms()})
+            producer.flush()
+            producer.send(topics.requested, pid, payment(pid))
+
+        log1 = tmp_path / "validate-1.log"
+        proc = start_worker(prefix, str(log1), merchants_wait_s=120)
+        try:
+            status = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            pytest.fail("the worker kept running although its changelog record was refused:\n"
+                        + log1.read_text(errors="replace")[-3000:])
+        text = log1.read_text(errors="replace")
+        assert status == EXIT_SEND_FAILED, text[-3000:]
+        assert f"a changelog record to {changelog} could not be delivered" in text, text[-3000:]
+        # The request's offset was not committed, and no table update reached the changelog.
+        committed = _committed(stack, group, topics.requested)
+        assert sum(committed.values()) == 0, committed
+        assert _keys(stack, changelog) == []
+
+        _set_max_message_bytes(stack, changelog, 1_048_588)
+        log2 = tmp_path / "validate-2.log"
+        proc = start_worker(prefix, str(log2), merchants_wait_s=120, loglevel="info")
+        try:
+            deadline = time.monotonic() + 120
+            routed: list[bytes | None] = []
+            seen: list[bytes | None] = []
+            committed = {}
+            while time.monotonic() < deadline and not (
+                    pid.encode() in routed and seen_key in seen and sum(committed.values())):
+                time.sleep(1)
+                routed = _keys(stack, topics.routed("alipay"))
+                seen = _keys(stack, changelog)
+                committed = _committed(stack, group, topics.requested)
+        finally:
+            stop(proc)
+        tail = log2.read_text(errors="replace")[-4000:]
+        # Routed (twice at most: the first run's output may have been delivered before the
+        # changelog record was refused), its table update written, and the input committed.
+        assert 1 <= routed.count(pid.encode()) <= 2, (routed, tail)
+        assert 1 <= seen.count(seen_key) <= 2, (seen, tail)
+        assert sum(committed.values()) == 1, (committed, tail)
+    finally:
+        delete_topics(stack.kafka, [changelog])
 
 
 def _results(stack: Settings, topic: str) -> list[dict[str, object]]:
