@@ -21,7 +21,8 @@ from producers.order_flow import publish_order
 from producers.orders import OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
 from schemas.topics import TopicNames
-from settle.benchmarks.common import Offsets, ProcRun, free_port, run_measured, settle_argv
+from settle.benchmarks.common import Offsets, ProcRun, run_measured, settle_argv
+from settle.processes import free_port
 
 
 def preload_validate(settings: Settings, topics: TopicNames, count: int, seed: int,

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +146,10 @@ def write_prometheus_targets(run_dir: Path, specs: list[ProcessSpec], path: Path
     tmp.write_text(json.dumps(targets, indent=2))
     tmp.replace(path)  # atomic: Prometheus never reads half a file
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

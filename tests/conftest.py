@@ -107,7 +107,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """
     if not _STACK_USED:
         return
-    from settle.chaos import stack_status
+    from settle.stack import stack_status
 
     # The session's own database is dropped by now: PostgreSQL's check logs in to the main one.
     code, table, tails = stack_status(lines=40, env={"SETTLE_PG_DB": _MAIN_DB})

@@ -27,12 +27,12 @@ from settle.benchmarks.common import (
     Offsets,
     ProcRun,
     Say,
-    free_port,
     run_measured,
     settle_argv,
 )
 from settle.benchmarks.limits import Preloaded
 from settle.benchmarks.measure import SinkSummary, parse_sink_summary, per_1000
+from settle.processes import free_port
 from sinks.db import connect
 from sinks.ledger_rows import build_ledger_rows
 from sinks.pg import copy_rows

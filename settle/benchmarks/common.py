@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -195,13 +194,6 @@ def scrape_gc(port: int) -> GcTotals | None:
             return parse_gc_totals(r.read().decode())
     except OSError:
         return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def settle_argv(*args: str) -> list[str]:

@@ -31,12 +31,12 @@ from settle.benchmarks.common import (
     Offsets,
     ProcRun,
     Say,
-    free_port,
     run_measured,
     settle_argv,
 )
 from settle.benchmarks.limits import preload_requests
 from settle.benchmarks.measure import median
+from settle.processes import free_port
 
 PARTITIONERS = ("murmur2_random", "consistent_random")
 

@@ -32,7 +32,7 @@ from settle.chaos.plan import (
 )
 from settle.chaos.report import FaultOutcome, RunReport, offset_ranges, summary_lines
 from settle.chaos.runner import Runner, keep_logs, run_plan
-from settle.chaos.stack import down_services, ensure_stack_up, stack_service, stack_status
+from settle.stack import down_services, ensure_stack_up, stack_service, stack_status
 
 __all__ = [
     "KILL",

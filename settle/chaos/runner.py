@@ -29,10 +29,10 @@ from settle.chaos.plan import (
 )
 from settle.chaos.probe import Probe, watch_recovery
 from settle.chaos.report import FaultOutcome, RunReport, offset_ranges
-from settle.chaos.stack import ensure_stack_up, stack_service
 from settle.chaos.traffic import Publisher
 from settle.e2e import IsolatedPipeline, audit_pipeline_ingest, isolated_pipeline, specs
 from settle.processes import ProcessSpec
+from settle.stack import ensure_stack_up, stack_service
 from sinks.db import connect
 
 log = logging.getLogger("settle.chaos")

@@ -2,7 +2,8 @@
 
 Each module here is one patch: its docstring names the upstream behaviour or bug it answers
 and the test that proves it; its ``UPSTREAM`` lists the upstream functions and methods it
-copies, wraps or relies on, each fingerprinted in tests/unit/test_patch_fingerprints.py (an
+copies, wraps or relies on, each fingerprinted in
+tests/unit/stream_processors/test_patch_fingerprints.py (an
 upgrade that changes any of them fails that test until someone re-verifies the patch);
 its ``install()`` applies it, idempotently.
 
@@ -73,7 +74,8 @@ def check_versions(version_of: Callable[[str], str | None] | None = None) -> Non
         f"the framework patches in stream_processors/patches were verified against {pins}, "
         f"but found {found}. Install the pinned versions (`make venv`, or "
         f"`pip install -c constraints.txt -e .`), or re-verify every patch against the new "
-        f"version (tests/unit/test_patch_fingerprints.py lists what each copies) and update "
+        "version (tests/unit/stream_processors/test_patch_fingerprints.py lists what each "
+        f"copies) and update "
         f"stream_processors.patches.VERIFIED")
 
 

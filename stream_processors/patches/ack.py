@@ -12,7 +12,8 @@ rebalance waits for that set to empty) but its offset is not among the acked one
 commit stops before it and the seek after the rebalance reads it again. Every other record
 goes through faust's ack unchanged.
 
-Proved by tests/unit/test_patch_offsets.py (test_a_skipped_record_is_not_acknowledged) and
+Proved by tests/unit/stream_processors/test_patch_offsets.py
+(test_a_skipped_record_is_not_acknowledged) and
 on the real broker by tests/chaos (kill-workers, rebalances under load).
 """
 

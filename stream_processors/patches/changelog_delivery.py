@@ -23,7 +23,8 @@ records faust sends itself; the outputs go through ``DeliveryGuard.send_all``.
 patches.producer_buffer_flush makes the commit's flush wait until every changelog record put
 before it has reached the producer, so its failure cannot come after the commit.
 
-Proved by tests/unit/test_patch_changelog_delivery.py (faust's own Topic with a refused,
+Proved by tests/unit/stream_processors/test_patch_changelog_delivery.py (faust's own Topic with a
+refused,
 a cancelled and a delivered record, and a send that raises) and on the real broker by
 tests/integration/test_delivery_failure.py
 (test_refused_changelog_record_stops_the_worker_before_the_commit: the changelog topic

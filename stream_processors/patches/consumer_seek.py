@@ -7,7 +7,8 @@ the last offset handed over. With the read offset meaning "last offset read" eve
 fetch loop sees the record at the offset sought as the next one and anything past it as a
 jump. Related report: faust-streaming/faust#596.
 
-Proved by tests/unit/test_patch_offsets.py (test_read_offset_means_last_read, the rule it
+Proved by tests/unit/stream_processors/test_patch_offsets.py (test_read_offset_means_last_read, the
+rule it
 stores) and on the real broker by tests/integration/test_delivery_failure.py and tests/chaos.
 """
 

@@ -27,7 +27,8 @@ robinhood/faust#115 (the first record read after a rebalance dropped).
 Acked topics only (the stages' inputs; never compacted here): changelogs keep faust's own
 handling, since compaction leaves real holes in them.
 
-Proved by tests/unit/test_patch_offsets.py (test_fetch_rule_delivers_in_order_and_re_reads,
+Proved by tests/unit/stream_processors/test_patch_offsets.py
+(test_fetch_rule_delivers_in_order_and_re_reads,
 test_fetch_rule_rewinds_on_a_jump_and_skips_the_rest_of_the_batch,
 test_read_offset_means_last_read, test_hand_over_is_awaited_directly_only_when_nothing_can
 _make_it_wait) and on the real broker by tests/integration/test_delivery_failure.py,

@@ -12,7 +12,8 @@ Queues are now emptied only by a resume that ends a suspension (their records pr
 rebalance and are fetched again from the committed offset) and by ``perform_seek`` itself
 (patches.perform_seek), in the same step as the read-offset reset.
 
-Proved by tests/unit/test_patch_offsets.py (test_resume_keeps_queued_records_unless_it_ends
+Proved by tests/unit/stream_processors/test_patch_offsets.py
+(test_resume_keeps_queued_records_unless_it_ends
 _a_suspension) and on the real broker by tests/chaos (kill-workers).
 """
 

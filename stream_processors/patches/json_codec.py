@@ -25,7 +25,8 @@ which switches to orjson whenever orjson is importable) is replaced in faust's c
 (``codecs.register``). No upstream issue: a cost, and the key bytes an orjson switch would
 change.
 
-Proved by tests/unit/test_json_codec.py (keys byte for byte as the standard library wrote
+Proved by tests/unit/stream_processors/test_json_codec.py (keys byte for byte as the standard
+library wrote
 them, any text key, values on orjson, values of the old format, integers past 64 bits, a
 recovered store driving the processor as before) and on the real broker by
 tests/integration/test_reconcile_stage.py (a non-ASCII payment id's changelog key).

@@ -13,7 +13,8 @@ The wrapper refuses any run that does not start at the committed offset, and oth
 faust compute the offset. Its floor where nothing or 0 is committed is set by
 patches.perform_seek (a partition's first offset, or 0).
 
-Proved by tests/unit/test_patch_offsets.py (test_commits_the_run_that_starts_at_the
+Proved by tests/unit/stream_processors/test_patch_offsets.py
+(test_commits_the_run_that_starts_at_the
 _committed_offset, test_never_commits_past_a_record_that_was_not_acknowledged,
 test_stops_at_a_hole_inside_the_run, test_nothing_committed_yet_commits_the_first_run,
 test_a_partition_read_from_its_beginning_commits_only_from_its_first_offset).

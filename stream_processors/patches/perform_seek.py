@@ -29,7 +29,8 @@ reach the streams after it).
   next resume (which would also drop records handed over after the seek; see
   patches.flow_resume).
 
-Proved by tests/unit/test_patch_offsets.py (test_perform_seek_resets_read_offsets_and_drops
+Proved by tests/unit/stream_processors/test_patch_offsets.py
+(test_perform_seek_resets_read_offsets_and_drops
 _what_the_streams_hold, test_perform_seek_keeps_a_zero_floor_that_faust_would_drop,
 test_read_offset_means_last_read) and on the real broker by
 tests/integration/test_delivery_failure.py and tests/chaos.

@@ -19,7 +19,7 @@ not used here) is left to faust. The flush before a commit thus returns only whe
 changelog record of the acknowledged inputs is in aiokafka's accumulator, whose own flush
 then waits for its delivery.
 
-Proved by tests/unit/test_patch_changelog_delivery.py
+Proved by tests/unit/stream_processors/test_patch_changelog_delivery.py
 (test_flush_waits_for_a_slow_hand_over, against test_faust_flush_returns_before_a_slow
 _hand_over) and on the real broker by tests/integration/test_delivery_failure.py
 (test_refused_changelog_record_stops_the_worker_before_the_commit).

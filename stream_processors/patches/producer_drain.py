@@ -20,7 +20,8 @@ order of batches, the idempotent sequence numbers and the muting of a partition 
 batch in flight are all as before, so ordering per key and delivery are unchanged. Only
 how many records share a request changes.
 
-Proved by tests/unit/test_patch_producer_drain.py (aiokafka's own accumulator in memory:
+Proved by tests/unit/stream_processors/test_patch_producer_drain.py (aiokafka's own accumulator in
+memory:
 test_a_ready_batch_takes_the_lingering_batches_of_its_broker against
 test_aiokafka_alone_sends_only_the_ready_batch, muted and ignored brokers, unknown leaders).
 """
@@ -42,7 +43,7 @@ UPSTREAM: Final = (
     "aiokafka.producer.message_accumulator:MessageBatch.remaining_linger",
 )
 
-# aiokafka's own, kept for comparison (tests/unit/test_patch_producer_drain.py).
+# aiokafka's own, kept for comparison (tests/unit/stream_processors/test_patch_producer_drain.py).
 AIOKAFKA_DRAIN = message_accumulator.MessageAccumulator.drain_by_nodes
 
 

@@ -34,7 +34,8 @@ Three gaps, one replacement (``seek_to_committed_or_reset``, installed as faust'
    (settle_input_records_expired_total, alert SettleInputExpired), logs the range and reads
    on from the first offset.
 
-Proved by tests/unit/test_patch_offsets.py (test_partitions_without_a_positive_commit_are_sought
+Proved by tests/unit/stream_processors/test_patch_offsets.py
+(test_partitions_without_a_positive_commit_are_sought
 _explicitly, test_every_lookup_is_made_before_the_first_seek, test_a_commit_below_the_first
 _offset_is_counted_and_read_on_from_there, test_a_failed_first_offset_lookup_floors_the_commit
 _at_zero, test_latest_reset_leaves_uncommitted_partitions_alone) and on the real broker by

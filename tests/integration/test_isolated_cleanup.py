@@ -16,7 +16,7 @@ from infra.registry import registry_client
 from producers.clients import delete_isolated_run
 from schemas import contract
 from schemas.topics import TOPIC_RECORDS, value_subject
-from settle.benchmarks.common import free_port
+from settle.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 from infra.admin import create_topics, delete_topics
 from infra.config import Settings
 from schemas.topics import DAY_MS, TopicSpec
-from settle.benchmarks.common import free_port
+from settle.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 from intervaltree import IntervalTree
 from mode.utils import queues as mode_queues
 
-from settle.chaos import offset_ranges
 from stream_processors.patches import (
     ack,
     drain_messages,
@@ -167,12 +166,6 @@ def test_latest_reset_leaves_uncommitted_partitions_alone() -> None:
     assert consumer.seeks == []
     assert ("beginning_offsets", (TP("in", 0),)) not in consumer.calls
     assert result == {TP("in", 0): None}
-
-
-def test_offset_ranges_group_missing_records_by_partition() -> None:
-    refs = ["p.requested/0/5", "p.requested/0/6", "p.requested/0/9", "p.requested/2/1"]
-    assert offset_ranges(refs) == {"p.requested/0": [[5, 6], [9, 9]], "p.requested/2": [[1, 1]]}
-    assert offset_ranges([]) == {}
 
 
 def test_fetch_rule_delivers_in_order_and_re_reads() -> None:

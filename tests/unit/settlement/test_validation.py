@@ -451,7 +451,7 @@ def test_signature_is_checked_first_and_other_failures_still_reported() -> None:
 
 
 def test_the_readme_lists_every_rejection_reason_code_and_no_other() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text("utf-8")
     section = readme.split("### Rejection reason codes", 1)[1].split("\n### ", 1)[0]
     listed = re.findall(r"^\| `([A-Z_]+)` \|", section, re.M)
     assert len(listed) == len(set(listed))

@@ -12,7 +12,7 @@ from schemas import contract
 from schemas.codec import AvroDeserializer, header
 from schemas.errors import SchemaMismatch
 from schemas.registry import InMemoryRegistry
-from tests.unit.codec_samples import encoder, merchant, requested
+from tests.support.codec_samples import encoder, merchant, requested
 
 
 @pytest.fixture

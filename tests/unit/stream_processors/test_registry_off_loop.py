@@ -12,7 +12,7 @@ from settlement.routing import DEFAULT_RULES, RoutingTable
 from settlement.validation import ValidationPolicy
 from stream_processors.app import registry_off_loop
 from stream_processors.ingest import IngestProcessor, SeenIndex
-from tests.unit.codec_samples import requested
+from tests.support.codec_samples import requested
 
 
 class ThreadNotingRegistry(InMemoryRegistry):

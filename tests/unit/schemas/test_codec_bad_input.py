@@ -27,7 +27,7 @@ from schemas.errors import (
 from schemas.registry import InMemoryRegistry
 from schemas.topics import TOPIC_RECORDS
 from settlement.errors import SettleError
-from tests.unit.codec_samples import (
+from tests.support.codec_samples import (
     LONG_MAX,
     SAMPLES,
     batch,

@@ -21,7 +21,7 @@ import pytest
 
 from stream_processors import patches
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # "module:qualname" -> sha256 of its source, for faust-streaming 0.15.3, mode-streaming 0.7.1,
 # aiokafka 0.14.0.

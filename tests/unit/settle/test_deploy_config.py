@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 PROM_COMPOSE = DEPLOY / "prometheus" / "prometheus.compose.yml"

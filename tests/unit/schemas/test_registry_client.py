@@ -12,7 +12,7 @@ from schemas.codec import AvroDeserializer, AvroSerializer, header
 from schemas.errors import IncompatibleSchema, RegistryUnavailable, UnknownSchemaId
 from schemas.registry import InMemoryRegistry, RegistryClient, register_all
 from schemas.topics import TOPIC_RECORDS
-from tests.unit.codec_samples import merchant
+from tests.support.codec_samples import merchant
 
 
 @pytest.fixture

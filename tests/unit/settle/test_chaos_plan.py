@@ -12,6 +12,7 @@ from settle.chaos import (
     STORM,
     down_services,
     keep_logs,
+    offset_ranges,
     random_plan,
     scenarios,
 )
@@ -82,3 +83,9 @@ def test_down_services_of_a_whole_stack_is_empty() -> None:
     whole = STATUS.replace("down      -        127.0.0.1:18081", "up        14825    "
                            "127.0.0.1:18081").replace("unhealthy", "up       ")
     assert down_services(whole) == []
+
+
+def test_offset_ranges_group_missing_records_by_partition() -> None:
+    refs = ["p.requested/0/5", "p.requested/0/6", "p.requested/0/9", "p.requested/2/1"]
+    assert offset_ranges(refs) == {"p.requested/0": [[5, 6], [9, 9]], "p.requested/2": [[1, 1]]}
+    assert offset_ranges([]) == {}

@@ -13,7 +13,7 @@ from schemas.codec import AvroDeserializer, AvroSerializer, from_epoch_ms, heade
 from schemas.errors import RegistryError, SchemaError
 from schemas.registry import InMemoryRegistry
 from schemas.topics import TOPIC_RECORDS
-from tests.unit.codec_samples import (
+from tests.support.codec_samples import (
     SAMPLES,
     T0,
     as_ms,

@@ -11,8 +11,8 @@ from schemas import codec
 from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch, header
 from schemas.errors import RegistryUnavailable, UnknownSchemaId
 from schemas.registry import InMemoryRegistry
-from tests.unit.codec_samples import encoder, rejected, requested
-from tests.unit.test_reconcile_processor import FlakyRegistry
+from tests.support.codec_samples import encoder, rejected, requested
+from tests.unit.stream_processors.test_reconcile_processor import FlakyRegistry
 
 
 @pytest.fixture
