@@ -61,7 +61,8 @@ def base_app(app_id: str, settings: Settings, ps: ProcessorSettings) -> faust.Ap
     patches were verified against.
     """
     # Every framework patch (offsets, fetch loop, per-broker drain, fetch size, table JSON,
-    # changelog delivery), after checking the upstream versions: stream_processors/patches.
+    # changelog delivery, the commit's flush), after checking the upstream versions:
+    # stream_processors/patches.
     install_patches()
     kafka = settings.kafka
     (ps.data_dir / app_id).mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def scenarios(seed: int = 11) -> dict[str, Plan]:
                                        registry_down_at_start_s=12.0),
         # Two validate workers that start while the registry is down, then a rebalance: what
         # seed 1 of `settle chaos` does first (its validate partitions are sought back to the
-        # beginning after records were already fetched; see faust_fixes, "Seventh").
+        # beginning after records were already fetched; see docs/framework-patches.md, 2 and 4).
         "registry-down-at-start-two-workers": Plan(
             "registry-down-at-start-two-workers", seed=seed + 9, registry_down_at_start_s=12.0,
             faults=(Fault(6, REBALANCE, "validate", hold_s=3),)),

@@ -12,8 +12,9 @@ validate worker spent 2.6 ms of CPU per record, against 0.56 ms draining a backl
 Here the broker holds a fetch until ``fetch_min_bytes`` are there or ``fetch_max_wait_ms``
 has passed, whichever comes first. With a backlog the minimum is met at once and nothing
 changes; at a trickle each fetch waits up to the maximum and carries what came meanwhile.
-Measured end to end (README, 2026-12-03): at 250 payments/s p50 went from 3.5-6.4 s to
-about 0.4 s and p99 from 4.7-10.5 s to 0.73-0.76 s in two runs of three (1.44 s in one).
+Measured end to end (docs/performance.md, 2026-12-03): at 250 payments/s p50 went from
+3.5-6.4 s to about 0.4 s and p99 from 4.7-10.5 s to 0.73-0.76 s in two runs of three (1.44 s
+in one).
 
 The values come from ``KafkaSettings`` (``SETTLE_STAGE_FETCH_MIN_BYTES``,
 ``SETTLE_STAGE_FETCH_MAX_WAIT_MS``), set on the app as ``settle_fetch``; an app without it

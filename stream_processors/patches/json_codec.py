@@ -5,7 +5,7 @@ serialized with faust's "json" codec, keys and values alike (faust picks it for 
 key and value types are not models, whatever the app's serializers say). Its stock codec runs
 the standard library's encoder with faust's encoder class, a fresh encoder object per call:
 about 9 µs for a reconcile state of 1 KB and 15 % of the reconcile worker's samples under
-py-spy. orjson does the same in about 1.5 µs (README, *Performance*).
+py-spy. orjson does the same in about 1.5 µs (docs/performance.md).
 
 faust would pick orjson up by itself once it is installed, for keys too. That would change
 the bytes of any key that is not plain ASCII: the standard library writes ``"\\u00e9"``,
