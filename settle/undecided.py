@@ -170,13 +170,11 @@ class RoutedTail:
         """Read up to ``ends`` (the routed partitions' end offsets, read by the caller in one
         admin request: a consumer asks per partition) or the time budget; records read.
 
-        Kafka errors propagate, and the next read starts again from ``next_offsets``.
+        Kafka errors propagate, and the next read starts again from ``next_offsets`` with
+        the same consumer (a librdkafka consumer recovers by itself; closing and making one
+        per failed read only adds work for a cluster that is already in trouble).
         """
-        try:
-            return self._read(ends)
-        except Exception:
-            self.close()
-            raise
+        return self._read(ends)
 
     def _read(self, end_offsets: Mapping[TopicPartitionKey, int]) -> int:
         if self._consumer is None:
@@ -217,6 +215,10 @@ class RoutedTail:
         unknown = [TopicPartition(t, p, since_ms) for t, p in new
                    if (t, p) not in self.next_offsets]
         if unknown:
+            # A new consumer knows no leaders yet, and a ListOffsets sent before it does is
+            # refused (NOT_LEADER_FOR_PARTITION) on every try: ask for the metadata first.
+            for topic in sorted({t for t, _p in new}):
+                consumer.list_topics(topic, timeout=10)
             for tp in consumer.offsets_for_times(unknown, timeout=10):
                 # -1: no record at or after that time, so start at the end
                 self.next_offsets[(tp.topic, tp.partition)] = (
