@@ -25,7 +25,7 @@ from sinks.offsets import load_offsets, save_offsets
 from sinks.offsets_consumer import OffsetsConsumer
 from sinks.options import SinkOptions
 from sinks.settlement_sink import SettlementWriter
-from tests.integration.test_sinks import FEES, Topics, batch, publish, result, run_sink
+from tests.support.sinks import FEES, Topics, batch, publish, result, run_sink
 
 pytestmark = pytest.mark.integration
 

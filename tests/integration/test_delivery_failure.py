@@ -17,14 +17,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from infra.admin import admin_client, create_topics, delete_topics
+from infra.admin import admin_client, delete_topics
 from infra.config import Settings
 from infra.kafka import make_consumer
 from infra.registry import registry_client
@@ -32,17 +30,9 @@ from producers.producer import AvroProducer
 from schemas.topics import TopicNames
 from settle.audit_ingest import read_topic
 from stream_processors.delivery import EXIT_SEND_FAILED
-from tests.integration.test_ingest_stage import now_ms, payment, start_worker, stop
+from tests.support.stages import Publisher, _committed, now_ms, payment, start_worker, stop
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def prefix(stack: Settings) -> Iterator[str]:
-    p = f"t{uuid.uuid4().hex[:8]}."
-    create_topics(stack.kafka, name_prefix=p)
-    yield p
-    delete_topics(stack.kafka, TopicNames(p).all)
 
 
 def _set_max_message_bytes(stack: Settings, topic: str, value: int) -> None:
@@ -52,14 +42,6 @@ def _set_max_message_bytes(stack: Settings, topic: str, value: int) -> None:
     admin = admin_client(stack.kafka)  # keep it alive until the futures resolve
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
-
-
-def _committed(stack: Settings, group: str, topic: str) -> dict[int, int]:
-    admin = admin_client(stack.kafka)
-    result = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group)])[group].result(timeout=30)
-    return {tp.partition: tp.offset for tp in result.topic_partitions or []
-            if tp.topic == topic and tp.offset >= 0}
 
 
 def test_refused_output_stops_the_worker_before_the_commit(
@@ -253,8 +235,6 @@ def test_reconcile_resends_results_lost_with_a_crash_after_its_state_changed(
     it): then the re-read tick decides MISSING again. So the missing payment's channel keeps
     the short SLA in every phase, and either way it must be published once.
     """
-    from tests.integration.test_reconcile_stage import Publisher
-
     topics = TopicNames(prefix)
     run = uuid.uuid4().hex[:6]
     missing, matched = f"missing-{run}", f"matched-{run}"

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.admin import create_topics, delete_topics
 from infra.config import Settings
 from infra.kafka import make_consumer
 from infra.keyring import load_keyring
@@ -25,53 +22,12 @@ from schemas.topics import TopicNames
 from settle.audit_ingest import audit_ingest, read_topic
 from settlement.model import PaymentRequest
 from settlement.signing import SigningKey, sign
+from tests.support.stages import now_ms, payment, start_worker, stop
 
 pytestmark = pytest.mark.integration
 
 WORKER_START_TIMEOUT_S = 90
 DRAIN_TIMEOUT_S = 90
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@pytest.fixture()
-def prefix(stack: Settings) -> Iterator[str]:
-    p = f"t{uuid.uuid4().hex[:8]}."
-    create_topics(stack.kafka, name_prefix=p)
-    yield p
-    delete_topics(stack.kafka, TopicNames(p).all)
-
-
-def start_worker(prefix: str, log_path: str, merchants_wait_s: int = 30,
-                 loglevel: str = "warning", **extra_env: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SETTLE_TOPIC_PREFIX": prefix,
-           "SETTLE_MERCHANTS_WAIT_S": str(merchants_wait_s), **extra_env}
-    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
-    return subprocess.Popen(
-        [sys.executable, "-m", "settle.cli", "worker", "validate", "--loglevel", loglevel],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def payment(pid: str, **over: Any) -> dict[str, Any]:
-    rec = {
-        "payment_id": pid, "merchant_id": "m-ok", "order_id": f"o-{pid}", "payer_id": "u",
-        "amount_minor": 2500, "currency": "CNY", "method": "ALIPAY", "interface": "H5",
-        "region": "CN", "created_at": now_ms(), "metadata": {"k": "v"},
-    }
-    rec.update(over)
-    return rec
 
 
 def test_mixed_batch_is_fully_accounted_for(stack: Settings, prefix: str, tmp_path) -> None:

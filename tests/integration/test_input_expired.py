@@ -24,14 +24,7 @@ from infra.registry import registry_client
 from producers.producer import AvroProducer
 from schemas.topics import TopicNames
 from settle.audit_ingest import read_topic
-from tests.integration.test_delivery_failure import _committed
-from tests.integration.test_ingest_stage import (  # noqa: F401 - prefix is a fixture
-    now_ms,
-    payment,
-    prefix,
-    start_worker,
-    stop,
-)
+from tests.support.stages import _committed, now_ms, payment, start_worker, stop
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +40,7 @@ def _routed_keys(stack: Settings, topics: TopicNames) -> list[bytes | None]:
 
 
 def test_inputs_deleted_before_processing_are_counted_and_read_past(
-        stack: Settings, prefix: str, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+        stack: Settings, prefix: str, tmp_path: Path) -> None:
     topics = TopicNames(prefix)
     group = f"{prefix}settle-validate"
     registry = registry_client(stack)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,98 +13,17 @@ from typing import Any
 import pytest
 
 from infra.admin import admin_client, create_topics, delete_topics
-from infra.config import REPO_ROOT, Settings
-from infra.kafka import make_consumer, make_producer
+from infra.config import Settings
+from infra.kafka import make_consumer
 from infra.registry import registry_client
-from schemas.codec import AvroDeserializer, AvroSerializer
 from schemas.topics import TopicNames
+from tests.support.stages import READY_TIMEOUT_S, Publisher, Topics, Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SLA_MS = 6_000
 GRACE_MS = 6_000
 WINDOW_S, WINDOW_GRACE_S = 10, 3
-READY_TIMEOUT_S = 90.0
-
-WORKER = """
-import sys
-import faust
-from infra import config
-from infra.registry import registry_client
-from stream_processors import stages
-s = config.load()
-ps = s.processor
-make = {"reconcile": stages.make_reconcile_app, "settle": stages.make_settle_app}[sys.argv[1]]
-app = make(s, ps, registry_client(s))
-faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
-"""
-
-
-class Worker:
-    """One stage as a subprocess; its log is kept for the failure message."""
-
-    def __init__(self, stage: str, env: dict[str, str], log_path: Path) -> None:
-        self.stage = stage
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, stage],
-            cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def log_text(self) -> str:
-        return self.log_path.read_text("utf-8", "replace")
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if "[^Worker]: Ready" in self.log_text():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        pytest.fail(f"{self.stage} worker not ready:\n{self.log_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
-class Topics:
-    """Reads a prefixed topic from the beginning, decoding Avro values."""
-
-    def __init__(self, settings: Settings, registry: Any) -> None:
-        self._settings = settings
-        self._decoder = AvroDeserializer(registry)
-        self._consumers: dict[str, Any] = {}
-        self.records: dict[str, list[dict[str, Any]]] = {}
-
-    def poll_until(
-        self, topic: str, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float
-    ) -> list[dict[str, Any]]:
-        consumer = self._consumers.get(topic)
-        if consumer is None:
-            consumer = make_consumer(self._settings.kafka, f"it-read-{uuid.uuid4()}")
-            consumer.subscribe([topic])
-            self._consumers[topic] = consumer
-        records = self.records.setdefault(topic, [])
-        deadline = time.monotonic() + timeout_s
-        while not done(records) and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is not None and msg.error() is None:
-                records.append({**self._decoder.decode(msg.value()), "_key": msg.key()})
-        return records
-
-    def close(self) -> None:
-        for consumer in self._consumers.values():
-            consumer.close()
-
 
 @pytest.fixture()
 def pipeline(stack: Settings, tmp_path: Path) -> Iterator[tuple[TopicNames, Settings]]:
@@ -134,42 +51,6 @@ def pipeline(stack: Settings, tmp_path: Path) -> Iterator[tuple[TopicNames, Sett
             worker.stop()
         names = admin_client(stack.kafka).list_topics(timeout=15).topics
         delete_topics(stack.kafka, [n for n in names if n.startswith(prefix)])
-
-
-class Publisher:
-    def __init__(self, settings: Settings, registry: Any, topics: TopicNames) -> None:
-        self.topics = topics
-        self.producer = make_producer(settings.kafka, "it-reconcile")
-        self.routed_ser = {
-            ch: AvroSerializer(registry, topics.routed(ch), "RoutedPayment")
-            for ch in topics.channels
-        }
-        self.conf_ser = AvroSerializer(registry, topics.confirmations, "ChannelConfirmation")
-
-    def routed(self, pid: str, merchant: str, channel: str, amount: int) -> None:
-        now = time.time_ns() // 1_000_000
-        rec = {
-            "payment_id": pid, "merchant_id": merchant, "order_id": f"o-{pid}",
-            "payer_id": "u-1", "amount_minor": amount, "currency": "CNY", "method": "ALIPAY",
-            "interface": "APP", "region": "CN", "created_at": now - 100, "metadata": {},
-            "channel": channel.upper(), "rule_id": "it", "routed_at": now,
-        }
-        self.producer.produce(self.topics.routed(channel), key=pid.encode(),
-                              value=self.routed_ser[channel].encode(rec))
-
-    def confirm(self, pid: str, cid: str, channel: str, amount: int, currency: str = "CNY",
-                status: str = "SUCCEEDED") -> None:
-        rec = {
-            "confirmation_id": cid, "channel": channel.upper(), "channel_txn_id": f"t-{cid}",
-            "payment_id": pid, "status": status, "amount_minor": amount, "currency": currency,
-            "confirmed_at": time.time_ns() // 1_000_000,
-            "decline_code": "NSF" if status == "FAILED" else None,
-        }
-        self.producer.produce(self.topics.confirmations, key=pid.encode(),
-                              value=self.conf_ser.encode(rec))
-
-    def flush(self) -> None:
-        assert self.producer.flush(15) == 0
 
 
 def test_reconcile_and_settle_on_the_real_stack(

@@ -22,7 +22,7 @@ from schemas.codec import AvroSerializer
 from schemas.topics import TopicNames
 from settlement.windows import SHANGHAI_MIDNIGHT_ORIGIN_MS, WindowPolicy, window_for
 from stream_processors.settle_stage import ITEM_KEY_SEP
-from tests.integration.test_reconcile_stage import READY_TIMEOUT_S, Topics, Worker
+from tests.support.stages import READY_TIMEOUT_S, Topics, Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

@@ -12,7 +12,7 @@ from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch, he
 from schemas.errors import RegistryUnavailable, UnknownSchemaId
 from schemas.registry import InMemoryRegistry
 from tests.support.codec_samples import encoder, rejected, requested
-from tests.unit.stream_processors.test_reconcile_processor import FlakyRegistry
+from tests.support.reconcile import FlakyRegistry
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from stream_processors.patches import json_codec
 from stream_processors.patches.json_codec import TableJson, install, stdlib_dumps
-from tests.unit.stream_processors.test_reconcile_processor import Harness
+from tests.support.reconcile import Harness
 
 CODEC = TableJson()
 

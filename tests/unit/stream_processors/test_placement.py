@@ -27,7 +27,7 @@ from stream_processors.ingest import (
 )
 from stream_processors.placement import ORIGIN_HEADER, Origin, Placement, PlacementError
 from stream_processors.reconcile import APPLIED, ReconcileProcessor
-from tests.unit.stream_processors.test_ingest_processor import KEYRING, MERCHANTS, NOW_MS, request
+from tests.support.ingest import KEYRING, MERCHANTS, NOW_MS, request
 
 TOPICS = TopicNames()
 N = 4
