@@ -79,9 +79,9 @@ class Placement:
         target = self.target(payment_id)
         return None if target == partition else target
 
-    def move(self, payment_id: str, value: bytes | None, origin: Origin, target: int) -> Output:
+    def move(self, payment_id: str, value: bytes, origin: Origin, target: int) -> Output:
         """The original bytes, keyed by payment_id, to `target` of the placement topic."""
-        return Output(self.topic, payment_id.encode(), value if value is not None else b"",
+        return Output(self.topic, payment_id.encode(), value,
                       ((ORIGIN_HEADER, origin.ref.encode()),), partition=target)
 
     @staticmethod

@@ -61,7 +61,7 @@ def _reachable(host_port: str, timeout_s: float = 2.0) -> bool:
 
 @pytest.fixture(scope="session")
 def stack(_services: config.Settings) -> Iterator[config.Settings]:
-    """The real stack with a fresh, migrated database of this session's own."""
+    """The real stack with a fresh, migrated database of this test run's own."""
     from sinks.db import connect, drop_database
     from sinks.migrate import migrate
 
