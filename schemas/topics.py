@@ -23,6 +23,11 @@ TOPIC_RECORDS: Final = MappingProxyType(
         "reconciliation.results": "ReconciliationResult",
         "settlements.batches": "SettlementBatch",
         "merchants": "Merchant",
+        "refunds.requested": "RefundRequested",
+        "refunds.rejected": "RefundRejected",
+        "refunds.routed": "RoutedRefund",
+        "channel.refund_confirmations": "ChannelRefundConfirmation",
+        "refunds.results": "RefundResult",
     }
 )
 
@@ -43,6 +48,13 @@ CHANNEL_CONFIRMATIONS = "channel.confirmations"
 RECONCILIATION_RESULTS = "reconciliation.results"
 SETTLEMENTS_BATCHES = "settlements.batches"
 MERCHANTS = "merchants"
+REFUNDS_REQUESTED = "refunds.requested"
+REFUNDS_REJECTED = "refunds.rejected"
+# One routed topic for every channel, the channel in the record (refunds are few beside
+# payments; a channel's adapter filters on the field).
+REFUNDS_ROUTED = "refunds.routed"
+REFUND_CONFIRMATIONS = "channel.refund_confirmations"
+REFUND_RESULTS = "refunds.results"
 
 
 def routed_topic(channel: str) -> str:
@@ -102,6 +114,13 @@ CONTRACT: tuple[TopicSpec, ...] = (
     *(TopicSpec(t, retention_ms=7 * DAY_MS) for t in ROUTED_TOPICS),
     TopicSpec(CHANNEL_CONFIRMATIONS, retention_ms=7 * DAY_MS, external=True),
     TopicSpec(RECONCILIATION_RESULTS, retention_ms=30 * DAY_MS),
+    # Money back: keyed by payment_id like the payment's own topics, so every decision about
+    # one payment's refunds is made in the partition that holds its reconciled state.
+    TopicSpec(REFUNDS_REQUESTED, retention_ms=7 * DAY_MS, external=True),
+    TopicSpec(REFUNDS_REJECTED, retention_ms=30 * DAY_MS),
+    TopicSpec(REFUNDS_ROUTED, retention_ms=7 * DAY_MS),
+    TopicSpec(REFUND_CONFIRMATIONS, retention_ms=7 * DAY_MS, external=True),
+    TopicSpec(REFUND_RESULTS, retention_ms=30 * DAY_MS),
     # Keyed by batch_id, not payment_id, so it need not be co-partitioned.
     TopicSpec(SETTLEMENTS_BATCHES, retention_ms=90 * DAY_MS, copartitioned=False),
     # Compacted: the latest Merchant record per merchant_id is the merchant's state.
@@ -156,6 +175,26 @@ class TopicNames:
     @property
     def merchants(self) -> str:
         return self.prefix + MERCHANTS
+
+    @property
+    def refunds_requested(self) -> str:
+        return self.prefix + REFUNDS_REQUESTED
+
+    @property
+    def refunds_rejected(self) -> str:
+        return self.prefix + REFUNDS_REJECTED
+
+    @property
+    def refunds_routed(self) -> str:
+        return self.prefix + REFUNDS_ROUTED
+
+    @property
+    def refund_confirmations(self) -> str:
+        return self.prefix + REFUND_CONFIRMATIONS
+
+    @property
+    def refund_results(self) -> str:
+        return self.prefix + REFUND_RESULTS
 
     def routed(self, channel: str) -> str:
         return self.prefix + routed_topic(channel)

@@ -130,6 +130,108 @@ def batch(**overrides: Any) -> dict[str, Any]:
     return record | overrides
 
 
+def refund_item(payment_id: str, refund_id: str, amount: int, fee_back: int) -> dict[str, Any]:
+    return {
+        "payment_id": payment_id,
+        "gross_minor": -amount,
+        "fee_minor": -fee_back,
+        "net_minor": fee_back - amount,
+        "matched_at": T0,
+        "kind": "REFUND",
+        "item_id": f"{payment_id}/{refund_id}",
+    }
+
+
+def refund_requested(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "refund_id": "rf-1",
+        "payment_id": "pay-1",
+        "merchant_id": "m-1",
+        "amount_minor": 500,
+        "currency": "CNY",
+        "reason": "退货 return",
+        "requested_at": T0,
+        "metadata": {"ticket": "T-9"},
+        "signature_key_id": "k-1",
+        "signature": "ab" * 32,
+    }
+    return record | overrides
+
+
+def refund_rejected(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "refund_id": "rf-1",
+        "payment_id": "pay-1",
+        "merchant_id": "m-1",
+        "reasons": [{"code": "REFUND_EXCEEDS_REFUNDABLE", "detail": "500 > 0"}],
+        "request": refund_requested(),
+        "rejected_at": T0,
+    }
+    return record | overrides
+
+
+def routed_refund(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "refund_id": "rf-1",
+        "payment_id": "pay-1",
+        "merchant_id": "m-1",
+        "order_id": "o-1",
+        "channel": "WECHAT_PAY",
+        "channel_txn_id": "t-1",
+        "amount_minor": 500,
+        "currency": "CNY",
+        "reason": None,
+        "requested_at": T0,
+        "routed_at": T0 + 7,
+    }
+    return record | overrides
+
+
+def refund_confirmation(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "confirmation_id": "rc-1",
+        "channel": "CARD",
+        "refund_id": "rf-1",
+        "payment_id": "pay-1",
+        "channel_refund_id": "cr-1",
+        "status": "SUCCEEDED",
+        "amount_minor": 500,
+        "currency": "KWD",
+        "confirmed_at": T0,
+        "decline_code": None,
+    }
+    return record | overrides
+
+
+def refund_result(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "result_id": "pay-1/rf-1:MATCHED:rc-1",
+        "refund_id": "rf-1",
+        "payment_id": "pay-1",
+        "merchant_id": "m-1",
+        "order_id": "o-1",
+        "channel": "CARD",
+        "outcome": "MATCHED",
+        "terminal": True,
+        "late": False,
+        "amount_minor": 500,
+        "currency": "KWD",
+        "confirmed_amount_minor": 500,
+        "confirmed_currency": "KWD",
+        "confirmation_id": "rc-1",
+        "channel_refund_id": "cr-1",
+        "fee_returned_minor": 3,
+        "net_minor": 497,
+        "captured_minor": 1000,
+        "refunded_minor": 500,
+        "refundable_minor": 500,
+        "requested_at": T0,
+        "decided_at": T0 + 9,
+        "detail": "",
+    }
+    return record | overrides
+
+
 def dead_letter(**overrides: Any) -> dict[str, Any]:
     record = {
         "source_topic": "payments.requested",
@@ -230,7 +332,31 @@ SAMPLES: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
     ("SettlementBatch", batch(), None),
     (
         "SettlementBatch",
+        batch(payment_count=1, refund_count=1, gross_minor=-400, fee_minor=-3, net_minor=-397,
+              items=[item("p1", 100, 1) | {"kind": "PAYMENT", "item_id": "p1"},
+                     refund_item("p0", "r1", 500, 4)],
+              carried_in_minor=-10, payout_minor=0, carried_out_minor=-407),
+        None,
+    ),
+    (
+        "SettlementBatch",
         batch(currency="CNY", payment_count=0, gross_minor=0, fee_minor=0, net_minor=0, items=[]),
+        None,
+    ),
+    ("RefundRequested", refund_requested(), None),
+    (
+        "RefundRequested",
+        without(refund_requested(), "reason", "metadata", "signature_key_id", "signature"),
+        refund_requested(reason=None, metadata={}, signature_key_id=None, signature=None),
+    ),
+    ("RefundRejected", refund_rejected(), None),
+    ("RoutedRefund", routed_refund(), None),
+    ("ChannelRefundConfirmation", refund_confirmation(status="FAILED", decline_code="05"), None),
+    ("RefundResult", refund_result(), None),
+    (
+        "RefundResult",
+        refund_result(outcome="DECLINED", fee_returned_minor=None, net_minor=None,
+                      amount_minor=LONG_MAX),
         None,
     ),
     ("DeadLetter", dead_letter(), None),
