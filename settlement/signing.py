@@ -18,6 +18,17 @@ signature is bound to the key that made it.
 
 signature = lowercase hex of HMAC-SHA256(secret, canonical) (64 characters).
 
+Canonical form refund-v1 (refund requests, same netstring and signature):
+
+    canonical    = netstring("refund-v1") + netstring(signature_key_id)
+                   + netstring(refund_id) + netstring(payment_id) + netstring(merchant_id)
+                   + netstring(str(amount_minor)) + netstring(currency)
+                   + netstring(str(requested_at_ms)) + netstring(str(len(metadata)))
+                   + netstring(key_1) + netstring(value_1) + ... (metadata sorted by key)
+
+The reason is not signed. The version string differs from v1's, so a payment signature can
+never pass as a refund signature or the other way round.
+
 Keys: a keyring maps key_id -> (merchant_id, secret, status, created_at_ms). A merchant signs
 with its newest ACTIVE key; a RETIRED key still verifies until it is removed from the keyring,
 so requests signed just before a rotation are not lost. Removing a key revokes it.
@@ -29,18 +40,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
 from settlement.errors import DomainError
 from settlement.model import PaymentRequest
+from settlement.refund_model import RefundRequest
 
 __all__ = [
     "KEY_ACTIVE",
     "KEY_RETIRED",
     "KEY_STATUSES",
+    "REFUND_SIGNATURE_VERSION",
     "SECRET_BYTES_MIN",
     "SIGNATURE_INVALID",
     "SIGNATURE_KEY_MERCHANT_MISMATCH",
@@ -54,11 +67,15 @@ __all__ = [
     "SignatureFailure",
     "SigningKey",
     "canonical_form",
+    "refund_canonical_form",
     "sign",
+    "sign_refund",
     "verify",
+    "verify_refund",
 ]
 
 SIGNATURE_VERSION: Final = "v1"
+REFUND_SIGNATURE_VERSION: Final = "refund-v1"
 SECRET_BYTES_MIN: Final = 32
 
 KEY_ACTIVE: Final = "active"
@@ -79,6 +96,8 @@ _TEXT_FIELDS: Final = (
     "region",
 )
 _INT_FIELDS: Final = ("amount_minor", "created_at_ms")
+_REFUND_TEXT_FIELDS: Final = ("refund_id", "payment_id", "merchant_id", "currency")
+_REFUND_INT_FIELDS: Final = ("amount_minor", "requested_at_ms")
 _KEY_ID_CHARS_MAX: Final = 128
 
 
@@ -314,7 +333,66 @@ def verify(request: PaymentRequest, keyring: Keyring) -> SignatureFailure | None
     belongs to another merchant), SIGNATURE_INVALID (wrong signature, or fields that cannot be
     put in canonical form). Never raises on bad request data.
     """
-    key_id, given = request.signature_key_id, request.signature
+    return _verify(request.signature_key_id, request.signature, request.merchant_id, keyring,
+                   lambda key_id: canonical_form(request, key_id))
+
+
+def refund_canonical_form(request: RefundRequest, key_id: str) -> bytes:
+    """The bytes a refund request's signature covers (refund-v1, see the module docstring);
+    raises NotSignable on bad types."""
+    try:
+        return _refund_canonical_form(request, key_id)
+    except UnicodeEncodeError as exc:
+        raise NotSignable(f"text not encodable as UTF-8: {exc.reason}") from exc
+
+
+def _refund_canonical_form(request: RefundRequest, key_id: str) -> bytes:
+    if not isinstance(key_id, str):
+        raise NotSignable("signature_key_id must be text")
+    r = request
+    texts = (r.refund_id, r.payment_id, r.merchant_id, r.currency)
+    for name, value in zip(_REFUND_TEXT_FIELDS, texts, strict=True):
+        if not isinstance(value, str):
+            raise NotSignable(f"{name} must be text")
+    for name, number in zip(_REFUND_INT_FIELDS, (r.amount_minor, r.requested_at_ms),
+                            strict=True):
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise NotSignable(f"{name} must be an int")
+    items = list(r.metadata.items())
+    for key, value in items:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise NotSignable("metadata must map text to text")
+    items.sort()
+    fields = [REFUND_SIGNATURE_VERSION, key_id, r.refund_id, r.payment_id, r.merchant_id,
+              str(r.amount_minor), r.currency, str(r.requested_at_ms), str(len(items))]
+    for key, value in items:
+        fields.append(key)
+        fields.append(value)
+    return b"".join(_netstring(text) for text in fields)
+
+
+def _netstring(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return b"%d:%s," % (len(data), data)
+
+
+def sign_refund(request: RefundRequest, key: SigningKey) -> str:
+    """Lowercase hex HMAC-SHA256 of the refund request's refund-v1 canonical form under `key`."""
+    return hmac.digest(key.secret, refund_canonical_form(request, key.key_id),
+                       hashlib.sha256).hex()
+
+
+def verify_refund(request: RefundRequest, keyring: Keyring) -> SignatureFailure | None:
+    """verify() for refund requests: the same failure codes in the same order, over the
+    refund-v1 canonical form. Never raises on bad request data."""
+    return _verify(request.signature_key_id, request.signature, request.merchant_id, keyring,
+                   lambda key_id: refund_canonical_form(request, key_id))
+
+
+def _verify(
+    key_id: object, given: object, merchant_id: object, keyring: Keyring,
+    canonical: Callable[[str], bytes],
+) -> SignatureFailure | None:
     if not key_id or not given:
         missing = [name for name, value in (("signature_key_id", key_id), ("signature", given))
                    if not value]
@@ -324,14 +402,14 @@ def verify(request: PaymentRequest, keyring: Keyring) -> SignatureFailure | None
     key = keyring.get(key_id)
     if key is None:
         return SignatureFailure(SIGNATURE_KEY_UNKNOWN, f"signature_key_id {_shown(key_id)}")
-    if key.merchant_id != request.merchant_id:
+    if key.merchant_id != merchant_id:
         return SignatureFailure(
             SIGNATURE_KEY_MERCHANT_MISMATCH,
-            f"key {_shown(key_id)} does not belong to merchant_id {_shown(request.merchant_id)}",
+            f"key {_shown(key_id)} does not belong to merchant_id {_shown(merchant_id)}",
         )
     try:
         mac = keyring._macs[key_id].copy()
-        mac.update(canonical_form(request, key.key_id))
+        mac.update(canonical(key.key_id))
         expected = mac.hexdigest()  # what sign(request, key) returns
     except NotSignable as exc:
         return SignatureFailure(SIGNATURE_INVALID, f"request cannot be canonicalised: {exc}")
