@@ -145,10 +145,10 @@ class RefundPolicy:
         if isinstance(self.retain_ms, bool) or not isinstance(self.retain_ms, int) \
                 or self.retain_ms < 0:
             raise RefundError(f"RefundPolicy retain_ms must be an int >= 0: {self.retain_ms!r}")
-        for name, value in {"fee_policy": self.fee_policy,
-                            **self.fee_policy_by_channel}.items():
-            if value not in FEE_POLICIES:
-                raise RefundError(f"RefundPolicy fee policy {name}={value!r}: "
+        for name, fee_policy in {"fee_policy": self.fee_policy,
+                                 **self.fee_policy_by_channel}.items():
+            if fee_policy not in FEE_POLICIES:
+                raise RefundError(f"RefundPolicy fee policy {name}={fee_policy!r}: "
                                   f"one of {sorted(FEE_POLICIES)}")
 
     def max_refunds_for(self, channel: str) -> int:
@@ -420,9 +420,10 @@ def decide_request(
     if not valid_refund_id(request.refund_id):
         reasons.append(Rejection(REFUND_ID_INVALID, f"refund_id {request.refund_id!r}: 1-128 "
                                  "characters of A-Z a-z 0-9 . _ : -"))
-    amount = request.amount_minor
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        reasons.append(Rejection(AMOUNT_NOT_POSITIVE, f"amount_minor {amount!r} must be > 0"))
+    asked = request.amount_minor
+    amount: int | None = asked
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked <= 0:
+        reasons.append(Rejection(AMOUNT_NOT_POSITIVE, f"amount_minor {asked!r} must be > 0"))
         amount = None
     if book is None:
         if payment_known:
