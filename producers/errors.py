@@ -40,6 +40,14 @@ class MerchantFileError(ProducerError):
         self.problems = problems or []
 
 
+class RefundFileError(ProducerError):
+    """A refunds file or refund request is invalid; ``problems`` names each by line."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
 class SimulatorConfigError(ProducerError):
     """A simulator was given settings no run can satisfy (ratios above 1, no merchants...)."""
 

@@ -18,7 +18,7 @@ from producers import metrics
 from producers.errors import DeliveryFailed, ProducerClosed, StillQueued
 from producers.signing import RequestSigner
 from schemas.codec import AvroSerializer
-from schemas.topics import TOPIC_RECORDS
+from schemas.topics import REFUNDS_REQUESTED, TOPIC_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ STALL_CHECK_BACKOFF_S = 5.0
 # (at most the stall time itself): after a restart the client needs seconds to catch up.
 STALL_GRACE_S = 10.0
 
-# The record type whose values carry a merchant signature.
+# The record types whose values carry a merchant signature.
 SIGNED_RECORD = "PaymentRequested"
+SIGNED_REFUND_RECORD = "RefundRequested"
 
 
 def leaders_present(leaders: Sequence[int] | None) -> bool:
@@ -97,12 +98,13 @@ class AvroProducer:
     new one in their order; records in flight finish on the old one. A queued record may be
     a retry of a request whose answer was lost, so a re-sent record can land twice: payment
     requests and confirmations are deduplicated by payment_id downstream. ``replacements``
-    and ``resent`` count what the watch did.
+    and ``resent`` count what the watch did. Refund requests are deduplicated by
+    (payment_id, refund_id) downstream the same way.
 
-    Every PaymentRequested record is signed by ``signer`` before encoding (see
-    producers.signing). By default the signer comes from SETTLE_SIGNING_KEYRING, loaded on
-    the first payment request (so a producer of other records never needs a keyring); None
-    sends payment requests as given.
+    Every PaymentRequested and RefundRequested record is signed by ``signer`` before encoding
+    (canonical forms v1 and refund-v1, see producers.signing). By default the signer comes
+    from SETTLE_SIGNING_KEYRING, loaded on the first request (so a producer of other records
+    never needs a keyring); None sends requests as given.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class AvroProducer:
         self._registry = registry
         self._serializers: dict[str, AvroSerializer] = {}
         self._signed_topics: set[str] = set()
+        self._signed_refund_topics: set[str] = set()
         self._signer = signer
         self._on_delivery = on_delivery
         self._failures: list[DeliveryReport] = []
@@ -152,6 +155,8 @@ class AvroProducer:
             self._serializers[topic] = ser
             if record == SIGNED_RECORD:
                 self._signed_topics.add(topic)
+            elif record == SIGNED_REFUND_RECORD:
+                self._signed_refund_topics.add(topic)
         return ser
 
     def _request_signer(self) -> RequestSigner | None:
@@ -211,8 +216,17 @@ class AvroProducer:
             signer = self._request_signer()
             if signer is not None:
                 record = signer.sign_record(record)
+        elif topic in self._signed_refund_topics:
+            signer = self._request_signer()
+            if signer is not None:
+                record = signer.sign_refund_record(record)
         value = serializer.encode(dict(record))
         self.send_raw(topic, key.encode("utf-8"), value, headers)
+
+    def send_refund(self, record: Mapping[str, Any], topic: str = REFUNDS_REQUESTED,
+                    headers: Mapping[str, str] | None = None) -> None:
+        """Sign (refund-v1) and enqueue a RefundRequested record, keyed by its payment_id."""
+        self.send(topic, str(record["payment_id"]), record, headers)
 
     def send_raw(
         self,

@@ -14,6 +14,7 @@ from settle.cli.infra import config_cmd, db, schemas_cmd, smoke, stack, topics
 from settle.cli.keys import keys
 from settle.cli.monitor import monitor
 from settle.cli.prom import prom
+from settle.cli.refunds import refunds
 from settle.cli.sinks import sink
 from settle.cli.workers import worker
 
@@ -29,7 +30,7 @@ def cli() -> None:
 
 
 COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate,
-            bench, sink, demo, monitor, prom, keys, chaos)
+            bench, sink, demo, monitor, prom, keys, chaos, refunds)
 for command in COMMANDS:
     cli.add_command(command)
 
