@@ -1,4 +1,5 @@
-"""The channel-gateway simulator process: consume routed payments, answer them when due.
+"""The channel-gateway simulator process: consume routed payments and routed refunds, answer
+them when due (channel.confirmations, channel.refund_confirmations).
 
 Failure policy: an undecodable routed record is counted and skipped (it is not the
 simulator's to dead-letter); a confirmation the broker refuses stops the run with
@@ -29,14 +30,21 @@ from producers.channels import (
     ChannelSimConfig,
     PlannedConfirmation,
     decide,
+    decide_refund,
     plan_confirmations,
+    plan_refund_confirmations,
 )
 from producers.clients import wall_clock_ms
 from producers.errors import DeliveryFailed, StillQueued
 from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError, RegistryUnavailable
-from schemas.topics import CHANNEL_CONFIRMATIONS, ROUTED_TOPICS
+from schemas.topics import (
+    CHANNEL_CONFIRMATIONS,
+    REFUND_CONFIRMATIONS,
+    REFUNDS_ROUTED,
+    ROUTED_TOPICS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,11 @@ class SimStats:
     faults: Counter[str] = field(default_factory=Counter)
     declined: Counter[str] = field(default_factory=Counter)
     published: Counter[str] = field(default_factory=Counter)
+    # Routed refunds, per channel and per fault, and their answers per channel.
+    refunds_consumed: Counter[str] = field(default_factory=Counter)
+    refund_faults: Counter[str] = field(default_factory=Counter)
+    refunds_declined: Counter[str] = field(default_factory=Counter)
+    refunds_published: Counter[str] = field(default_factory=Counter)
     orphans: int = 0
     delivered: int = 0
     failed: int = 0
@@ -129,7 +142,8 @@ class SimStats:
 
     @property
     def consumed_total(self) -> int:
-        return sum(self.consumed.values()) + self.undecodable
+        return (sum(self.consumed.values()) + sum(self.refunds_consumed.values())
+                + self.undecodable)
 
 
 @dataclass(order=True, slots=True)
@@ -142,7 +156,9 @@ class _Due:
 
 
 class ChannelSimulator:
-    """Answers routed payments on `confirmations_topic` as the configured channels would."""
+    """Answers routed payments on `confirmations_topic` as the configured channels would, and
+    routed refunds from `refunds_topic` on `refund_confirmations_topic` (None: refunds are
+    left to another client, which may answer them on the same topic)."""
 
     def __init__(
         self,
@@ -153,10 +169,18 @@ class ChannelSimulator:
         routed_topics: Sequence[str] = ROUTED_TOPICS,
         confirmations_topic: str = CHANNEL_CONFIRMATIONS,
         clock: Callable[[], int] = wall_clock_ms,
+        refunds_topic: str | None = REFUNDS_ROUTED,
+        refund_confirmations_topic: str = REFUND_CONFIRMATIONS,
+        refund_channels: Sequence[str] | None = None,
     ) -> None:
         self.config = config
         self.routed_topics = list(routed_topics)
         self.confirmations_topic = confirmations_topic
+        self.refunds_topic = refunds_topic
+        self.refund_confirmations_topic = refund_confirmations_topic
+        # Channel symbols (ALIPAY...) whose refunds this simulator answers; None: every one.
+        self.refund_channels = (None if refund_channels is None
+                                else frozenset(c.upper() for c in refund_channels))
         self.stats = SimStats()
         self._settings = settings
         self._registry = registry
@@ -196,7 +220,8 @@ class ChannelSimulator:
             # Joining the group takes seconds: idleness counts from the assignment on.
             self._last_input = time.monotonic()
 
-        consumer.subscribe(self.routed_topics, on_assign=on_assign, on_revoke=on_revoke)
+        topics = [*self.routed_topics, *([self.refunds_topic] if self.refunds_topic else [])]
+        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
         consuming = True
         self._last_input = last_commit = last_progress = time.monotonic()
         try:
@@ -264,6 +289,8 @@ class ChannelSimulator:
             return False
         topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
         assert partition is not None and offset is not None
+        if self.refunds_topic is not None and topic == self.refunds_topic:
+            return self._handle_refund(msg, topic, partition, offset)
         try:
             routed = self._decode_waiting_for_registry(msg.value())
             plans = plan_confirmations(routed, self._clock(), self.config)
@@ -277,6 +304,34 @@ class ChannelSimulator:
         self.stats.faults[decision.fault] += 1
         if decision.declined:
             self.stats.declined[channel] += 1
+        self._tracker.consumed((topic, partition), offset, len(plans))
+        for planned in plans:
+            heapq.heappush(
+                self._heap, _Due(planned.due_ms, next(self._seq), planned, (topic, partition),
+                                 offset)
+            )
+            self.stats.scheduled += 1
+        return True
+
+    def _handle_refund(self, msg: Message, topic: str, partition: int, offset: int) -> bool:
+        try:
+            routed = self._decode_waiting_for_registry(msg.value())
+            channel = str(routed["channel"])
+            if self.refund_channels is not None and channel not in self.refund_channels:
+                # Another channel's refund, answered by its own adapter: done with it.
+                self._tracker.consumed((topic, partition), offset, 0)
+                return True
+            plans = plan_refund_confirmations(routed, self._clock(), self.config)
+            decision = decide_refund(str(routed["payment_id"]), str(routed["refund_id"]),
+                                     self.config)
+        except (DecodeError, KeyError, TypeError, ValueError):
+            self.stats.undecodable += 1
+            self._tracker.consumed((topic, partition), offset, 0)
+            return True
+        self.stats.refunds_consumed[channel] += 1
+        self.stats.refund_faults[decision.fault] += 1
+        if decision.declined:
+            self.stats.refunds_declined[channel] += 1
         self._tracker.consumed((topic, partition), offset, len(plans))
         for planned in plans:
             heapq.heappush(
@@ -307,8 +362,10 @@ class ChannelSimulator:
         while self._heap and self._heap[0].due_ms <= now_ms:
             due = self._heap[0]
             record = due.planned.record
+            refund = due.planned.is_refund
+            out = self.refund_confirmations_topic if refund else self.confirmations_topic
             try:
-                producer.send(self.confirmations_topic, due.planned.key, record)
+                producer.send(out, due.planned.key, record)
             except RegistryUnavailable as exc:
                 # Stays first in the heap: sent on a later pass, once the registry is back.
                 self.stats.registry_waits += 1
@@ -317,8 +374,13 @@ class ChannelSimulator:
                 time.sleep(1.0)
                 return
             heapq.heappop(self._heap)
-            self.stats.published[str(record["channel"])] += 1
-            metrics.CONFIRMATIONS.labels(str(record["channel"]), str(record["status"])).inc()
+            if refund:
+                self.stats.refunds_published[str(record["channel"])] += 1
+                metrics.REFUND_CONFIRMATIONS.labels(str(record["channel"]),
+                                                    str(record["status"])).inc()
+            else:
+                self.stats.published[str(record["channel"])] += 1
+                metrics.CONFIRMATIONS.labels(str(record["channel"]), str(record["status"])).inc()
             if due.planned.key.startswith(ORPHAN_PREFIX) and due.planned.fault == FAULT_ORPHAN:
                 self.stats.orphans += 1
             self._tracker.produced(due.source, due.offset)

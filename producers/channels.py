@@ -1,7 +1,9 @@
-"""Channel-gateway simulator decisions: when and what a channel answers to a routed payment.
+"""Channel-gateway simulator decisions: when and what a channel answers to a routed payment
+or a routed refund.
 
-Pure: every decision is a function of (seed, payment_id) through SHA-256, never of RNG state or
-arrival order, so the same seed gives the same declines and faults on any replay.
+Pure: every decision is a function of (seed, payment_id) (of (seed, payment_id/refund_id) for a
+refund) through SHA-256, never of RNG state or arrival order, so the same seed gives the same
+declines and faults on any replay.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from settlement.reconciliation import (
     ORPHAN_CONFIRMATION,
     SUCCEEDED,
 )
+from settlement.refund_model import refund_source_id
 
 __all__ = [
     "DECLINE_CODES",
@@ -36,13 +39,19 @@ __all__ = [
     "FAULT_NONE",
     "FAULT_ORPHAN",
     "ORPHAN_PREFIX",
+    "REFUND_DECLINE_CODES",
+    "REFUND_FAULTS",
     "ChannelSimConfig",
     "Decision",
     "PlannedConfirmation",
     "confirmation_id",
     "decide",
+    "decide_refund",
+    "expected_refund_results",
     "expected_results",
     "plan_confirmations",
+    "plan_refund_confirmations",
+    "refund_confirmation_id",
 ]
 
 FAULT_NONE: Final = "none"
@@ -57,7 +66,13 @@ FAULTS: Final = (
     FAULT_ORPHAN, FAULT_LATE,
 )
 
+# The faults a refund answer can carry (a currency mismatch or an orphan belong to payments).
+REFUND_FAULTS: Final = (FAULT_AMOUNT_MISMATCH, FAULT_MISSING, FAULT_DUPLICATE, FAULT_LATE)
+
 ORPHAN_PREFIX: Final = "orphan-"
+REFUND_DECLINE_CODES: Final = (
+    "ACCOUNT_CLOSED", "CARD_EXPIRED", "REFUND_WINDOW_CLOSED", "INSUFFICIENT_MERCHANT_BALANCE",
+)
 DECLINE_CODES: Final = (
     "INSUFFICIENT_FUNDS", "DO_NOT_HONOR", "RISK_REJECTED", "EXPIRED_CARD", "USER_CANCELLED",
     "LIMIT_EXCEEDED",
@@ -79,9 +94,13 @@ class ChannelSimConfig:
     late_ms: int = 20_000
     # The second answer of a duplicate comes this long after the first.
     duplicate_gap_ms: int = 500
+    # Routed refunds: their own decline and fault rates and faults (from REFUND_FAULTS).
+    refund_decline_rate: float = 0.02
+    refund_fault_rate: float = 0.02
+    refund_faults: tuple[str, ...] = REFUND_FAULTS
 
     def __post_init__(self) -> None:
-        for name in ("decline_rate", "fault_rate"):
+        for name in ("decline_rate", "fault_rate", "refund_decline_rate", "refund_fault_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise SimulatorConfigError(f"{name} must lie in [0, 1], got {rate}")
@@ -93,8 +112,15 @@ class ChannelSimConfig:
             raise SimulatorConfigError(
                 f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}"
             )
+        unknown = sorted(set(self.refund_faults) - set(REFUND_FAULTS))
+        if unknown:
+            raise SimulatorConfigError(
+                f"unknown refund fault(s) {', '.join(unknown)}; known: {', '.join(REFUND_FAULTS)}"
+            )
         # Canonical order, so "late,missing" and "missing,late" assign the same faults.
         object.__setattr__(self, "faults", tuple(f for f in FAULTS if f in self.faults))
+        object.__setattr__(self, "refund_faults",
+                           tuple(f for f in REFUND_FAULTS if f in self.refund_faults))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +134,10 @@ class PlannedConfirmation:
     @property
     def key(self) -> str:
         return str(self.record["payment_id"])
+
+    @property
+    def is_refund(self) -> bool:
+        return "refund_id" in self.record
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,3 +273,103 @@ def expected_results(decision: Decision) -> tuple[str, ...]:
         ),
     }[decision.fault]
 
+
+
+# -- refunds ------------------------------------------------------------------------------------
+
+
+def decide_refund(payment_id: str, refund_id: str, config: ChannelSimConfig) -> Decision:
+    """The fault and decline for a routed refund, fixed by (seed, payment_id/refund_id)."""
+    name = refund_source_id(payment_id, refund_id)
+    seed, faults = config.seed, config.refund_faults
+    fault = FAULT_NONE
+    if faults and _unit(seed, name, "refund-fault") < config.refund_fault_rate:
+        fault = faults[_index(seed, name, "refund-fault-kind", len(faults))]
+    declinable = fault != FAULT_AMOUNT_MISMATCH
+    declined = declinable and _unit(seed, name, "refund-decline") < config.refund_decline_rate
+    code = None
+    if declined:
+        code = REFUND_DECLINE_CODES[_index(seed, name, "refund-decline-code",
+                                           len(REFUND_DECLINE_CODES))]
+    return Decision(fault, declined, code)
+
+
+def refund_confirmation_id(payment_id: str, refund_id: str, attempt: int) -> str:
+    """Deterministic per (payment_id, refund_id, attempt): a replayed answer keeps its id."""
+    digest = hashlib.sha256(f"refund\x1f{payment_id}\x1f{refund_id}\x1f{attempt}".encode())
+    return f"rcf-{digest.hexdigest()[:32]}"
+
+
+def _refund_txn_id(channel: str, name: str) -> str:
+    digest = hashlib.sha256(f"refund-txn\x1f{name}".encode()).digest()
+    number = int.from_bytes(digest[:8], "big") % 10**16
+    return f"R{_TXN_PREFIX.get(channel, channel[:3])}{number:016d}"
+
+
+def _refund_confirmation(
+    routed: Mapping[str, Any], attempt: int, due_ms: int, decision: Decision
+) -> dict[str, Any]:
+    channel, payment_id, refund_id = (str(routed["channel"]), str(routed["payment_id"]),
+                                      str(routed["refund_id"]))
+    return {
+        "confirmation_id": refund_confirmation_id(payment_id, refund_id, attempt),
+        "channel": channel,
+        "refund_id": refund_id,
+        "payment_id": payment_id,
+        "channel_refund_id": _refund_txn_id(channel, refund_source_id(payment_id, refund_id)),
+        "status": FAILED if decision.declined else SUCCEEDED,
+        "amount_minor": routed["amount_minor"],
+        "currency": routed["currency"],
+        "confirmed_at": due_ms,
+        "decline_code": decision.decline_code,
+    }
+
+
+def plan_refund_confirmations(
+    routed: Mapping[str, Any], now_ms: int, config: ChannelSimConfig
+) -> list[PlannedConfirmation]:
+    """What the channel publishes on channel.refund_confirmations for one RoutedRefund record
+    received at `now_ms` (it needs refund_id, payment_id, channel, amount_minor, currency).
+
+    Nothing for a missing answer; for a duplicate three records: the answer, the same answer
+    redelivered (same confirmation_id, dropped downstream) and a second answer with its own
+    confirmation_id (a DUPLICATE_CONFIRMATION); one otherwise.
+    """
+    payment_id, refund_id = str(routed["payment_id"]), str(routed["refund_id"])
+    name = refund_source_id(payment_id, refund_id)
+    decision = decide_refund(payment_id, refund_id, config)
+    fault = decision.fault
+    if fault == FAULT_MISSING:
+        return []
+    due_ms = now_ms + _jittered_latency_ms(config, name)
+    if fault == FAULT_LATE:
+        due_ms = now_ms + config.late_ms
+    first = _refund_confirmation(routed, 0, due_ms, decision)
+    if fault == FAULT_AMOUNT_MISMATCH:
+        amount = int(first["amount_minor"])
+        delta = 1 + _index(config.seed, name, "refund-delta", max(1, amount // 100))
+        lower = _unit(config.seed, name, "refund-delta-sign") < 0.5 and amount - delta >= 1
+        first["amount_minor"] = amount - delta if lower else amount + delta
+    planned = [PlannedConfirmation(due_ms, first, fault)]
+    if fault == FAULT_DUPLICATE:
+        gap = config.duplicate_gap_ms
+        planned.append(PlannedConfirmation(due_ms + gap // 2, dict(first), fault))
+        second = _refund_confirmation(routed, 1, due_ms + gap, decision)
+        planned.append(PlannedConfirmation(due_ms + gap, second, fault))
+    return planned
+
+
+def expected_refund_results(decision: Decision) -> tuple[str, ...]:
+    """The refund results a routed refund with this decision should produce, in order (the
+    redelivered copy of a duplicate is dropped, the second answer is a duplicate)."""
+    answer = DECLINED if decision.declined else MATCHED
+    return {
+        FAULT_NONE: (answer,),
+        FAULT_AMOUNT_MISMATCH: (AMOUNT_MISMATCH,),
+        FAULT_MISSING: (MISSING_CONFIRMATION,),
+        FAULT_DUPLICATE: (answer, DUPLICATE_CONFIRMATION),
+        FAULT_LATE: (
+            (MISSING_CONFIRMATION, MATCHED) if not decision.declined
+            else (MISSING_CONFIRMATION, LATE_CONFIRMATION)
+        ),
+    }[decision.fault]

@@ -18,7 +18,7 @@ from infra.keyring import KeyringError, configured_keyring
 from infra.registry import registry_client
 from producers import reports
 from producers.channel_sim import DEFAULT_GROUP, ChannelSimulator, SimStats
-from producers.channels import FAULTS, ChannelSimConfig
+from producers.channels import FAULTS, REFUND_FAULTS, ChannelSimConfig
 from producers.clients import read_to_end, wall_clock_ms
 from producers.merchants import (
     check_entries,
@@ -37,6 +37,8 @@ from schemas.topics import (
     CHANNELS,
     MERCHANTS,
     PAYMENTS_REQUESTED,
+    REFUND_CONFIRMATIONS,
+    REFUNDS_ROUTED,
     value_subject,
 )
 from settlement.model import MERCHANT_STATUSES
@@ -259,11 +261,21 @@ def simulate_orders(
               help="Stop after this many seconds without input (then send what is scheduled).")
 @click.option("--max-records", type=click.IntRange(min=1), default=None,
               help="Stop after this many routed records (then send what is scheduled).")
+@click.option("--refunds/--no-refunds", default=True, show_default=True,
+              help="Also answer routed refunds (refunds.routed) on "
+                   "channel.refund_confirmations; --no-refunds leaves them to another client.")
+@click.option("--refund-decline-rate", default=0.02, show_default=True, type=_RATIO,
+              help="Share of routed refunds the channel fails (FAILED with a decline code).")
+@click.option("--refund-fault-rate", default=0.02, show_default=True, type=_RATIO,
+              help="Share of routed refunds that get one injected fault.")
+@click.option("--refund-faults", default=",".join(REFUND_FAULTS), show_default=True,
+              help="Comma-separated refund faults to draw from.")
 @topic_prefix_option
 def simulate_channels(
     seed: int, latency_ms: int, decline_rate: float, fault_rate: float, faults: str,
     late_ms: int, group: str, channel_names: str, idle_exit_s: float | None,
-    max_records: int | None, topic_prefix: str,
+    max_records: int | None, refunds: bool, refund_decline_rate: float,
+    refund_fault_rate: float, refund_faults: str, topic_prefix: str,
 ) -> None:
     """Answer routed payments like the channel gateways would, on channel.confirmations.
 
@@ -271,6 +283,9 @@ def simulate_channels(
     publishes a ChannelConfirmation per payment, keyed by payment_id, after the latency.
     Declines and faults (amount_mismatch, currency_mismatch, missing, duplicate, orphan,
     late) are decided by a hash of seed and payment_id, so a replay decides the same.
+    Routed refunds of the simulated channels (refunds.routed, the channel in the record) are
+    answered alike with a ChannelRefundConfirmation on channel.refund_confirmations (faults
+    amount_mismatch, missing, duplicate: the same answer redelivered and a second one, late).
     Runs until Ctrl-C, --idle-exit-s or --max-records, then prints per-channel and per-fault
     counts. The pipeline never depends on it: any client may publish confirmations.
     """
@@ -287,21 +302,29 @@ def simulate_channels(
     serve(settings.runtime)  # /metrics on SETTLE_METRICS_PORT (producer and confirmation counters)
     config = ChannelSimConfig(
         seed=seed, latency_ms=latency_ms, decline_rate=decline_rate, fault_rate=fault_rate,
-        faults=_csv(faults), late_ms=late_ms,
+        faults=_csv(faults), late_ms=late_ms, refund_decline_rate=refund_decline_rate,
+        refund_fault_rate=refund_fault_rate, refund_faults=_csv(refund_faults),
     )
     routed = [f"{topic_prefix}payments.routed.{name}" for name in _csv(channel_names)]
+    refunds_topic = topic_prefix + REFUNDS_ROUTED if refunds else None
     with registry_client(settings) as registry:
         simulator = ChannelSimulator(
             settings, registry, config, group=group, routed_topics=routed,
             confirmations_topic=topic_prefix + CHANNEL_CONFIRMATIONS,
+            refunds_topic=refunds_topic,
+            refund_confirmations_topic=topic_prefix + REFUND_CONFIRMATIONS,
+            refund_channels=_csv(channel_names),
         )
-        console.print(f"answering {', '.join(routed)} as group {group} "
+        answering = [*routed, *([refunds_topic] if refunds_topic else [])]
+        console.print(f"answering {', '.join(answering)} as group {group} "
                       f"(seed {seed}); Ctrl-C to stop")
         with console.status("waiting for routed payments...") as status:
 
             def show(stats: SimStats, scheduled: int) -> None:
                 status.update(f"consumed {stats.consumed_total} · published "
-                              f"{sum(stats.published.values())} · scheduled {scheduled}")
+                              f"{sum(stats.published.values())} · refunds answered "
+                              f"{sum(stats.refunds_published.values())} · scheduled "
+                              f"{scheduled}")
 
             stats = simulator.run(max_records=max_records, idle_exit_s=idle_exit_s,
                                   on_progress=show)

@@ -32,6 +32,16 @@ CONFIRMATIONS = Counter(
     "Confirmations the channel-gateway simulator published, per channel and status",
     ["channel", "status"],
 )
+REFUND_CONFIRMATIONS = Counter(
+    "settle_channel_refund_confirmations_total",
+    "Refund confirmations the channel-gateway simulator published, per channel and status",
+    ["channel", "status"],
+)
+REFUNDS = Counter(
+    "settle_simulator_refunds_total",
+    "Refund requests the order-flow simulator published, per scenario",
+    ["scenario"],
+)
 
 
 def serve(runtime: RuntimeSettings) -> int:

@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 from rich.table import Table
 
 from producers.channel_sim import SimStats
-from producers.channels import FAULT_NONE, FAULTS, ChannelSimConfig, Decision, expected_results
+from producers.channels import (
+    FAULT_NONE,
+    FAULTS,
+    REFUND_FAULTS,
+    ChannelSimConfig,
+    Decision,
+    expected_refund_results,
+    expected_results,
+)
 from producers.merchants import MerchantEntry, MerchantState
 
 
@@ -63,12 +71,14 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
     totals.add_column("metric")
     totals.add_column("value", justify="right")
     published = sum(stats.published.values())
+    answered = published + sum(stats.refunds_published.values())
     rows = [
         ("stopped", stats.stop_reason or "-"),
         ("routed records consumed", str(stats.consumed_total)),
         ("undecodable (skipped)", str(stats.undecodable)),
         ("confirmations scheduled", str(stats.scheduled)),
         ("confirmations published", str(published)),
+        ("refund answers published", str(sum(stats.refunds_published.values()))),
         ("delivered", str(stats.delivered)),
         ("orphan confirmations", str(stats.orphans)),
         ("offset commits", str(stats.commits)),
@@ -81,7 +91,7 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         rows.append(("[yellow]consumer error[/]", f"[yellow]{stats.consumer_error}[/]"))
     for name, value in rows:
         totals.add_row(name, value)
-    unsent = stats.scheduled - published
+    unsent = stats.scheduled - answered
     if unsent:
         totals.add_row("[yellow]scheduled, not sent[/]", f"[yellow]{unsent}[/]")
 
@@ -102,4 +112,29 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         if count or fault in config.faults:
             outcome = " then ".join(expected_results(Decision(fault, False, None)))
             faults.add_row(fault, str(count), outcome)
-    return [totals, channels, faults]
+    tables = [totals, channels, faults]
+    if stats.refunds_consumed or stats.refunds_published:
+        tables.extend(refund_tables(stats, config))
+    return tables
+
+
+def refund_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
+    """Routed refunds per channel, then per fault with the refund result it should cause."""
+    channels = Table(title="refunds per channel")
+    for column in ("channel", "routed refunds", "failed", "answers"):
+        channels.add_column(column, justify="right" if column != "channel" else "left")
+    for channel in sorted(set(stats.refunds_consumed) | set(stats.refunds_published)):
+        channels.add_row(channel, str(stats.refunds_consumed[channel]),
+                         str(stats.refunds_declined[channel]),
+                         str(stats.refunds_published[channel]))
+    faults = Table(title=f"refunds per fault (fault rate {config.refund_fault_rate:g}, "
+                         f"decline rate {config.refund_decline_rate:g})")
+    faults.add_column("fault")
+    faults.add_column("refunds", justify="right")
+    faults.add_column("expected refund result (not failed)")
+    for fault in (FAULT_NONE, *REFUND_FAULTS):
+        count = stats.refund_faults[fault]
+        if count or fault in config.refund_faults:
+            outcome = " then ".join(expected_refund_results(Decision(fault, False, None)))
+            faults.add_row(fault, str(count), outcome)
+    return [channels, faults]
