@@ -1,4 +1,5 @@
-"""Settlement batch arithmetic: accumulate matched payments per merchant, currency and window."""
+"""Settlement batch arithmetic: net payments and refunds per merchant, currency and window,
+and close them with the merchant's carried negative balance."""
 
 from __future__ import annotations
 
@@ -6,96 +7,47 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from settlement.errors import DomainError
-from settlement.fees import FeeSchedule
+from settlement.batch_items import BatchError, BatchItem, payout_split, require_int
+from settlement.refund_model import ITEM_PAYMENT, ITEM_REFUND
 from settlement.windows import Window, WindowPolicy, batch_id, close_at_ms
 
-BATCH_FORMAT_VERSION = 1
-TOTALS_FORMAT_VERSION = 1
+__all__ = [
+    "BatchConflict", "BatchError", "BatchInvariantError", "BatchItem", "BatchTotals",
+    "OpenBatch", "SettlementBatch", "due_batches", "payout_split",
+]
 
-
-class BatchError(DomainError, ValueError):
-    """A batch or batch item broke the batch rules (a caller bug)."""
+# Version 2: items have a kind and an item_id (refunds, negative), totals count refunds.
+# Version 1 (payments only) is still read: its items are PAYMENTs, it has no refunds.
+BATCH_FORMAT_VERSION = 2
+TOTALS_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class BatchConflict(BatchError):
-    """The same payment_id was added twice with different amounts."""
+    """The same item (kind and id) was added twice with different amounts."""
 
 
 class BatchInvariantError(BatchError):
     """A batch's totals disagree with its items; it must never be published."""
 
 
-def _require_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BatchError(f"{name} must be an int, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One matched payment in a batch, with the same fee split the ledger posted."""
-
-    payment_id: str
-    gross_minor: int
-    fee_minor: int
-    net_minor: int
-    matched_at_ms: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.payment_id, str) or not self.payment_id:
-            raise BatchError(f"payment_id must be a non-empty string, got {self.payment_id!r}")
-        gross = _require_int("gross_minor", self.gross_minor)
-        fee = _require_int("fee_minor", self.fee_minor)
-        net = _require_int("net_minor", self.net_minor)
-        _require_int("matched_at_ms", self.matched_at_ms)
-        if gross <= 0 or fee < 0 or net < 0 or fee + net != gross:
-            raise BatchError(
-                f"item {self.payment_id}: need gross > 0, fee >= 0, net >= 0 and "
-                f"fee + net == gross; got gross={gross} fee={fee} net={net}"
-            )
-
-    @classmethod
-    def for_match(
-        cls,
-        payment_id: str,
-        channel: str,
-        gross_minor: int,
-        matched_at_ms: int,
-        fees: FeeSchedule,
-    ) -> BatchItem:
-        """Split with the schedule the ledger uses, so batch nets equal the merchant payable."""
-        fee = fees.fee_for(channel, gross_minor)
-        return cls(payment_id, gross_minor, fee, gross_minor - fee, matched_at_ms)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "payment_id": self.payment_id,
-            "gross_minor": self.gross_minor,
-            "fee_minor": self.fee_minor,
-            "net_minor": self.net_minor,
-            "matched_at_ms": self.matched_at_ms,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BatchItem:
-        return cls(**data)
-
-
 def _check_totals(
     where: str,
     items: tuple[BatchItem, ...],
     payment_count: int,
+    refund_count: int,
     gross_minor: int,
     fee_minor: int,
     net_minor: int,
 ) -> None:
     # Totals are kept (or published) separately from the items and recomputed here, so a bug
     # in either the running sums or the item list is caught before money moves.
-    ids = {item.payment_id for item in items}
+    ids = {item.identity for item in items}
+    kinds = [item.kind for item in items]
     checks = {
-        "payment_count == len(items)": payment_count == len(items),
-        "payment ids unique": len(ids) == len(items),
+        "payment_count == PAYMENT items": payment_count == kinds.count(ITEM_PAYMENT),
+        "refund_count == REFUND items": refund_count == kinds.count(ITEM_REFUND),
+        "item (kind, id) unique": len(ids) == len(items),
         "gross == net + fee": gross_minor == net_minor + fee_minor,
         "gross == sum(item gross)": gross_minor == sum(i.gross_minor for i in items),
         "fee == sum(item fee)": fee_minor == sum(i.fee_minor for i in items),
@@ -108,7 +60,13 @@ def _check_totals(
 
 @dataclass(frozen=True, slots=True)
 class SettlementBatch:
-    """A closed batch: what is published to settlements.batches and paid to the merchant."""
+    """A closed batch: what is published to settlements.batches and paid to the merchant.
+
+    Its totals are signed sums of its items; carried_in_minor (<= 0) is the merchant and
+    currency's negative balance left by its previous batch; payout_minor = max(net +
+    carried_in, 0) is paid, carried_out_minor = min(net + carried_in, 0) goes to the next
+    batch. Left as None, payout and carried_out are derived; given, they are checked.
+    """
 
     batch_id: str
     merchant_id: str
@@ -121,19 +79,53 @@ class SettlementBatch:
     net_minor: int
     closed_at_ms: int
     items: tuple[BatchItem, ...]
+    refund_count: int = 0
+    carried_in_minor: int = 0
+    payout_minor: int | None = None
+    carried_out_minor: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(self.items))
         if self.batch_id != batch_id(self.merchant_id, self.currency, self.window_start_ms):
             raise BatchInvariantError(f"batch id {self.batch_id!r} does not match its key")
+        for name in ("payment_count", "refund_count"):
+            _require_count(name, getattr(self, name))
+        for name in ("gross_minor", "fee_minor", "net_minor", "closed_at_ms"):
+            require_int(name, getattr(self, name))
         _check_totals(
             self.batch_id,
             self.items,
             self.payment_count,
+            self.refund_count,
             self.gross_minor,
             self.fee_minor,
             self.net_minor,
         )
+        try:
+            payout, carried_out = payout_split(self.net_minor, self.carried_in_minor)
+        except BatchError as exc:
+            raise BatchInvariantError(f"{self.batch_id}: {exc}") from exc
+        if self.payout_minor is None:
+            object.__setattr__(self, "payout_minor", payout)
+        if self.carried_out_minor is None:
+            object.__setattr__(self, "carried_out_minor", carried_out)
+        if (self.payout_minor, self.carried_out_minor) != (payout, carried_out):
+            raise BatchInvariantError(
+                f"{self.batch_id}: net {self.net_minor} with carried_in "
+                f"{self.carried_in_minor} pays {payout} and carries {carried_out}, not "
+                f"{self.payout_minor} and {self.carried_out_minor}")
+
+    @property
+    def payout(self) -> int:
+        """payout_minor as an int (never None after construction)."""
+        assert self.payout_minor is not None
+        return self.payout_minor
+
+    @property
+    def carried_out(self) -> int:
+        """carried_out_minor as an int (never None after construction)."""
+        assert self.carried_out_minor is not None
+        return self.carried_out_minor
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,10 +140,16 @@ class SettlementBatch:
             "net_minor": self.net_minor,
             "closed_at_ms": self.closed_at_ms,
             "items": [item.to_dict() for item in self.items],
+            "refund_count": self.refund_count,
+            "carried_in_minor": self.carried_in_minor,
+            "payout_minor": self.payout_minor,
+            "carried_out_minor": self.carried_out_minor,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SettlementBatch:
+        """A batch back from to_dict, every invariant checked again; a dict written before
+        refunds existed reads with no refunds, nothing carried and its net paid out."""
         fields = {key: value for key, value in data.items() if key != "items"}
         items = tuple(BatchItem.from_dict(item) for item in data["items"])
         return cls(**fields, items=items)
@@ -175,15 +173,16 @@ class OpenBatch:
     gross_minor: int = 0
     fee_minor: int = 0
     net_minor: int = 0
-    # Redelivered payments are expected under at-least-once delivery; counting them makes the
+    # Redelivered items are expected under at-least-once delivery; counting them makes the
     # "nothing applied twice" guarantee observable in metrics.
     duplicates_ignored: int = 0
     # Derived from items for O(1) membership; not stored, not compared.
-    _ids: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _ids: frozenset[tuple[str, str]] = field(
+        default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(self.items))
-        object.__setattr__(self, "_ids", frozenset(item.payment_id for item in self.items))
+        object.__setattr__(self, "_ids", frozenset(item.identity for item in self.items))
         if self.batch_id != batch_id(self.merchant_id, self.currency, self.window_start_ms):
             raise BatchInvariantError(f"batch id {self.batch_id!r} does not match its key")
         if self.window_end_ms <= self.window_start_ms:
@@ -197,22 +196,29 @@ class OpenBatch:
 
     @property
     def payment_count(self) -> int:
-        return len(self.items)
+        return sum(1 for item in self.items if item.kind == ITEM_PAYMENT)
 
-    def __contains__(self, payment_id: object) -> bool:
-        return payment_id in self._ids
+    @property
+    def refund_count(self) -> int:
+        return sum(1 for item in self.items if item.kind == ITEM_REFUND)
+
+    def __contains__(self, identity: object) -> bool:
+        """Whether an item is in the batch: by (kind, item_id), or a payment by its id."""
+        if isinstance(identity, str):
+            identity = (ITEM_PAYMENT, identity)
+        return identity in self._ids
 
     def add(self, item: BatchItem) -> OpenBatch:
         """A batch with the item added; the same item again is a counted no-op.
 
-        The same payment_id with different amounts is a BatchConflict: the fee split is
-        deterministic, so a difference means a bug upstream, not a redelivery.
+        The same (kind, item_id) with different amounts is a BatchConflict: the split is
+        decided once upstream, so a difference means a bug, not a redelivery.
         """
-        if item.payment_id in self._ids:
-            existing = next(i for i in self.items if i.payment_id == item.payment_id)
+        if item.identity in self._ids:
+            existing = next(i for i in self.items if i.identity == item.identity)
             if existing != item:
                 raise BatchConflict(
-                    f"batch {self.batch_id}: payment {item.payment_id} already added as "
+                    f"batch {self.batch_id}: {item.kind} {item.item_id} already added as "
                     f"{existing}, now {item}"
                 )
             return replace(self, duplicates_ignored=self.duplicates_ignored + 1)
@@ -227,18 +233,19 @@ class OpenBatch:
     def close_at_ms(self, policy: WindowPolicy) -> int:
         return close_at_ms((self.window_start_ms, self.window_end_ms), policy)
 
-    def close(self, now_ms: int) -> SettlementBatch:
+    def close(self, now_ms: int, carried_in_minor: int = 0) -> SettlementBatch:
         """The closed batch. Deterministic apart from closed_at_ms, so a re-close after a crash
-        publishes the same batch_id and items and the sink keeps the first."""
+        (with the same carried balance) publishes the same batch and the sink keeps the first."""
         _check_totals(
             self.batch_id,
             self.items,
             self.payment_count,
+            self.refund_count,
             self.gross_minor,
             self.fee_minor,
             self.net_minor,
         )
-        return BatchTotals.of(self).close(now_ms, self.items)
+        return BatchTotals.of(self).close(now_ms, self.items, carried_in_minor)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,7 +264,7 @@ class OpenBatch:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpenBatch:
-        if data.get("v") != BATCH_FORMAT_VERSION:
+        if data.get("v") not in _READABLE_VERSIONS:
             raise BatchError(f"unknown open batch format version {data.get('v')!r}")
         batch = cls(
             batch_id=data["batch_id"],
@@ -276,6 +283,7 @@ class OpenBatch:
             batch.batch_id,
             batch.items,
             batch.payment_count,
+            batch.refund_count,
             batch.gross_minor,
             batch.fee_minor,
             batch.net_minor,
@@ -284,7 +292,7 @@ class OpenBatch:
 
 
 def _require_count(name: str, value: object) -> int:
-    if _require_int(name, value) < 0:
+    if require_int(name, value) < 0:
         raise BatchError(f"{name} must be >= 0, got {value!r}")
     return value  # type: ignore[return-value]
 
@@ -296,6 +304,7 @@ class BatchTotals:
     The caller keeps the items elsewhere (the settle stage: one table key per item) and hands
     them to close(), which checks them against these totals before anything is published.
     add() does not look for duplicates: the caller owns the item store and must ask it first.
+    The sums are signed: payments add, refunds subtract.
     """
 
     batch_id: str
@@ -307,17 +316,27 @@ class BatchTotals:
     gross_minor: int = 0
     fee_minor: int = 0
     net_minor: int = 0
+    refund_count: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_id != batch_id(self.merchant_id, self.currency, self.window_start_ms):
             raise BatchInvariantError(f"batch id {self.batch_id!r} does not match its key")
-        _require_int("window_end_ms", self.window_end_ms)
+        require_int("window_end_ms", self.window_end_ms)
         if self.window_end_ms <= self.window_start_ms:
             raise BatchError(f"batch {self.batch_id}: window end must be after its start")
-        for name in ("payment_count", "gross_minor", "fee_minor", "net_minor"):
+        for name in ("payment_count", "refund_count"):
             _require_count(name, getattr(self, name))
+        sums = tuple(require_int(name, getattr(self, name))
+                     for name in ("gross_minor", "fee_minor", "net_minor"))
         if self.gross_minor != self.fee_minor + self.net_minor:
             raise BatchInvariantError(f"batch {self.batch_id}: gross != fee + net")
+        # Each payment adds gross > 0, fee and net >= 0; each refund the opposite. So without
+        # refunds no sum is negative, without payments none is positive, and an empty batch
+        # is all zeros.
+        if not self.refund_count and (min(sums) < 0 or (self.payment_count and sums[0] <= 0)):
+            raise BatchInvariantError(f"batch {self.batch_id}: payments only, yet {sums}")
+        if not self.payment_count and (max(sums) > 0 or (self.refund_count and sums[0] >= 0)):
+            raise BatchInvariantError(f"batch {self.batch_id}: refunds only, yet {sums}")
 
     @classmethod
     def new(cls, merchant_id: str, currency: str, window: Window) -> BatchTotals:
@@ -329,11 +348,18 @@ class BatchTotals:
     def window(self) -> Window:
         return Window(self.window_start_ms, self.window_end_ms)
 
+    @property
+    def item_count(self) -> int:
+        """Items of every kind: the settle stage numbers its items 0 .. item_count - 1."""
+        return self.payment_count + self.refund_count
+
     def add(self, item: BatchItem) -> BatchTotals:
         """The totals with one more item (the caller has made sure it is a new one)."""
+        payment = item.kind == ITEM_PAYMENT
         return replace(
             self,
-            payment_count=self.payment_count + 1,
+            payment_count=self.payment_count + payment,
+            refund_count=self.refund_count + (not payment),
             gross_minor=self.gross_minor + item.gross_minor,
             fee_minor=self.fee_minor + item.fee_minor,
             net_minor=self.net_minor + item.net_minor,
@@ -342,9 +368,11 @@ class BatchTotals:
     def close_at_ms(self, policy: WindowPolicy) -> int:
         return close_at_ms((self.window_start_ms, self.window_end_ms), policy)
 
-    def close(self, now_ms: int, items: Iterable[BatchItem]) -> SettlementBatch:
-        """The closed batch with these items; BatchInvariantError if they disagree with the
-        totals (count, unique ids, sums), so a lost or extra item is never published."""
+    def close(self, now_ms: int, items: Iterable[BatchItem],
+              carried_in_minor: int = 0) -> SettlementBatch:
+        """The closed batch with these items and the key's carried balance; BatchInvariantError
+        if the items disagree with the totals (counts, unique ids, sums), so a lost or extra
+        item is never published."""
         return SettlementBatch(
             batch_id=self.batch_id,
             merchant_id=self.merchant_id,
@@ -357,6 +385,8 @@ class BatchTotals:
             net_minor=self.net_minor,
             closed_at_ms=now_ms,
             items=tuple(items),
+            refund_count=self.refund_count,
+            carried_in_minor=carried_in_minor,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -368,6 +398,7 @@ class BatchTotals:
             "window_start_ms": self.window_start_ms,
             "window_end_ms": self.window_end_ms,
             "payment_count": self.payment_count,
+            "refund_count": self.refund_count,
             "gross_minor": self.gross_minor,
             "fee_minor": self.fee_minor,
             "net_minor": self.net_minor,
@@ -375,8 +406,12 @@ class BatchTotals:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchTotals:
-        if data.get("v") != TOTALS_FORMAT_VERSION:
-            raise BatchError(f"unknown batch totals format version {data.get('v')!r}")
+        """Totals back from to_dict (version 1: payments only, so no refunds)."""
+        version = data.get("v")
+        if version not in _READABLE_VERSIONS:
+            raise BatchError(f"unknown batch totals format version {version!r}")
+        if version == 1 and "refund_count" in data:
+            raise BatchError("batch totals of format 1 cannot have refunds")
         return cls(**{key: value for key, value in data.items() if key != "v"})
 
     @classmethod
@@ -384,7 +419,7 @@ class BatchTotals:
         """The totals of an OpenBatch (which checked them against its items on read-back)."""
         return cls(batch.batch_id, batch.merchant_id, batch.currency, batch.window_start_ms,
                    batch.window_end_ms, batch.payment_count, batch.gross_minor,
-                   batch.fee_minor, batch.net_minor)
+                   batch.fee_minor, batch.net_minor, batch.refund_count)
 
 
 class _Closable(Protocol):

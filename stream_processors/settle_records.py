@@ -1,4 +1,5 @@
-"""Settle's records: MATCHED results into item messages, item messages read, batches out."""
+"""Settle's records: MATCHED payment and refund results into item messages, item messages
+read, batches out."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import json
 from typing import Any, Final
 
 from schemas.codec import to_epoch_ms
-from settlement.batches import BatchItem, SettlementBatch
+from settlement.batches import BatchError, BatchItem, SettlementBatch
 from settlement.fees import FeeSchedule
-from stream_processors.settle_table import BadItem, batch_key, check_text
+from stream_processors.settle_table import BadItem, BadRefundItem, batch_key, check_text
 
 # The JSON item messages the first agent writes to the items topic for the second.
-ITEM_FORMAT_VERSION: Final = 1
+# Version 2: the item has a kind and an item_id; version 1 (payments only) is still read.
+ITEM_FORMAT_VERSION: Final = 2
+_READABLE_ITEM_VERSIONS: Final = (1, 2)
 
 
 def item_message(record: dict[str, Any], fees: FeeSchedule) -> tuple[dict[str, Any], str]:
@@ -28,19 +31,48 @@ def item_message(record: dict[str, Any], fees: FeeSchedule) -> tuple[dict[str, A
         fee = fees.fee_for(str(channel).lower(), gross)
         net = gross - fee
     item = BatchItem(record["payment_id"], gross, fee, net, to_epoch_ms(record["decided_at"]))
+    return _message(merchant_id, currency, record["result_id"], item)
+
+
+def refund_item_message(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the item message, its batch key) of a terminal MATCHED RefundResult: a REFUND item of
+    gross -amount, fee -fee_returned, net -net, as the reconcile stage split it (never
+    recomputed here); BadRefundItem if the amounts are missing or not a refund's."""
+    merchant_id, currency = record.get("merchant_id"), record.get("currency")
+    if not merchant_id or not currency:
+        raise BadRefundItem(f"MATCHED refund result {record.get('result_id')!r} lacks "
+                            "merchant or currency")
+    check_text(merchant_id, currency, record["payment_id"], record["refund_id"])
+    amount, fee_returned, net = (record.get(name) for name in
+                                 ("amount_minor", "fee_returned_minor", "net_minor"))
+    if amount is None or fee_returned is None or net is None:
+        raise BadRefundItem(f"MATCHED refund result {record.get('result_id')!r} lacks "
+                            f"amount, fee_returned or net: {amount}, {fee_returned}, {net}")
+    try:
+        item = BatchItem.for_refund(record["payment_id"], record["refund_id"], amount,
+                                    fee_returned, net, to_epoch_ms(record["decided_at"]))
+    except BatchError as exc:
+        raise BadRefundItem(str(exc)) from exc
+    return _message(merchant_id, currency, record["result_id"], item)
+
+
+def _message(merchant_id: str, currency: str, result_id: str,
+             item: BatchItem) -> tuple[dict[str, Any], str]:
     body = {"v": ITEM_FORMAT_VERSION, "merchant_id": merchant_id, "currency": currency,
-            "result_id": record["result_id"], "item": item.to_dict()}
+            "result_id": result_id, "item": item.to_dict()}
     return body, batch_key(merchant_id, currency)
 
 
 def read_item(key: bytes | None, value: bytes | None) -> tuple[BatchItem, str, str, str]:
     """(item, merchant_id, currency, batch key) of an item message; BadItem if it is none."""
     body = json.loads(value or b"")
-    if not isinstance(body, dict) or body.get("v") != ITEM_FORMAT_VERSION:
+    if not isinstance(body, dict) or body.get("v") not in _READABLE_ITEM_VERSIONS:
         raise BadItem(f"not a settlement item: {str(value)[:200]}")
+    if body["v"] == 1 and ({"kind", "item_id"} & set(body["item"])):
+        raise BadItem("a version-1 item message has no kind or item_id")
     item = BatchItem.from_dict(body["item"])
     merchant_id, currency = body["merchant_id"], body["currency"]
-    check_text(merchant_id, currency, item.payment_id)
+    check_text(merchant_id, currency, item.payment_id, item.item_id)
     bkey = batch_key(merchant_id, currency)
     if key is not None and key != bkey.encode():
         raise BadItem(f"key {key!r} is not {bkey!r}")
@@ -62,7 +94,12 @@ def batch_record(batch: SettlementBatch) -> dict[str, Any]:
         "closed_at": batch.closed_at_ms,
         "items": [
             {"payment_id": i.payment_id, "gross_minor": i.gross_minor, "fee_minor": i.fee_minor,
-             "net_minor": i.net_minor, "matched_at": i.matched_at_ms}
+             "net_minor": i.net_minor, "matched_at": i.matched_at_ms, "kind": i.kind,
+             "item_id": i.item_id}
             for i in batch.items
         ],
+        "refund_count": batch.refund_count,
+        "carried_in_minor": batch.carried_in_minor,
+        "payout_minor": batch.payout,
+        "carried_out_minor": batch.carried_out,
     }

@@ -1,11 +1,12 @@
-"""Settle, one record or tick at a time: itemize MATCHED results, batch them per window, close."""
+"""Settle, one record or tick at a time: itemize MATCHED payment and refund results, net them
+per merchant, currency and window, close with the carried balance."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
@@ -18,18 +19,26 @@ from stream_processors.dead_letters import DeadLetters, error_label
 from stream_processors.errors import NotCopartitioned
 from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.replay import tick_replay, with_tick
-from stream_processors.settle_records import batch_record, item_message, read_item
+from stream_processors.settle_records import (
+    batch_record,
+    item_message,
+    read_item,
+    refund_item_message,
+)
 from stream_processors.settle_table import (
     ENTRY_FORMAT_VERSION,
     ITEM_KEY_SEP,
     BadItem,
     ItemIndex,
+    carried,
     counted,
     drop_items,
     item_key,
+    item_tag,
     migrate_entry,
     new_entry,
     open_totals,
+    recent_window,
     window_items,
 )
 from stream_processors.ticks import TICK_KEYS_MAX, TICK_RETRY_MS, DeadlineQueue
@@ -40,7 +49,7 @@ log = logging.getLogger(__name__)
 STAGE: Final = "settle"
 
 # What became of one input (the `settle_stage_records_total` outcome label).
-ITEMIZED: Final = "itemized"  # a MATCHED result became a settlement item
+ITEMIZED: Final = "itemized"  # a MATCHED payment or refund result became a settlement item
 IGNORED: Final = "ignored"  # any other result: nothing to settle
 ADDED: Final = "added"  # an item joined an open batch
 DUPLICATE: Final = "duplicate"  # an item already batched (a replay): dropped and counted
@@ -138,17 +147,23 @@ class SettleProcessor:
         # (key, window start) -> when to try again to close a batch too big to send.
         self._retry_at: dict[tuple[str, int], int] = {}
 
-    # -- agent 1: reconciliation.results -> items ---------------------------------------------
+    # -- agent 1: reconciliation.results and refunds.results -> items -------------------------
 
     def on_result(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
     ) -> SettleDecision:
+        """A terminal MATCHED payment result (reconciliation.results) becomes a PAYMENT item,
+        a terminal MATCHED refund result (refunds.results) a REFUND item; anything else is
+        IGNORED. Both are keyed by merchant|currency, so they net in the same batches."""
         ref = source_ref(topic, partition, offset).encode()
         try:
             record = self._decoder.decode(value)
             if record.get("outcome") != MATCHED or not record.get("terminal"):
                 return SettleDecision(IGNORED)
-            item, bkey = item_message(record, self._fees)
+            if topic == self._topics.refund_results:
+                item, bkey = refund_item_message(record)
+            else:
+                item, bkey = item_message(record, self._fees)
         except RegistryUnavailable:
             raise
         except (DecodeError, BatchError, BadItem, KeyError, TypeError, ValueError) as exc:
@@ -188,7 +203,8 @@ class SettleProcessor:
         item, merchant_id, currency, bkey = read_item(key, value)
         self.deadlines.ensure(partition)
         entry = self._load(bkey, partition) or new_entry(partition, merchant_id, currency)
-        ikey = item_key(bkey, item.payment_id)
+        tag = item_tag(item.kind, item.item_id)
+        ikey = item_key(bkey, tag)
         stored = self._store.get(ikey)
         if stored is not None and counted(entry, stored):
             return SettleDecision(DUPLICATE)
@@ -203,9 +219,9 @@ class SettleProcessor:
         totals = batches.get(window.start_ms) or BatchTotals.new(merchant_id, currency, window)
         # The item first, the entry last: the entry is the commit point (see settle_table).
         self._store[ikey] = {"partition": partition, "key": bkey,
-                             "window_start_ms": window.start_ms, "seq": totals.payment_count,
+                             "window_start_ms": window.start_ms, "seq": totals.item_count,
                              "item": item.to_dict()}
-        self._index.setdefault(bkey, {}).setdefault(window.start_ms, set()).add(item.payment_id)
+        self._index.setdefault(bkey, {}).setdefault(window.start_ms, set()).add(tag)
         batches[window.start_ms] = totals.add(item)
         self._save(bkey, entry, batches, partition)
         return SettleDecision(ADDED)
@@ -253,23 +269,24 @@ class SettleProcessor:
                    decision: SettleDecision) -> None:
         """Rebuild and re-send the batches a replayed tick had closed."""
         self.deadlines.ensure(partition)  # the item index of the partition, after a restart
-        for bkey, start, closed_at in closed:
+        for bkey, start, closed_at, *_rest in closed:
             entry = self._store.get(bkey)
             if not isinstance(entry, dict):
                 log.error("settle: cannot re-publish batch %s@%s: its key is gone", bkey, start)
                 continue
-            count = next((n for s_, n in entry.get("recent", []) if s_ == start), None)
-            if count is None:
+            remembered = recent_window(entry, start)
+            if remembered is None:
                 log.error("settle: cannot re-publish batch %s@%s: no longer remembered",
                           bkey, start)
                 continue
+            count, carried_in = remembered
             window = window_for(start, self._windows)
             totals = BatchTotals.new(entry["merchant_id"], entry["currency"], window)
-            items, _uncounted = window_items(
-                self._store, self._index, bkey, replace(totals, payment_count=count))
+            items, _uncounted = window_items(self._store, self._index, bkey, start, count)
             for item in items:
                 totals = totals.add(item)
-            batch = totals.close(closed_at, items)
+            # The same items and carried_in: the same payout and carried_out as the first time.
+            batch = totals.close(closed_at, items, carried_in)
             decision.outputs.append(Output(
                 self._topics.batches, batch.batch_id.encode(),
                 self._batch_ser.encode(batch_record(batch)), ((SOURCE_HEADER, ref),)))
@@ -291,9 +308,12 @@ class SettleProcessor:
         closing = []
         outputs = []
         closed = []
+        # The key's carried balance goes through its batches in the order they close.
+        balance = carried(entry)
         for totals in due:
-            items, uncounted = window_items(self._store, self._index, bkey, totals)
-            batch = totals.close(now, items)
+            items, uncounted = window_items(self._store, self._index, bkey,
+                                            totals.window_start_ms, totals.item_count)
+            batch = totals.close(now, items, balance)
             out = Output(self._topics.batches, batch.batch_id.encode(),
                          self._batch_ser.encode(batch_record(batch)), ((SOURCE_HEADER, ref),))
             if self._record_bytes(out) > self._max_batch_bytes:
@@ -303,20 +323,22 @@ class SettleProcessor:
                     "settle: batch %s (%d items) is a %d-byte record, over the producer's %d: "
                     "raise max.message.bytes of the batches topic and the worker's "
                     "producer_max_request_size; retrying in %d ms", batch.batch_id,
-                    batch.payment_count, self._record_bytes(out), self._max_batch_bytes,
+                    batch.payment_count + batch.refund_count, self._record_bytes(out),
+                    self._max_batch_bytes,
                     TICK_RETRY_MS)
                 self._retry_at[(bkey, totals.window_start_ms)] = now + TICK_RETRY_MS
                 decision.tick_errors += 1
                 continue
-            closing.append((totals, uncounted))
+            closing.append((totals, uncounted, balance))
             outputs.append(out)
             closed.append(batch)
+            balance = batch.carried_out
         index = self._index.setdefault(bkey, {})
         recent = [list(r) for r in entry["recent"]]
-        for totals, uncounted in closing:
-            for pid in uncounted:  # an event whose entry write was lost: its replay re-adds
-                del self._store[item_key(bkey, pid)]
-                index[totals.window_start_ms].discard(pid)
+        for totals, uncounted, carried_in in closing:
+            for tag in uncounted:  # an event whose entry write was lost: its replay re-adds
+                del self._store[item_key(bkey, tag)]
+                index[totals.window_start_ms].discard(tag)
             del batches[totals.window_start_ms]
             self._retry_at.pop((bkey, totals.window_start_ms), None)
             last = entry["last_closed_start_ms"]
@@ -324,19 +346,28 @@ class SettleProcessor:
                 totals.window_start_ms if last is None else max(last, totals.window_start_ms)
             )
             entry["last_closed_at_ms"] = now
-            recent.append([totals.window_start_ms, totals.payment_count])
+            recent.append([totals.window_start_ms, totals.item_count, carried_in])
             decision.closed_windows.append([bkey, totals.window_start_ms, now])
+        entry["carried_minor"] = balance
         decision.outputs.extend(outputs)
         decision.closed.extend(closed)
         if not batches and self._idle_since(entry) + self._idle_evict_ms <= now:
             drop_items(self._store, self._index, bkey, list(index))  # recent, any orphan's
-            del self._store[bkey]
-            self._open.get(partition, {}).pop(bkey, None)
             self._index.pop(bkey, None)
+            if balance == 0:
+                del self._store[bkey]
+                self._open.get(partition, {}).pop(bkey, None)
+            elif closing or entry["recent"]:
+                # A negative balance is owed by the merchant until a later batch absorbs it:
+                # the entry stays (without its closed windows' ids) and waits for an item.
+                entry["recent"] = []
+                self._save(bkey, entry, batches, partition)
+            else:
+                self.deadlines.schedule(partition, bkey, None)
         elif closing:
             kept = self._trim(recent)
             drop_items(self._store, self._index, bkey,
-                       [start for start, _n in recent[: len(recent) - len(kept)]])
+                       [r[0] for r in recent[: len(recent) - len(kept)]])
             entry["recent"] = kept
             self._save(bkey, entry, batches, partition)
         else:  # early or idle: nothing to write, only the next deadline
@@ -392,6 +423,8 @@ class SettleProcessor:
             return min(max(b.close_at_ms(self._windows),
                            self._retry_at.get((bkey, b.window_start_ms), 0))
                        for b in batches.values())
+        if entry.get("carried_minor", 0) and not entry["recent"]:
+            return None  # kept for its carried balance, with nothing left to evict
         return self._idle_since(entry) + self._idle_evict_ms
 
     @staticmethod
@@ -400,7 +433,7 @@ class SettleProcessor:
 
     def _trim(self, recent: list[list[Any]]) -> list[list[Any]]:
         recent = recent[-self._ids_windows :]
-        while len(recent) > 1 and sum(n for _s, n in recent) > self._ids_max:
+        while len(recent) > 1 and sum(r[1] for r in recent) > self._ids_max:
             recent = recent[1:]
         return recent
 

@@ -138,7 +138,8 @@ def test_matched_result_becomes_an_item_keyed_by_merchant_and_currency() -> None
     assert out.topic == ITEMS and out.key == b"m-1|CNY" == batch_key("m-1", "CNY").encode()
     body = json.loads(out.value)
     assert body["item"] == {"payment_id": "p-1", "gross_minor": 1000, "fee_minor": 6,
-                            "net_minor": 994, "matched_at_ms": W0}
+                            "net_minor": 994, "matched_at_ms": W0, "kind": "PAYMENT",
+                            "item_id": "p-1"}
 
 
 @pytest.mark.parametrize(
@@ -233,7 +234,8 @@ def test_recent_ids_are_bounded_by_windows_and_count() -> None:
         h.now += 15_000
         h.tick()
     recent = h.store["m-1|CNY"]["recent"]
-    assert [(start - W0, count) for start, count in recent] == [(20_000, 1), (30_000, 1)]
+    assert [(start - W0, count) for start, count, _carried_in in recent] == [
+        (20_000, 1), (30_000, 1)]
     assert remembered(h.store) == {"p-2", "p-3"}  # the older windows' item records are gone
 
 
@@ -381,7 +383,8 @@ def test_a_version_1_entry_is_migrated_with_its_items_and_remembered_ids() -> No
     assert h.settle("p-old").outcome == DUPLICATE
     assert h.settle("p-new").outcome == ADDED
     entry = h.store["m-1|CNY"]
-    assert entry["v"] == 2 and entry["recent"] == [[closed_start, 1]]
+    assert entry["v"] == 3 and entry["recent"] == [[closed_start, 1, 0]]
+    assert entry["carried_minor"] == 0
     assert remembered(h.store) == {"p-closed", "p-old", "p-old2", "p-new"}
     h = h.restart()
     h.now = W0 + 15_000

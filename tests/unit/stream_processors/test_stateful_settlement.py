@@ -294,6 +294,7 @@ class SettleMachine(RuleBasedStateMachine):
         assert body["item"] == {
             "payment_id": pid, "gross_minor": pay.gross_minor, "fee_minor": pay.fee_minor,
             "net_minor": pay.gross_minor - pay.fee_minor, "matched_at_ms": pay.matched_at_ms,
+            "kind": "PAYMENT", "item_id": pid,
         }
         self.items_outbox.append((pid, out))
 

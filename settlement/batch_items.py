@@ -1,0 +1,173 @@
+"""Settlement items (a matched payment, or a succeeded refund netted against payments) and the
+payout split of a closed batch with the merchant's carried negative balance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from settlement.errors import DomainError
+from settlement.fees import FeeSchedule
+from settlement.refund_model import (
+    ITEM_KINDS,
+    ITEM_PAYMENT,
+    ITEM_REFUND,
+    RefundIdError,
+    refund_source_id,
+    split_source_id,
+)
+
+
+class BatchError(DomainError, ValueError):
+    """A batch or batch item broke the batch rules (a caller bug)."""
+
+
+def require_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BatchError(f"{name} must be an int, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One money event in a batch, with the same split the ledger posted.
+
+    A PAYMENT (item_id = payment_id) adds gross > 0, fee >= 0, net >= 0; a REFUND (item_id =
+    `<payment_id>/<refund_id>`, payment_id = the refunded payment) takes them back: gross < 0,
+    fee <= 0, net <= 0. Always gross = fee + net. The identity is (kind, item_id): a refund's
+    id can never be mistaken for a payment's, whatever characters payment ids hold.
+    An item_id left empty is the payment_id (items written before kinds existed).
+    """
+
+    payment_id: str
+    gross_minor: int
+    fee_minor: int
+    net_minor: int
+    matched_at_ms: int
+    kind: str = ITEM_PAYMENT
+    item_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payment_id, str) or not self.payment_id:
+            raise BatchError(f"payment_id must be a non-empty string, got {self.payment_id!r}")
+        if self.kind not in ITEM_KINDS:
+            raise BatchError(f"item {self.payment_id}: unknown kind {self.kind!r}")
+        if self.item_id == "" and self.kind == ITEM_PAYMENT:
+            object.__setattr__(self, "item_id", self.payment_id)
+        if not isinstance(self.item_id, str) or not self.item_id:
+            raise BatchError(f"item of {self.payment_id}: item_id must be a non-empty string")
+        gross = require_int("gross_minor", self.gross_minor)
+        fee = require_int("fee_minor", self.fee_minor)
+        net = require_int("net_minor", self.net_minor)
+        require_int("matched_at_ms", self.matched_at_ms)
+        if self.kind == ITEM_PAYMENT:
+            if self.item_id != self.payment_id:
+                raise BatchError(f"payment item {self.item_id!r} is not its payment_id "
+                                 f"{self.payment_id!r}")
+            signs_ok = gross > 0 and fee >= 0 and net >= 0
+            rule = "gross > 0, fee >= 0, net >= 0"
+        else:
+            try:
+                refunded, _refund_id = split_source_id(self.item_id)
+            except RefundIdError as exc:
+                raise BatchError(f"refund item: {exc}") from exc
+            if refunded != self.payment_id:
+                raise BatchError(f"refund item {self.item_id!r} is not of payment "
+                                 f"{self.payment_id!r}")
+            signs_ok = gross < 0 and fee <= 0 and net <= 0
+            rule = "gross < 0, fee <= 0, net <= 0"
+        if not signs_ok or fee + net != gross:
+            raise BatchError(
+                f"{self.kind} item {self.item_id}: need {rule} and fee + net == gross; "
+                f"got gross={gross} fee={fee} net={net}"
+            )
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What makes two items the same item: (kind, item_id)."""
+        return (self.kind, self.item_id)
+
+    @classmethod
+    def for_match(
+        cls,
+        payment_id: str,
+        channel: str,
+        gross_minor: int,
+        matched_at_ms: int,
+        fees: FeeSchedule,
+    ) -> BatchItem:
+        """Split with the schedule the ledger uses, so batch nets equal the merchant payable."""
+        fee = fees.fee_for(channel, gross_minor)
+        return cls(payment_id, gross_minor, fee, gross_minor - fee, matched_at_ms)
+
+    @classmethod
+    def for_refund(
+        cls,
+        payment_id: str,
+        refund_id: str,
+        amount_minor: int,
+        fee_returned_minor: int,
+        net_minor: int,
+        matched_at_ms: int,
+    ) -> BatchItem:
+        """The negative item of a succeeded refund of R = amount_minor, of which
+        f = fee_returned_minor is fee given back: gross -R, fee -f, net -(R - f).
+
+        The split is the one the reconcile stage decided and the ledger posted; it is checked
+        here (R > 0, 0 <= f, net == R - f), never recomputed.
+        """
+        for name, value in (("amount_minor", amount_minor),
+                            ("fee_returned_minor", fee_returned_minor),
+                            ("net_minor", net_minor)):
+            require_int(name, value)
+        if (amount_minor <= 0 or fee_returned_minor < 0
+                or net_minor != amount_minor - fee_returned_minor):
+            raise BatchError(
+                f"refund {payment_id}/{refund_id}: need amount > 0, fee_returned >= 0 and "
+                f"net == amount - fee_returned; got amount={amount_minor} "
+                f"fee_returned={fee_returned_minor} net={net_minor}")
+        try:
+            item_id = refund_source_id(payment_id, refund_id)
+        except RefundIdError as exc:
+            raise BatchError(str(exc)) from exc
+        return cls(payment_id, -amount_minor, -fee_returned_minor, -net_minor, matched_at_ms,
+                   ITEM_REFUND, item_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "gross_minor": self.gross_minor,
+            "fee_minor": self.fee_minor,
+            "net_minor": self.net_minor,
+            "matched_at_ms": self.matched_at_ms,
+            "kind": self.kind,
+            "item_id": self.item_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchItem:
+        """An item back from to_dict; one written before kinds existed reads as a PAYMENT."""
+        known = {"payment_id", "gross_minor", "fee_minor", "net_minor", "matched_at_ms",
+                 "kind", "item_id"}
+        unknown = set(data) - known
+        if unknown:
+            raise BatchError(f"unknown item fields {sorted(unknown)}")
+        fields = dict(data)
+        if fields.get("item_id") is None:
+            fields.pop("item_id", None)
+        return cls(**fields)
+
+
+def payout_split(net_minor: int, carried_in_minor: int) -> tuple[int, int]:
+    """(payout_minor, carried_out_minor) of a batch of this net with this carried balance.
+
+    The merchant is paid what is positive of net + carried_in; a negative rest is carried
+    into its next batch. So payout >= 0 >= carried_out and payout + carried_out is always
+    net + carried_in: nothing is paid twice and no debt is forgotten.
+    """
+    require_int("net_minor", net_minor)
+    require_int("carried_in_minor", carried_in_minor)
+    if carried_in_minor > 0:
+        raise BatchError(f"carried_in_minor must be <= 0, got {carried_in_minor}")
+    balance = net_minor + carried_in_minor
+    return max(balance, 0), min(balance, 0)
