@@ -113,6 +113,7 @@ class ReferencePipeline:
 
     def process(self, order: SimulatedOrder) -> tuple[str, str | None, str | None]:
         """(outcome, reason or error type, channel) for one published order."""
+        value: bytes | None
         if order.record is not None:
             record = order.record if self.signer is None else self.signer.sign_record(order.record)
             value = self.serializer.encode(record)
