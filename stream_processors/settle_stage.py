@@ -14,6 +14,7 @@ from schemas.errors import DecodeError, RegistryUnavailable
 from settlement.batches import BatchError, BatchTotals, SettlementBatch, due_batches
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import MATCHED
+from settlement.refund_model import ITEM_PAYMENT
 from settlement.windows import WindowPolicy, assign_window, window_for
 from stream_processors.dead_letters import DeadLetters, error_label
 from stream_processors.errors import NotCopartitioned
@@ -80,6 +81,19 @@ class SettleDecision:
     closed_windows: list[list[Any]] = field(default_factory=list)
     error_type: str | None = None  # a dead letter's metrics label (dead_letters.error_label)
     tick_errors: int = 0
+
+
+def batch_amounts(batch: SettlementBatch) -> dict[str, int]:
+    """A closed batch's amounts as non-negative counter increments, by kind label: payments'
+    gross, fee and net; refunds' refund_gross, refund_fee, refund_net (as positive amounts);
+    payout; carried_out (the negative balance carried on, as a positive amount)."""
+    sums = dict.fromkeys(("gross", "fee", "net", "refund_gross", "refund_fee", "refund_net"), 0)
+    for item in batch.items:
+        prefix = "" if item.kind == ITEM_PAYMENT else "refund_"
+        sums[f"{prefix}gross"] += abs(item.gross_minor)
+        sums[f"{prefix}fee"] += abs(item.fee_minor)
+        sums[f"{prefix}net"] += abs(item.net_minor)
+    return {**sums, "payout": batch.payout, "carried_out": -batch.carried_out}
 
 
 class SettleProcessor:

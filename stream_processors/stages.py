@@ -33,7 +33,14 @@ from stream_processors.reconcile import (
     ReconcileProcessor,
     ReconDecision,
 )
-from stream_processors.settle_stage import ADDED, DUPLICATE, TICKED, SettleDecision, SettleProcessor
+from stream_processors.settle_stage import (
+    ADDED,
+    DUPLICATE,
+    TICKED,
+    SettleDecision,
+    SettleProcessor,
+    batch_amounts,
+)
 from stream_processors.settle_stage import STAGE as SETTLE_STAGE
 from stream_processors.ticks import (
     TICK_RETENTION,
@@ -114,7 +121,8 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
 
 
 def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
-    """settle: reconciliation.results (MATCHED) -> items by merchant|currency -> batches."""
+    """settle: reconciliation.results and refunds.results (MATCHED) -> items by
+    merchant|currency -> batches netting refunds against payments."""
     topics = TopicNames(ps.topic_prefix)
     n = settings.kafka.partitions
     app = base_app(f"{ps.topic_prefix}settle-settle", settings, ps)
@@ -124,7 +132,8 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
     items_name = f"{app.conf.id}-items"
     items = owned_topic(app, items_name, n, ITEMS_RETENTION)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
-    results = app.topic(topics.results, key_serializer="raw", value_serializer="raw")
+    results = app.topic(topics.results, topics.refund_results, key_serializer="raw",
+                        value_serializer="raw")
     batching_source = stage_channel(app, [], [items, ticks], n, settings.kafka)
     table = _table(app, "settle-batches", n)
     processor = SettleProcessor(
@@ -138,9 +147,9 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
 
     @app.agent(results)
     async def itemize(stream: Any) -> None:
-        # Re-keys MATCHED results by merchant|currency through the internal items topic, so
-        # one merchant+currency's batches (its entry and one table key per batched payment)
-        # live in exactly one partition of the table.
+        # Re-keys MATCHED payment and refund results by merchant|currency through the internal
+        # items topic, so one merchant+currency's batches (its entry, its carried balance and
+        # one table key per batched item) live in exactly one partition of the table.
         await registry_off_loop(processor.prefetch, None)  # output schemas before any record
         async for event in stream.events():
             decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE,
@@ -234,9 +243,11 @@ def _count_settle(decision: SettleDecision) -> None:
         metrics.DEAD_LETTERS.labels(SETTLE_STAGE, decision.error_type).inc()
     for batch in decision.closed:
         metrics.BATCHES_CLOSED.labels(batch.currency).inc()
+        # Counters only go up: payments' sums (gross, fee, net), refunds' sums as positive
+        # amounts (refund_gross, refund_fee, refund_net), what was paid out and what was
+        # carried into the next batch (carried_out, as a positive amount).
         amounts = metrics.BATCH_AMOUNTS_CLOSED
-        amounts.labels(batch.currency, "gross").inc(batch.gross_minor)
-        amounts.labels(batch.currency, "fee").inc(batch.fee_minor)
-        amounts.labels(batch.currency, "net").inc(batch.net_minor)
+        for kind, value in batch_amounts(batch).items():
+            amounts.labels(batch.currency, kind).inc(value)
     if decision.tick_errors:
         metrics.TICK_ERRORS.labels(SETTLE_STAGE).inc(decision.tick_errors)
