@@ -1,44 +1,35 @@
-"""Ledger sink row builders (pure): reconciliation results to journals, payments, exceptions."""
+"""Ledger sink row builders (pure): payment and refund results to journals, states, exceptions."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
-from settlement.ledger import (
-    CREDIT,
-    DEBIT,
-    Journal,
-    Posting,
-    assert_balanced,
-    clearing_account,
-    fee_revenue_account,
-    journal_for_match,
-    journal_id_for,
-    payable_account,
-)
+from settlement.postings_v2 import KindJournal, payment_journal
 from settlement.reconciliation import (
     MATCHED,
     MISSING_CONFIRMATION,
     OUTCOMES,
     TERMINAL_OUTCOMES,
 )
+from sinks import fields as f
 from sinks.base import Rejection
 from sinks.errors import InvalidRecord, TerminalStateConflict
+from sinks.refund_rows import RefundExceptionRow, RefundRow, refund_rows
 
 DEFAULT_FEES: Final = FeeSchedule.from_spec(DEFAULT_FEE_SPEC)
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 class JournalRow(NamedTuple):
-    """A ledger_journals row; columns in COPY order."""
+    """A ledger_journals row; columns in COPY order (JOURNAL_TYPES)."""
 
     journal_id: str
-    payment_id: str
+    kind: str
+    source_id: str
+    payment_id: str | None
     currency: str
     gross_minor: int
     fee_minor: int
@@ -46,14 +37,28 @@ class JournalRow(NamedTuple):
 
 
 class EntryRow(NamedTuple):
-    """A ledger_entries row; columns in COPY order."""
+    """A ledger_entries row; columns in COPY order (ENTRY_TYPES)."""
 
     journal_id: str
-    payment_id: str
+    payment_id: str | None
     account: str
     side: str
     amount_minor: int
     currency: str
+
+
+JOURNAL_TYPES: Final = ("text", "text", "text", "text", "text", "int8", "int8", "int8")
+ENTRY_TYPES: Final = ("text", "text", "text", "text", "int8", "text")
+
+
+def journal_rows(posted: KindJournal) -> tuple[JournalRow, list[EntryRow]]:
+    """The ledger_journals row and ledger_entries rows of one journal."""
+    journal = posted.journal
+    row = JournalRow(journal.journal_id, posted.kind, posted.source_id, posted.payment_id,
+                     journal.currency, posted.gross_minor, posted.fee_minor, posted.net_minor)
+    entries = [EntryRow(p.journal_id, posted.payment_id, p.account, p.side, p.amount_minor,
+                        p.currency) for p in journal.postings]
+    return row, entries
 
 
 class PaymentRow(NamedTuple):
@@ -69,6 +74,7 @@ class PaymentRow(NamedTuple):
     result_id: str
     created_at: datetime | None
     decided_at: datetime
+    order_id: str | None = None
 
 
 class ExceptionRow(NamedTuple):
@@ -93,7 +99,7 @@ class ExceptionRow(NamedTuple):
 class LedgerRows:
     """Everything one batch of results writes, deduplicated within the batch."""
 
-    journals: list[JournalRow] = field(default_factory=list)
+    journals: list[JournalRow] = field(default_factory=list)  # PAYMENT journals
     entries: list[EntryRow] = field(default_factory=list)
     payments: list[PaymentRow] = field(default_factory=list)
     exceptions: list[ExceptionRow] = field(default_factory=list)
@@ -101,6 +107,13 @@ class LedgerRows:
     # payment_id -> batch index of the MATCHED result behind its journal (for DB conflicts).
     matched_index: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    # Refund results: the refunds rows, their REFUND journals and their exceptions.
+    refunds: list[RefundRow] = field(default_factory=list)
+    refund_journals: list[JournalRow] = field(default_factory=list)
+    refund_entries: list[EntryRow] = field(default_factory=list)
+    refund_exceptions: list[RefundExceptionRow] = field(default_factory=list)
+    # (payment_id, refund_id) -> batch index of its MATCHED refund result.
+    refund_matched_index: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,78 +121,20 @@ class ResultRows:
     """The rows of one result, before deduplication against the rest of the batch."""
 
     payment: PaymentRow | None
-    journal: Journal | None
+    journal: KindJournal | None
     journal_row: JournalRow | None
     exception: ExceptionRow | None
 
 
-def _text(result: Mapping[str, Any], name: str, required: bool = True) -> str | None:
-    value = result.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value):
-        raise InvalidRecord(f"{name} must be a non-empty string, got {value!r}")
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL
-        raise InvalidRecord(f"{name} contains a NUL character")
-    return value
-
-
-def _amount(result: Mapping[str, Any], name: str) -> int | None:
-    value = result.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRecord(f"{name} must be an integer count of minor units, got {value!r}")
-    return value
-
-
-def _currency(result: Mapping[str, Any], name: str) -> str | None:
-    value = result.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _CURRENCY.match(value):
-        raise InvalidRecord(f"{name} must be an ISO 4217 alpha-3 code, got {value!r}")
-    return value
-
-
-def _timestamp(result: Mapping[str, Any], name: str, required: bool = True) -> datetime | None:
-    value = result.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, datetime) or value.utcoffset() is None:
-        raise InvalidRecord(f"{name} must be a timezone-aware datetime, got {value!r}")
-    return value
-
-
-def journal_with_fee(
-    payment_id: str, merchant_id: str, channel: str, gross_minor: int, fee: int, currency: str
-) -> Journal:
-    """The journal_for_match legs with a fee decided upstream (the record's fee_minor)."""
-    if not 0 <= fee <= gross_minor:
-        raise InvalidRecord(f"fee_minor {fee} must be within 0..gross_minor {gross_minor}")
-    journal_id = journal_id_for(payment_id)
-    legs = (
-        (clearing_account(channel), DEBIT, gross_minor),
-        (payable_account(merchant_id), CREDIT, gross_minor - fee),
-        (fee_revenue_account(channel), CREDIT, fee),
-    )
-    postings = tuple(
-        Posting(journal_id, account, side, amount, currency)
-        for account, side, amount in legs
-        if amount > 0  # postings are > 0; a zero leg is left out, as journal_for_match does
-    )
-    return Journal(journal_id, payment_id, currency, postings)
-
-
-def _matched_journal(
-    result: Mapping[str, Any], payment_id: str, channel: str | None, fees: FeeSchedule
-) -> tuple[Journal, JournalRow]:
-    merchant_id = _text(result, "merchant_id", required=False)
+def _matched_journal(result: Mapping[str, Any], payment_id: str, channel: str | None,
+                     fees: FeeSchedule) -> KindJournal:
+    merchant_id = f.text(result, "merchant_id", required=False)
     if merchant_id is None or channel is None:
         raise InvalidRecord("a MATCHED result needs merchant_id and channel to post a journal")
-    gross = _amount(result, "expected_amount_minor")
-    currency = _currency(result, "expected_currency")
-    confirmed = (_amount(result, "confirmed_amount_minor"), _currency(result, "confirmed_currency"))
+    gross = f.amount(result, "expected_amount_minor")
+    currency = f.currency(result, "expected_currency")
+    confirmed = (f.amount(result, "confirmed_amount_minor"),
+                 f.currency(result, "confirmed_currency"))
     if gross is None or currency is None or (gross, currency) != confirmed:
         raise InvalidRecord(
             f"MATCHED needs equal expected and confirmed amounts: expected "
@@ -187,27 +142,22 @@ def _matched_journal(
         )
     if gross <= 0:
         raise InvalidRecord(f"a MATCHED amount must be > 0, got {gross}")
-    fee, net = _amount(result, "fee_minor"), _amount(result, "net_minor")
+    fee, net = f.amount(result, "fee_minor"), f.amount(result, "net_minor")
     if fee is None and net is None:
         # Older results carry no split: the same schedule the reconciler uses decides it.
         fee = fees.fee_for(channel, gross)
-        journal = journal_for_match(payment_id, merchant_id, channel, gross, currency, fees)
     elif fee is None or net is None:
         raise InvalidRecord("fee_minor and net_minor must both be set or both be null")
     elif fee < 0 or net < 0 or fee + net != gross:
         raise InvalidRecord(f"fee_minor {fee} + net_minor {net} != gross {gross} (or negative)")
-    else:
-        journal = journal_with_fee(payment_id, merchant_id, channel, gross, fee, currency)
-    assert_balanced(journal)  # again, where it is written: it must never reach the table unbalanced
-    row = JournalRow(journal.journal_id, payment_id, currency, gross, fee, gross - fee)
-    return journal, row
+    # Checked again where it is built: balanced, gross = net + fee, debits = gross.
+    return payment_journal(payment_id, merchant_id, channel, gross, fee, currency)
 
 
 def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
     """The rows of one decoded ReconciliationResult; InvalidRecord (or a domain error) if bad."""
-    result_id = _text(result, "result_id")
-    payment_id = _text(result, "payment_id")
-    assert result_id is not None and payment_id is not None
+    result_id = f.required_text(result, "result_id")
+    payment_id = f.required_text(result, "payment_id")
     outcome = result.get("outcome")
     if outcome not in OUTCOMES:
         raise InvalidRecord(f"unknown outcome {outcome!r}")
@@ -217,104 +167,150 @@ def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
     late = result.get("late", False)
     if not isinstance(late, bool):
         raise InvalidRecord(f"late must be a boolean, got {late!r}")
-    raw_channel = _text(result, "channel", required=False)
-    # Avro's Channel enum is upper-case; accounts, fees and topics use the lower-case name.
-    channel = raw_channel.lower() if raw_channel is not None else None
-    merchant_id = _text(result, "merchant_id", required=False)
-    decided_at = _timestamp(result, "decided_at")
+    channel = f.channel(result)
+    merchant_id = f.text(result, "merchant_id", required=False)
+    order_id = f.text(result, "order_id", required=False)
+    decided_at = f.timestamp(result, "decided_at")
     assert decided_at is not None
-    created_at = _timestamp(result, "created_at", required=False)
-    expected = _amount(result, "expected_amount_minor")
-    expected_currency = _currency(result, "expected_currency")
-    detail = result.get("detail") or ""
-    if not isinstance(detail, str) or "\x00" in detail:
-        raise InvalidRecord("detail must be a string without NUL characters")
+    created_at = f.timestamp(result, "created_at", required=False)
+    expected = f.amount(result, "expected_amount_minor")
+    expected_currency = f.currency(result, "expected_currency")
+    detail = f.detail(result)
 
     journal = journal_row = exception = payment = None
     if outcome == MATCHED:
-        journal, journal_row = _matched_journal(result, payment_id, channel, fees)
+        journal = _matched_journal(result, payment_id, channel, fees)
+        journal_row = journal_rows(journal)[0]
     else:
         exception = ExceptionRow(
             result_id, payment_id, merchant_id, channel, outcome, expected, expected_currency,
-            _amount(result, "confirmed_amount_minor"), _currency(result, "confirmed_currency"),
-            _text(result, "confirmation_id", required=False),
-            _text(result, "channel_txn_id", required=False), detail, decided_at,
+            f.amount(result, "confirmed_amount_minor"), f.currency(result, "confirmed_currency"),
+            f.text(result, "confirmation_id", required=False),
+            f.text(result, "channel_txn_id", required=False), detail, decided_at,
         )
     if terminal:
         if expected is not None and expected <= 0:
             raise InvalidRecord(f"expected_amount_minor must be > 0, got {expected}")
         payment = PaymentRow(
             payment_id, merchant_id, channel, expected, expected_currency, outcome, late,
-            result_id, created_at, decided_at,
+            result_id, created_at, decided_at, order_id,
         )
     return ResultRows(payment, journal, journal_row, exception)
 
 
-def _merge_payment(
-    payments: dict[str, PaymentRow], replaced: set[str], row: PaymentRow
-) -> str:
-    """Apply one terminal row to the batch's view: "new", "late_match", "duplicate" or "lost"."""
-    current = payments.get(row.payment_id)
+def merge_terminal(held: dict[Any, Any], replaced: set[Any], key: Any, row: Any) -> str:
+    """Apply one terminal row (with .state and .result_id) to the batch's view of its payment
+    or refund: "new", "late_match", "duplicate" or "lost"."""
+    current = held.get(key)
     if current is None:
-        payments[row.payment_id] = row
+        held[key] = row
         return "new"
     if current.result_id == row.result_id:
         return "duplicate"
     # First terminal wins, except the one late MATCHED after MISSING_CONFIRMATION (once).
     late_match = current.state == MISSING_CONFIRMATION and row.state == MATCHED
-    if late_match and row.payment_id not in replaced:
-        payments[row.payment_id] = row
-        replaced.add(row.payment_id)
+    if late_match and key not in replaced:
+        held[key] = row
+        replaced.add(key)
         return "late_match"
     return "lost"
 
 
-def build_ledger_rows(results: Sequence[Mapping[str, Any]], fees: FeeSchedule) -> LedgerRows:
+def _conflict(what: str, row: Any, held: Any) -> str:
+    return (f"MATCHED result {row.result_id} for {what}, which is already {held.state} by "
+            f"{held.result_id}")
+
+
+def _add_payment(out: LedgerRows, index: int, rows: ResultRows, payments: dict[str, PaymentRow],
+                 replaced: set[Any], journals: dict[str, KindJournal],
+                 exceptions: dict[str, ExceptionRow]) -> None:
+    if rows.payment is not None:
+        verdict = merge_terminal(payments, replaced, rows.payment.payment_id, rows.payment)
+        if verdict == "duplicate":
+            out.duplicates += 1
+            return
+        if verdict == "lost" and rows.payment.state == MATCHED:
+            held = payments[rows.payment.payment_id]
+            message = _conflict(f"payment {rows.payment.payment_id}", rows.payment, held)
+            out.rejected.append(Rejection(index, TerminalStateConflict.__name__, message))
+            return
+    if rows.journal is not None:
+        journals[rows.journal.source_id] = rows.journal
+        out.matched_index[rows.journal.source_id] = index
+    if rows.exception is not None:
+        if rows.exception.result_id in exceptions:
+            out.duplicates += 1
+        else:
+            exceptions[rows.exception.result_id] = rows.exception
+
+
+def build_ledger_rows(results: Sequence[Mapping[str, Any]], fees: FeeSchedule,
+                      refund_positions: Collection[int] = ()) -> LedgerRows:
     """The rows of a batch of decoded results, in batch order, each record judged on its own.
 
-    A bad record is rejected (to be dead-lettered) and never stops the others. A MATCHED
-    result that loses to another terminal state of its payment is rejected as a
-    TerminalStateConflict: silently dropping it would hide money the channel took.
+    `refund_positions`: the indexes of RefundResult records (the others are
+    ReconciliationResults). A bad record is rejected (to be dead-lettered) and never stops
+    the others. A MATCHED result that loses to another terminal state of its payment (or
+    refund) is rejected as a TerminalStateConflict: silently dropping it would hide money.
     """
     out = LedgerRows()
     payments: dict[str, PaymentRow] = {}
-    replaced: set[str] = set()
-    journals: dict[str, tuple[JournalRow, Journal]] = {}
+    refunds: dict[tuple[str, str], RefundRow] = {}
+    replaced: set[Any] = set()
+    journals: dict[str, KindJournal] = {}
+    refund_journals: dict[str, KindJournal] = {}
     exceptions: dict[str, ExceptionRow] = {}
+    refund_exceptions: dict[str, RefundExceptionRow] = {}
     for index, result in enumerate(results):
+        if index in refund_positions:
+            _add_refund(out, index, result, refunds, replaced, refund_journals,
+                        refund_exceptions)
+            continue
         try:
             rows = result_rows(result, fees)
         except Exception as exc:  # judged per record: one bad record must not stop the batch
             out.rejected.append(Rejection(index, type(exc).__name__, str(exc)))
             continue
-        if rows.payment is not None:
-            verdict = _merge_payment(payments, replaced, rows.payment)
-            if verdict == "duplicate":
-                out.duplicates += 1
-                continue
-            if verdict == "lost" and rows.payment.state == MATCHED:
-                held = payments[rows.payment.payment_id]
-                message = (
-                    f"MATCHED result {rows.payment.result_id} for payment "
-                    f"{rows.payment.payment_id}, which is already {held.state} by {held.result_id}"
-                )
-                out.rejected.append(Rejection(index, TerminalStateConflict.__name__, message))
-                continue
-        if rows.journal is not None and rows.journal_row is not None:
-            journals[rows.journal_row.payment_id] = (rows.journal_row, rows.journal)
-            out.matched_index[rows.journal_row.payment_id] = index
-        if rows.exception is not None:
-            if rows.exception.result_id in exceptions:
-                out.duplicates += 1
-            else:
-                exceptions[rows.exception.result_id] = rows.exception
+        _add_payment(out, index, rows, payments, replaced, journals, exceptions)
     out.payments = list(payments.values())
     out.exceptions = list(exceptions.values())
-    for journal_row, journal in journals.values():
-        out.journals.append(journal_row)
-        out.entries.extend(
-            EntryRow(p.journal_id, journal.payment_id, p.account, p.side, p.amount_minor,
-                     p.currency)
-            for p in journal.postings
-        )
+    out.refunds = list(refunds.values())
+    out.refund_exceptions = list(refund_exceptions.values())
+    for posted in journals.values():
+        row, entries = journal_rows(posted)
+        out.journals.append(row)
+        out.entries.extend(entries)
+    for posted in refund_journals.values():
+        row, entries = journal_rows(posted)
+        out.refund_journals.append(row)
+        out.refund_entries.extend(entries)
     return out
+
+
+def _add_refund(out: LedgerRows, index: int, result: Mapping[str, Any],
+                refunds: dict[tuple[str, str], RefundRow], replaced: set[Any],
+                journals: dict[str, KindJournal],
+                exceptions: dict[str, RefundExceptionRow]) -> None:
+    try:
+        row, journal, exception = refund_rows(result)
+    except Exception as exc:  # judged per record: one bad record must not stop the batch
+        out.rejected.append(Rejection(index, type(exc).__name__, str(exc)))
+        return
+    if row is not None:
+        key = (row.payment_id, row.refund_id)
+        verdict = merge_terminal(refunds, replaced, key, row)
+        if verdict == "duplicate":
+            out.duplicates += 1
+            return
+        if verdict == "lost" and row.state == MATCHED:
+            message = _conflict(f"refund {row.payment_id}/{row.refund_id}", row, refunds[key])
+            out.rejected.append(Rejection(index, TerminalStateConflict.__name__, message))
+            return
+    if journal is not None and row is not None:
+        journals[journal.source_id] = journal
+        out.refund_matched_index[(row.payment_id, row.refund_id)] = index
+    if exception is not None:
+        if exception.result_id in exceptions:
+            out.duplicates += 1
+        else:
+            exceptions[exception.result_id] = exception

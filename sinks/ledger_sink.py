@@ -1,18 +1,22 @@
-"""Ledger sink writer: reconciliation.results to payments, ledger journals and exceptions."""
+"""Ledger sink writer: payment and refund results to payments, refunds, journals, exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import psycopg
 
 from settlement.fees import FeeSchedule
 from settlement.ledger import DEBIT
 from settlement.reconciliation import MATCHED
+from sinks import journal_staging
 from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
 from sinks.errors import TerminalStateConflict
 from sinks.ledger_rows import (
     DEFAULT_FEES,
+    ENTRY_TYPES,
+    JOURNAL_TYPES,
     EntryRow,
     ExceptionRow,
     JournalRow,
@@ -22,6 +26,12 @@ from sinks.ledger_rows import (
     result_rows,
 )
 from sinks.pg import clear_staging, copy_rows, require_tables
+from sinks.refund_rows import (
+    REFUND_EXCEPTION_TYPES,
+    REFUND_TYPES,
+    RefundExceptionRow,
+    RefundRow,
+)
 
 __all__ = [
     "LedgerWriter",
@@ -29,15 +39,17 @@ __all__ = [
     "result_rows",
 ]
 
-TABLES = ("payments", "ledger_journals", "ledger_entries", "reconciliation_exceptions")
+TABLES = ("payments", "ledger_journals", "ledger_entries", "reconciliation_exceptions",
+          "refunds", "refund_exceptions")
 
 # Staging tables live per connection and empty themselves at every commit; the writer copies
-# a batch's payments and exceptions into them and moves them with INSERT ... SELECT ... ON
-# CONFLICT, so a replay is a no-op. Journals and their entries need no staging (see write).
+# a batch's payments, refunds and exceptions into them and moves them with INSERT ... SELECT
+# ... ON CONFLICT, so a replay is a no-op. Payment journals need no staging (see _post).
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_payments (
     payment_id text, merchant_id text, channel text, amount_minor bigint, currency text,
-    state text, late boolean, result_id text, created_at timestamptz, decided_at timestamptz
+    state text, late boolean, result_id text, created_at timestamptz, decided_at timestamptz,
+    order_id text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_recon_exceptions (
     result_id text, payment_id text, merchant_id text, channel text, outcome text,
@@ -45,17 +57,31 @@ CREATE TEMP TABLE IF NOT EXISTS stage_recon_exceptions (
     confirmed_currency text, confirmation_id text, channel_txn_id text, detail text,
     decided_at timestamptz
 ) ON COMMIT DELETE ROWS;
-"""
+CREATE TEMP TABLE IF NOT EXISTS stage_refunds (
+    payment_id text, refund_id text, merchant_id text, channel text, order_id text,
+    amount_minor bigint, currency text, state text, late boolean, result_id text,
+    fee_returned_minor bigint, net_minor bigint, requested_at timestamptz,
+    decided_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_refund_exceptions (
+    result_id text, payment_id text, refund_id text, merchant_id text, channel text,
+    outcome text, amount_minor bigint, currency text, confirmed_amount_minor bigint,
+    confirmed_currency text, confirmation_id text, channel_refund_id text, detail text,
+    decided_at timestamptz
+) ON COMMIT DELETE ROWS;
+""" + journal_staging.STAGING_DDL
 
-_CLEAR_STAGING = "DELETE FROM stage_payments; DELETE FROM stage_recon_exceptions"
+_CLEAR_STAGING = ("DELETE FROM stage_payments; DELETE FROM stage_recon_exceptions; "
+                  "DELETE FROM stage_refunds; DELETE FROM stage_refund_exceptions; "
+                  + journal_staging.CLEAR_STAGING)
 
 # First terminal state wins; the one exception is a late MATCHED replacing
 # MISSING_CONFIRMATION, which happens at most once because the state then is MATCHED.
 _UPSERT_PAYMENTS = """
 INSERT INTO payments (payment_id, merchant_id, channel, amount_minor, currency, state, late,
-                      result_id, created_at, decided_at)
+                      result_id, created_at, decided_at, order_id)
 SELECT payment_id, merchant_id, channel, amount_minor, currency, state, late,
-       result_id, created_at, decided_at
+       result_id, created_at, decided_at, order_id
   FROM stage_payments
 ON CONFLICT (payment_id) DO UPDATE
    SET state = EXCLUDED.state,
@@ -66,9 +92,35 @@ ON CONFLICT (payment_id) DO UPDATE
        channel = COALESCE(EXCLUDED.channel, payments.channel),
        amount_minor = COALESCE(EXCLUDED.amount_minor, payments.amount_minor),
        currency = COALESCE(EXCLUDED.currency, payments.currency),
+       order_id = COALESCE(EXCLUDED.order_id, payments.order_id),
        updated_at = now()
  WHERE payments.state = 'MISSING_CONFIRMATION' AND EXCLUDED.state = 'MATCHED'
 RETURNING payment_id, state
+"""
+
+# The same rule for refunds: a late MATCHED replaces MISSING_CONFIRMATION once.
+_UPSERT_REFUNDS = """
+INSERT INTO refunds (payment_id, refund_id, merchant_id, channel, order_id, amount_minor,
+                     currency, state, late, result_id, fee_returned_minor, net_minor,
+                     requested_at, decided_at)
+SELECT payment_id, refund_id, merchant_id, channel, order_id, amount_minor, currency, state,
+       late, result_id, fee_returned_minor, net_minor, requested_at, decided_at
+  FROM stage_refunds
+ON CONFLICT (payment_id, refund_id) DO UPDATE
+   SET state = EXCLUDED.state,
+       late = EXCLUDED.late,
+       result_id = EXCLUDED.result_id,
+       decided_at = EXCLUDED.decided_at,
+       fee_returned_minor = EXCLUDED.fee_returned_minor,
+       net_minor = EXCLUDED.net_minor,
+       merchant_id = COALESCE(EXCLUDED.merchant_id, refunds.merchant_id),
+       channel = COALESCE(EXCLUDED.channel, refunds.channel),
+       order_id = COALESCE(EXCLUDED.order_id, refunds.order_id),
+       amount_minor = COALESCE(EXCLUDED.amount_minor, refunds.amount_minor),
+       currency = COALESCE(EXCLUDED.currency, refunds.currency),
+       updated_at = now()
+ WHERE refunds.state = 'MISSING_CONFIRMATION' AND EXCLUDED.state = 'MATCHED'
+RETURNING payment_id, refund_id, state
 """
 
 _INSERT_EXCEPTIONS = """
@@ -82,26 +134,46 @@ SELECT result_id, payment_id, merchant_id, channel, outcome, expected_amount_min
 ON CONFLICT (result_id) DO NOTHING
 """
 
+_INSERT_REFUND_EXCEPTIONS = """
+INSERT INTO refund_exceptions (result_id, payment_id, refund_id, merchant_id, channel, outcome,
+    amount_minor, currency, confirmed_amount_minor, confirmed_currency, confirmation_id,
+    channel_refund_id, detail, decided_at)
+SELECT result_id, payment_id, refund_id, merchant_id, channel, outcome, amount_minor,
+       currency, confirmed_amount_minor, confirmed_currency, confirmation_id,
+       channel_refund_id, detail, decided_at
+  FROM stage_refund_exceptions
+ON CONFLICT (result_id) DO NOTHING
+"""
+
 _T, _B, _BOOL, _TS = "text", "int8", "bool", "timestamptz"
-_JOURNAL_TYPES = (_T, _T, _T, _B, _B, _B)
-_ENTRY_TYPES = (_T, _T, _T, _T, _B, _T)
 _STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("stage_payments", PaymentRow._fields, (_T, _T, _T, _B, _T, _T, _BOOL, _T, _TS, _TS)),
+    ("stage_payments", PaymentRow._fields, (_T, _T, _T, _B, _T, _T, _BOOL, _T, _TS, _TS, _T)),
     ("stage_recon_exceptions", ExceptionRow._fields,
      (_T, _T, _T, _T, _T, _B, _T, _B, _T, _T, _T, _T, _TS)),
+    ("stage_refunds", RefundRow._fields, REFUND_TYPES),
+    ("stage_refund_exceptions", RefundExceptionRow._fields, REFUND_EXCEPTION_TYPES),
 )
 
 
 class LedgerWriter:
-    """Writes a batch of ReconciliationResult records in the caller's transaction."""
+    """Writes a batch of ReconciliationResult (and RefundResult) records in one transaction.
+
+    `refund_topic`: the refunds.results topic this sink also consumes; its records are
+    decoded as RefundResult (more_topics) and written as refunds.
+    """
 
     name = "ledger"
     stage = "ledger-sink"
     record_name = "ReconciliationResult"
 
-    def __init__(self, fees: FeeSchedule = DEFAULT_FEES) -> None:
+    def __init__(self, fees: FeeSchedule = DEFAULT_FEES, refund_topic: str | None = None
+                 ) -> None:
         # settings.sink.fees (SETTLE_FEES) in the sink process; the built-in schedule otherwise.
         self.fees = fees
+        self.refund_topic = refund_topic
+        # Topics beyond the sink's main one, with the contract record each carries.
+        self.more_topics: Mapping[str, str] = MappingProxyType(
+            {refund_topic: "RefundResult"} if refund_topic else {})
 
     def prepare(self, conn: psycopg.Connection) -> None:
         require_tables(conn, (*TABLES, "sink_offsets"))
@@ -109,7 +181,8 @@ class LedgerWriter:
 
     def build(self, records: Sequence[SourceRecord]) -> LedgerRows:
         """The rows of decoded records (pure: the consumer may call it ahead, in a thread)."""
-        return build_ledger_rows([r.record or {} for r in records], self.fees)
+        refunds = {i for i, r in enumerate(records) if r.topic == self.refund_topic}
+        return build_ledger_rows([r.record or {} for r in records], self.fees, refunds)
 
     def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
               rows: LedgerRows | None = None) -> WriteResult:
@@ -121,17 +194,24 @@ class LedgerWriter:
         with conn.cursor() as cur:
             clear_staging(conn, cur, _CLEAR_STAGING)
             self._stage(cur, rows)
-            changed = cur.execute(_UPSERT_PAYMENTS).fetchall()
-            result.add_rows("payments", len(changed))
-            matched_now = {pid for pid, state in changed if state == MATCHED}
-            result.dead.extend(self._conflicts(cur, records, rows, matched_now))
-            if matched_now:
-                self._post(cur, rows, matched_now, result)
-                result.posted = [(p.channel or "unknown", p.created_at) for p in rows.payments
-                                 if p.payment_id in matched_now and p.created_at is not None]
+            if rows.payments:
+                changed = cur.execute(_UPSERT_PAYMENTS).fetchall()
+                result.add_rows("payments", len(changed))
+                matched_now = {pid for pid, state in changed if state == MATCHED}
+                result.dead.extend(self._conflicts(cur, records, rows, matched_now))
+                if matched_now:
+                    self._post(cur, rows, matched_now, result)
+                    result.posted = [(p.channel or "unknown", p.created_at)
+                                     for p in rows.payments
+                                     if p.payment_id in matched_now and p.created_at is not None]
             if rows.exceptions:
                 cur.execute(_INSERT_EXCEPTIONS)
                 result.add_rows("reconciliation_exceptions", cur.rowcount)
+            if rows.refunds:
+                self._write_refunds(cur, records, rows, result)
+            if rows.refund_exceptions:
+                cur.execute(_INSERT_REFUND_EXCEPTIONS)
+                result.add_rows("refund_exceptions", cur.rowcount)
         return result
 
     @staticmethod
@@ -139,25 +219,46 @@ class LedgerWriter:
               result: WriteResult) -> None:
         """COPY the journals of payments that became MATCHED in this transaction, and their entries.
 
-        Only this writer posts journals, and in the same transaction as the payment's move to
-        MATCHED, which is final. So a payment the upsert has just moved to MATCHED has no
-        journal yet, and its rows go straight into the ledger tables: a replayed result finds
-        its payment MATCHED already and posts nothing. Should a journal exist all the same,
-        the unique keys refuse the COPY, and the batch is written again record by record
-        (the consumer's isolation), dead-lettering that record: never a second posting.
+        Only this writer posts PAYMENT journals, and in the same transaction as the payment's
+        move to MATCHED, which is final. So a payment the upsert has just moved to MATCHED has
+        no journal yet, and its rows go straight into the ledger tables: a replayed result
+        finds its payment MATCHED already and posts nothing. Should a journal exist all the
+        same, the unique keys refuse the COPY, and the batch is written again record by
+        record (the consumer's isolation), dead-lettering that record: never a second posting.
         """
         journals = [j for j in rows.journals if j.payment_id in matched_now]
         entries = [e for e in rows.entries if e.payment_id in matched_now]
-        copy_rows(cur, "ledger_journals", JournalRow._fields, _JOURNAL_TYPES, journals)
-        copy_rows(cur, "ledger_entries", EntryRow._fields, _ENTRY_TYPES, entries)
+        copy_rows(cur, "ledger_journals", JournalRow._fields, JOURNAL_TYPES, journals)
+        copy_rows(cur, "ledger_entries", EntryRow._fields, ENTRY_TYPES, entries)
         debits = sum(1 for e in entries if e.side == DEBIT)
         result.add_rows("ledger_journals", len(journals))
         result.add_rows("ledger_entries", len(entries))
-        result.postings_by_side = {"DEBIT": debits, "CREDIT": len(entries) - debits}
+        _count_sides(result, debits, len(entries) - debits)
+
+    @classmethod
+    def _write_refunds(cls, cur: psycopg.Cursor, records: Sequence[SourceRecord],
+                       rows: LedgerRows, result: WriteResult) -> None:
+        """Upsert the refunds' terminal states and post the REFUND journal of each refund
+        that became MATCHED now (ON CONFLICT (kind, source_id): never twice)."""
+        changed = cur.execute(_UPSERT_REFUNDS).fetchall()
+        result.add_rows("refunds", len(changed))
+        matched_now = {(pid, rid) for pid, rid, state in changed if state == MATCHED}
+        result.dead.extend(cls._refund_conflicts(cur, records, rows, matched_now))
+        if not matched_now:
+            return
+        sources = {f"{pid}/{rid}" for pid, rid in matched_now}
+        journals = [j for j in rows.refund_journals if j.source_id in sources]
+        ids = {j.journal_id for j in journals}
+        entries = [e for e in rows.refund_entries if e.journal_id in ids]
+        posted, debits, credits = journal_staging.post_journals(cur, journals, entries)
+        result.add_rows("ledger_journals", posted)
+        result.add_rows("ledger_entries", debits + credits)
+        _count_sides(result, debits, credits)
 
     @staticmethod
     def _stage(cur: psycopg.Cursor, rows: LedgerRows) -> None:
-        batches: tuple[Sequence[Sequence[object]], ...] = (rows.payments, rows.exceptions)
+        batches: tuple[Sequence[Sequence[object]], ...] = (
+            rows.payments, rows.exceptions, rows.refunds, rows.refund_exceptions)
         for (table, columns, types), batch in zip(_STAGES, batches, strict=True):
             if batch:
                 copy_rows(cur, table, columns, types, batch)
@@ -192,3 +293,38 @@ class LedgerWriter:
             source = records[rows.matched_index[payment_id]]
             dead.append(DeadRecord(source, TerminalStateConflict.__name__, message))
         return dead
+
+    @staticmethod
+    def _refund_conflicts(
+        cur: psycopg.Cursor,
+        records: Sequence[SourceRecord],
+        rows: LedgerRows,
+        matched_now: set[tuple[str, str]],
+    ) -> list[DeadRecord]:
+        """MATCHED refund results whose refund already holds another verdict: dead letters."""
+        wanted = {(r.payment_id, r.refund_id): r.result_id for r in rows.refunds
+                  if r.state == MATCHED}
+        pending = [key for key in wanted if key not in matched_now]
+        if not pending:
+            return []
+        stored = cur.execute(
+            "SELECT payment_id, refund_id, state, result_id FROM refunds"
+            " WHERE (payment_id, refund_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            ([p for p, _ in pending], [r for _, r in pending]),
+        ).fetchall()
+        dead: list[DeadRecord] = []
+        for payment_id, refund_id, state, result_id in stored:
+            key = (payment_id, refund_id)
+            if state == MATCHED and result_id == wanted[key]:
+                continue
+            message = (f"MATCHED result {wanted[key]} for refund {payment_id}/{refund_id}, "
+                       f"which is already {state} by {result_id}: not posted")
+            source = records[rows.refund_matched_index[key]]
+            dead.append(DeadRecord(source, TerminalStateConflict.__name__, message))
+        return dead
+
+
+def _count_sides(result: WriteResult, debits: int, credits: int) -> None:
+    sides = result.postings_by_side
+    sides["DEBIT"] = sides.get("DEBIT", 0) + debits
+    sides["CREDIT"] = sides.get("CREDIT", 0) + credits

@@ -69,11 +69,13 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 
 
-def _next_offsets(batch: Sequence[Message]) -> dict[int, int]:
-    out: dict[int, int] = {}
+def _next_offsets(batch: Sequence[Message]) -> dict[str, dict[int, int]]:
+    """The next offset per topic and partition after the batch."""
+    out: dict[str, dict[int, int]] = {}
     for msg in batch:
-        _topic, partition, offset = coords(msg)
-        out[partition] = max(out.get(partition, 0), offset + 1)
+        topic, partition, offset = coords(msg)
+        per_topic = out.setdefault(topic, {})
+        per_topic[partition] = max(per_topic.get(partition, 0), offset + 1)
     return out
 
 
@@ -82,7 +84,8 @@ class _BatchChanged(Exception):
 
 
 class OffsetsConsumer:
-    """Consume one topic in micro-batches and hand each batch to a writer, exactly once."""
+    """Consume a topic (and the writer's more_topics) in micro-batches and hand each batch to
+    a writer, exactly once; every topic's offsets commit in the batch's transaction."""
 
     def __init__(
         self,
@@ -105,7 +108,14 @@ class OffsetsConsumer:
 
         self._dlq = DeadLetterPublisher(dlq_producer(), registry, options.dlq_topic,
                                         writer.stage, producer_factory=dlq_producer)
-        self._decoder = AvroDeserializer(registry, reader_schema=writer.record_name)
+        # Each topic is decoded into its own contract record: the main topic into the
+        # writer's record_name, the writer's more_topics (topic -> record name) into theirs.
+        more: dict[str, str] = dict(getattr(writer, "more_topics", {}) or {})
+        self._topics = [options.topic, *(t for t in more if t != options.topic)]
+        self._decoders = {options.topic: AvroDeserializer(registry,
+                                                          reader_schema=writer.record_name)}
+        self._decoders.update((topic, AvroDeserializer(registry, reader_schema=record))
+                              for topic, record in more.items() if topic != options.topic)
         self._conn: psycopg.Connection | None = None
         self._batch: list[Message] = []  # collected, not yet committed
         self._carry: list[Message] = []  # delivered while waiting to retry
@@ -132,7 +142,7 @@ class OffsetsConsumer:
         with stop_on_signals(self.writer.stage, self.stop, self.stopping,
                              install_signal_handlers):
             self._consumer.subscribe(
-                [self.options.topic],
+                list(self._topics),
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
@@ -204,21 +214,25 @@ class OffsetsConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Resume each partition at its stored next_offset (absent: from the beginning)."""
-        numbers = [tp.partition for tp in partitions]
-        stored = self._retry_db(
-            "read sink_offsets",
-            lambda conn: load_offsets(conn, self.options.group_id, self.options.topic, numbers),
-        )
+        numbers: dict[str, list[int]] = {}
+        for tp in partitions:
+            numbers.setdefault(tp.topic, []).append(tp.partition)
+
+        def load(conn: psycopg.Connection) -> dict[str, dict[int, int]]:
+            return {topic: load_offsets(conn, self.options.group_id, topic, parts)
+                    for topic, parts in numbers.items()}
+
+        stored = self._retry_db("read sink_offsets", load)
         if stored is None:  # stopping while PostgreSQL is away: fetch nothing, exit soon
             consumer.assign([])
             return
         for tp in partitions:
-            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
+            tp.offset = stored[tp.topic].get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
         self._last_activity = time.monotonic()
-        log.info("%s: assigned %s", self.writer.stage,
-                 ", ".join(f"{tp.topic}[{tp.partition}]@{stored.get(tp.partition, 'beginning')}"
-                           for tp in partitions))
+        log.info("%s: assigned %s", self.writer.stage, ", ".join(
+            f"{tp.topic}[{tp.partition}]@{stored[tp.topic].get(tp.partition, 'beginning')}"
+            for tp in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Drop uncommitted records of partitions we lose; their next owner re-reads them."""
@@ -284,13 +298,14 @@ class OffsetsConsumer:
         dead.extend(result.dead)
         self._dlq.publish(dead)
         next_offsets = _next_offsets(batch)
-        save_offsets(conn, self.options.group_id, self.options.topic, next_offsets)
+        for topic, offsets in next_offsets.items():
+            save_offsets(conn, self.options.group_id, topic, offsets)
         conn.commit()
         self._after_commit(batch, result, dead, next_offsets, time.monotonic() - started)
 
     def _prepare(self, batch: list[Message], build: bool = False) -> Prepared:
         """Decode a batch, and build its rows ahead if asked (pure: no database, no Kafka)."""
-        return prepare(self._decoder, self.writer, batch, build)
+        return prepare(self._decoders, self.writer, batch, build)
 
     def _take_ahead(self, batch: list[Message]) -> Prepared | None:
         """The read-ahead of exactly this batch, if there is one; waits for the helper."""
@@ -345,14 +360,15 @@ class OffsetsConsumer:
         batch: list[Message],
         result: WriteResult,
         dead: list[DeadRecord],
-        next_offsets: dict[int, int],
+        next_offsets: dict[str, dict[int, int]],
         commit_s: float,
     ) -> None:
         count_committed(self.stats, self.writer.name, len(batch), result, dead, commit_s)
         for item in dead:
             log.warning("%s: dead-lettered %s to %s: %s: %s", self.writer.stage,
                         item.source.ref, self.options.dlq_topic, item.error_type, item.message)
-        offsets = [TopicPartition(self.options.topic, p, o) for p, o in next_offsets.items()]
+        offsets = [TopicPartition(topic, p, o) for topic, per_topic in next_offsets.items()
+                   for p, o in per_topic.items()]
         try:  # only for lag monitoring: the sink resumes from sink_offsets, never from here
             self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:

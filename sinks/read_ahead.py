@@ -10,7 +10,7 @@ order; a read-ahead is used only for exactly the batch it was made for.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -40,18 +40,25 @@ class Prepared:
     built: Any = None
 
 
+Decoders = AvroDeserializer | Mapping[str, AvroDeserializer]
+
+
 def decode_batch(
-    decoder: AvroDeserializer, batch: Sequence[Message]
+    decoder: Decoders, batch: Sequence[Message]
 ) -> tuple[list[SourceRecord], list[DeadRecord]]:
-    """Every record with its coordinates and decoded value; the undecodable ones also dead."""
+    """Every record with its coordinates and decoded value; the undecodable ones also dead.
+
+    `decoder`: one for every record, or one per topic (a sink reading several topics decodes
+    each into its own contract record).
+    """
     sources: list[SourceRecord] = []
     dead: list[DeadRecord] = []
-    decode = decoder.decode
     for msg in batch:
         topic, partition, offset = coords(msg)
         value = msg.value()
+        one = decoder if isinstance(decoder, AvroDeserializer) else decoder[topic]
         try:
-            src = SourceRecord(topic, partition, offset, msg.key(), value, decode(value))
+            src = SourceRecord(topic, partition, offset, msg.key(), value, one.decode(value))
         except DecodeError as exc:
             src = SourceRecord(topic, partition, offset, msg.key(), value)
             dead.append(DeadRecord.of(src, exc))
@@ -60,7 +67,7 @@ def decode_batch(
 
 
 def prepare(
-    decoder: AvroDeserializer, writer: Writer, batch: Sequence[Message], build: bool = False
+    decoder: Decoders, writer: Writer, batch: Sequence[Message], build: bool = False
 ) -> Prepared:
     """Decode a batch, and build its rows ahead if asked (pure: no database, no Kafka)."""
     sources, dead = decode_batch(decoder, batch)

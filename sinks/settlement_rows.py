@@ -1,4 +1,4 @@
-"""Pure row builders of the settlement sink: settlement batches checked against their items."""
+"""Pure row builders of the settlement sink: batches checked against their items, payouts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from settlement.batches import BatchItem, SettlementBatch
+from settlement.batches import BatchError, BatchInvariantError
+from settlement.postings_v2 import carry, payout_journal
+from settlement.refund_model import ITEM_PAYMENT, ITEM_REFUND, split_source_id
+from settlement.windows import batch_id as batch_id_for
 from sinks.base import Rejection
 from sinks.errors import BatchContentConflict, InvalidRecord, PaymentInAnotherBatch
+from sinks.ledger_rows import EntryRow, JournalRow, journal_rows
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -29,6 +33,10 @@ class BatchRow(NamedTuple):
     gross_minor: int
     fee_minor: int
     net_minor: int
+    refund_count: int
+    carried_in_minor: int
+    payout_minor: int | None  # None: a batch written before payouts existed
+    carried_out_minor: int
     closed_at: datetime
 
 
@@ -36,6 +44,8 @@ class ItemRow(NamedTuple):
     """A settlement_batch_items row; columns in COPY order."""
 
     batch_id: str
+    kind: str
+    item_id: str
     payment_id: str
     gross_minor: int
     fee_minor: int
@@ -45,13 +55,21 @@ class ItemRow(NamedTuple):
 
 @dataclass(slots=True)
 class SettlementRows:
-    """The batches and items of one micro-batch of records, deduplicated."""
+    """The batches, items and payout journals of one micro-batch of records, deduplicated."""
 
     batches: list[BatchRow] = field(default_factory=list)
     items: list[ItemRow] = field(default_factory=list)
+    journals: list[JournalRow] = field(default_factory=list)  # PAYOUT journals
+    entries: list[EntryRow] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     batch_index: dict[str, int] = field(default_factory=dict)  # batch_id -> record index
     duplicates: int = 0
+
+
+class BatchRows(NamedTuple):
+    batch: BatchRow
+    items: list[ItemRow]
+    payout: tuple[JournalRow, list[EntryRow]] | None
 
 
 def _epoch_ms(value: Any, name: str) -> int:
@@ -66,104 +84,150 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def batch_rows(record: Mapping[str, Any]) -> tuple[BatchRow, list[ItemRow]]:
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRecord(f"{name} must be an int, got {value!r}")
+    return value
+
+
+def item_row(batch_id: str, item: Mapping[str, Any]) -> ItemRow:
+    """One SettlementItem, its kind, id and signs checked: PAYMENT positive, REFUND negative."""
+    payment_id = _text(item.get("payment_id"), "items.payment_id")
+    kind = item.get("kind", ITEM_PAYMENT)
+    item_id = item.get("item_id")
+    gross, fee, net = (_int(item.get(n), f"items.{n}")
+                       for n in ("gross_minor", "fee_minor", "net_minor"))
+    _epoch_ms(item.get("matched_at"), "items.matched_at")
+    if gross != net + fee:
+        raise BatchError(f"item {item_id or payment_id}: gross {gross} != net {net} + fee {fee}")
+    if kind == ITEM_PAYMENT:
+        item_id = payment_id if item_id is None else item_id  # written before item ids
+        if item_id != payment_id:
+            raise InvalidRecord(f"PAYMENT item {item_id!r} must have item_id = payment_id")
+        if gross <= 0 or fee < 0 or net < 0:
+            raise InvalidRecord(f"PAYMENT item {item_id}: need gross > 0, fee >= 0, net >= 0; "
+                                f"got {gross}, {fee}, {net}")
+    elif kind == ITEM_REFUND:
+        item_id = _text(item_id, "items.item_id")
+        if split_source_id(item_id)[0] != payment_id:
+            raise InvalidRecord(f"REFUND item {item_id!r} is not a refund of {payment_id}")
+        if gross >= 0 or fee > 0 or net > 0:
+            raise InvalidRecord(f"REFUND item {item_id}: need gross < 0, fee <= 0, net <= 0; "
+                                f"got {gross}, {fee}, {net}")
+    else:
+        raise InvalidRecord(f"unknown item kind {kind!r}")
+    return ItemRow(batch_id, kind, item_id, payment_id, gross, fee, net, item["matched_at"])
+
+
+def batch_rows(record: Mapping[str, Any]) -> BatchRows:
     """The rows of one decoded SettlementBatch; InvalidRecord or a BatchError if it is wrong.
 
-    The domain's SettlementBatch re-checks the deterministic batch id and that the totals
-    equal the items' sums; the rest are the constraints of the tables, checked here so a bad
-    record is dead-lettered instead of failing the whole transaction.
+    Checked here, so a bad record is dead-lettered instead of failing the transaction: the
+    deterministic batch id; totals = the items' signed sums; counts by kind; one item per
+    (kind, item_id); payout = max(net + carried_in, 0) and carried_out = min(net +
+    carried_in, 0). A batch without payout_minor (written before payouts) must hold only
+    payments and carry nothing, and posts no payout journal.
     """
     items = record.get("items")
     if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
         raise InvalidRecord("items must be a list of SettlementItem records")
-    domain_items = tuple(
-        BatchItem(
-            payment_id=_text(item.get("payment_id"), "items.payment_id"),
-            gross_minor=item.get("gross_minor"),
-            fee_minor=item.get("fee_minor"),
-            net_minor=item.get("net_minor"),
-            matched_at_ms=_epoch_ms(item.get("matched_at"), "items.matched_at"),
-        )
-        for item in items
-    )
-    batch = SettlementBatch(
-        batch_id=_text(record.get("batch_id"), "batch_id"),
-        merchant_id=_text(record.get("merchant_id"), "merchant_id"),
-        currency=_text(record.get("currency"), "currency"),
-        window_start_ms=_epoch_ms(record.get("window_start"), "window_start"),
-        window_end_ms=_epoch_ms(record.get("window_end"), "window_end"),
-        payment_count=record.get("payment_count"),  # type: ignore[arg-type]
-        gross_minor=record.get("gross_minor"),  # type: ignore[arg-type]
-        fee_minor=record.get("fee_minor"),  # type: ignore[arg-type]
-        net_minor=record.get("net_minor"),  # type: ignore[arg-type]
-        closed_at_ms=_epoch_ms(record.get("closed_at"), "closed_at"),
-        items=domain_items,
-    )
-    if not _CURRENCY.match(batch.currency):
-        raise InvalidRecord(f"currency must be an ISO 4217 alpha-3 code, got {batch.currency!r}")
-    if batch.window_end_ms <= batch.window_start_ms:
-        raise InvalidRecord(f"batch {batch.batch_id}: window_end must be after window_start")
-    if batch.payment_count <= 0 or batch.gross_minor <= 0 or batch.fee_minor < 0:
-        raise InvalidRecord(
-            f"batch {batch.batch_id}: needs payments, gross > 0 and fee >= 0; got "
-            f"count={batch.payment_count} gross={batch.gross_minor} fee={batch.fee_minor}"
-        )
-    row = BatchRow(
-        batch.batch_id, batch.merchant_id, batch.currency, record["window_start"],
-        record["window_end"], batch.payment_count, batch.gross_minor, batch.fee_minor,
-        batch.net_minor, record["closed_at"],
-    )
-    item_rows = [
-        ItemRow(batch.batch_id, i["payment_id"], i["gross_minor"], i["fee_minor"],
-                i["net_minor"], i["matched_at"])
-        for i in items
-    ]
-    return row, item_rows
+    bid = _text(record.get("batch_id"), "batch_id")
+    merchant_id = _text(record.get("merchant_id"), "merchant_id")
+    currency = _text(record.get("currency"), "currency")
+    if not _CURRENCY.match(currency):
+        raise InvalidRecord(f"currency must be an ISO 4217 alpha-3 code, got {currency!r}")
+    start_ms = _epoch_ms(record.get("window_start"), "window_start")
+    end_ms = _epoch_ms(record.get("window_end"), "window_end")
+    _epoch_ms(record.get("closed_at"), "closed_at")
+    if end_ms <= start_ms:
+        raise InvalidRecord(f"batch {bid}: window_end must be after window_start")
+    if bid != batch_id_for(merchant_id, currency, start_ms):
+        raise BatchInvariantError(f"batch id {bid!r} does not match its merchant, currency, window")
+    rows = [item_row(bid, i) for i in items]
+    payment_count = _int(record.get("payment_count"), "payment_count")
+    refund_count = _int(record.get("refund_count", 0), "refund_count")
+    gross, fee, net = (_int(record.get(n), n) for n in ("gross_minor", "fee_minor", "net_minor"))
+    carried_in = _int(record.get("carried_in_minor", 0), "carried_in_minor")
+    carried_out = _int(record.get("carried_out_minor", 0), "carried_out_minor")
+    payout = record.get("payout_minor")
+    if not rows:
+        raise InvalidRecord(f"batch {bid} has no items: an empty batch pays nobody")
+    checks = {
+        "payment_count = PAYMENT items": payment_count == sum(r.kind == ITEM_PAYMENT
+                                                               for r in rows),
+        "refund_count = REFUND items": refund_count == sum(r.kind == ITEM_REFUND for r in rows),
+        "one item per (kind, item_id)": len({(r.kind, r.item_id) for r in rows}) == len(rows),
+        "gross = net + fee": gross == net + fee,
+        "gross = Σ item gross": gross == sum(r.gross_minor for r in rows),
+        "fee = Σ item fee": fee == sum(r.fee_minor for r in rows),
+        "net = Σ item net": net == sum(r.net_minor for r in rows),
+    }
+    if payout is None:
+        checks["no payout: no refunds, nothing carried"] = (
+            refund_count == 0 and carried_in == 0 and carried_out == 0)
+    else:
+        payout = _int(payout, "payout_minor")
+        checks["carried_in <= 0"] = carried_in <= 0
+        checks["(payout, carried_out) = carry(net, carried_in)"] = (
+            carried_in <= 0 and (payout, carried_out) == carry(net, carried_in))
+    broken = [name for name, ok in checks.items() if not ok]
+    if broken:
+        raise BatchInvariantError(f"batch {bid}: broken invariants {broken}")
+    row = BatchRow(bid, merchant_id, currency, record["window_start"], record["window_end"],
+                   payment_count, gross, fee, net, refund_count, carried_in, payout,
+                   carried_out, record["closed_at"])
+    posted = (journal_rows(payout_journal(bid, merchant_id, currency, payout))
+              if payout is not None and payout > 0 else None)
+    return BatchRows(row, rows, posted)
 
 
-def same_content(a: tuple[BatchRow, list[ItemRow]], b: tuple[BatchRow, list[ItemRow]]) -> bool:
+def same_content(a: BatchRows, b: BatchRows) -> bool:
     """Equal apart from closed_at: a re-closed window publishes the same batch again."""
     # closed_at is the last column of BatchRow.
-    return a[0][:-1] == b[0][:-1] and sorted(a[1]) == sorted(b[1])
+    return a.batch[:-1] == b.batch[:-1] and sorted(a.items) == sorted(b.items)
 
 
 def build_settlement_rows(records: Sequence[Mapping[str, Any]]) -> SettlementRows:
     """The rows of a micro-batch of decoded batches, each record judged on its own.
 
     The same batch again with the same content is a duplicate (kept once); with other
-    content it is a BatchContentConflict. A payment in two different batches rejects the
-    later batch whole (PaymentInAnotherBatch): a partial batch is never written.
+    content it is a BatchContentConflict. An item (payment or refund) in two different
+    batches rejects the later batch whole (PaymentInAnotherBatch): a partial batch is never
+    written.
     """
     out = SettlementRows()
-    accepted: dict[str, tuple[BatchRow, list[ItemRow]]] = {}
-    owner: dict[str, str] = {}  # payment_id -> batch_id, within this micro-batch
+    accepted: dict[str, BatchRows] = {}
+    owner: dict[tuple[str, str], str] = {}  # (kind, item_id) -> batch_id, this micro-batch
     for index, record in enumerate(records):
         try:
             rows = batch_rows(record)
         except Exception as exc:  # judged per record: one bad batch must not stop the others
             out.rejected.append(Rejection(index, type(exc).__name__, str(exc)))
             continue
-        batch_id = rows[0].batch_id
-        held = accepted.get(batch_id)
+        bid = rows.batch.batch_id
+        held = accepted.get(bid)
         if held is not None:
             if same_content(held, rows):
                 out.duplicates += 1
             else:
-                message = f"batch {batch_id} arrived again with different contents"
+                message = f"batch {bid} arrived again with different contents"
                 out.rejected.append(Rejection(index, BatchContentConflict.__name__, message))
             continue
-        clash = next((i.payment_id for i in rows[1] if i.payment_id in owner), None)
+        clash = next((i for i in rows.items if (i.kind, i.item_id) in owner), None)
         if clash is not None:
             message = (
-                f"batch {batch_id}: payment {clash} is already settled in batch "
-                f"{owner[clash]}; the batch is not written"
+                f"batch {bid}: {clash.kind} {clash.item_id} is already settled in batch "
+                f"{owner[(clash.kind, clash.item_id)]}; the batch is not written"
             )
             out.rejected.append(Rejection(index, PaymentInAnotherBatch.__name__, message))
             continue
-        accepted[batch_id] = rows
-        out.batch_index[batch_id] = index
-        owner.update((item.payment_id, batch_id) for item in rows[1])
-    for row, items in accepted.values():
-        out.batches.append(row)
-        out.items.extend(items)
+        accepted[bid] = rows
+        out.batch_index[bid] = index
+        owner.update(((i.kind, i.item_id), bid) for i in rows.items)
+    for rows in accepted.values():
+        out.batches.append(rows.batch)
+        out.items.extend(rows.items)
+        if rows.payout is not None:
+            out.journals.append(rows.payout[0])
+            out.entries.extend(rows.payout[1])
     return out

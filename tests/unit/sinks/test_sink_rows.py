@@ -74,7 +74,8 @@ def signed_sums(entries: list[Any]) -> dict[str, int]:
 def test_matched_without_split_posts_the_schedule_fee_balanced() -> None:
     rows = build_ledger_rows([result()], FEES)
     assert rows.rejected == []
-    assert [tuple(j) for j in rows.journals] == [("J:p1", "p1", "CNY", 10_000, 60, 9_940)]
+    assert [tuple(j) for j in rows.journals] == [
+        ("J:p1", "PAYMENT", "p1", "p1", "CNY", 10_000, 60, 9_940)]
     assert {(e.account, e.side, e.amount_minor) for e in rows.entries} == {
         ("clearing:alipay", "DEBIT", 10_000),
         ("payable:m1", "CREDIT", 9_940),
@@ -85,7 +86,7 @@ def test_matched_without_split_posts_the_schedule_fee_balanced() -> None:
 
 def test_the_records_fee_split_wins_over_the_schedule() -> None:
     rows = build_ledger_rows([result(channel="CARD", split=(100, 9_900))], FEES)
-    assert rows.journals[0][3:] == (10_000, 100, 9_900)  # not the schedule's 180 bps
+    assert rows.journals[0][5:] == (10_000, 100, 9_900)  # not the schedule's 180 bps
     assert ("fee_revenue:card", "CREDIT", 100) in {
         (e.account, e.side, e.amount_minor) for e in rows.entries
     }
