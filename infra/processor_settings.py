@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra.paths import DEFAULT_RUN_DIR
 from settlement.errors import SettleError
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
 from settlement.idempotency import check_retention
 from settlement.reconciliation import ReconError, ReconPolicy
+from settlement.refunds import RefundError, RefundPolicy
 from settlement.routing import (
     DEFAULT_RULES,
     RoutingTable,
@@ -58,6 +60,8 @@ class ProcessorSettings:
     session_timeout_s: float = 60.0
     # reconcile + settle stages
     recon: ReconPolicy = DEFAULT_RECON_POLICY
+    # Refund limits, the SLA of a channel's refund answer and the fee given back, per channel.
+    refunds: RefundPolicy = RefundPolicy()
     fees: FeeSchedule = DEFAULT_FEES
     windows: WindowPolicy = DEFAULT_WINDOWS
     tick_interval_s: float = 1.0
@@ -162,12 +166,27 @@ def _stage_settings(env: Mapping[str, str], fees: FeeSchedule | None) -> dict[st
             orphan_grace_ms=_int(env, "SETTLE_ORPHAN_GRACE_MS", DEFAULT_ORPHAN_GRACE_MS),
             retain_decided_ms=_int(env, "SETTLE_RECON_RETAIN_MS", DEFAULT_RECON_RETAIN_MS),
         )
+        refunds = RefundPolicy(
+            max_refunds=_int(env, "SETTLE_REFUND_MAX_COUNT", 50),
+            max_age_ms=_int(env, "SETTLE_REFUND_MAX_AGE_DAYS", 365) * DAY_MS,
+            sla_ms=_int(env, "SETTLE_REFUND_SLA_MS", recon.default_sla_ms),
+            fee_policy=(env.get("SETTLE_REFUND_FEE_POLICY") or "proportional").strip().lower(),
+            max_refunds_by_channel=_by_channel(env, "SETTLE_REFUND_MAX_COUNT_BY_CHANNEL", int),
+            max_age_ms_by_channel={
+                ch: days * DAY_MS for ch, days in
+                _by_channel(env, "SETTLE_REFUND_MAX_AGE_DAYS_BY_CHANNEL", int).items()},
+            sla_ms_by_channel=_by_channel(env, "SETTLE_REFUND_SLA_BY_CHANNEL", int),
+            fee_policy_by_channel={
+                ch: v.lower() for ch, v in
+                _by_channel(env, "SETTLE_REFUND_FEE_POLICY_BY_CHANNEL", str).items()},
+            retain_ms=recon.retain_decided_ms,
+        )
         windows = WindowPolicy(
             _int(env, "SETTLE_WINDOW_SECONDS", SECONDS_PER_DAY),
             _int(env, "SETTLE_WINDOW_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
             SHANGHAI_MIDNIGHT_ORIGIN_MS,
         )
-    except (ReconError, WindowError, ValueError) as exc:
+    except (ReconError, RefundError, WindowError, ValueError) as exc:
         raise ProcessorConfigError(str(exc)) from exc
     if fees is None:
         fees = load_fees(env)
@@ -183,6 +202,7 @@ def _stage_settings(env: Mapping[str, str], fees: FeeSchedule | None) -> dict[st
             raise ProcessorConfigError(f"{name}={value} must be > 0")
     return {
         "recon": recon,
+        "refunds": refunds,
         "fees": fees,
         "windows": windows,
         "tick_interval_s": tick_ms / 1000,
@@ -205,4 +225,18 @@ def _channel_ints(raw: str) -> dict[str, int]:
             raise ProcessorConfigError(
                 f"SETTLE_RECON_SLA_BY_CHANNEL: {val!r} is not an integer"
             ) from exc
+    return out
+
+
+def _by_channel(env: Mapping[str, str], name: str, kind: type) -> dict[str, Any]:
+    """`card=keep,alipay=proportional` -> {"card": "keep", ...} (channels lower-case)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in env.get(name, "").split(","))):
+        channel, sep, val = (x.strip() for x in part.partition("="))
+        if not sep or not channel:
+            raise ProcessorConfigError(f"{name}: {part!r} is not channel=value")
+        try:
+            out[channel.lower()] = kind(val)
+        except ValueError as exc:
+            raise ProcessorConfigError(f"{name}: {val!r} is not {kind.__name__}") from exc
     return out

@@ -89,6 +89,8 @@ class RoutedInfo(_Flat):
     currency: str
     created_at_ms: int
     routed_at_ms: int
+    # The merchant's order id, carried to the results (None in states kept before it was).
+    order_id: str | None = None
 
     def __post_init__(self) -> None:
         _check(
@@ -178,6 +180,7 @@ class ResultRecord(_Flat):
     created_at_ms: int | None
     decided_at_ms: int
     detail: str
+    order_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -300,6 +303,7 @@ def _record(
         created_at_ms=routed.created_at_ms if routed else None,
         decided_at_ms=now_ms,
         detail=detail,
+        order_id=routed.order_id if routed else None,
     )
 
 

@@ -49,6 +49,25 @@ def signature_mode(settings: Settings) -> tuple[KeyringWatcher | None, str]:
                      f"({len(keyring)} keys, {len(keyring.merchants())} merchants)")
 
 
+def install_keyring_reload(app: faust.App, watcher: KeyringWatcher | None, holder: Any) -> None:
+    """Poll the keyring file and hand a changed keyring to `holder.keyring` (a bad file keeps
+    the previous keyring)."""
+
+    @app.timer(interval=KEYRING_POLL_INTERVAL_S)
+    async def reload_keyring() -> None:
+        if watcher is None:
+            return
+        try:
+            fresh = watcher.poll()
+        except KeyringError as exc:
+            log.error("keyring changed but cannot be loaded, keeping the previous one: %s", exc)
+            return
+        if fresh is not None:
+            holder.keyring = fresh
+            log.info("keyring reloaded: %d keys, %d merchants", len(fresh),
+                     len(fresh.merchants()))
+
+
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -158,19 +177,7 @@ def make_validate_app(settings: Settings, ps: ProcessorSettings, registry: Any) 
         (log.info if watcher is not None else log.warning)("validate: %s", mode_line)
         directory.start()
 
-    @app.timer(interval=KEYRING_POLL_INTERVAL_S)
-    async def reload_keyring() -> None:
-        if watcher is None:
-            return
-        try:
-            fresh = watcher.poll()
-        except KeyringError as exc:
-            log.error("keyring changed but cannot be loaded, keeping the previous one: %s", exc)
-            return
-        if fresh is not None:
-            processor.keyring = fresh
-            log.info("keyring reloaded: %d keys, %d merchants", len(fresh),
-                     len(fresh.merchants()))
+    install_keyring_reload(app, watcher, processor)
 
     guard = attach(app, DeliveryGuard(VALIDATE_STAGE))  # outputs and changelog records
     metrics.init_stage(VALIDATE_STAGE, ticks=False)

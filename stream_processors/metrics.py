@@ -65,6 +65,24 @@ RECON_OUTCOMES = Counter(
     "Reconciliation results published per channel and outcome",
     ["channel", "outcome"],
 )
+REFUND_REQUESTS = Counter(
+    "settle_refund_requests_total",
+    "Refund requests decided by the reconcile stage, by decision (accepted, rejected, duplicate)",
+    ["decision"],
+)
+REFUND_REJECTIONS = Counter(
+    "settle_refund_rejections_total", "Refund request rejections by reason code", ["reason"]
+)
+REFUND_OUTCOMES = Counter(
+    "settle_refund_outcomes_total",
+    "Refund results by channel and outcome (MATCHED = refunded)",
+    ["channel", "outcome"],
+)
+REFUND_OVER_CAPTURE = Counter(
+    "settle_refund_over_capture_attempts_total",
+    "Channel answers that would refund more than the payment has left of its capture",
+    ["channel"],
+)
 RECON_TIME_TO_MATCH = Histogram(
     "settle_reconciliation_time_to_match_seconds",
     "From routing (the channel was asked) to the MATCHED decision",

@@ -10,6 +10,7 @@ from typing import Any, Final
 from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import reconciliation as recon
+from settlement import refunds as rf
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import (
     Confirmation,
@@ -23,6 +24,16 @@ from stream_processors.errors import NotCopartitioned
 from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.placement import Origin, Placement, PlacementError
 from stream_processors.reconcile_records import confirmation_info, result_record, routed_info
+from stream_processors.refund_decider import (
+    RefundDecider,
+    RefundDecision,
+    book_for_match,
+    book_of,
+    r_emitted_by,
+    r_remembered,
+)
+from stream_processors.refund_decider import confirmation_info as refund_confirmation_info
+from stream_processors.refund_decider import request_info as refund_request_info
 from stream_processors.replay import (
     emitted_by,
     kept,
@@ -71,6 +82,7 @@ class ReconDecision:
     error_type: str | None = None  # a dead letter's metrics label (dead_letters.error_label)
     evicted: int = 0
     tick_errors: int = 0
+    refunds: list[RefundDecision] = field(default_factory=list)
 
 
 class ReconcileProcessor:
@@ -100,6 +112,8 @@ class ReconcileProcessor:
         tick_topic: str,
         clock: Callable[[], int] = now_ms,
         placement: Placement | None = None,
+        refund_policy: rf.RefundPolicy | None = None,
+        keyring: Any = None,
     ) -> None:
         self._store = store
         self._placement = placement
@@ -111,7 +125,10 @@ class ReconcileProcessor:
         self._decoder = AvroDeserializer(registry)
         self._results_ser = AvroSerializer(registry, topics.results, "ReconciliationResult")
         self._dlq = DeadLetters(registry, topics.dlq, STAGE)
-        self.prefetch = RegistryPrefetch([self._decoder], [self._results_ser, self._dlq.serializer])
+        self.refunds = RefundDecider(registry, topics, refund_policy or rf.RefundPolicy(),
+                                     keyring, clock)
+        self.prefetch = RegistryPrefetch(
+            [self._decoder], [self._results_ser, self._dlq.serializer, *self.refunds.serializers])
         self._routed_channel = {topics.routed(ch): ch for ch in topics.channels}
         self.deadlines = DeadlineQueue(self._scan_deadlines)
         # partition -> payment_id -> (waiting_for, channel, since_ms), for the backlog gauges.
@@ -160,9 +177,11 @@ class ReconcileProcessor:
         replay = tick_replay(outbox, ref)
         if replay is not None:
             for payment_id in replay:
-                emitted = emitted_by(self._store.get(payment_id), ref)
+                raw = self._store.get(payment_id)
+                emitted = emitted_by(raw, ref)
                 if emitted:
                     decision.outputs.extend(self._outputs(payment_id, emitted, ref))
+                decision.outputs.extend(r_emitted_by(raw, ref) or [])
             return decision
         try:
             self._ensure(partition)
@@ -217,6 +236,8 @@ class ReconcileProcessor:
         moved: bool,
     ) -> ReconDecision:
         now = self._clock()
+        if src.topic in self.refunds.topics:
+            return self._on_refund_input(key, value, src, partition, ref, moved, now)
         channel = self._routed_channel.get(src.topic)
         try:
             record = self._decoder.decode(value)
@@ -250,8 +271,55 @@ class ReconcileProcessor:
         except recon.ReconError as exc:  # e.g. RoutedConflict: one payment_id, two bodies
             raise _BadInput(exc) from exc
         decision = ReconDecision(APPLIED)
-        self._publish(new_state, results, ref, decision)
-        self._save(new_state, partition, remembered(raw, ref, decision.outputs))
+        book = self._publish(new_state, results, ref, decision, book_of(raw))
+        self._save(new_state, partition, remembered(raw, ref, decision.outputs), raw, book)
+        return decision
+
+    def _on_refund_input(
+        self, key: bytes | None, value: bytes | None, src: Origin, partition: int, ref: bytes,
+        moved: bool, now: int,
+    ) -> ReconDecision:
+        try:
+            record = self._decoder.decode(value)
+            event = (refund_request_info(record) if self.refunds.is_request(src.topic)
+                     else refund_confirmation_info(record))
+            payment_id = event.payment_id
+            if not isinstance(payment_id, str) or not payment_id:
+                raise rf.RefundError(f"payment_id must be a non-empty string: {payment_id!r}")
+        except (DecodeError, rf.RefundError, KeyError, TypeError, ValueError) as exc:
+            raise _BadInput(exc) from exc
+        assert self._placement is None or src.topic in self._placement.external
+        if self._placement is not None and not moved and value is not None:
+            target = self._placement.misplaced(src.topic, partition, payment_id)
+            if target is not None:
+                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
+                                                                  target)])
+        self._ensure(partition)
+        raw = self._store.get(payment_id)
+        if raw is not None and raw["partition"] != partition:
+            raise _BadInput(NotCopartitioned(
+                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        replayed = r_emitted_by(raw, ref)
+        if replayed is not None:
+            return ReconDecision(REPLAYED, replayed)
+        try:
+            book = book_of(raw)
+        except rf.RefundError as exc:
+            raise _BadInput(exc) from exc
+        if isinstance(event, rf.RefundConfirmation):
+            new_book, out = self.refunds.on_confirmation(book, event, now, ref)
+        else:
+            known = raw is not None and raw.get("state") is not None
+            new_book, out = self.refunds.on_request(book, record, event, known, now, ref)
+        decision = ReconDecision(APPLIED, list(out.outputs), refunds=[out])
+        if raw is not None and (new_book is not book or out.outputs):
+            # Only a payment the stage holds remembers (a rejection of an unknown payment
+            # is decided again, the same way, if read again).
+            value_ = dict(raw)
+            value_["book"] = new_book.to_dict() if new_book is not None else None
+            value_["r_emitted"] = r_remembered(raw, ref, out.outputs)
+            self._store[payment_id] = value_
+            self.deadlines.schedule(partition, payment_id, self._next_due_raw(value_))
         return decision
 
     def _outputs(self, payment_id: str, values: list[str], ref: bytes) -> list[Output]:
@@ -262,11 +330,16 @@ class ReconcileProcessor:
         self, payment_id: str, partition: int, now: int, decision: ReconDecision, ref: bytes
     ) -> None:
         state = self._load(payment_id, partition)
+        raw = self._store.get(payment_id)
+        if raw is not None and raw.get("book") is not None:
+            self._tick_book(payment_id, raw, partition, now, decision, ref)
+            raw = self._store.get(payment_id)
         if state is None:
             self._unwait(partition, payment_id)
+            if raw is not None:
+                self._tick_book_only(payment_id, raw, partition, now, decision)
             return
         before = state
-        raw = self._store.get(payment_id)
         emitted = None
         due = recon.deadline_ms(state, self._policy)
         if due is not None and now >= due:  # re-checked: the queue may be early or stale
@@ -276,19 +349,59 @@ class ReconcileProcessor:
             if results:
                 emitted = remembered(raw, ref, decision.outputs[first:])
         if recon.is_evictable(state, now, self._policy):
-            del self._store[payment_id]
             self._unwait(partition, payment_id)
+            if raw is not None and raw.get("book") is not None:
+                # The payment's refund book outlives its reconciliation state.
+                value = {k: v for k, v in raw.items() if k not in ("state", "emitted")}
+                self._store[payment_id] = value
+                self.deadlines.schedule(partition, payment_id, self._next_due_raw(value))
+            else:
+                del self._store[payment_id]
             decision.evicted += 1
         elif state is before:  # nothing changed: no changelog write, only the next deadline
-            self.deadlines.schedule(partition, payment_id, self._next_due(state))
+            self.deadlines.schedule(partition, payment_id, self._next_due(state, raw))
         else:
-            self._save(state, partition, emitted if emitted is not None else kept(raw))
+            self._save(state, partition, emitted if emitted is not None else kept(raw), raw)
+
+    def _tick_book(self, payment_id: str, raw: dict[str, Any], partition: int, now: int,
+                   decision: ReconDecision, ref: bytes) -> None:
+        """Declare overdue refunds MISSING_CONFIRMATION (a write only when one is)."""
+        book = book_of(raw)
+        assert book is not None
+        due = rf.deadline_ms(book, self.refunds.policy)
+        if due is None or now < due:
+            return
+        new_book, out = self.refunds.on_tick(book, now, ref)
+        if out.outputs:
+            decision.outputs.extend(out.outputs)
+            decision.refunds.append(out)
+            value = dict(raw)
+            value["book"] = new_book.to_dict()
+            value["r_emitted"] = r_remembered(raw, ref, out.outputs)
+            self._store[payment_id] = value
+
+    def _tick_book_only(self, payment_id: str, raw: dict[str, Any], partition: int, now: int,
+                        decision: ReconDecision) -> None:
+        """A value holding only a refund book: forget it once its refund window is over."""
+        book = book_of(raw)
+        evict = rf.evict_at_ms(book, self.refunds.policy) if book is not None else now
+        if evict is not None and now >= evict:
+            del self._store[payment_id]
+            decision.evicted += 1
+            return
+        self.deadlines.schedule(partition, payment_id, self._next_due_raw(raw))
 
     # -- state --------------------------------------------------------------------------------
 
     def _load(self, payment_id: str, partition: int) -> ReconState | None:
         raw = self._store.get(payment_id)
         if raw is None:
+            return None
+        if raw.get("state") is None:  # a refund book whose payment state was evicted
+            if raw["partition"] != partition:
+                raise _BadInput(NotCopartitioned(
+                    f"{payment_id} is kept on partition {raw['partition']}, record is on "
+                    f"{partition}"))
             return None
         if raw["partition"] != partition:
             raise _BadInput(NotCopartitioned(
@@ -297,13 +410,20 @@ class ReconcileProcessor:
         return ReconState.from_dict(raw["state"])
 
     def _save(self, state: ReconState, partition: int,
-              emitted: list[list[Any]] | None = None) -> None:
+              emitted: list[list[Any]] | None = None, raw: Any = None,
+              book: rf.RefundBook | None = None) -> None:
         # Re-assign the whole value: faust only changelogs assignments.
         value: dict[str, Any] = {"partition": partition, "state": state.to_dict()}
         if emitted:
             value["emitted"] = emitted
+        if book is not None:
+            value["book"] = book.to_dict()
+        elif isinstance(raw, dict) and raw.get("book") is not None:
+            value["book"] = raw["book"]
+        if isinstance(raw, dict) and raw.get("r_emitted"):
+            value["r_emitted"] = raw["r_emitted"]
         self._store[state.payment_id] = value
-        self.deadlines.schedule(partition, state.payment_id, self._next_due(state))
+        self.deadlines.schedule(partition, state.payment_id, self._next_due(state, value))
         waiting = _waiting_for(state)
         if waiting is None:
             self._unwait(partition, state.payment_id)
@@ -313,10 +433,30 @@ class ReconcileProcessor:
     def _unwait(self, partition: int, payment_id: str) -> None:
         self._waiting.get(partition, {}).pop(payment_id, None)
 
-    def _next_due(self, state: ReconState) -> int | None:
+    def _next_due(self, state: ReconState, raw: Any = None) -> int | None:
         due = recon.deadline_ms(state, self._policy)
         evict = recon.evict_at_ms(state, self._policy)
         times = [t for t in (due, evict) if t is not None]
+        book_due = self._book_due(raw)
+        if book_due is not None:
+            times.append(book_due)
+        return min(times) if times else None
+
+    def _book_due(self, raw: Any) -> int | None:
+        book = book_of(raw)
+        if book is None:
+            return None
+        return rf.deadline_ms(book, self.refunds.policy)
+
+    def _next_due_raw(self, raw: dict[str, Any]) -> int | None:
+        """The next deadline of a value: its state's, its refunds' or its book's eviction."""
+        if raw.get("state") is not None:
+            return self._next_due(ReconState.from_dict(raw["state"]), raw)
+        book = book_of(raw)
+        if book is None:
+            return None
+        times = [t for t in (rf.deadline_ms(book, self.refunds.policy),
+                             rf.evict_at_ms(book, self.refunds.policy)) if t is not None]
         return min(times) if times else None
 
     def _ensure(self, partition: int) -> None:
@@ -332,11 +472,14 @@ class ReconcileProcessor:
             if payment_id.startswith(TICK_OUTBOX_PREFIX):
                 continue
             try:
+                if raw.get("state") is None:
+                    out.append((payment_id, self._next_due_raw(raw)))
+                    continue
                 state = ReconState.from_dict(raw["state"])
+                out.append((payment_id, self._next_due(state, raw)))
             except Exception:  # a bad value must not stop the rebuild; it is logged once
                 log.exception("reconcile: unreadable state for %s", payment_id)
                 continue
-            out.append((payment_id, self._next_due(state)))
             wait = _waiting_for(state)
             if wait is not None:
                 waiting[payment_id] = wait
@@ -350,7 +493,9 @@ class ReconcileProcessor:
         results: list[ResultRecord],
         ref: bytes,
         decision: ReconDecision,
-    ) -> None:
+        book: rf.RefundBook | None = None,
+    ) -> rf.RefundBook | None:
+        """Encode the results; a MATCHED payment opens its refund book (returned)."""
         for result in results:
             fee = net = None
             if result.outcome == recon.MATCHED and result.channel is not None:
@@ -362,12 +507,15 @@ class ReconcileProcessor:
                 if routed is not None:
                     seconds = max(0, result.decided_at_ms - routed.routed_at_ms) / 1000
                     decision.matched_after_s.append((result.channel, seconds))
+                if result.terminal and book is None and routed is not None:
+                    book = book_for_match(state, result, fee)
             value = self._results_ser.encode(result_record(result, fee, net))
             decision.outputs.append(
                 Output(self._topics.results, result.payment_id.encode(), value,
                        ((SOURCE_HEADER, ref),))
             )
             decision.results.append(result)
+        return book
 
     def _dead_letter(
         self, key: bytes | None, value: bytes | None, src: Origin, exc: BaseException,

@@ -28,6 +28,7 @@ def routed_info(record: dict[str, Any], topic_channel: str) -> RoutedInfo:
         currency=record["currency"],
         created_at_ms=to_epoch_ms(record["created_at"]),
         routed_at_ms=to_epoch_ms(record["routed_at"]),
+        order_id=record.get("order_id") or None,
     )
 
 
@@ -66,4 +67,5 @@ def result_record(result: ResultRecord, fee: int | None, net: int | None) -> dic
         "detail": result.detail,
         "fee_minor": fee,
         "net_minor": net,
+        "order_id": result.order_id,
     }

@@ -20,8 +20,10 @@ from stream_processors import metrics
 from stream_processors.app import (
     REGISTRY_BACKOFF_MAX_S,
     base_app,
+    install_keyring_reload,
     install_readiness,
     registry_off_loop,
+    signature_mode,
 )
 from stream_processors.delivery import DeliveryGuard
 from stream_processors.outputs import Output, now_ms
@@ -83,13 +85,21 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     placement = stage_placement(app, topics, n)
     placed = owned_topic(app, placement.topic, n, PLACED_RETENTION)
     source = stage_channel(
-        app, [*topics.all_routed, topics.confirmations], [ticks, placed], n, settings.kafka
+        app,
+        [*topics.all_routed, topics.confirmations, topics.refunds_requested,
+         topics.refund_confirmations],
+        [ticks, placed], n, settings.kafka,
     )
     table = _table(app, "recon-state", n)
+    # Refund requests are signed by the merchant's key like payment requests.
+    watcher, mode_line = signature_mode(settings)
     processor = ReconcileProcessor(
         registry, table, ps.recon, ps.fees, topics, tick_topic_name(app.conf.id),
-        placement=placement,
+        placement=placement, refund_policy=ps.refunds,
+        keyring=watcher.keyring if watcher is not None else None,
     )
+    (log.info if watcher is not None else log.warning)("reconcile: refund %s", mode_line)
+    install_keyring_reload(app, watcher, processor.refunds)
     install_tick_timer(app, tick_topic_name(app.conf.id), ps.tick_interval_s)
     _forget_on_rebalance(app, processor.forget_partitions)
     for channel in sorted(CHANNELS):
@@ -230,6 +240,16 @@ def _count_recon(decision: ReconDecision, tick: bool) -> None:
         metrics.RECON_OUTCOMES.labels(result.channel or "unknown", result.outcome).inc()
     for _channel, seconds in decision.matched_after_s:
         metrics.RECON_TIME_TO_MATCH.observe(seconds)
+    for refund in decision.refunds:
+        if refund.request is not None:
+            metrics.REFUND_REQUESTS.labels(refund.request).inc()
+        for reason in refund.reasons:
+            metrics.REFUND_REJECTIONS.labels(reason).inc()
+        for channel, outcome in refund.results:
+            metrics.REFUND_OUTCOMES.labels(channel.lower(), outcome).inc()
+        if refund.over_capture:
+            channel = refund.results[0][0].lower() if refund.results else "unknown"
+            metrics.REFUND_OVER_CAPTURE.labels(channel).inc(refund.over_capture)
     if decision.tick_errors:
         metrics.TICK_ERRORS.labels(RECONCILE_STAGE).inc(decision.tick_errors)
 

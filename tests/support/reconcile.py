@@ -36,6 +36,10 @@ class Harness:
             for ch in TOPICS.channels
         }
         self.conf_ser = AvroSerializer(self.registry, TOPICS.confirmations, "ChannelConfirmation")
+        self.refund_ser = AvroSerializer(self.registry, TOPICS.refunds_requested,
+                                         "RefundRequested")
+        self.refund_conf_ser = AvroSerializer(self.registry, TOPICS.refund_confirmations,
+                                              "ChannelRefundConfirmation")
         self.decoder = AvroDeserializer(self.registry)
         self.offset = 0
         self.fed: dict[int, tuple[bytes | None, bytes | None, str, int]] = {}
@@ -72,6 +76,33 @@ class Harness:
         }
         rec.update(over)
         return self.feed(TOPICS.confirmations, self.conf_ser.encode(rec), pid.encode(), partition)
+
+    def refund(self, rid: str, amount: int = 400, pid: str = "p-1", partition: int = 0,
+               **over: Any) -> ReconDecision:
+        rec = {
+            "refund_id": rid, "payment_id": pid, "merchant_id": "m-1", "amount_minor": amount,
+            "currency": "CNY", "reason": None, "requested_at": self.now, "metadata": {},
+            "signature_key_id": None, "signature": None,
+        }
+        rec.update(over)
+        return self.feed(TOPICS.refunds_requested, self.refund_ser.encode(rec), pid.encode(),
+                         partition)
+
+    def refund_answer(self, rid: str, amount: int = 400, pid: str = "p-1",
+                      channel: str = "alipay", partition: int = 0, cid: str | None = None,
+                      **over: Any) -> ReconDecision:
+        rec = {
+            "confirmation_id": cid or f"rc-{rid}", "channel": channel.upper(),
+            "refund_id": rid, "payment_id": pid, "channel_refund_id": f"cr-{rid}",
+            "status": "SUCCEEDED", "amount_minor": amount, "currency": "CNY",
+            "confirmed_at": self.now, "decline_code": None,
+        }
+        rec.update(over)
+        return self.feed(TOPICS.refund_confirmations, self.refund_conf_ser.encode(rec),
+                         pid.encode(), partition)
+
+    def decoded(self, d: ReconDecision, topic: str) -> list[dict[str, Any]]:
+        return [self.decoder.decode(o.value) for o in d.outputs if o.topic == topic]
 
     def tick(self, partition: int = 0) -> ReconDecision:
         return self.feed(TICKS, str(self.now).encode(), b"tick", partition)

@@ -140,6 +140,22 @@ def test_decided_states_are_evicted_on_a_tick_after_the_retention() -> None:
     assert h.tick().evicted == 0
     h.now += 1
     assert h.tick().evicted == 1
+    # The reconciliation state is gone; the MATCHED payment's refund book stays for the
+    # refund window (365 days by default) and is forgotten after it.
+    assert set(h.store["p-1"]) == {"partition", "book"}
+    h.now += 365 * 24 * 3600 * 1000  # the refund window, not yet its retention after it
+    assert h.tick().evicted == 0
+    h.now += 600_000  # the default retention after it
+    assert h.tick().evicted == 1
+    assert h.store == {}
+
+
+def test_a_declined_payment_is_evicted_whole() -> None:
+    h = Harness()
+    h.routed()
+    h.confirm("c-1", status="FAILED")
+    h.now += RETAIN_MS
+    assert h.tick().evicted == 1
     assert h.store == {}
 
 

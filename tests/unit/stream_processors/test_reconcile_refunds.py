@@ -1,0 +1,101 @@
+"""Refunds in the reconcile stage: decided where the payment's state lives, one table value
+per payment, replay-safe, the book outliving the payment's reconciliation state."""
+
+from __future__ import annotations
+
+from settlement import refunds as rf
+from stream_processors.reconcile import APPLIED, REPLAYED
+from tests.support.reconcile import RETAIN_MS, SLA_MS, TOPICS, Harness
+
+
+def matched(h: Harness, pid: str = "p-1") -> None:
+    h.routed(pid)
+    [res] = h.results(h.confirm(f"c-{pid}", pid))
+    assert res["outcome"] == "MATCHED" and res["order_id"] == "o-1"
+
+
+def test_refund_of_a_matched_payment_is_routed_then_reconciled_with_its_fee_back() -> None:
+    h = Harness()
+    matched(h)
+    d = h.refund("r1", 400)
+    [routed] = h.decoded(d, TOPICS.refunds_routed)
+    assert (routed["channel"], routed["amount_minor"], routed["order_id"]) == ("ALIPAY", 400, "o-1")
+    assert routed["channel_txn_id"] == "t-c-p-1"
+    assert d.refunds[0].request == "accepted"
+    d2 = h.refund_answer("r1", 400)
+    [res] = h.decoded(d2, TOPICS.refund_results)
+    # Fee 6 on 1000 (60 bps); 400 back returns round(6 * 400 / 1000) = 2.
+    assert res["outcome"] == "MATCHED" and res["terminal"]
+    assert (res["fee_returned_minor"], res["net_minor"]) == (2, 398)
+    assert (res["refunded_minor"], res["refundable_minor"], res["captured_minor"]) == (
+        400, 600, 1000)
+    assert res["result_id"] == "p-1/r1:MATCHED:rc-r1" and res["order_id"] == "o-1"
+
+
+def test_rejections_name_their_reasons() -> None:
+    h = Harness()
+    [rej] = h.decoded(h.refund("r0", 100, pid="nobody"), TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.PAYMENT_UNKNOWN]
+    h.routed()  # known, not yet captured
+    [rej] = h.decoded(h.refund("r1", 100), TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.PAYMENT_NOT_CAPTURED]
+    h.confirm("c-1")
+    h.refund("r2", 700)
+    d = h.refund("r3", 301)  # 700 pending + 301 > 1000: racing refunds cannot both pass
+    [rej] = h.decoded(d, TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.REFUND_EXCEEDS_REFUNDABLE]
+    assert rej["request"]["refund_id"] == "r3"
+    assert h.refund("r2", 700).outputs == []  # identical re-send: dropped, counted
+    [rej] = h.decoded(h.refund("r2", 699), TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.DUPLICATE_CONFLICT]
+
+
+def test_a_declined_or_missing_refund_frees_its_amount() -> None:
+    h = Harness()
+    matched(h)
+    h.refund("r1", 1000)
+    [res] = h.decoded(h.refund_answer("r1", 1000, status="FAILED"), TOPICS.refund_results)
+    assert res["outcome"] == "DECLINED" and res["refundable_minor"] == 1000
+    h.refund("r2", 1000)
+    h.now += SLA_MS
+    [res] = h.decoded(h.tick(), TOPICS.refund_results)
+    assert res["outcome"] == "MISSING_CONFIRMATION" and res["refund_id"] == "r2"
+    assert h.decoded(h.refund("r3", 1000), TOPICS.refunds_routed)
+
+
+def test_replayed_inputs_resend_what_they_produced() -> None:
+    h = Harness()
+    matched(h)
+    first = h.refund("r1", 400)
+    again = h.replay(h.offset)
+    assert again.outcome == REPLAYED and again.outputs == first.outputs
+    answered = h.refund_answer("r1", 400)
+    assert h.replay(h.offset).outputs == answered.outputs
+    assert answered.outcome == APPLIED
+
+
+def test_the_book_outlives_the_payment_state_and_a_tick_replays_refund_outputs() -> None:
+    h = Harness()
+    matched(h)
+    h.now += RETAIN_MS + 1
+    h.tick()
+    raw = h.store["p-1"]
+    assert "state" not in raw and raw["book"]["captured_minor"] == 1000
+    assert h.decoded(h.refund("r1", 1000), TOPICS.refunds_routed)
+    h.now += SLA_MS
+    missing = h.tick()
+    assert [r["outcome"] for r in h.decoded(missing, TOPICS.refund_results)] == [
+        "MISSING_CONFIRMATION"]
+    assert h.replay(h.offset).outputs == missing.outputs
+
+
+def test_orphan_refund_answers_and_misplaced_keys_are_reported_not_applied() -> None:
+    h = Harness()
+    [res] = h.decoded(h.refund_answer("r9", 5, pid="ghost"), TOPICS.refund_results)
+    assert res["outcome"] == "ORPHAN_CONFIRMATION" and res["merchant_id"] is None
+    matched(h)
+    h.refund("r1", 400)
+    [res] = h.decoded(h.refund_answer("r1", 400, channel="card"), TOPICS.refund_results)
+    assert res["outcome"] == "ORPHAN_CONFIRMATION"
+    d = h.refund("r2", 10, partition=1)  # the payment lives on partition 0
+    assert d.outcome == "dead_lettered"
