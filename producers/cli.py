@@ -30,6 +30,7 @@ from producers.merchants import (
 from producers.order_flow import FlowStats, progress_bar, publish_orders, summary_tables
 from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_orders
 from producers.producer import AvroProducer
+from producers.refund_flow import RefundMix, RefundPlanner
 from producers.signing import RequestSigner
 from schemas.contract import schema_str_for
 from schemas.topics import (
@@ -38,6 +39,7 @@ from schemas.topics import (
     MERCHANTS,
     PAYMENTS_REQUESTED,
     REFUND_CONFIRMATIONS,
+    REFUNDS_REQUESTED,
     REFUNDS_ROUTED,
     value_subject,
 )
@@ -169,13 +171,35 @@ def simulate() -> None:
               help="Share of identical re-sends of earlier payments (deduplicated).")
 @click.option("--conflict-ratio", default=0.002, show_default=True, type=_RATIO,
               help="Share of earlier payment_ids re-sent with another amount (rejected).")
+@click.option("--refund-ratio", default=0.03, show_default=True, type=_RATIO,
+              help="Share of valid payments that get refunds (full, partial, several partials, "
+                   "over-refund, re-send, conflict, race, unknown payment, declined payment, "
+                   "late), signed with the merchant's key, to refunds.requested.")
+@click.option("--refund-delay-ms", default=5_000, show_default=True,
+              type=click.IntRange(min=0),
+              help="Send a payment's refunds this long after it (only a MATCHED payment is "
+                   "refundable: earlier ones are rejected PAYMENT_NOT_CAPTURED).")
+@click.option("--refund-late-delay-ms", default=0, show_default=True,
+              type=click.IntRange(min=0),
+              help="Delay of the late scenario, past the payment's batch (window + grace); "
+                   "0 leaves it out. The run waits for its last refund.")
+@click.option("--channel-seed", type=int, default=None,
+              help="The channel simulator's --seed: refunds then target only payments it "
+                   "captures cleanly, and refunds of payments it declines are planned "
+                   "(expected PAYMENT_NOT_CAPTURED). Default: no prediction.")
+@click.option("--channel-decline-rate", default=0.05, show_default=True, type=_RATIO,
+              help="The channel simulator's --decline-rate (with --channel-seed).")
+@click.option("--channel-fault-rate", default=0.02, show_default=True, type=_RATIO,
+              help="The channel simulator's --fault-rate (with --channel-seed).")
 @topic_prefix_option
 @click.option("--dry-run", is_flag=True, help="Generate and summarise without publishing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the run summary and expected accounting as JSON.")
 def simulate_orders(
     count: int, rate: float, seed: int | None, merchants_file: Path | None, bad_ratio: float,
-    bad_kinds: str, duplicate_ratio: float, conflict_ratio: float, topic_prefix: str,
+    bad_kinds: str, duplicate_ratio: float, conflict_ratio: float, refund_ratio: float,
+    refund_delay_ms: int, refund_late_delay_ms: int, channel_seed: int | None,
+    channel_decline_rate: float, channel_fault_rate: float, topic_prefix: str,
     dry_run: bool, report_path: Path | None,
 ) -> None:
     """Publish a realistic, seed-reproducible flow of payment requests to payments.requested.
@@ -186,7 +210,9 @@ def simulate_orders(
     in = routed + rejected + dead_lettered + deduplicated.
     Requests are signed with the keyring SETTLE_SIGNING_KEYRING names; with
     SETTLE_SIGNATURES=required the signature faults (unsigned, unknown key, another
-    merchant's key, tampered after signing) are injected too.
+    merchant's key, tampered after signing) are injected too. Refunds of a share of the
+    valid payments follow on refunds.requested (see --refund-ratio); the summary counts them
+    by scenario with the decision the reconcile stage must make.
     """
     seed = seed if seed is not None else time.time_ns() // 1_000_000 % 10**9
     entries = load_merchants(merchants_file or sample_merchants_path())
@@ -202,10 +228,17 @@ def simulate_orders(
                    conflict_ratio=conflict_ratio, bad_kinds=_csv(bad_kinds),
                    keyring=keyring if settings.signing.required else None)
     stats = FlowStats()
+    channel = None if channel_seed is None else ChannelSimConfig(
+        seed=channel_seed, decline_rate=channel_decline_rate, fault_rate=channel_fault_rate)
+    refund_mix = RefundMix(ratio=refund_ratio, delay_ms=refund_delay_ms,
+                           late_delay_ms=refund_late_delay_ms, channel=channel)
+    planner = RefundPlanner(seed, refund_mix) if refund_ratio > 0 else None
+    refund_topic = topic_prefix + REFUNDS_REQUESTED
     console.print(f"seed [bold]{seed}[/] · {count} records · "
                   f"{'unlimited' if rate == 0 else f'{rate:g}/s'} · topic {topic}")
     if dry_run:
-        publish_orders(None, topic, generate_orders(seed, count, entries, mix), stats)
+        publish_orders(None, topic, generate_orders(seed, count, entries, mix), stats,
+                       refunds=planner, refund_topic=refund_topic)
     else:
         from producers.metrics import serve
 
@@ -226,13 +259,17 @@ def simulate_orders(
                     shown = f"{stats.sent / elapsed_s:,.0f}/s" if elapsed_s else ""
                     progress.update(task, advance=1, rate=shown)
 
-                publish_orders(producer, topic, orders, stats, rate, on_sent=advance)
+                publish_orders(producer, topic, orders, stats, rate, on_sent=advance,
+                               refunds=planner, refund_topic=refund_topic)
     for table in summary_tables(stats, topic, dry_run):
         console.print(table)
     if report_path is not None:
         report = {"seed": seed, "count": count, "topic": topic, "rate_per_s": rate,
                   "mix": {"bad_ratio": bad_ratio, "duplicate_ratio": duplicate_ratio,
-                          "conflict_ratio": conflict_ratio, "bad_kinds": list(mix.bad_kinds)},
+                          "conflict_ratio": conflict_ratio, "bad_kinds": list(mix.bad_kinds),
+                          "refund_ratio": refund_ratio, "refund_delay_ms": refund_delay_ms,
+                          "refund_late_delay_ms": refund_late_delay_ms,
+                          "channel_seed": channel_seed},
                   **stats.to_dict()}
         report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         console.print(f"report written to {report_path}")

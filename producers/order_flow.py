@@ -21,9 +21,17 @@ from rich.progress import (
 from rich.table import Table
 
 from producers import metrics
+from producers.clients import wall_clock_ms
 from producers.order_faults import BAD_REASONS, GARBAGE_ERRORS
 from producers.orders import CONFLICT, DUPLICATE, OUTCOMES, VALID, Accounting, SimulatedOrder
 from producers.producer import DeliveryReport
+from producers.refund_flow import (
+    REFUND_OUTCOMES,
+    SCENARIOS,
+    PlannedRefund,
+    RefundAccounting,
+    RefundPlanner,
+)
 
 # Carried in a header, never in the value: the kind must not change a payment's fingerprint.
 KIND_HEADER: Final = "settle-sim-kind"
@@ -53,6 +61,10 @@ class FlowStats:
     by_method: Counter[str] = field(default_factory=Counter)
     by_currency: Counter[str] = field(default_factory=Counter)
     expected: Accounting = field(default_factory=Accounting)
+    # Refund requests sent (by scenario) and what the reconcile stage must decide for them.
+    refunds: RefundAccounting = field(default_factory=RefundAccounting)
+    refunds_unsent: int = 0  # planned, not sent (the run was interrupted)
+    refund_topic: str | None = None
     elapsed_s: float = 0.0
     interrupted: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -80,6 +92,8 @@ class FlowStats:
             "by_method": dict(sorted(self.by_method.items())),
             "by_currency": dict(sorted(self.by_currency.items())),
             "expected": self.expected.to_dict(),
+            "refunds": {**self.refunds.to_dict(), "unsent": self.refunds_unsent,
+                        "topic": self.refund_topic},
         }
 
 
@@ -93,6 +107,45 @@ def publish_order(publisher: Publisher, topic: str, order: SimulatedOrder) -> No
         publisher.send_raw(topic, order.key.encode("utf-8"), order.raw, headers=headers)
 
 
+class _RefundSender:
+    """Sends planned refunds when due; a re-send repeats the very record sent before."""
+
+    def __init__(self, publisher: Publisher | None, topic: str, planner: RefundPlanner,
+                 stats: FlowStats, clock_ms: Callable[[], int]) -> None:
+        self.publisher, self.topic, self.planner = publisher, topic, planner
+        self.stats, self.clock_ms = stats, clock_ms
+        self._sent: dict[int, dict[str, Any]] = {}
+
+    def send_due(self) -> None:
+        for refund in self.planner.due(self.clock_ms()):
+            self.send(refund)
+
+    def send(self, refund: PlannedRefund) -> None:
+        if refund.same_as is not None and refund.same_as in self._sent:
+            record = dict(self._sent[refund.same_as])
+        else:
+            record = {**refund.record, "requested_at": self.clock_ms()}
+        self._sent[refund.seq] = record
+        metrics.REFUNDS.labels(refund.scenario).inc()
+        if self.publisher is not None:
+            self.publisher.send(self.topic, refund.key, record,
+                                headers={KIND_HEADER: f"refund-{refund.scenario}"})
+        self.stats.refunds.add(refund)
+
+    def wait_for_the_rest(self, sleep: Callable[[float], None]) -> None:
+        """Send every refund still planned when it is due (a dry run sends them at once)."""
+        if self.publisher is None:
+            for refund in self.planner.drain():
+                self.send(refund)
+            return
+        while True:
+            self.send_due()
+            due_ms = self.planner.next_due_ms()
+            if due_ms is None:
+                return
+            sleep(min(0.5, max(0.0, (due_ms - self.clock_ms()) / 1000)))
+
+
 def publish_orders(
     publisher: Publisher | None,
     topic: str,
@@ -102,13 +155,23 @@ def publish_orders(
     on_sent: Callable[[SimulatedOrder], None] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    refunds: RefundPlanner | None = None,
+    refund_topic: str = "refunds.requested",
+    clock_ms: Callable[[], int] = wall_clock_ms,
 ) -> FlowStats:
     """Publish orders at up to `rate_per_s` (0: as fast as possible); None publisher = dry run.
 
     The pace is kept against the start time, not per record, so a slow send is caught up on
-    instead of lowering the rate for the rest of the run.
+    instead of lowering the rate for the rest of the run. With `refunds`, each valid payment
+    may get refunds (see producers.refund_flow), sent to `refund_topic` when due: between
+    orders, then after the last order until the last refund is out (a dry run counts them
+    without waiting).
     """
     started = monotonic()
+    sender = None
+    if refunds is not None:
+        sender = _RefundSender(publisher, refund_topic, refunds, stats, clock_ms)
+        stats.refund_topic = refund_topic
     try:
         for n, order in enumerate(orders):
             if rate_per_s > 0:
@@ -122,11 +185,19 @@ def publish_orders(
             if order.record is not None and order.kind == VALID:
                 stats.by_method[order.record["method"]] += 1
                 stats.by_currency[order.record["currency"]] += 1
+                if refunds is not None:
+                    refunds.on_payment(order.record, clock_ms())
             if on_sent is not None:
                 on_sent(order)
+            if sender is not None:
+                sender.send_due()
+        if sender is not None:
+            sender.wait_for_the_rest(sleep)
     except KeyboardInterrupt:
         # Stop cleanly: what was sent is still flushed and summarised (expected covers it).
         stats.interrupted = True
+    if refunds is not None:
+        stats.refunds_unsent = len(refunds)
     stats.elapsed_s = monotonic() - started
     return stats
 
@@ -194,7 +265,33 @@ def summary_tables(stats: FlowStats, topic: str, dry_run: bool = False) -> list[
     if injected:
         tables.append(bad)
     tables.append(expected)
+    if stats.refund_topic is not None:
+        tables.append(refund_table(stats.refunds, stats.refunds_unsent))
     return tables
+
+
+def refund_table(refunds: RefundAccounting, unsent: int = 0) -> Table:
+    """Refund requests sent by scenario, and what the reconcile stage must decide."""
+    table = Table(title="refund requests by scenario (expected decision at reconcile)")
+    table.add_column("scenario")
+    table.add_column("sent", justify="right")
+    for outcome in REFUND_OUTCOMES:
+        table.add_column(outcome, justify="right")
+    by: dict[str, Counter[str]] = {}
+    for scenario in SCENARIOS:
+        by[scenario] = Counter()
+    for (scenario, outcome), n in refunds.by_scenario_outcome.items():
+        by[scenario][outcome] += n
+    for scenario in SCENARIOS:
+        if refunds.scenarios[scenario]:
+            table.add_row(scenario, str(refunds.scenarios[scenario]),
+                          *(str(by[scenario][o]) for o in REFUND_OUTCOMES))
+    table.add_row("[bold]all[/]", f"[bold]{refunds.count}[/]",
+                  *(str(refunds.outcomes[o]) for o in REFUND_OUTCOMES))
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(refunds.reasons.items())) or "-"
+    table.caption = f"rejections: {reasons}" + (f"; {unsent} planned, not sent" if unsent
+                                                else "")
+    return table
 
 
 def _reason_of(kind: str) -> str:
