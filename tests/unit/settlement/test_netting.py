@@ -47,10 +47,12 @@ def test_refund_item_rules() -> None:
     assert (item.gross_minor, item.fee_minor, item.net_minor) == (-400, -2, -398)
     assert pay("p-1").identity == (ITEM_PAYMENT, "p-1") != item.identity
     assert BatchItem.for_refund("p", "r", 5, 5, 0, 0).net_minor == 0  # every cent was fee
-    for args in ((400, 2, 399), (400, -1, 401), (0, 0, 0), (-5, 0, -5), (4, 5, -1),
-                 (400, 2.0, 398), (True, 0, 1)):
+    bad_amounts: list[tuple[object, object, object]] = [
+        (400, 2, 399), (400, -1, 401), (0, 0, 0), (-5, 0, -5), (4, 5, -1), (400, 2.0, 398),
+        (True, 0, 1)]
+    for amount, fee_back, net in bad_amounts:
         with pytest.raises(BatchError):
-            BatchItem.for_refund("p-1", "r-1", *args, 0)  # type: ignore[arg-type]
+            BatchItem.for_refund("p-1", "r-1", amount, fee_back, net, 0)  # type: ignore[arg-type]
     for bad_rid in ("", "r/1", "r 1"):
         with pytest.raises(BatchError):
             BatchItem.for_refund("p-1", bad_rid, 400, 2, 398, 0)
@@ -65,7 +67,7 @@ def test_refund_item_rules() -> None:
         ("p-1", 400, 2, 398, 0, "REVERSAL", "p-1"),  # unknown kind
     ):
         with pytest.raises(BatchError):
-            BatchItem(*bad)  # type: ignore[arg-type]
+            BatchItem(*bad)
 
 
 def test_item_dicts_round_trip_and_old_ones_read_as_payments() -> None:
@@ -88,7 +90,7 @@ def test_payout_split() -> None:
     assert payout_split(0, 0) == (0, 0)
     for bad in ((1, 1), (1.0, 0), (1, True)):
         with pytest.raises(BatchError):
-            payout_split(*bad)  # type: ignore[arg-type]
+            payout_split(*bad)
 
 
 def test_a_batch_nets_refunds_and_closes_with_its_carried_balance() -> None:
@@ -222,14 +224,14 @@ def test_carry_forward_against_a_running_balance_model(
 
     # The model: a running balance per key, paid out whole whenever it is positive.
     balance: dict[tuple[str, str], int] = defaultdict(int)
-    for batch in published:
-        key = (batch.merchant_id, batch.currency)
-        assert batch.payout >= 0 and batch.carried_in_minor <= 0 and batch.carried_out <= 0
-        assert batch.carried_in_minor == balance[key]
-        balance[key] += sum(i.net_minor for i in batch.items)
+    for closed in published:
+        key = (closed.merchant_id, closed.currency)
+        assert closed.payout >= 0 and closed.carried_in_minor <= 0 and closed.carried_out <= 0
+        assert closed.carried_in_minor == balance[key]
+        balance[key] += sum(i.net_minor for i in closed.items)
         model_payout = max(balance[key], 0)
         balance[key] -= model_payout
-        assert (batch.payout_minor, batch.carried_out_minor) == (model_payout, balance[key])
+        assert (closed.payout_minor, closed.carried_out_minor) == (model_payout, balance[key])
     for key in KEYS:
         batches = [b for b in published if (b.merchant_id, b.currency) == key]
         nets = sum(b.net_minor for b in batches)
