@@ -227,13 +227,13 @@ def simulate_orders(
     mix = OrderMix(bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio,
                    conflict_ratio=conflict_ratio, bad_kinds=_csv(bad_kinds),
                    keyring=keyring if settings.signing.required else None)
-    stats = FlowStats()
+    refund_topic = topic_prefix + REFUNDS_REQUESTED
+    stats = FlowStats(refund_topic=refund_topic if refund_ratio > 0 else None)
     channel = None if channel_seed is None else ChannelSimConfig(
         seed=channel_seed, decline_rate=channel_decline_rate, fault_rate=channel_fault_rate)
     refund_mix = RefundMix(ratio=refund_ratio, delay_ms=refund_delay_ms,
                            late_delay_ms=refund_late_delay_ms, channel=channel)
     planner = RefundPlanner(seed, refund_mix) if refund_ratio > 0 else None
-    refund_topic = topic_prefix + REFUNDS_REQUESTED
     console.print(f"seed [bold]{seed}[/] · {count} records · "
                   f"{'unlimited' if rate == 0 else f'{rate:g}/s'} · topic {topic}")
     if dry_run:

@@ -64,6 +64,7 @@ class FlowStats:
     # Refund requests sent (by scenario) and what the reconcile stage must decide for them.
     refunds: RefundAccounting = field(default_factory=RefundAccounting)
     refunds_unsent: int = 0  # planned, not sent (the run was interrupted)
+    refunds_delivered: int = 0
     refund_topic: str | None = None
     elapsed_s: float = 0.0
     interrupted: bool = False
@@ -73,7 +74,10 @@ class FlowStats:
         """Delivery-report callback (runs on the producer's poll, possibly another thread)."""
         with self._lock:
             if report.ok:
-                self.delivered += 1
+                if self.refund_topic is not None and report.topic == self.refund_topic:
+                    self.refunds_delivered += 1
+                else:
+                    self.delivered += 1
             else:
                 self.failed += 1
                 self.first_error = self.first_error or f"{report.key}: {report.error}"
@@ -93,7 +97,7 @@ class FlowStats:
             "by_currency": dict(sorted(self.by_currency.items())),
             "expected": self.expected.to_dict(),
             "refunds": {**self.refunds.to_dict(), "unsent": self.refunds_unsent,
-                        "topic": self.refund_topic},
+                        "delivered": self.refunds_delivered, "topic": self.refund_topic},
         }
 
 
@@ -171,7 +175,7 @@ def publish_orders(
     sender = None
     if refunds is not None:
         sender = _RefundSender(publisher, refund_topic, refunds, stats, clock_ms)
-        stats.refund_topic = refund_topic
+        stats.refund_topic = refund_topic  # before any delivery report can come
     try:
         for n, order in enumerate(orders):
             if rate_per_s > 0:

@@ -20,7 +20,7 @@ from infra.config import Settings
 from infra.kafka import make_consumer
 from infra.keyring import configured_keyring
 from infra.registry import registry_client
-from producers.channels import ChannelSimConfig, plan_confirmations
+from producers.channels import ChannelSimConfig, plan_confirmations, plan_refund_confirmations
 from producers.cli import merchants, simulate
 from producers.clients import read_at, read_to_end, wall_clock_ms
 from producers.merchants import (
@@ -34,6 +34,8 @@ from producers.order_faults import SIGNATURE_KINDS
 from producers.order_flow import KIND_HEADER, publish_order
 from producers.orders import INJECTED_KINDS, OrderMix, SimulatedOrder, generate_orders
 from producers.producer import AvroProducer, DeliveryReport
+from producers.refunds import make_spec
+from producers.signing import RequestSigner, refund_request_from_record
 from schemas.codec import AvroDeserializer, to_epoch_ms
 from schemas.contract import schema_str_for
 from schemas.registry import RegistryClient
@@ -42,11 +44,14 @@ from schemas.topics import (
     CONTRACT,
     MERCHANTS,
     PAYMENTS_REQUESTED,
+    REFUND_CONFIRMATIONS,
+    REFUNDS_REQUESTED,
+    REFUNDS_ROUTED,
     ROUTED_TOPICS,
     value_subject,
 )
 from settlement.model import PaymentRequest
-from settlement.signing import verify
+from settlement.signing import Keyring, SigningKey, verify, verify_refund
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +165,7 @@ def test_simulate_orders_cli_publishes_and_reports(stack: Settings, tmp_path: Pa
     report_path = tmp_path / "orders.json"
     result = CliRunner().invoke(simulate, [
         "orders", "--count", "40", "--rate", "0", "--seed", str(unique_seed()),
-        "--bad-ratio", "0.2", "--report", str(report_path),
+        "--bad-ratio", "0.2", "--report", str(report_path), "--refund-ratio", "0",
     ], terminal_width=160)
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
@@ -176,7 +181,8 @@ def test_simulate_orders_cli_publishes_and_reports(stack: Settings, tmp_path: Pa
 @pytest.fixture()
 def prefix(stack: Settings) -> Iterator[str]:
     p = f"t{uuid.uuid4().hex[:8]}."
-    names = (*ROUTED_TOPICS, CHANNEL_CONFIRMATIONS)
+    names = (*ROUTED_TOPICS, CHANNEL_CONFIRMATIONS, REFUNDS_REQUESTED, REFUNDS_ROUTED,
+             REFUND_CONFIRMATIONS)
     create_topics(stack.kafka, [s for s in CONTRACT if s.name in names], name_prefix=p)
     yield p
     delete_topics(stack.kafka, [p + n for n in names])
@@ -248,6 +254,71 @@ def test_channel_simulator_answers_routed_payments(
                 assert tp.offset == ends[(tp.topic, tp.partition)], tp
     finally:
         consumer.close()
+
+
+# -- refunds --------------------------------------------------------------------------------
+
+
+def test_signed_refund_is_published_keyed_by_payment_and_reads_back(
+    stack: Settings, registry: RegistryClient, prefix: str
+) -> None:
+    keyring = Keyring([SigningKey("m-0001.kt", "m-0001", bytes(range(32)), "active", 0)])
+    run = uuid.uuid4().hex[:8]
+    spec = make_spec(f"pay-refund-{run}", "m-0001", 2_500, "CNY", f"rf-{run}", "size")
+    record = {**spec.to_record(wall_clock_ms()), "metadata": {"note": "尺码小"}}
+    with AvroProducer(stack.kafka, registry, client_id="test-refunds",
+                      signer=RequestSigner(keyring)) as producer:
+        producer.send_refund(record, topic=prefix + REFUNDS_REQUESTED)
+    [msg] = read_to_end(stack.kafka, prefix + REFUNDS_REQUESTED)
+    assert msg.key() == spec.payment_id.encode()
+    decoded = AvroDeserializer(registry).decode(msg.value())
+    assert decoded["refund_id"] == spec.refund_id and decoded["reason"] == "size"
+    assert decoded["signature_key_id"] == "m-0001.kt"
+    request = refund_request_from_record(decoded)
+    assert request.requested_at_ms == record["requested_at"]
+    assert verify_refund(request, keyring) is None
+
+
+def test_channel_simulator_answers_routed_refunds(
+    stack: Settings, registry: RegistryClient, prefix: str
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    now = wall_clock_ms()
+    routed = [
+        {"refund_id": f"rf-{i}", "payment_id": f"pay-rf-{run}-{i:03d}", "merchant_id": "m-0001",
+         "order_id": None, "channel": channel, "channel_txn_id": None, "amount_minor": 500 + i,
+         "currency": currency, "reason": None, "requested_at": now, "routed_at": now}
+        for i, (channel, currency) in enumerate([("ALIPAY", "CNY"), ("CARD", "USD")] * 10)
+    ]
+    with AvroProducer(stack.kafka, registry, client_id="test-routed-refunds") as producer:
+        for record in routed:
+            producer.send(prefix + REFUNDS_ROUTED, record["payment_id"], record)
+    seed, group = 11, f"test-channel-sim-refunds-{run}"
+    args = ["channels", "--seed", str(seed), "--latency-ms", "20", "--refund-fault-rate", "0.5",
+            "--refund-decline-rate", "0.2", "--late-ms", "1500", "--max-records",
+            str(len(routed)), "--group", group, "--topic-prefix", prefix]
+    result = CliRunner().invoke(simulate, args, terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "refunds per channel" in result.output
+
+    config = ChannelSimConfig(seed=seed, latency_ms=20, refund_fault_rate=0.5,
+                              refund_decline_rate=0.2, late_ms=1500)
+    planned = [p for r in routed for p in plan_refund_confirmations(r, 0, config)]
+    assert {p.fault for p in planned} - {"none"}, "the seed should inject some faults"
+
+    def shape(record: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(record[k] for k in ("payment_id", "refund_id", "confirmation_id",
+                                         "channel", "status", "amount_minor", "currency",
+                                         "decline_code"))
+
+    decoder = AvroDeserializer(registry)
+    got = []
+    for msg in read_to_end(stack.kafka, prefix + REFUND_CONFIRMATIONS):
+        record = decoder.decode(msg.value())
+        assert msg.key() == record["payment_id"].encode()
+        got.append(shape(record))
+    assert Counter(got) == Counter(shape(p.record) for p in planned)
+    assert read_to_end(stack.kafka, prefix + CHANNEL_CONFIRMATIONS) == []
 
 
 # -- the stall watch (librdkafka can keep a partition leaderless after a broker restart) -----
