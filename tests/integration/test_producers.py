@@ -284,7 +284,7 @@ def test_channel_simulator_answers_routed_refunds(
 ) -> None:
     run = uuid.uuid4().hex[:8]
     now = wall_clock_ms()
-    routed = [
+    routed: list[dict[str, Any]] = [
         {"refund_id": f"rf-{i}", "payment_id": f"pay-rf-{run}-{i:03d}", "merchant_id": "m-0001",
          "order_id": None, "channel": channel, "channel_txn_id": None, "amount_minor": 500 + i,
          "currency": currency, "reason": None, "requested_at": now, "routed_at": now}
