@@ -62,7 +62,7 @@ def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
 
 @audit.command("books")
 def audit_books_cmd() -> None:
-    """Check the books: balanced journals, one terminal state per payment, batches = ledger.
+    """Check the books: balanced journals, refunds within captures, batches = ledger.
 
     Reads PostgreSQL and the reconciliation.results and settlements.batches topics. Run it
     once the pipeline has drained and the settlement windows have closed. Exit code 1 on
@@ -110,12 +110,23 @@ def print_books(result: Any) -> None:
         for cur, d, k in ledger:
             t.add_row(cur, format_minor(d, cur), format_minor(k, cur))
         console.print(t)
+    refunds = result.figures.get("refunds_by_state", {})
+    if refunds:
+        t = Table(title="refunds by terminal state")
+        t.add_column("state")
+        t.add_column("refunds", justify="right")
+        for state, n in sorted(refunds.items()):
+            t.add_row(state, f"{n:,}")
+        console.print(t)
     batches = result.figures.get("batches_per_merchant", [])
     if batches:
         t = Table(title="settlement batches per merchant")
-        for col in ("merchant", "currency", "batches", "payments", "gross", "fee", "net"):
+        for col in ("merchant", "currency", "batches", "payments", "refunds", "gross", "fee",
+                    "net", "paid out", "carried"):
             t.add_column(col, justify="right")
-        for m, cur, n, count, gross, fee, net in batches:
-            t.add_row(m, cur, str(n), f"{count:,}", format_minor(int(gross), cur),
-                      format_minor(int(fee), cur), format_minor(int(net), cur))
+        for m, cur, n, count, refund_count, gross, fee, net, payout, carried in batches:
+            t.add_row(m, cur, str(n), f"{count:,}", f"{refund_count:,}",
+                      format_minor(int(gross), cur), format_minor(int(fee), cur),
+                      format_minor(int(net), cur), format_minor(int(payout), cur),
+                      format_minor(int(carried), cur))
         console.print(t)
