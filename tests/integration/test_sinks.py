@@ -22,6 +22,7 @@ from schemas.topics import (
     DAY_MS,
     PAYMENTS_DLQ,
     RECONCILIATION_RESULTS,
+    REFUND_RESULTS,
     SETTLEMENTS_BATCHES,
     TopicSpec,
 )
@@ -35,7 +36,15 @@ from sinks.migrate import migrate
 from sinks.offsets_consumer import OffsetsConsumer
 from sinks.options import SinkOptions
 from sinks.settlement_sink import SettlementWriter
-from tests.support.sinks import FEES, Topics, batch, publish, result, run_sink
+from tests.support.sinks import (
+    FEES,
+    Topics,
+    batch,
+    publish,
+    refund_result,
+    result,
+    run_sink,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -488,3 +497,112 @@ def test_dead_letter_publisher_replaces_a_client_that_cannot_deliver(
     letters = dead_letters(stack, registry, topics.dlq)
     assert sorted(letter["source_offset"] for letter in letters) == [0, 1, 2]
     assert {letter["original_key"] for letter in letters} == {b"p-0", b"p-1", b"p-2"}
+
+
+@pytest.fixture()
+def refund_topics(stack: Settings) -> Iterator[tuple[Topics, str]]:
+    prefix = f"t-refsink-{uuid.uuid4().hex[:8]}-"
+    specs = [
+        TopicSpec(RECONCILIATION_RESULTS, retention_ms=DAY_MS),
+        TopicSpec(REFUND_RESULTS, retention_ms=DAY_MS),
+        TopicSpec(SETTLEMENTS_BATCHES, retention_ms=DAY_MS, copartitioned=False),
+        TopicSpec(PAYMENTS_DLQ, retention_ms=DAY_MS),
+    ]
+    create_topics(stack.kafka, specs=specs, name_prefix=prefix)
+    yield (Topics(prefix + RECONCILIATION_RESULTS, prefix + SETTLEMENTS_BATCHES,
+                  prefix + PAYMENTS_DLQ), prefix + REFUND_RESULTS)
+    delete_topics(stack.kafka, [prefix + s.name for s in specs])
+
+
+def test_refunds_and_payouts_post_once_through_both_sinks(
+    stack: Settings, refund_topics: tuple[Topics, str], registry: RegistryClient,
+    db: psycopg.Connection,
+) -> None:
+    topics, refunds_topic = refund_topics
+    run = uuid.uuid4().hex[:8]
+    p1, p2 = f"p-{run}-1", f"p-{run}-2"
+    merchant = f"m-{run}"
+    publish(stack, registry, topics.results, [
+        result(p1, "MATCHED", merchant=merchant, split=(60, 9_940)),
+        result(p2, "MATCHED", merchant=merchant, split=(60, 9_940)),
+    ])
+    bad_split = refund_result(p1, "r9", "MATCHED", split=(18, 2_000), merchant=merchant)
+    publish(stack, registry, refunds_topic, [
+        refund_result(p1, "r1", "MATCHED", merchant=merchant),
+        refund_result(p1, "r1", "MATCHED", merchant=merchant),  # replayed result
+        refund_result(p1, "r2", "DECLINED", merchant=merchant),
+        refund_result(p2, "r3", "MISSING_CONFIRMATION", conf=None, merchant=merchant),
+        refund_result(p2, "r3", "MATCHED", conf="rc7", late=True, merchant=merchant,
+                      amount=10_000, split=(60, 9_940)),
+        bad_split,  # R != net + f: dead-lettered, never posted
+        (p1, b"\x00\x00\x00\x00\x01not avro"),  # undecodable
+    ])
+    writer = LedgerWriter(FEES, refund_topic=refunds_topic)
+    group = f"t-ledger-{run}"
+    for _ in range(2):  # the second run replays everything from the start: nothing changes
+        stats = run_sink(stack, registry, writer, topics.results, topics.dlq, group)
+        assert stats.records == 9
+        db.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (group,))
+    stats = run_sink(stack, registry, writer, topics.results, topics.dlq, group)
+    assert_offsets_at_end(stack, db, group, topics.results)
+    assert_offsets_at_end(stack, db, group, refunds_topic)
+
+    assert db.execute("SELECT refund_id, state, late, fee_returned_minor, net_minor, order_id"
+                      " FROM refunds WHERE payment_id = ANY(%s) ORDER BY 1", ([p1, p2],)
+                      ).fetchall() == [("r1", "MATCHED", False, 18, 2_982, f"o-{p1}"),
+                                       ("r2", "DECLINED", False, None, None, f"o-{p1}"),
+                                       ("r3", "MATCHED", True, 60, 9_940, f"o-{p2}")]
+    assert db.execute("SELECT journal_id, kind, gross_minor, fee_minor, net_minor"
+                      " FROM ledger_journals WHERE payment_id = ANY(%s) ORDER BY 1",
+                      ([p1, p2],)).fetchall() == [
+        (f"J:{p1}", "PAYMENT", 10_000, 60, 9_940), (f"J:{p2}", "PAYMENT", 10_000, 60, 9_940),
+        (f"RF:{p1}/r1", "REFUND", 3_000, 18, 2_982), (f"RF:{p2}/r3", "REFUND", 10_000, 60, 9_940)]
+    assert db.execute("SELECT account, side, amount_minor FROM ledger_entries"
+                      " WHERE journal_id = %s ORDER BY 1", (f"RF:{p1}/r1",)).fetchall() == [
+        ("clearing:alipay", "CREDIT", 3_000), ("fee_revenue:alipay", "DEBIT", 18),
+        (f"payable:{merchant}", "DEBIT", 2_982)]
+    assert sorted(r[0] for r in db.execute(
+        "SELECT outcome FROM refund_exceptions WHERE payment_id = ANY(%s)", ([p1, p2],))) == [
+        "DECLINED", "MISSING_CONFIRMATION"]
+    letters = dead_letters(stack, registry, topics.dlq)
+    assert len(letters) == 6  # two per run (the bad split and the garbage), three runs
+    assert {(d["stage"], d["source_topic"]) for d in letters} == {("ledger-sink", refunds_topic)}
+
+    # The batch nets both refunds against p2's payment (p1 was settled before): it pays 0
+    # and carries the rest; a second batch pays out p1 with the carry taken off.
+    items2 = [("PAYMENT", p2, p2, 10_000, 60), ("REFUND", f"{p1}/r1", p1, -3_000, -18),
+              ("REFUND", f"{p2}/r3", p2, -10_000, -60)]
+    first = netted_batch(merchant, 0, 0, items2)
+    second = netted_batch(merchant, 1, first[1]["carried_out_minor"],
+                          [("PAYMENT", p1, p1, 10_000, 60)])
+    assert (first[1]["payout_minor"], first[1]["carried_out_minor"]) == (0, -2_982)
+    assert second[1]["payout_minor"] == 9_940 - 2_982
+    publish(stack, registry, topics.batches, [first, second, first])
+    sgroup = f"t-settle-{run}"
+    for _ in range(2):
+        run_sink(stack, registry, SettlementWriter(), topics.batches, topics.dlq, sgroup)
+        db.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (sgroup,))
+    assert db.execute("SELECT kind, source_id, gross_minor FROM ledger_journals"
+                      " WHERE kind = 'PAYOUT' AND source_id = ANY(%s)",
+                      ([first[0], second[0]],)).fetchall() == [("PAYOUT", second[0], 6_958)]
+    assert db.execute("SELECT account, side, amount_minor FROM ledger_entries"
+                      " WHERE journal_id = %s ORDER BY 1", (f"P:{second[0]}",)).fetchall() == [
+        (f"payable:{merchant}", "DEBIT", 6_958), (f"payout_due:{merchant}", "CREDIT", 6_958)]
+    payable = db.execute("SELECT credit_balance_minor FROM account_balances"
+                         " WHERE account = %s", (f"payable:{merchant}",)).fetchone()
+    assert payable == (0,)  # everything batched, the last batch carried nothing
+
+
+def netted_batch(merchant: str, window: int, carried_in: int,
+                 items: Sequence[tuple[str, str, str, int, int]]) -> tuple[str, dict[str, Any]]:
+    """A SettlementBatch with kinds, signed items and its carry (items: kind, id, pid, g, f)."""
+    key, record = batch(merchant, window, [(pid, g, f) for _, _, pid, g, f in items])
+    net = record["net_minor"]
+    record.update(
+        payment_count=sum(k == "PAYMENT" for k, *_ in items),
+        refund_count=sum(k == "REFUND" for k, *_ in items),
+        carried_in_minor=carried_in, payout_minor=max(net + carried_in, 0),
+        carried_out_minor=min(net + carried_in, 0))
+    for item, (kind, item_id, *_rest) in zip(record["items"], items, strict=True):
+        item.update(kind=kind, item_id=item_id)
+    return key, record

@@ -90,3 +90,27 @@ def batch(merchant: str, window: int, items: Sequence[tuple[str, int, int]], *,
                    "matched_at": start + timedelta(hours=1)} for pid, g, f in items],
     }
     return batch_id, record
+
+
+def refund_result(pid: str, rid: str, outcome: str, *, amount: int = 3_000,
+                  split: tuple[int, int] | None = (18, 2_982), conf: str | None = "rc1",
+                  late: bool = False, merchant: str = "m-1", minutes: int = 0,
+                  ) -> tuple[str, dict[str, Any]]:
+    """A RefundResult keyed by payment_id; `split` = (fee returned, net) of a MATCHED one."""
+    terminal = outcome in {"MATCHED", "DECLINED", "AMOUNT_MISMATCH", "CURRENCY_MISMATCH",
+                           "MISSING_CONFIRMATION"}
+    matched = outcome == "MATCHED"
+    record = {
+        "result_id": f"{pid}/{rid}:{outcome}:{conf or '-'}",
+        "refund_id": rid, "payment_id": pid, "merchant_id": merchant, "order_id": f"o-{pid}",
+        "channel": "ALIPAY", "outcome": outcome, "terminal": terminal, "late": late,
+        "amount_minor": amount, "currency": "CNY",
+        "confirmed_amount_minor": amount if conf else None,
+        "confirmed_currency": "CNY" if conf else None,
+        "confirmation_id": conf, "channel_refund_id": f"cr-{conf}" if conf else None,
+        "fee_returned_minor": split[0] if matched and split else None,
+        "net_minor": split[1] if matched and split else None,
+        "captured_minor": 10_000, "refunded_minor": 0, "refundable_minor": 0,
+        "requested_at": T0, "decided_at": T0 + timedelta(minutes=minutes), "detail": "",
+    }
+    return pid, record
