@@ -15,9 +15,13 @@ both from the outside, so it works whichever worker is down:
   terminal state in PostgreSQL for longer than their channel's SLA and a margin
   (``settle_routed_undecided_payments{channel}``, see ``settle.undecided``).
 
-The invariants here are the ones that hold at every instant, plus "a MATCHED payment is in a
-batch within the window, its grace and a slack": a payment waiting for its window to close
-is not an error, a payment still unbatched long after is.
+The invariants here are the ones that hold at every instant (balanced journals, a journal
+per MATCHED payment and per succeeded refund, batches = items = ledger, payable:<m> = the last
+batch's carried balance + the open items, Σ payouts = payout_due:<m>), plus those with a
+horizon: "a MATCHED payment (a succeeded refund) is in a batch within the window, its grace
+and a slack" (one waiting for its window to close is not an error, one still unbatched long
+after is) and "per payment Σ succeeded refunds <= captured" (a refund posted before its
+payment's journal, from the other results topic, counts only past the horizon).
 
 Metrics are served from a snapshot taken by the loop, so a scrape never waits on Kafka or
 PostgreSQL, and series of groups or partitions that disappeared disappear with them.
@@ -62,7 +66,8 @@ for _check in ("offsets", "books", "undecided"):
 
 # Invariants that hold at every instant (each query counts violations).
 INSTANT_INVARIANTS: dict[str, str] = {
-    # Σ debits = Σ credits in every journal (the trigger enforces it; this proves it).
+    # Σ debits = Σ credits in every journal, whatever its kind (the trigger enforces it; this
+    # proves it).
     "journals_balanced": """
         SELECT COUNT(*) FROM (
             SELECT journal_id FROM ledger_entries GROUP BY journal_id
@@ -74,51 +79,165 @@ INSTANT_INVARIANTS: dict[str, str] = {
             SELECT currency FROM ledger_entries GROUP BY currency
             HAVING SUM(CASE WHEN side = 'DEBIT' THEN amount_minor ELSE -amount_minor END) <> 0
         ) t""",
-    # gross = net + fee for every journal and every batch.
+    # gross = net + fee for every journal and every batch (signed sums in a batch).
     "amounts_consistent": """
         SELECT (SELECT COUNT(*) FROM ledger_journals WHERE gross_minor <> net_minor + fee_minor)
              + (SELECT COUNT(*) FROM settlement_batches
                  WHERE gross_minor <> net_minor + fee_minor)""",
-    # a journal for every MATCHED payment, and only for them.
+    # a PAYMENT journal for every MATCHED payment and only for them; a REFUND journal for
+    # every MATCHED (succeeded) refund and only for them. The ledger sink writes a row and
+    # its journal in one transaction.
     "journal_iff_matched": """
         SELECT (SELECT COUNT(*) FROM payments p
                  WHERE p.state = 'MATCHED' AND NOT EXISTS (
-                       SELECT 1 FROM ledger_journals j WHERE j.payment_id = p.payment_id))
+                       SELECT 1 FROM ledger_journals j
+                        WHERE j.kind = 'PAYMENT' AND j.source_id = p.payment_id))
              + (SELECT COUNT(*) FROM ledger_journals j
-                  LEFT JOIN payments p ON p.payment_id = j.payment_id
-                 WHERE p.state IS DISTINCT FROM 'MATCHED')""",
-    # a batch's totals are the sum of its items.
+                  LEFT JOIN payments p ON p.payment_id = j.source_id
+                 WHERE j.kind = 'PAYMENT' AND p.state IS DISTINCT FROM 'MATCHED')
+             + (SELECT COUNT(*) FROM refunds r
+                 WHERE r.state = 'MATCHED' AND NOT EXISTS (
+                       SELECT 1 FROM ledger_journals j
+                        WHERE j.kind = 'REFUND'
+                          AND j.source_id = r.payment_id || '/' || r.refund_id))
+             + (SELECT COUNT(*) FROM ledger_journals j
+                  LEFT JOIN refunds r ON r.payment_id = j.payment_id
+                                     AND j.source_id = r.payment_id || '/' || r.refund_id
+                 WHERE j.kind = 'REFUND' AND r.state IS DISTINCT FROM 'MATCHED')""",
+    # a batch's totals are the sum of its items, its counts their number by kind.
     "batch_totals_match_items": """
         SELECT COUNT(*) FROM settlement_batches b
-          LEFT JOIN (SELECT batch_id, COUNT(*) AS n, SUM(gross_minor) AS g,
-                            SUM(fee_minor) AS f, SUM(net_minor) AS net
+          LEFT JOIN (SELECT batch_id, COUNT(*) FILTER (WHERE kind = 'PAYMENT') AS payments,
+                            COUNT(*) FILTER (WHERE kind = 'REFUND') AS refunds,
+                            SUM(gross_minor) AS g, SUM(fee_minor) AS f, SUM(net_minor) AS net
                        FROM settlement_batch_items GROUP BY batch_id) i
             ON i.batch_id = b.batch_id
-         WHERE (b.payment_count, b.gross_minor, b.fee_minor, b.net_minor)
-               IS DISTINCT FROM (i.n::int, i.g, i.f, i.net)""",
-    # each batched payment is MATCHED, for the batch's merchant and currency, and its net
-    # is its journal's net: so Σ batch net = the batched part of the merchant payable.
+         WHERE (b.payment_count, b.refund_count, b.gross_minor, b.fee_minor, b.net_minor)
+               IS DISTINCT FROM (i.payments::int, i.refunds::int, i.g, i.f, i.net)""",
+    # each batch item settles the posted journal of its kind and id, of a MATCHED payment of
+    # the batch's merchant, in the batch's currency, for the journal's amounts (negated for a
+    # REFUND item): so Σ batch net = the batched part of the merchant payable.
     "batches_match_ledger": """
         SELECT COUNT(*) FROM settlement_batch_items i
           JOIN settlement_batches b ON b.batch_id = i.batch_id
           LEFT JOIN payments p ON p.payment_id = i.payment_id
-          LEFT JOIN ledger_journals j ON j.payment_id = i.payment_id
+          LEFT JOIN ledger_journals j ON j.kind = i.kind AND j.source_id = i.item_id
          WHERE p.state IS DISTINCT FROM 'MATCHED'
             OR p.merchant_id IS DISTINCT FROM b.merchant_id
             OR j.currency IS DISTINCT FROM b.currency
-            OR (j.gross_minor, j.fee_minor, j.net_minor)
-               IS DISTINCT FROM (i.gross_minor, i.fee_minor, i.net_minor)""",
+            OR (j.gross_minor, j.fee_minor, j.net_minor) IS DISTINCT FROM (
+                   CASE WHEN i.kind = 'REFUND' THEN -i.gross_minor ELSE i.gross_minor END,
+                   CASE WHEN i.kind = 'REFUND' THEN -i.fee_minor ELSE i.fee_minor END,
+                   CASE WHEN i.kind = 'REFUND' THEN -i.net_minor ELSE i.net_minor END)""",
+    # a succeeded refund is in one batch at most (the items' primary key (kind, item_id)
+    # makes this structural; the check guards the key). Reads only the REFUND part of the
+    # primary-key index.
+    "refunds_in_one_batch": """
+        SELECT COUNT(*) FROM (
+            SELECT item_id FROM settlement_batch_items WHERE kind = 'REFUND'
+             GROUP BY item_id HAVING COUNT(*) > 1
+        ) t""",
+    # per merchant and currency, the credit balance of payable:<m> =
+    #     Σ net of batches written before payouts (payout_minor NULL: they posted no payout)
+    #   + carried_out of the last batch with a payout (<= 0)
+    #   + Σ signed net of the posted PAYMENT and REFUND journals no batch item settles yet
+    #   - Σ net of batch items whose journal is not posted yet (the settlement sink may write
+    #     a batch before the ledger sink posts one of its items; batches_match_ledger counts
+    #     those items, this check does not count them twice).
+    # Counts the merchant/currency pairs that disagree.
+    "payable_matches_batches": """
+        WITH ledger AS (
+            SELECT substr(account, 9) AS merchant_id, currency,
+                   SUM(CASE WHEN side = 'CREDIT' THEN amount_minor ELSE -amount_minor END) AS bal
+              FROM ledger_entries WHERE left(account, 8) = 'payable:'
+             GROUP BY 1, 2),
+        open_items AS (
+            SELECT substr(e.account, 9) AS merchant_id, e.currency,
+                   SUM(CASE WHEN e.side = 'CREDIT' THEN e.amount_minor
+                            ELSE -e.amount_minor END) AS net
+              FROM ledger_entries e JOIN ledger_journals j USING (journal_id)
+             WHERE left(e.account, 8) = 'payable:' AND j.kind IN ('PAYMENT', 'REFUND')
+               AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
+                                WHERE i.kind = j.kind AND i.item_id = j.source_id)
+             GROUP BY 1, 2),
+        unposted AS (
+            SELECT b.merchant_id, b.currency, SUM(i.net_minor) AS net
+              FROM settlement_batch_items i JOIN settlement_batches b USING (batch_id)
+             WHERE NOT EXISTS (SELECT 1 FROM ledger_journals j
+                                WHERE j.kind = i.kind AND j.source_id = i.item_id)
+             GROUP BY 1, 2),
+        legacy AS (
+            SELECT merchant_id, currency, SUM(net_minor) AS net
+              FROM settlement_batches WHERE payout_minor IS NULL GROUP BY 1, 2),
+        last_carried AS (
+            SELECT DISTINCT ON (merchant_id, currency) merchant_id, currency, carried_out_minor
+              FROM settlement_batches WHERE payout_minor IS NOT NULL
+             ORDER BY merchant_id, currency, window_start DESC),
+        keys AS (
+            SELECT merchant_id, currency FROM ledger
+            UNION SELECT merchant_id, currency FROM legacy
+            UNION SELECT merchant_id, currency FROM last_carried)
+        SELECT COUNT(*) FROM keys k
+          LEFT JOIN ledger l USING (merchant_id, currency)
+          LEFT JOIN open_items o USING (merchant_id, currency)
+          LEFT JOIN unposted u USING (merchant_id, currency)
+          LEFT JOIN legacy g USING (merchant_id, currency)
+          LEFT JOIN last_carried c USING (merchant_id, currency)
+         WHERE COALESCE(l.bal, 0) <> COALESCE(g.net, 0) + COALESCE(c.carried_out_minor, 0)
+                                     + COALESCE(o.net, 0) - COALESCE(u.net, 0)""",
+    # per merchant and currency, Σ payout of the closed batches = credit balance of
+    # payout_due:<m> (the settlement sink posts a batch's payout journal in the batch's own
+    # transaction). Counts the merchant/currency pairs that disagree.
+    "payout_due_matches_payouts": """
+        WITH ledger AS (
+            SELECT substr(account, 12) AS merchant_id, currency,
+                   SUM(CASE WHEN side = 'CREDIT' THEN amount_minor ELSE -amount_minor END) AS bal
+              FROM ledger_entries WHERE left(account, 11) = 'payout_due:'
+             GROUP BY 1, 2),
+        paid AS (
+            SELECT merchant_id, currency, SUM(payout_minor) AS payout
+              FROM settlement_batches WHERE payout_minor IS NOT NULL GROUP BY 1, 2)
+        SELECT COUNT(*) FROM ledger l FULL JOIN paid p USING (merchant_id, currency)
+         WHERE COALESCE(l.bal, 0) <> COALESCE(p.payout, 0)""",
 }
 
-# MATCHED payments decided longer ago than the horizon and still in no batch.
-UNSETTLED_PAST_HORIZON = """
-    SELECT COUNT(*) FROM payments p
-     WHERE p.state = 'MATCHED'
-       AND p.decided_at < now() - make_interval(secs => %s)
-       AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
-                        WHERE i.payment_id = p.payment_id)"""
+# Invariants with a horizon (%(horizon)s seconds): what may legitimately wait, for a while,
+# for a window to close or for another sink.
+HORIZON_INVARIANTS: dict[str, str] = {
+    # MATCHED payments decided longer ago than the horizon and still in no batch.
+    "matched_settled_in_time": """
+        SELECT COUNT(*) FROM payments p
+         WHERE p.state = 'MATCHED'
+           AND p.decided_at < now() - make_interval(secs => %(horizon)s)
+           AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
+                            WHERE i.kind = 'PAYMENT' AND i.item_id = p.payment_id)""",
+    # succeeded refunds decided longer ago than the horizon and still in no batch.
+    "refunds_settled_in_time": """
+        SELECT COUNT(*) FROM refunds r
+         WHERE r.state = 'MATCHED'
+           AND r.decided_at < now() - make_interval(secs => %(horizon)s)
+           AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
+                            WHERE i.kind = 'REFUND'
+                              AND i.item_id = r.payment_id || '/' || r.refund_id)""",
+    # per payment, Σ succeeded refunds <= captured and Σ fee returned <= its fee (the REFUND
+    # journals against the PAYMENT journal). Payments refunded above their capture, plus
+    # refunded payments with no PAYMENT journal for longer than the horizon (the ledger sink
+    # reads payment and refund results from two topics: a refund may be posted first).
+    "refunds_within_capture": """
+        SELECT COUNT(*) FROM (
+            SELECT r.payment_id FROM ledger_journals r
+              LEFT JOIN ledger_journals p ON p.kind = 'PAYMENT' AND p.source_id = r.payment_id
+             WHERE r.kind = 'REFUND'
+             GROUP BY r.payment_id
+            HAVING SUM(r.gross_minor) > MIN(p.gross_minor)
+                OR SUM(r.fee_minor) > MIN(p.fee_minor)
+                OR (MIN(p.gross_minor) IS NULL
+                    AND MIN(r.posted_at) < now() - make_interval(secs => %(horizon)s))
+        ) t""",
+}
 SETTLED_IN_TIME = "matched_settled_in_time"
-INVARIANTS: tuple[str, ...] = (*INSTANT_INVARIANTS, SETTLED_IN_TIME)
+REFUNDS_WITHIN_CAPTURE = "refunds_within_capture"
+INVARIANTS: tuple[str, ...] = (*INSTANT_INVARIANTS, *HORIZON_INVARIANTS)
 
 
 def check_books(conn: psycopg.Connection, horizon_s: float) -> dict[str, int]:
@@ -129,8 +248,9 @@ def check_books(conn: psycopg.Connection, horizon_s: float) -> dict[str, int]:
         for name, sql in INSTANT_INVARIANTS.items():
             row = conn.execute(sql).fetchone()
             violations[name] = int(row[0]) if row and row[0] is not None else 0
-        row = conn.execute(UNSETTLED_PAST_HORIZON, (horizon_s,)).fetchone()
-        violations[SETTLED_IN_TIME] = int(row[0]) if row and row[0] is not None else 0
+        for name, sql in HORIZON_INVARIANTS.items():
+            row = conn.execute(sql, {"horizon": horizon_s}).fetchone()
+            violations[name] = int(row[0]) if row and row[0] is not None else 0
     return violations
 
 

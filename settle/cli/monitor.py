@@ -20,8 +20,11 @@ from settle.cli.common import console, settings
               default=None, help="Seconds between runs of the books' invariants "
                                  "[default: SETTLE_MONITOR_BOOKS_INTERVAL_S, else 30].")
 @click.option("--settle-horizon", "horizon_s", type=click.FloatRange(min=0), default=None,
-              help="A MATCHED payment not in a batch this many seconds after its decision "
-                   "breaks `matched_settled_in_time` [default: SETTLE_MONITOR_SETTLE_HORIZON_S, "
+              help="A MATCHED payment (a succeeded refund) not in a batch this many seconds "
+                   "after its decision breaks `matched_settled_in_time` "
+                   "(`refunds_settled_in_time`); a refund journal without its payment's "
+                   "journal this long breaks `refunds_within_capture` "
+                   "[default: SETTLE_MONITOR_SETTLE_HORIZON_S, "
                    "else SETTLE_WINDOW_SECONDS + SETTLE_WINDOW_GRACE_SECONDS + 900].")
 @click.option("--undecided-margin", "undecided_margin_s", type=click.FloatRange(min=0),
               default=None,
@@ -51,9 +54,11 @@ def monitor(interval_s: float | None, books_interval_s: float | None, horizon_s:
     Reads the end offset of every contract topic and the committed offsets of every
     matching consumer group (faust workers and sinks), and checks the books in PostgreSQL
     (balanced journals and currencies, gross = net + fee, a journal for each MATCHED payment
-    and only for them, batch totals = items, batches = ledger, MATCHED payments batched in
-    time), and counts the routed payments reconcile consumed that have no terminal state in
-    PostgreSQL past their channel's SLA + margin. Serves settle_consumer_lag_records,
+    and succeeded refund and only for them, batch totals = items, batches = ledger, refunds
+    in one batch, payable = carried balance + open items, payouts = payout_due, MATCHED
+    payments and succeeded refunds batched in time, refunds within their capture), and
+    counts the routed payments reconcile consumed that have no terminal state in PostgreSQL
+    past their channel's SLA + margin. Serves settle_consumer_lag_records,
     settle_topic_end_offset, settle_books_balanced{invariant},
     settle_routed_undecided_payments{channel} and friends on /metrics; runs until Ctrl-C or
     SIGTERM.
