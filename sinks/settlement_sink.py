@@ -179,9 +179,9 @@ class SettlementWriter:
         ids = {j.journal_id for j in journals}
         entries = [e for e in rows.entries if e.journal_id in ids]
         posted, debits, credits = journal_staging.post_journals(cur, journals, entries)
-        result.add_rows("ledger_journals", posted)
-        result.add_rows("ledger_entries", debits + credits)
         if posted:
+            result.add_rows("ledger_journals", posted)
+            result.add_rows("ledger_entries", debits + credits)
             sides = result.postings_by_side
             sides["DEBIT"] = sides.get("DEBIT", 0) + debits
             sides["CREDIT"] = sides.get("CREDIT", 0) + credits
