@@ -1,5 +1,6 @@
-"""The settle worker on the real stack, killed mid-window: its table comes back from the
-changelog and the batch closes with every payment exactly once."""
+"""The settle worker on the real stack: killed mid-window, its table comes back from the
+changelog and the batch closes with every payment exactly once; refunds net into batches, a
+negative one pays nothing and carries its balance into the next."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 WINDOW_S, GRACE_S = 60, 3
 POLICY = WindowPolicy(WINDOW_S, GRACE_S, SHANGHAI_MIDNIGHT_ORIGIN_MS)
 BEFORE, REPLAYED, AFTER = 300, 60, 40
+SHORT_WINDOW_S, SHORT_GRACE_S = 5, 1
 
 
-@pytest.fixture()
-def env(stack: Settings, tmp_path: Path) -> Iterator[tuple[dict[str, str], TopicNames]]:
+def _stage_env(
+    stack: Settings, tmp_path: Path, window_s: int, grace_s: int
+) -> Iterator[tuple[dict[str, str], TopicNames]]:
     prefix = f"it-settle-{uuid.uuid4().hex[:8]}."
     create_topics(stack.kafka, name_prefix=prefix)
     try:
@@ -40,13 +43,23 @@ def env(stack: Settings, tmp_path: Path) -> Iterator[tuple[dict[str, str], Topic
             **os.environ,
             "SETTLE_TOPIC_PREFIX": prefix,
             "SETTLE_FAUST_DATA_DIR": str(tmp_path / "faust"),
-            "SETTLE_WINDOW_SECONDS": str(WINDOW_S),
-            "SETTLE_WINDOW_GRACE_SECONDS": str(GRACE_S),
+            "SETTLE_WINDOW_SECONDS": str(window_s),
+            "SETTLE_WINDOW_GRACE_SECONDS": str(grace_s),
             "SETTLE_TICK_INTERVAL_MS": "500",
         }, TopicNames(prefix)
     finally:
         names = admin_client(stack.kafka).list_topics(timeout=15).topics
         delete_topics(stack.kafka, [n for n in names if n.startswith(prefix)])
+
+
+@pytest.fixture()
+def env(stack: Settings, tmp_path: Path) -> Iterator[tuple[dict[str, str], TopicNames]]:
+    yield from _stage_env(stack, tmp_path, WINDOW_S, GRACE_S)
+
+
+@pytest.fixture()
+def short_env(stack: Settings, tmp_path: Path) -> Iterator[tuple[dict[str, str], TopicNames]]:
+    yield from _stage_env(stack, tmp_path, SHORT_WINDOW_S, SHORT_GRACE_S)
 
 
 def _now_ms() -> int:
@@ -154,3 +167,100 @@ def test_settle_worker_killed_mid_window_recovers_its_batch(
         reader.close()
         registry.close()
 
+
+def test_refunds_net_into_batches_and_a_negative_balance_is_carried(
+    stack: Settings, short_env: tuple[dict[str, str], TopicNames], tmp_path: Path
+) -> None:
+    """Payments and a partial refund in one window; after that batch closed, refunds of the
+    rest (a negative batch: payout 0, balance carried); then a payment that absorbs it. A
+    refund result published twice is settled once."""
+    worker_env, topics = short_env
+    registry = registry_client(stack)
+    payments = AvroSerializer(registry, topics.results, "ReconciliationResult")
+    refunds = AvroSerializer(registry, topics.refund_results, "RefundResult")
+    producer = make_producer(stack.kafka, "it-settle-refunds")
+    reader = Topics(stack, registry)
+    merchant = f"m-{uuid.uuid4().hex[:6]}"
+
+    def pay(pid: str, amount: int, fee: int) -> None:
+        now = _now_ms()
+        producer.produce(topics.results, key=pid.encode(), value=payments.encode({
+            "result_id": f"{pid}:MATCHED:c-{pid}", "payment_id": pid, "merchant_id": merchant,
+            "channel": "ALIPAY", "outcome": "MATCHED", "terminal": True, "late": False,
+            "expected_amount_minor": amount, "expected_currency": "CNY",
+            "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
+            "confirmation_id": f"c-{pid}", "channel_txn_id": "t", "created_at": now - 10,
+            "decided_at": now, "detail": "", "fee_minor": fee, "net_minor": amount - fee}))
+
+    def refund(pid: str, rid: str, amount: int, fee_back: int, outcome: str = "MATCHED") -> None:
+        now = _now_ms()
+        producer.produce(topics.refund_results, key=pid.encode(), value=refunds.encode({
+            "result_id": f"{pid}/{rid}:{outcome}:rc-{rid}", "refund_id": rid, "payment_id": pid,
+            "merchant_id": merchant, "order_id": f"o-{pid}", "channel": "ALIPAY",
+            "outcome": outcome, "terminal": True, "late": False, "amount_minor": amount,
+            "currency": "CNY", "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
+            "confirmation_id": f"rc-{rid}", "channel_refund_id": f"cr-{rid}",
+            "fee_returned_minor": fee_back if outcome == "MATCHED" else None,
+            "net_minor": amount - fee_back if outcome == "MATCHED" else None,
+            "captured_minor": 1000, "refunded_minor": amount, "refundable_minor": 0,
+            "requested_at": now - 50, "decided_at": now, "detail": ""}))
+
+    def items(bs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {(i["kind"], i["item_id"]) for b in bs for i in b["items"]}
+
+    def wait_for(wanted: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        assert producer.flush(15) == 0
+        return reader.poll_until(topics.batches, lambda bs: items(bs) >= wanted,
+                                 SHORT_WINDOW_S + SHORT_GRACE_S + 60)
+
+    worker = Worker("settle", worker_env, tmp_path / "settle-refunds.log")
+    try:
+        worker.wait_ready(READY_TIMEOUT_S)
+        # 1: two payments and a partial refund of one, netted.
+        pay("a-1", 1000, 6)
+        pay("a-2", 1000, 6)
+        refund("a-1", "r-1", 400, 2)
+        refund("a-1", "r-1", 400, 2)  # the same result again: settled once
+        refund("a-2", "r-0", 1000, 6, outcome="DECLINED")  # not a refund: ignored
+        first = {("PAYMENT", "a-1"), ("PAYMENT", "a-2"), ("REFUND", "a-1/r-1")}
+        wait_for(first)
+        # 2: after those batches closed, refunds of the rest: a negative batch.
+        refund("a-2", "r-1", 1000, 6)
+        refund("a-1", "r-2", 600, 4)
+        second = {("REFUND", "a-2/r-1"), ("REFUND", "a-1/r-2")}
+        wait_for(first | second)
+        # 3: a payment that pays the carried balance off.
+        pay("c-1", 2000, 12)
+        everything = first | second | {("PAYMENT", "c-1")}
+        wait_for(everything)
+        time.sleep(2.0)  # a second copy of anything would arrive now
+        copies = reader.poll_until(topics.batches, lambda bs: False, 1)
+    finally:
+        worker.stop()
+        reader.close()
+        registry.close()
+
+    by_id: dict[str, dict[str, Any]] = {}
+    for b in copies:
+        assert {k: v for k, v in b.items() if k != "_key"} == {
+            k: v for k, v in by_id.setdefault(b["batch_id"], b).items() if k != "_key"}
+    batches = sorted(by_id.values(), key=lambda b: b["window_start"])
+    settled = Counter((i["kind"], i["item_id"]) for b in batches for i in b["items"])
+    assert set(settled) == everything and set(settled.values()) == {1}, settled
+    carried = 0
+    for b in batches:
+        kinds = [i["kind"] for i in b["items"]]
+        assert (b["payment_count"], b["refund_count"]) == (
+            kinds.count("PAYMENT"), kinds.count("REFUND"))
+        assert b["net_minor"] == sum(i["net_minor"] for i in b["items"])
+        assert b["carried_in_minor"] == carried, batches
+        balance = b["net_minor"] + carried
+        assert (b["payout_minor"], b["carried_out_minor"]) == (max(balance, 0), min(balance, 0))
+        carried = b["carried_out_minor"]
+    nets = 994 * 2 - 398 - 994 - 596 + 1988
+    # Paid: 1590 for the first window, 0 for the refunds, 1988 - 1590 = 398 for the last.
+    assert carried == 0 and sum(b["payout_minor"] for b in batches) == nets - carried == 1988
+    assert any(b["payout_minor"] == 0 and b["carried_out_minor"] < 0 for b in batches), batches
+    refund_item = next(i for b in batches for i in b["items"] if i["item_id"] == "a-2/r-1")
+    assert (refund_item["payment_id"], refund_item["gross_minor"], refund_item["fee_minor"],
+            refund_item["net_minor"]) == ("a-2", -1000, -6, -994)
