@@ -275,6 +275,36 @@ LEDGER = Row("Ledger and settlement", (
     Panel("Open batches", (t("sum(settle_open_batches)", "open"),), width=8),
 ))
 
+REFUND_REQUESTS = "settle_refund_requests_total"
+REFUNDS = Row("Refunds", (
+    Panel("Refund requests by decision",
+          (t(sum_rate(REFUND_REQUESTS, "decision"), "{{decision}}"),), unit="cps",
+          stacked=True,
+          description="accepted (routed to the channel), rejected (refunds.rejected, by "
+                      "reason on the right), duplicate (an identical re-send, dropped)."),
+    Panel("Refund rejections by reason",
+          (t(sum_rate("settle_refund_rejections_total", "reason"), "{{reason}}"),),
+          unit="cps", stacked=True),
+    Panel("Refund outcomes by channel",
+          (t(sum_rate("settle_refund_outcomes_total", "channel, outcome"),
+             "{{channel}} {{outcome}}"),), unit="cps",
+          description="Refund results on refunds.results; MATCHED = refunded."),
+    Panel("Refund requests per MATCHED payment (1h)",
+          (t('sum(rate(settle_refund_requests_total{decision!="duplicate"}[1h])) / '
+             'sum(rate(settle_reconciliation_outcomes_total{outcome="MATCHED"}[1h]))',
+             "requests / MATCHED payments"),),
+          unit="percentunit", width=6,
+          description="Identical re-sends not counted. SettleRefundRateSpike raises a ticket "
+                      "above 0.2 for 15 minutes."),
+    Panel("Over-capture attempts (1h)",
+          (t(or_zero("sum by (channel) "
+                     "(increase(settle_refund_over_capture_attempts_total[1h]))"),
+             "{{channel}}"),),
+          kind="stat", thresholds=RED_WHEN_POSITIVE, width=6,
+          description="Channel answers that would refund more than the payment has left of "
+                      "its capture (SettleRefundOverCapture pages on any)."),
+))
+
 SINKS = Row("Sinks", (
     Panel("Sink rows by sink and outcome",
           (t(sum_rate("settle_sink_records_total", "sink, outcome"),
@@ -311,7 +341,7 @@ LAG = Row("Lag", (
                       "per second."),
 ))
 
-ROWS = (OVERVIEW, INGEST, CHANNELS, RECONCILIATION, LEDGER, SINKS, LAG)
+ROWS = (OVERVIEW, INGEST, CHANNELS, RECONCILIATION, REFUNDS, LEDGER, SINKS, LAG)
 
 
 def _targets(panel: Panel) -> list[dict[str, Any]]:

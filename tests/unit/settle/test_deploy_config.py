@@ -21,8 +21,8 @@ PROM_TEMPLATE = DEPLOY / "prometheus" / "prometheus.yml.in"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "settle-pipeline.json"
 
-ROWS = ["Overview", "Ingest", "Channels", "Reconciliation", "Ledger and settlement", "Sinks",
-        "Lag"]
+ROWS = ["Overview", "Ingest", "Channels", "Reconciliation", "Refunds", "Ledger and settlement",
+        "Sinks", "Lag"]
 
 # The metric families of the pipeline (the metrics brief of issue #5), by type: a histogram
 # is queried through its _bucket, _sum and _count series.
@@ -35,6 +35,8 @@ COUNTERS = {
     "settle_sink_retries_total", "settle_ledger_postings_total",
     "settle_producer_records_total", "settle_simulator_orders_total",
     "settle_channel_confirmations_total", "settle_monitor_errors_total",
+    "settle_refund_requests_total", "settle_refund_rejections_total",
+    "settle_refund_outcomes_total", "settle_refund_over_capture_attempts_total",
     "process_cpu_seconds_total",
 }
 GAUGES = {
