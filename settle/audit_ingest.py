@@ -1,12 +1,14 @@
-"""`settle audit ingest`: prove from the topics that every input ended in exactly one place."""
+"""`settle audit ingest`: prove from the topics that every input ended in exactly one place:
+payment requests (validate stage) and refund requests (reconcile stage)."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -184,6 +186,138 @@ def _join(
                 audit.deduplicated += 1
             else:
                 audit.bad_duplicates.append(ref)
+        else:
+            audit.unaccounted.append(ref)
+    return audit
+
+
+# -- refund requests ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RefundAudit:
+    """The ledger of refund requests (reconcile stage):
+    in = routed + rejected + dead-lettered + duplicates.
+
+    A duplicate is an input with no output that repeats, body for body, an input that was
+    routed (the stage drops an identical re-send of an accepted refund without output). An
+    input with no output that repeats none is unaccounted for.
+    """
+
+    read: int = 0
+    routed: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    unaccounted: list[str] = field(default_factory=list)
+    in_several_places: list[str] = field(default_factory=list)
+    replayed_outputs: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        return (
+            not self.unaccounted
+            and not self.in_several_places
+            and self.read == self.routed + self.rejected + self.dead_lettered + self.duplicates
+        )
+
+
+Identity = Callable[[RawRecord], Hashable]
+
+
+def raw_body(rec: RawRecord) -> Hashable:
+    """Two inputs are the same request when their bytes are (the default identity)."""
+    return rec.value
+
+
+def refund_body_identity(decode: Callable[[bytes | None], dict[str, Any]]) -> Identity:
+    """Two inputs are the same request when the stage would say so: same payment, refund id
+    and digest of the signed fields (bytes may differ, e.g. an unsigned `reason`). An input
+    that does not decode is only itself."""
+    from settlement.refunds import body_digest
+    from stream_processors.refund_decider import request_info
+
+    def identity(rec: RawRecord) -> Hashable:
+        try:
+            request = request_info(decode(rec.value))
+            return (request.payment_id, request.refund_id, body_digest(request))
+        except Exception:  # undecodable: compared by its bytes alone
+            return ("raw", rec.value)
+
+    return identity
+
+
+def audit_refunds(
+    kafka: KafkaSettings,
+    requested: str,
+    routed: str,
+    rejected: str,
+    dlq: str,
+    identity: Identity = raw_body,
+    wait_s: float = 0.0,
+) -> RefundAudit:
+    """Join every refund request (by coordinates) with the reconcile stage's outputs that name
+    it in their `settle-source` header: refunds.routed, refunds.rejected, payments.dlq.
+
+    A request the stage moved to its `<app id>-placed` topic (written to another partition than
+    its payment_id's) is decided from there, and its outputs name its original coordinates on
+    `requested`: the placed topic is not read. With ``wait_s`` the audit re-reads the outputs
+    until everything is accounted for or the time is up.
+    """
+    consumer = make_consumer(kafka, group_id=f"settle-audit-{uuid.uuid4()}")
+    try:
+        inputs = list(read_topic(consumer, requested))
+        deadline = time.monotonic() + wait_s
+        while True:
+            placed, replayed = _placements(
+                consumer, requested, (("routed", routed), ("rejected", rejected), ("dlq", dlq)))
+            result = join_refunds(inputs, placed, identity)
+            result.replayed_outputs = replayed
+            if result.balanced or time.monotonic() >= deadline:
+                return result
+            time.sleep(2.0)
+    finally:
+        consumer.close()
+
+
+def _placements(consumer: Consumer, requested: str, buckets: Iterable[tuple[str, str]],
+                ) -> tuple[dict[str, set[str]], int]:
+    """Input ref -> the buckets whose topics hold an output naming it; and how many outputs
+    repeated one already seen on their topic (at-least-once replays)."""
+    placed: dict[str, set[str]] = {}
+    replayed = 0
+    for bucket, topic in buckets:
+        seen_here: set[str] = set()
+        for rec in read_topic(consumer, topic):
+            if rec.source is None or not rec.source.startswith(requested + "/"):
+                continue
+            if rec.source in seen_here:
+                replayed += 1
+                continue
+            seen_here.add(rec.source)
+            placed.setdefault(rec.source, set()).add(bucket)
+    return placed, replayed
+
+
+def join_refunds(inputs: list[RawRecord], placed: dict[str, set[str]],
+                 identity: Identity = raw_body) -> RefundAudit:
+    """The refund ledger from the inputs and where their outputs were found."""
+    audit = RefundAudit(read=len(inputs))
+    routed_ids = {identity(rec) for rec in inputs
+                  if placed.get(f"{rec.topic}/{rec.partition}/{rec.offset}") == {"routed"}}
+    for rec in inputs:
+        ref = f"{rec.topic}/{rec.partition}/{rec.offset}"
+        buckets = placed.get(ref, set())
+        if len(buckets) > 1:
+            audit.in_several_places.append(ref)
+        elif buckets == {"routed"}:
+            audit.routed += 1
+        elif buckets == {"rejected"}:
+            audit.rejected += 1
+        elif buckets == {"dlq"}:
+            audit.dead_lettered += 1
+        elif identity(rec) in routed_ids:
+            audit.duplicates += 1  # an identical re-send of a routed refund: no output
         else:
             audit.unaccounted.append(ref)
     return audit
