@@ -40,7 +40,10 @@ def pipeline(stack: Settings, tmp_path: Path) -> Iterator[tuple[TopicNames, Sett
         "SETTLE_WINDOW_GRACE_SECONDS": str(WINDOW_GRACE_S),
         "SETTLE_TICK_INTERVAL_MS": "500",
         "SETTLE_FEES": "alipay=60,wechat_pay=60,unionpay=45,card=180",
+        # Unsigned refund requests from the test's merchants (signatures: unit tests and e2e).
+        "SETTLE_SIGNATURES": "off",
     }
+    env.pop("SETTLE_SIGNING_KEYRING", None)
     workers = [Worker(s, env, tmp_path / f"{s}.log") for s in ("reconcile", "settle")]
     try:
         for worker in workers:
@@ -189,5 +192,88 @@ def test_table_changelog_keys_keep_their_bytes_and_values_are_compact(
         assert all(b'": ' not in value for _key, value in records)  # orjson, not the stdlib
     finally:
         consumer.close()
+        reader.close()
+        registry.close()
+
+
+def test_refunds_are_decided_reconciled_and_netted_on_the_real_stack(
+    pipeline: tuple[TopicNames, Settings],
+) -> None:
+    """A refund's whole path through the real reconcile and settle workers: decided where
+    the payment's state lives, reconciled against the channel's answer, netted into a batch."""
+    topics, settings = pipeline
+    registry = registry_client(settings)
+    pub = Publisher(settings, registry, topics)
+    reader = Topics(settings, registry)
+    run = uuid.uuid4().hex[:6]
+    merchant = f"m-{run}"
+    paid, open_, declined = (f"{n}-{run}" for n in ("paid", "open", "declined"))
+    try:
+        pub.routed(paid, merchant, "alipay", 1000)
+        pub.confirm(paid, "c-p", "alipay", 1000)
+        pub.routed(declined, merchant, "alipay", 500)
+        pub.confirm(declined, "c-d", "alipay", 500, status="FAILED")
+        pub.routed(open_, merchant, "card", 700)  # never answered while we refund it
+        pub.flush()
+        reader.poll_until(topics.results, lambda rs: {r["payment_id"] for r in rs} >= {
+            paid, declined}, 60)
+        asked = time.time_ns() // 1_000_000
+        pub.refund(paid, "r1", merchant, 400, requested_at=asked)
+        pub.refund(paid, "r1", merchant, 400, requested_at=asked)  # identical: dropped
+        pub.refund(paid, "r1", merchant, 401, requested_at=asked)  # another body: a conflict
+        pub.refund(paid, "r2", merchant, 601)  # 400 pending + 601 > 1000
+        pub.refund(paid, "r3", f"{merchant}-x", 10)  # another merchant's refund
+        pub.refund(declined, "r4", merchant, 100)
+        pub.refund(open_, "r5", merchant, 100)
+        pub.refund(f"ghost-{run}", "r6", merchant, 100)
+        pub.producer.produce(topics.refunds_requested, key=b"junk", value=b"not avro")
+        pub.flush()
+
+        routed = reader.poll_until(topics.refunds_routed, lambda rs: len(rs) >= 1, 60)
+        assert [(r["payment_id"], r["refund_id"], r["amount_minor"], r["channel"])
+                for r in routed] == [(paid, "r1", 400, "ALIPAY")]
+        want = {("r1", "DUPLICATE_CONFLICT"), ("r2", "REFUND_EXCEEDS_REFUNDABLE"),
+                ("r3", "MERCHANT_MISMATCH"), ("r4", "PAYMENT_NOT_CAPTURED"),
+                ("r5", "PAYMENT_NOT_CAPTURED"), ("r6", "PAYMENT_UNKNOWN")}
+        rejected = reader.poll_until(topics.refunds_rejected, lambda rs: want <= {
+            (r["refund_id"], c["code"]) for r in rs for c in r["reasons"]}, 60)
+        assert len(rejected) == len(want)
+        assert all(r["_key"] == r["payment_id"].encode() for r in rejected)
+        letters = reader.poll_until(topics.dlq, lambda ls: len(ls) >= 1, 30)
+        assert [x["original_value"] for x in letters] == [b"not avro"]
+
+        pub.refund_answer(paid, "r1", "rc-1", "alipay", 400)
+        pub.refund_answer(paid, "r1", "rc-1", "alipay", 400)  # redelivered
+        pub.refund_answer(paid, "r1", "rc-2", "alipay", 400)  # a second answer
+        pub.refund_answer(paid, "zz", "rc-3", "alipay", 5)  # no such refund
+        pub.flush()
+        results = reader.poll_until(topics.refund_results, lambda rs: len(rs) >= 3, 60)
+        time.sleep(2.0)
+        results = reader.poll_until(topics.refund_results, lambda rs: False, 1)
+        assert sorted((r["refund_id"], r["outcome"]) for r in results) == [
+            ("r1", "DUPLICATE_CONFIRMATION"), ("r1", "MATCHED"), ("zz", "ORPHAN_CONFIRMATION")]
+        ok = next(r for r in results if r["outcome"] == "MATCHED")
+        # 60 bps of 1000 is 6; 400 back returns round(6 * 0.4) = 2.
+        assert (ok["fee_returned_minor"], ok["net_minor"], ok["refundable_minor"]) == (2, 398, 600)
+        assert ok["order_id"] == f"o-{paid}" and ok["merchant_id"] == merchant
+
+        # Settlement nets the refund against the payment: 994 in, 398 out, in one batch or
+        # carried from one into the next; payouts never negative, the total exact.
+        def items(bs: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+            return [(i["kind"], i["item_id"]) for b in bs for i in b["items"]]
+
+        batches = reader.poll_until(
+            topics.batches, lambda bs: ("REFUND", f"{paid}/r1") in items(bs),
+            WINDOW_S + WINDOW_GRACE_S + 30)
+        assert sorted(items(batches)) == [("PAYMENT", paid), ("REFUND", f"{paid}/r1")]
+        refund_item = next(i for b in batches for i in b["items"] if i["kind"] == "REFUND")
+        assert (refund_item["gross_minor"], refund_item["fee_minor"],
+                refund_item["net_minor"]) == (-400, -2, -398)
+        assert sum(b["net_minor"] for b in batches) == 994 - 398
+        for b in batches:
+            assert b["payout_minor"] is not None and b["payout_minor"] >= 0
+            assert b["payout_minor"] == max(b["net_minor"] + b["carried_in_minor"], 0)
+            assert b["carried_out_minor"] == min(b["net_minor"] + b["carried_in_minor"], 0)
+    finally:
         reader.close()
         registry.close()

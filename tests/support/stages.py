@@ -152,6 +152,31 @@ class Publisher:
             for ch in topics.channels
         }
         self.conf_ser = AvroSerializer(registry, topics.confirmations, "ChannelConfirmation")
+        self.refund_ser = AvroSerializer(registry, topics.refunds_requested, "RefundRequested")
+        self.refund_conf_ser = AvroSerializer(registry, topics.refund_confirmations,
+                                              "ChannelRefundConfirmation")
+
+    def refund(self, pid: str, rid: str, merchant: str, amount: int, **over: Any) -> None:
+        rec = {
+            "refund_id": rid, "payment_id": pid, "merchant_id": merchant,
+            "amount_minor": amount, "currency": "CNY", "reason": None,
+            "requested_at": time.time_ns() // 1_000_000, "metadata": {},
+            "signature_key_id": None, "signature": None, **over,
+        }
+        self.producer.produce(self.topics.refunds_requested, key=pid.encode(),
+                              value=self.refund_ser.encode(rec))
+
+    def refund_answer(self, pid: str, rid: str, cid: str, channel: str, amount: int,
+                      status: str = "SUCCEEDED") -> None:
+        rec = {
+            "confirmation_id": cid, "channel": channel.upper(), "refund_id": rid,
+            "payment_id": pid, "channel_refund_id": f"cr-{cid}", "status": status,
+            "amount_minor": amount, "currency": "CNY",
+            "confirmed_at": time.time_ns() // 1_000_000,
+            "decline_code": "05" if status == "FAILED" else None,
+        }
+        self.producer.produce(self.topics.refund_confirmations, key=pid.encode(),
+                              value=self.refund_conf_ser.encode(rec))
 
     def routed(self, pid: str, merchant: str, channel: str, amount: int) -> None:
         now = time.time_ns() // 1_000_000
