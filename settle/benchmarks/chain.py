@@ -34,7 +34,7 @@ from settle.benchmarks.limits import Preloaded
 from settle.benchmarks.measure import SinkSummary, parse_sink_summary, per_1000
 from settle.processes import free_port
 from sinks.db import connect
-from sinks.ledger_rows import build_ledger_rows
+from sinks.ledger_rows import ENTRY_TYPES, JOURNAL_TYPES, EntryRow, JournalRow, build_ledger_rows
 from sinks.pg import copy_rows
 
 STAGES = ("validate", "reconcile", "settle", "ledger-sink", "settlement-sink")
@@ -224,14 +224,8 @@ def raw_copy(iso: Isolated, results: Sequence[dict[str, Any]]) -> tuple[float, i
     with connect(settings.postgres) as conn:
         started = time.perf_counter()
         with conn.cursor() as cur:
-            copy_rows(cur, "ledger_journals",
-                      ("journal_id", "payment_id", "currency", "gross_minor", "fee_minor",
-                       "net_minor"),
-                      ("text", "text", "text", "int8", "int8", "int8"), rows.journals)
-            copy_rows(cur, "ledger_entries",
-                      ("journal_id", "payment_id", "account", "side", "amount_minor",
-                       "currency"),
-                      ("text", "text", "text", "text", "int8", "text"), rows.entries)
+            copy_rows(cur, "ledger_journals", JournalRow._fields, JOURNAL_TYPES, rows.journals)
+            copy_rows(cur, "ledger_entries", EntryRow._fields, ENTRY_TYPES, rows.entries)
         conn.commit()
         elapsed = time.perf_counter() - started
     return round(elapsed, 4), len(rows.journals) + len(rows.entries)

@@ -249,16 +249,22 @@ class Runner:
                 return int(row[0]) if row and row[0] is not None else 0
             report.payments_settled = one("SELECT COUNT(*) FROM payments")
             report.matched = one("SELECT COUNT(*) FROM payments WHERE state = 'MATCHED'")
-            report.batched = one("SELECT COUNT(*) FROM settlement_batch_items")
+            report.batched = one("SELECT COUNT(*) FROM settlement_batch_items "
+                                 "WHERE kind = 'PAYMENT'")
             dup = {
                 "payments_twice": one("SELECT COUNT(*) - COUNT(DISTINCT payment_id) FROM payments"),
                 "journals_twice": one(
-                    "SELECT COUNT(*) - COUNT(DISTINCT payment_id) FROM ledger_journals"),
-                "items_twice": one("SELECT COUNT(*) - COUNT(DISTINCT payment_id) "
+                    "SELECT COUNT(*) - COUNT(DISTINCT (kind, source_id)) FROM ledger_journals"),
+                "items_twice": one("SELECT COUNT(*) - COUNT(DISTINCT (kind, item_id)) "
                                    "FROM settlement_batch_items"),
                 "journals_of_unmatched": one(
                     "SELECT COUNT(*) FROM ledger_journals j JOIN payments p USING (payment_id) "
-                    "WHERE p.state <> 'MATCHED'"),
+                    "WHERE j.kind = 'PAYMENT' AND p.state <> 'MATCHED'"),
+                "refunds_above_capture": one(
+                    "SELECT COUNT(*) FROM (SELECT r.payment_id FROM ledger_journals r "
+                    "JOIN ledger_journals p ON p.kind = 'PAYMENT' AND p.source_id = r.payment_id "
+                    "WHERE r.kind = 'REFUND' GROUP BY r.payment_id, p.gross_minor "
+                    "HAVING SUM(r.gross_minor) > p.gross_minor) x"),
                 "ingest_in_several_places": len(ingest.in_several_places),
                 "ingest_conflicting_resends": len(ingest.bad_duplicates),
             }
@@ -267,7 +273,8 @@ class Runner:
                 "matched_unbatched": unbatched_matched(conn),
                 "matched_without_journal": one(
                     "SELECT COUNT(*) FROM payments p WHERE state = 'MATCHED' AND NOT EXISTS "
-                    "(SELECT 1 FROM ledger_journals j WHERE j.payment_id = p.payment_id)"),
+                    "(SELECT 1 FROM ledger_journals j WHERE j.kind = 'PAYMENT' "
+                    "AND j.source_id = p.payment_id)"),
                 "requests_unaccounted": len(ingest.unaccounted),
             }
         report.duplicate_detail, report.lost_detail = dup, lost

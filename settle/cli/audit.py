@@ -22,7 +22,8 @@ def audit() -> None:
 @click.option("--show", "show_max", type=int, default=10, show_default=True,
               help="How many unaccounted records to list.")
 def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
-    """Prove read = routed + rejected + dead-lettered + deduplicated for payments.requested.
+    """Prove read = routed + rejected + dead-lettered + deduplicated for payments.requested
+    and refunds.requested.
 
     Every output of the validate stage names its input (topic/partition/offset) in a header;
     the audit joins them. Exit code 1 when any input is unaccounted for or placed twice.
@@ -56,8 +57,44 @@ def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
                   f"deduplicated = {total:,}")
     for ref in (result.unaccounted + result.in_several_places + result.bad_duplicates)[:show_max]:
         console.print(f"  [red]{ref}[/]")
-    if not result.balanced:
+    refunds = _audit_refund_requests(wait_s, show_max)
+    if not (result.balanced and refunds):
         sys.exit(1)
+
+
+def _audit_refund_requests(wait_s: float, show_max: int) -> bool:
+    """refunds.requested: read = routed + rejected + dead-lettered + identical re-sends."""
+    from infra.registry import registry_client
+    from schemas import topics as t
+    from schemas.codec import AvroDeserializer
+    from settle.audit_ingest import audit_refunds, refund_body_identity
+
+    s = settings()
+    with registry_client(s) as registry, console.status(
+            "reading refunds.requested and the reconcile stage's refund outputs..."):
+        decoder = AvroDeserializer(registry)
+        result = audit_refunds(
+            s.kafka, t.REFUNDS_REQUESTED, t.REFUNDS_ROUTED, t.REFUNDS_REJECTED, t.PAYMENTS_DLQ,
+            identity=refund_body_identity(decoder.decode), wait_s=wait_s,
+        )
+    table = Table(title="refund request accounting (from topic contents)")
+    table.add_column("bucket")
+    table.add_column("records", justify="right")
+    for name, n in (("read from refunds.requested", result.read), ("routed", result.routed),
+                    ("rejected", result.rejected), ("dead-lettered", result.dead_lettered),
+                    ("identical re-sends dropped", result.duplicates),
+                    ("unaccounted", len(result.unaccounted)),
+                    ("placed in several buckets", len(result.in_several_places)),
+                    ("replayed outputs (at-least-once, harmless)", result.replayed_outputs)):
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+    total = result.routed + result.rejected + result.dead_lettered + result.duplicates
+    mark = "[green]✓[/]" if result.balanced else "[bold red]✗[/]"
+    console.print(f"{mark} read {result.read:,} = routed + rejected + dead-lettered + "
+                  f"re-sends = {total:,}")
+    for ref in (result.unaccounted + result.in_several_places)[:show_max]:
+        console.print(f"  [red]{ref}[/]")
+    return result.balanced
 
 
 @audit.command("books")

@@ -7,7 +7,12 @@ import sys
 
 import click
 
-from schemas.topics import PAYMENTS_DLQ, RECONCILIATION_RESULTS, SETTLEMENTS_BATCHES
+from schemas.topics import (
+    PAYMENTS_DLQ,
+    RECONCILIATION_RESULTS,
+    REFUND_RESULTS,
+    SETTLEMENTS_BATCHES,
+)
 from settle.cli.common import console, fail_on_settle_error, settings
 
 SINKS = {
@@ -60,9 +65,11 @@ def sink(
     """Write a topic to PostgreSQL exactly once: rows and offsets in one transaction.
 
     \b
-    ledger:     reconciliation.results -> payments, ledger_journals/ledger_entries,
+    ledger:     reconciliation.results -> payments, ledger_journals/ledger_entries (PAYMENT),
                 reconciliation_exceptions
-    settlement: settlements.batches    -> settlement_batches, settlement_batch_items
+                refunds.results        -> refunds, ledger journals (REFUND), refund_exceptions
+    settlement: settlements.batches    -> settlement_batches, settlement_batch_items,
+                                          ledger journals (PAYOUT)
 
     The sink resumes from its offsets in sink_offsets (not Kafka's), so a replay writes
     nothing twice. Undecodable records and records that would break an invariant go to
@@ -103,7 +110,8 @@ def sink(
     )
     metrics.serve(s.metrics_port if metrics_port is None else metrics_port,
                   s.runtime.metrics_addr)
-    writer = LedgerWriter(s.sink.fees) if name == "ledger" else SettlementWriter()
+    writer = (LedgerWriter(s.sink.fees, refund_topic=topic_prefix + REFUND_RESULTS)
+              if name == "ledger" else SettlementWriter())
     pg = s.postgres.for_sinks()
     console.print(f"{writer.stage}: {options.topic} -> PostgreSQL {pg.describe()} "
                   f"as group {options.group_id}")

@@ -135,8 +135,9 @@ def test_writer_appends_a_balanced_journal_and_moves_offsets_but_rewrites_nothin
     jid = f"J:{pid}"
     group = f"t-roles-{uuid.uuid4()}"
     with connect(writer) as conn:
-        conn.execute("INSERT INTO ledger_journals (journal_id, payment_id, currency, gross_minor,"
-                     " fee_minor, net_minor) VALUES (%s, %s, 'CNY', 10000, 60, 9940)", (jid, pid))
+        conn.execute("INSERT INTO ledger_journals (journal_id, kind, source_id, payment_id,"
+                     " currency, gross_minor, fee_minor, net_minor)"
+                     " VALUES (%s, 'PAYMENT', %s, %s, 'CNY', 10000, 60, 9940)", (jid, pid, pid))
         for account, side, amount in (("clearing:alipay", "DEBIT", 10000),
                                       ("payable:m1", "CREDIT", 9940),
                                       ("fee_revenue:alipay", "CREDIT", 60)):
