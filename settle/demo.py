@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -43,6 +44,16 @@ class DemoPlan:
             "SETTLE_RECON_SLA_MS": str(self.sla_ms),
             "SETTLE_ORPHAN_GRACE_MS": str(self.orphan_grace_ms),
         }
+
+    def refund_args(self) -> list[str]:
+        """`simulate orders` options for refunds: the channel simulator's settings (so the
+        expected outcome of every refund is exact), and late refunds sent once their
+        payment's batch has closed, so they net into a later batch."""
+        late_ms = (self.window_seconds + self.window_grace_seconds) * 1000 + 5000
+        return ["--channel-seed", str(self.seed if self.seed is not None else 0),
+                "--channel-decline-rate", str(self.decline_rate),
+                "--channel-fault-rate", str(self.fault_rate),
+                "--refund-late-delay-ms", str(late_ms)]
 
     def processes(self) -> list[ProcessSpec]:
         seed = str(self.seed if self.seed is not None else 0)
@@ -142,18 +153,20 @@ def progress_counts(conn: psycopg.Connection) -> dict[str, int]:
                (SELECT COUNT(*) FROM ledger_journals),
                (SELECT COUNT(*) FROM reconciliation_exceptions),
                (SELECT COUNT(*) FROM settlement_batches),
-               (SELECT COUNT(*) FROM settlement_batch_items)""").fetchone()
+               (SELECT COUNT(*) FROM settlement_batch_items),
+               (SELECT COUNT(*) FROM refunds)""").fetchone()
     assert row is not None
-    keys = ("payments", "journals", "exceptions", "batches", "batched")
+    keys = ("payments", "journals", "exceptions", "batches", "batched", "refunds")
     return dict(zip(keys, (int(v) for v in row), strict=True))
 
 
 def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
-                   on_progress: Callable[[dict[str, int]], None]) -> Any:
+                   on_progress: Callable[[dict[str, int]], None], refunds: int = 0) -> Any:
     """Poll until `settle audit books` passes (the pipeline drained) or time runs out.
 
     The full audit re-reads whole topics, so it only runs once the cheap SQL counts have
-    stopped moving and every MATCHED payment is in a batch (or at the deadline).
+    stopped moving, every MATCHED payment is in a batch and at least `refunds` refunds (the
+    accepted ones the order flow expects) are decided (or at the deadline).
     """
     from schemas.topics import ROUTED_TOPICS
     from settle.audit_books import audit_books, unbatched_matched
@@ -168,12 +181,28 @@ def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
             on_progress(counts)
             out_of_time = time.monotonic() >= deadline
             if out_of_time or (counts == previous and unbatched_matched(conn) == 0
-                               and not behind(monitor)):
+                               and counts["refunds"] >= refunds and not behind(monitor)):
                 result = audit_books(settings, conn, decoder, routed_topics=ROUTED_TOPICS)
                 if result.ok or out_of_time:
                     return result
             previous = counts
             time.sleep(3.0)
+
+
+def refunds_decided(settings: Settings) -> int:
+    from sinks.db import connect
+
+    with connect(settings.postgres, autocommit=True) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM refunds").fetchone()
+    return int(row[0]) if row else 0
+
+
+def expected_refunds(report: Path) -> int:
+    """Accepted refund requests of the order flow's report (0 when it has none)."""
+    try:
+        return int(json.loads(report.read_text())["refunds"]["accepted"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def lag_monitor(settings: Settings, prefix: str = "") -> Any:

@@ -16,18 +16,27 @@ from infra.admin import create_topics
 from infra.config import Settings
 from infra.keyring import ensure_run_keyring, load_keyring
 from infra.registry import registry_client
+from producers.channels import ChannelSimConfig
 from producers.clients import delete_isolated_run
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
-from producers.order_flow import publish_order
-from producers.orders import Accounting, OrderMix, expected_accounting, generate_orders
+from producers.order_flow import FlowStats, publish_order, publish_orders
+from producers.orders import VALID, Accounting, OrderMix, expected_accounting, generate_orders
 from producers.producer import AvroProducer
+from producers.refund_flow import RefundAccounting, RefundMix, RefundPlanner
 from producers.signing import RequestSigner
 from schemas.codec import AvroDeserializer
 from schemas.topics import TopicNames
 from settle import processes
 from settle.audit_books import BooksAudit, audit_books, unbatched_matched
-from settle.audit_ingest import IngestAudit, audit_ingest
+from settle.audit_ingest import (
+    IngestAudit,
+    RefundAudit,
+    audit_ingest,
+    audit_refunds,
+    refund_body_identity,
+)
 from settle.processes import ProcessSpec
+from settle.recompute import Recomputation, recompute
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
 
@@ -41,6 +50,11 @@ FAST_TIMINGS = {
     # A killed worker's partitions move to the others (or to its restart) after 10 s, not 60.
     "SETTLE_SESSION_TIMEOUT_MS": "10000",
 }
+# The channel simulator of an e2e run; the refund planner knows it, to expect exactly.
+CHANNEL_LATENCY_MS, DECLINE_RATE, FAULT_RATE = 100, 0.05, 0.04
+# Refunds: most sent 2 s after their payment (MATCHED by then), the late ones 12 s after,
+# once the payment's 5 s window has closed (3 s grace): they net into a later batch.
+REFUND_DELAY_MS, REFUND_LATE_DELAY_MS = 2_000, 12_000
 
 
 @dataclass(slots=True)
@@ -57,6 +71,11 @@ class E2EResult:
     states: dict[str, int] = field(default_factory=dict)
     exceptions: dict[str, int] = field(default_factory=dict)
     late_matched: int = 0
+    # Refunds: what the order flow sent and expects, the refund ingest ledger, and money
+    # recomputed from the topics against the ledger and the batch tables.
+    refunds_expected: RefundAccounting = field(default_factory=RefundAccounting)
+    refund_ingest: RefundAudit | None = None
+    money: Recomputation | None = None
 
 
 def specs(seed: int, late_ms: int = 10000) -> list[ProcessSpec]:
@@ -69,8 +88,10 @@ def specs(seed: int, late_ms: int = 10000) -> list[ProcessSpec]:
         ProcessSpec("ledger-sink", ("sink", "ledger", "--loglevel", level), 0, ""),
         ProcessSpec("settlement-sink", ("sink", "settlement", "--loglevel", level), 0, ""),
         ProcessSpec("channels", ("simulate", "channels", "--seed", str(seed),
-                                 "--latency-ms", "100", "--decline-rate", "0.05",
-                                 "--fault-rate", "0.04", "--late-ms", str(late_ms)), 0, ""),
+                                 "--latency-ms", str(CHANNEL_LATENCY_MS),
+                                 "--decline-rate", str(DECLINE_RATE),
+                                 "--fault-rate", str(FAULT_RATE), "--late-ms", str(late_ms)),
+                    0, ""),
     ]
 
 
@@ -96,7 +117,8 @@ def _latency(conn: Any, since_epoch_s: float = 0.0) -> tuple[int, int, float]:
           FROM ledger_journals j JOIN payments p USING (payment_id),
                LATERAL (SELECT (EXTRACT(EPOCH FROM j.posted_at - p.created_at) * 1000)::bigint
                         AS ms) l
-         WHERE NOT p.late AND p.created_at >= to_timestamp(%s)""", (since_epoch_s,)).fetchone()
+         WHERE j.kind = 'PAYMENT' AND NOT p.late AND p.created_at >= to_timestamp(%s)""",
+                       (since_epoch_s,)).fetchone()
     return int(row[0] or 0), int(row[1] or 0), float(row[2] or 0)
 
 
@@ -238,8 +260,9 @@ def isolated_pipeline(settings: Settings, run_dir: Path, procs: list[ProcessSpec
 
 def wait_for_books(pipeline: IsolatedPipeline, routed: int, timeout_s: float,
                    say: Callable[[str], None] = lambda _m: None,
-                   poll_s: float = 3.0) -> BooksAudit:
-    """Poll until every routed payment is decided and batched and the books audit passes."""
+                   poll_s: float = 3.0, refunds: int = 0) -> BooksAudit:
+    """Poll until every routed payment (and each of `refunds` accepted refunds) is decided
+    and batched and the books audit passes."""
     decoder = AvroDeserializer(pipeline.registry)
     topics = pipeline.topics
     deadline = time.monotonic() + timeout_s
@@ -247,10 +270,12 @@ def wait_for_books(pipeline: IsolatedPipeline, routed: int, timeout_s: float,
         while True:
             pipeline.check_alive()
             decided = _one(conn, "SELECT COUNT(*) FROM payments")
-            say(f"{decided:,} payments decided")
+            refunded = _one(conn, "SELECT COUNT(*) FROM refunds") if refunds else 0
+            say(f"{decided:,} payments decided" + (f", {refunded:,} refunds" if refunds else ""))
             out_of_time = time.monotonic() >= deadline
             # The full audit re-reads whole topics: only once the cheap counts say done.
-            if out_of_time or (decided == routed and unbatched_matched(conn) == 0):
+            if out_of_time or (decided == routed and refunded == refunds
+                               and unbatched_matched(conn) == 0):
                 books = audit_books(pipeline.settings, conn, decoder,
                                     results_topic=topics.results,
                                     batches_topic=topics.batches,
@@ -258,6 +283,38 @@ def wait_for_books(pipeline: IsolatedPipeline, routed: int, timeout_s: float,
                 if books.ok or out_of_time:
                     return books
             time.sleep(poll_s)
+
+
+def wait_decided(pipeline: IsolatedPipeline, routed: int, timeout_s: float) -> None:
+    """Until every routed payment has its terminal state in PostgreSQL."""
+    deadline = time.monotonic() + timeout_s
+    with connect(pipeline.settings.postgres, autocommit=True) as conn:
+        while _one(conn, "SELECT COUNT(*) FROM payments") < routed:
+            pipeline.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"payments not decided {timeout_s}s after they were sent")
+            time.sleep(0.5)
+
+
+def send_refunds(producer: AvroProducer, topic: str, planner: RefundPlanner,
+                 sent: RefundAccounting) -> None:
+    """Send the planned refunds, each at its due time counted from now (the planner was
+    given payments sent at 0); a re-send repeats the very record sent before."""
+    base_ms = time.time_ns() // 1_000_000 - REFUND_DELAY_MS  # the first ones go at once
+    records: dict[int, dict[str, Any]] = {}
+    for refund in planner.drain():
+        delay_s = (base_ms + refund.due_ms) / 1000 - time.time()
+        if delay_s > 0:
+            producer.flush()
+            time.sleep(delay_s)
+        if refund.same_as is not None and refund.same_as in records:
+            record = dict(records[refund.same_as])
+        else:
+            record = {**refund.record, "requested_at": time.time_ns() // 1_000_000}
+        records[refund.seq] = record
+        producer.send(topic, refund.key, record)
+        sent.add(refund)
+    producer.flush()
 
 
 def audit_pipeline_ingest(pipeline: IsolatedPipeline) -> IngestAudit:
@@ -294,6 +351,7 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             say: Callable[[str], None] = lambda _m: None, warmup: int = 0,
             metrics_port_base: int = 0,
             inspect: Callable[[list[ProcessSpec], str, float], None] | None = None,
+            refund_ratio: float = 0.03,
             ) -> E2EResult:
     """Publish `count` payments through a fresh, prefixed copy of the pipeline; audit it.
 
@@ -305,6 +363,11 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
     announced to the stack's Prometheus (file_sd, label ``run`` = the topic prefix) until
     the run ends; ``inspect(processes, prefix, started)`` (started: epoch s of the first
     counted payment) is called once the books balance, while the pipeline still runs.
+
+    With ``refund_ratio``, that share of the counted valid payments get refunds (every
+    scenario of producers.refund_flow, signed like the payments), sent after the payments
+    they refund: the run then also waits for every accepted refund to be decided and
+    batched, and recomputes the money from the topics (settle.recompute).
     """
     procs = specs(seed)
     if metrics_port_base:
@@ -327,20 +390,42 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             # backlog); a paced run stamps each order when it is sent, as an order system
             # does, so created_at -> ledger measures the pipeline, not time queued here.
             source = generate_orders(seed, count, pipeline.merchants, mix)
-            orders = list(source) if rate_per_s <= 0 else []
+            orders: list[Any] = []
+            channel = ChannelSimConfig(seed=seed, latency_ms=CHANNEL_LATENCY_MS,
+                                       decline_rate=DECLINE_RATE, fault_rate=FAULT_RATE)
+            planner = (RefundPlanner(seed, RefundMix(
+                ratio=refund_ratio, delay_ms=REFUND_DELAY_MS,
+                late_delay_ms=REFUND_LATE_DELAY_MS, channel=channel))
+                if refund_ratio > 0 else None)
             say(f"publishing {count:,} payment requests to {topics.requested}")
-            started = time.time()
-            for n in range(count):
-                if rate_per_s > 0:
-                    delay = started + n / rate_per_s - time.time()
-                    if delay > 0:
-                        time.sleep(delay)
-                    orders.append(next(source))
-                publish_order(producer, topics.requested, orders[n])
-        publish_s = time.time() - started
-        expected = expected_accounting([*warm, *orders])
-        say(f"published in {publish_s:.1f}s; waiting for the books to balance")
-        books = wait_for_books(pipeline, expected["routed"], timeout_s, say)
+            last_sent = started = time.time()
+
+            def sent(order: Any) -> None:
+                nonlocal last_sent
+                orders.append(order)
+                last_sent = time.time()
+
+            # A burst is generated up front; a paced run generates each order when due.
+            publish_orders(producer, topics.requested,
+                           list(source) if rate_per_s <= 0 else source, FlowStats(),
+                           rate_per_s=rate_per_s, on_sent=sent)
+            publish_s = last_sent - started
+            expected = expected_accounting([*warm, *orders])
+            refunds = RefundAccounting()
+            if planner is not None:
+                # Refunds of payments that are MATCHED: sent once every payment is decided
+                # (a burst's backlog would otherwise meet them undecided), the late ones
+                # after the payments' batches have closed.
+                for order in orders:
+                    if order.record is not None and order.kind == VALID:
+                        planner.on_payment(order.record, 0)
+                say(f"published in {publish_s:.1f}s; refunds once the payments are decided")
+                wait_decided(pipeline, expected["routed"], timeout_s)
+                send_refunds(producer, topics.refunds_requested, planner, refunds)
+        accepted = refunds.outcomes["accepted"]
+        say(f"published in {publish_s:.1f}s ({refunds.count:,} refund requests after them); "
+            "waiting for the books to balance")
+        books = wait_for_books(pipeline, expected["routed"], timeout_s, say, refunds=accepted)
         drain_s = time.time() - started
         with connect(pipeline.settings.postgres, autocommit=True) as conn:
             p50, p99, last_commit = _latency(conn, started if warm else 0.0)
@@ -349,9 +434,15 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             exceptions: dict[str, int] = dict(conn.execute(
                 "SELECT outcome, COUNT(*) FROM reconciliation_exceptions GROUP BY 1").fetchall())
             late = _one(conn, "SELECT COUNT(*) FROM payments WHERE late")
+            money = recompute(pipeline.settings, conn, AvroDeserializer(pipeline.registry),
+                              topics.results, topics.refund_results, topics.batches)
         if inspect is not None:
             inspect(procs, pipeline.prefix, started)
         ingest = audit_pipeline_ingest(pipeline)
+        refund_ingest = audit_refunds(
+            pipeline.settings.kafka, topics.refunds_requested, topics.refunds_routed,
+            topics.refunds_rejected, topics.dlq,
+            identity=refund_body_identity(AvroDeserializer(pipeline.registry).decode))
         span = max(last_commit - started, 1e-3)
         return E2EResult(
             count=count, expected=expected, ingest=ingest, books=books,
@@ -359,4 +450,5 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             payments_per_s=round(count / span, 1), latency_ms_p50=p50, latency_ms_p99=p99,
             states={k: int(v) for k, v in states.items()},
             exceptions={k: int(v) for k, v in exceptions.items()}, late_matched=int(late),
+            refunds_expected=refunds, refund_ingest=refund_ingest, money=money,
         )

@@ -104,6 +104,8 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     _forget_on_rebalance(app, processor.forget_partitions)
     for channel in sorted(CHANNELS):
         metrics.RECON_SLA.labels(channel).set(ps.recon.sla_ms_for(channel) / 1000)
+        # At 0 from the start: the page alert's increase() then sees the first attempt.
+        metrics.REFUND_OVER_CAPTURE.labels(channel)
 
     @app.agent(source)
     async def reconcile(stream: Any) -> None:

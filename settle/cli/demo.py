@@ -63,8 +63,10 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     console.rule(f"[bold]4. {count:,} payment requests (seed {seed})")
     report = d.expected_report_path(s.run_dir)
     report.parent.mkdir(parents=True, exist_ok=True)
+    refunds_before = d.refunds_decided(s)
     d.settle_cmd("simulate", "orders", "--count", str(count), "--rate", str(rate),
-                 "--seed", str(seed), "--bad-ratio", str(bad_ratio), "--report", str(report))
+                 "--seed", str(seed), "--bad-ratio", str(bad_ratio), "--report", str(report),
+                 *plan.refund_args())
     console.rule("[bold]5. draining: reconcile, post, settle")
     decoder = AvroDeserializer(registry_client(s))
     started = time.monotonic()
@@ -75,7 +77,9 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
                 f"journals {counts['journals']:,}  exceptions {counts['exceptions']:,}  "
                 f"batches {counts['batches']:,} ({counts['batched']:,} payments settled)")
 
-        books = d.wait_for_books(s, decoder, timeout_s, show)
+        # Every accepted refund decided too (the database may hold earlier runs' refunds).
+        books = d.wait_for_books(s, decoder, timeout_s, show,
+                                 refunds=refunds_before + d.expected_refunds(report))
     console.rule("[bold]6. summary")
     ingest = audit_ingest(s.kafka, t.PAYMENTS_REQUESTED, t.ROUTED_TOPICS, t.PAYMENTS_REJECTED,
                           t.PAYMENTS_DLQ)
@@ -85,8 +89,9 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
                   f"{ingest.rejected:,} + dead-lettered {ingest.dead_lettered:,} + "
                   f"deduplicated {ingest.deduplicated:,} = {total:,}")
     print_books(books)
+    refunds_ok = _refunds_summary(s, decoder)
     observable = _observability(s)
-    ok = ingest.balanced and books.ok and observable
+    ok = ingest.balanced and books.ok and refunds_ok and observable
     console.print(("[bold green]all invariants ✓[/]" if ok else "[bold red]invariants ✗[/]")
                   + f" after {time.monotonic() - started:.0f}s of draining")
     console.rule("[bold]the stack keeps running")
@@ -99,6 +104,56 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     console.print("  dashboard     deploy/grafana/dashboards/settle-pipeline.json (README)")
     if not ok:
         sys.exit(1)
+
+
+def _refunds_summary(s: Any, decoder: Any) -> bool:
+    """Refund requests accounted for, refunds by outcome, batches that netted refunds and
+    carried balances, and the money recomputed from the topics against the books."""
+    from rich.table import Table
+
+    from schemas import topics as t
+    from settle.audit_ingest import audit_refunds, refund_body_identity
+    from settle.recompute import recompute
+    from sinks.db import connect
+
+    audit = audit_refunds(s.kafka, t.REFUNDS_REQUESTED, t.REFUNDS_ROUTED, t.REFUNDS_REJECTED,
+                          t.PAYMENTS_DLQ, identity=refund_body_identity(decoder.decode))
+    mark = {True: "[green]✓[/]", False: "[bold red]✗[/]"}
+    total = audit.routed + audit.rejected + audit.dead_lettered + audit.duplicates
+    console.print(f"{mark[audit.balanced]} refund requests: read {audit.read:,} = routed "
+                  f"{audit.routed:,} + rejected {audit.rejected:,} + dead-lettered "
+                  f"{audit.dead_lettered:,} + identical re-sends {audit.duplicates:,} = {total:,}")
+    with connect(s.postgres, autocommit=True) as conn:
+        money = recompute(s, conn, decoder, t.RECONCILIATION_RESULTS, t.REFUND_RESULTS,
+                          t.SETTLEMENTS_BATCHES)
+        reasons = conn.execute("SELECT outcome, COUNT(*) FROM refund_exceptions "
+                               "GROUP BY 1 ORDER BY 1").fetchall()
+    table = Table(title="refund results (refunds.results)")
+    table.add_column("outcome")
+    table.add_column("results", justify="right")
+    for outcome, n in sorted(money.refund_outcomes.items()):
+        table.add_row(outcome, f"{n:,}")
+    console.print(table)
+    if reasons:
+        console.print("  refund exceptions in PostgreSQL: "
+                      + ", ".join(f"{o} {n:,}" for o, n in reasons))
+    money_table = Table(title="money per currency: topics vs ledger vs batches (minor units)")
+    for name in ("currency", "payments net", "refunds net", "owed", "batched", "paid out",
+                 "payout_due", "carried", "payable"):
+        money_table.add_column(name, justify="right")
+    for currency, row in money.totals().items():
+        money_table.add_row(currency, *(f"{row[k]:,}" for k in (
+            "payments_net", "refunds_net", "owed", "batched_net", "payouts", "payout_due",
+            "carried", "payable")))
+    console.print(money_table)
+    console.print(f"  {money.negative_batches:,} batches netted below 0, "
+                  f"{money.carried_batches:,} paid 0 and carried a balance, "
+                  f"{money.absorbing_batches:,} took a carried balance in")
+    bad = money.mismatches()
+    console.print(f"{mark[not bad]} money recomputed from the topics = ledger = batches for "
+                  f"{len(money.keys) - len(bad):,}/{len(money.keys):,} merchant+currency keys"
+                  + (f" (differ: {sorted(bad.items())[:3]})" if bad else ""))
+    return audit.balanced and not bad
 
 
 def _observability(s: Any) -> bool:

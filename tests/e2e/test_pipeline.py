@@ -1,4 +1,5 @@
-"""End to end on the real stack: 20,000 payments with every channel fault, books audited."""
+"""End to end on the real stack: 20,000 payments with every channel fault and refunds of
+every kind, books audited and money recomputed from the topics."""
 
 from __future__ import annotations
 
@@ -37,5 +38,30 @@ def test_twenty_thousand_payments_settle_exactly_once(stack: Settings, tmp_path:
         assert result.exceptions.get(outcome, 0) > 0, (outcome, result.exceptions)
     # A late SUCCEEDED turned MISSING into MATCHED (paid once), others were recorded late.
     assert result.late_matched > 0 or result.exceptions.get("LATE_CONFIRMATION", 0) > 0
+
+    # Refunds: every request where the order flow says it must be, every scenario sent.
+    sent = result.refunds_expected
+    refunds = result.refund_ingest
+    assert refunds is not None and refunds.balanced, refunds
+    assert refunds.read == sent.count
+    assert (refunds.routed, refunds.rejected, refunds.duplicates) == (
+        sent.outcomes["accepted"], sent.outcomes["rejected"], sent.outcomes["deduplicated"])
+    assert refunds.dead_lettered == 0
+    for scenario in ("full", "partial", "partials", "over", "resend", "conflict", "race",
+                     "unknown", "declined", "late"):
+        assert sent.scenarios[scenario] > 0, (scenario, sent.scenarios)
+    # Each accepted refund reached exactly one terminal outcome; most were refunded.
+    money = result.money
+    assert money is not None
+    assert sum(money.refund_terminal.values()) == sent.outcomes["accepted"], money
+    assert money.refund_terminal["MATCHED"] > sent.outcomes["accepted"] // 2, money
+    # Ledger, batches and the recomputation from the topics agree to the minor unit, with
+    # refunds netted into later batches: some paid 0 and carried a balance forward.
+    assert money.ok, money.mismatches()
+    assert money.negative_batches > 0 and money.carried_batches > 0, money
+    print(f"e2e refunds: sent {sent.to_dict()}; results {dict(money.refund_outcomes)}; "
+          f"money per currency {money.totals()}; {money.negative_batches} batches netted "
+          f"below 0, {money.carried_batches} carried a balance, {money.absorbing_batches} "
+          "took one in")
     print(f"e2e: {result.payments_per_s:,.0f} payments/s, latency p50 "
           f"{result.latency_ms_p50} ms, p99 {result.latency_ms_p99} ms")

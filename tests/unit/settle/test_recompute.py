@@ -1,0 +1,38 @@
+"""The money recomputation's comparison: what each side holds for one merchant+currency."""
+
+from __future__ import annotations
+
+from settle.recompute import KeyMoney, Recomputation
+
+
+def settled() -> KeyMoney:
+    # Payments netting 1,000, refunds 1,300: batches 1,000 (paid) then -1,300 (paid 0,
+    # carried -300); the ledger's payable holds -300 and payout_due the 1,000 paid.
+    return KeyMoney(payments_net=1000, refunds_net=1300, batched_net=-300, payouts=1000,
+                    carried=-300, db_batched_net=-300, db_payouts=1000, db_carried=-300,
+                    payable=-300, payout_due=1000)
+
+
+def test_agreeing_sides_pass() -> None:
+    assert settled().disagreements() == []
+    assert Recomputation(keys={("m", "CNY"): settled()}).ok
+
+
+def test_each_side_that_moves_one_unit_is_named() -> None:
+    cases = {
+        "refunds_net": "owed = batched (topics)",
+        "payouts": "batched = paid out + carried",
+        "db_carried": "batches topic = batch table",
+        "payout_due": "payout_due = payouts",
+        "payable": "payable = carried",
+    }
+    for name, check in cases.items():
+        money = settled()
+        setattr(money, name, getattr(money, name) + 1)
+        assert check in money.disagreements(), name
+
+
+def test_batches_written_before_payouts_stay_in_payable() -> None:
+    money = KeyMoney(payments_net=500, batched_net=500, legacy_net=500, db_batched_net=500,
+                     db_legacy_net=500, payable=500)
+    assert money.disagreements() == []
