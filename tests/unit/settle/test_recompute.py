@@ -7,10 +7,10 @@ from settle.recompute import KeyMoney, Recomputation
 
 def settled() -> KeyMoney:
     # Payments netting 1,000, refunds 1,300: batches 1,000 (paid) then -1,300 (paid 0,
-    # carried -300); the ledger's payable holds -300 and payout_due the 1,000 paid.
+    # carried -1,300); the ledger's payable holds -1,300 and payout_due the 1,000 paid.
     return KeyMoney(payments_net=1000, refunds_net=1300, batched_net=-300, payouts=1000,
-                    carried=-300, db_batched_net=-300, db_payouts=1000, db_carried=-300,
-                    payable=-300, payout_due=1000)
+                    carried=-1300, db_batched_net=-300, db_payouts=1000, db_carried=-1300,
+                    payable=-1300, payout_due=1000)
 
 
 def test_agreeing_sides_pass() -> None:
