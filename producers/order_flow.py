@@ -111,7 +111,7 @@ def publish_order(publisher: Publisher, topic: str, order: SimulatedOrder) -> No
         publisher.send_raw(topic, order.key.encode("utf-8"), order.raw, headers=headers)
 
 
-class _RefundSender:
+class RefundSender:
     """Sends planned refunds when due; a re-send repeats the very record sent before."""
 
     def __init__(self, publisher: Publisher | None, topic: str, planner: RefundPlanner,
@@ -174,7 +174,7 @@ def publish_orders(
     started = monotonic()
     sender = None
     if refunds is not None:
-        sender = _RefundSender(publisher, refund_topic, refunds, stats, clock_ms)
+        sender = RefundSender(publisher, refund_topic, refunds, stats, clock_ms)
         stats.refund_topic = refund_topic  # before any delivery report can come
     try:
         for n, order in enumerate(orders):

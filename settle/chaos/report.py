@@ -55,10 +55,20 @@ class RunReport:
     unaccounted_ranges: dict[str, list[list[int]]] = field(default_factory=dict)
     # Services found dead before the run and started again (see ensure_stack_up).
     stack_repairs: list[str] = field(default_factory=list)
+    # Refunds: requests sent, their ledger (read = routed + rejected + dead-lettered +
+    # identical re-sends), refund results by outcome, and the money recomputed from the
+    # topics against the ledger and the batch tables (settle.recompute).
+    refunds_sent: int = 0
+    refund_ingest: dict[str, int] = field(default_factory=dict)
+    refund_ingest_balanced: bool = False
+    refund_outcomes: dict[str, int] = field(default_factory=dict)
+    money_ok: bool = False
+    money_mismatches: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (self.books_ok and self.ingest_balanced and self.in_equals_out
+                and self.refund_ingest_balanced and self.money_ok
                 and self.duplicates == 0 and self.lost == 0 and not self.unexpected_exits
                 and all(f.kind == STORM or f.recovery_s is not None for f in self.faults))
 
@@ -91,7 +101,10 @@ def summary_lines(report: RunReport) -> Iterator[str]:
            f"(of {report.routed_expected:,} routed), duplicates {report.duplicates}, "
            f"lost {report.lost}, in=out {report.in_equals_out}, books "
            f"{'ok' if report.books_ok else 'FAILED'}, ingest "
-           f"{'balanced' if report.ingest_balanced else 'UNBALANCED'}")
+           f"{'balanced' if report.ingest_balanced else 'UNBALANCED'}, refunds "
+           f"{report.refunds_sent:,} sent, "
+           f"{'balanced' if report.refund_ingest_balanced else 'UNBALANCED'}, money "
+           f"{'= ledger = batches' if report.money_ok else 'DISAGREES'}")
     for f in report.faults:
         rec = f"{f.recovery_s:.1f}s" if f.recovery_s is not None else (
             "n/a" if f.kind == STORM else "NOT RECOVERED")
@@ -107,3 +120,5 @@ def summary_lines(report: RunReport) -> Iterator[str]:
         yield f"  CRASH {exit_.splitlines()[0]}"
     for check in report.failed_checks:
         yield f"  FAILED {check}"
+    for mismatch in report.money_mismatches:
+        yield f"  MONEY {mismatch}"

@@ -11,12 +11,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from infra.config import Settings
 from producers.orders import Accounting
 from producers.producer import AvroProducer
 from settle.audit_books import BooksAudit, unbatched_matched
-from settle.audit_ingest import IngestAudit
+from settle.audit_ingest import IngestAudit, RefundAudit, audit_refunds, refund_body_identity
 from settle.chaos.plan import (
     KILL,
     REBALANCE,
@@ -32,6 +33,7 @@ from settle.chaos.report import FaultOutcome, RunReport, offset_ranges
 from settle.chaos.traffic import Publisher
 from settle.e2e import IsolatedPipeline, audit_pipeline_ingest, isolated_pipeline, specs
 from settle.processes import ProcessSpec
+from settle.recompute import recompute
 from settle.stack import ensure_stack_up, stack_service
 from sinks.db import connect
 
@@ -198,6 +200,7 @@ class Runner:
                     watcher.join(130)
                 ingest = audit_pipeline_ingest(pipeline)
                 self._figures(pipeline, report, publisher.expected, ingest, books)
+                self._refund_figures(pipeline, report, publisher.stats.refunds.count)
             finally:
                 self._stop_monitor.set()
                 producer.close(10)
@@ -221,7 +224,8 @@ class Runner:
                     self.say(f"{decided:,} of {routed:,} payments decided")
                     last = decided
                 out_of_time = time.monotonic() >= deadline
-                if out_of_time or (decided >= routed and unbatched_matched(conn) == 0):
+                if out_of_time or (decided >= routed and unbatched_matched(conn) == 0
+                                   and self._refunds_decided(pipeline, conn)):
                     books = audit_books(pipeline.settings, conn, decoder,
                                         results_topic=topics.results,
                                         batches_topic=topics.batches,
@@ -229,6 +233,40 @@ class Runner:
                     if books.ok or out_of_time:
                         return books
                 time.sleep(2.0)
+
+    def _refund_audit(self, pipeline: IsolatedPipeline) -> RefundAudit:
+        from schemas.codec import AvroDeserializer
+
+        topics = pipeline.topics
+        return audit_refunds(
+            pipeline.settings.kafka, topics.refunds_requested, topics.refunds_routed,
+            topics.refunds_rejected, topics.dlq,
+            identity=refund_body_identity(AvroDeserializer(pipeline.registry).decode))
+
+    def _refunds_decided(self, pipeline: IsolatedPipeline, conn: Any) -> bool:
+        """Every refund the reconcile stage routed has its terminal state in PostgreSQL."""
+        row = conn.execute("SELECT COUNT(*) FROM refunds").fetchone()
+        return int(row[0] if row else 0) >= self._refund_audit(pipeline).routed
+
+    def _refund_figures(self, pipeline: IsolatedPipeline, report: RunReport, sent: int) -> None:
+        from schemas.codec import AvroDeserializer
+
+        audit = self._refund_audit(pipeline)
+        report.refunds_sent = sent
+        report.refund_ingest = {"read": audit.read, "routed": audit.routed,
+                                "rejected": audit.rejected, "dead_lettered": audit.dead_lettered,
+                                "duplicates": audit.duplicates,
+                                "replayed_outputs": audit.replayed_outputs}
+        # Every request sent was read (a stall-watch re-send may add an identical copy).
+        report.refund_ingest_balanced = audit.balanced and audit.read >= sent
+        topics = pipeline.topics
+        with connect(pipeline.settings.postgres, autocommit=True) as conn:
+            money = recompute(pipeline.settings, conn, AvroDeserializer(pipeline.registry),
+                              topics.results, topics.refund_results, topics.batches)
+        report.refund_outcomes = dict(money.refund_outcomes)
+        report.money_ok = money.ok
+        report.money_mismatches = [f"{m}/{c}: {', '.join(bad)}" for (m, c), bad in
+                                   sorted(money.mismatches().items())[:10]]
 
     def _figures(self, pipeline: IsolatedPipeline, report: RunReport, expected: Accounting,
                  ingest: IngestAudit, books: BooksAudit) -> None:

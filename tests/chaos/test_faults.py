@@ -1,6 +1,6 @@
-"""Fault injection on the real stack: each scenario pushes a few thousand payments through an
-isolated pipeline while a fault hits it, then asserts both audits, no duplicate, no loss and
-in = out. Run alone with `pytest -m chaos` (or `-k SCENARIO`).
+"""Fault injection on the real stack: each scenario pushes a few thousand payments (and refunds
+of some) through an isolated pipeline while a fault hits it, then asserts the audits, no
+duplicate, no loss, in = out and the money recomputed from the topics. Run alone with `pytest -m chaos` (or `-k SCENARIO`).
 
 The broker, PostgreSQL and registry scenarios stop and start services of the stack named by
 the SETTLE_* environment through `deploy/stack.sh`: run them on a stack of your own.
@@ -57,6 +57,12 @@ def test_fault_scenario(stack: Settings, tmp_path: Path, name: str) -> None:
     assert report.batched == report.matched
     assert report.in_equals_out
     assert not report.unexpected_exits, report.unexpected_exits
+    # Refunds in the flow: every request accounted for, none refunded twice (the books audit:
+    # one journal per refund, refunds within captures, each in one batch), and the money
+    # recomputed from the topics equal to the ledger and the batch tables.
+    assert report.refunds_sent > 0
+    assert report.refund_ingest_balanced, report.refund_ingest
+    assert report.money_ok, report.money_mismatches
     for fault in report.faults:
         if fault.kind != STORM:
             assert fault.recovery_s is not None, (fault.fault, fault.note)
