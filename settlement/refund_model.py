@@ -23,12 +23,20 @@ SOURCE_SEP: Final = "/"
 JOURNAL_PAYMENT: Final = "PAYMENT"  # source: payment_id
 JOURNAL_REFUND: Final = "REFUND"  # source: refund_source_id(payment_id, refund_id)
 JOURNAL_PAYOUT: Final = "PAYOUT"  # source: batch_id
-JOURNAL_KINDS: Final = frozenset({JOURNAL_PAYMENT, JOURNAL_REFUND, JOURNAL_PAYOUT})
+# The channel took a captured payment back: the exact mirror of its PAYMENT journal.
+JOURNAL_PAYMENT_REVERSAL: Final = "PAYMENT_REVERSAL"  # source: payment_id
+# A succeeded refund came back to the channel: the exact mirror of its REFUND journal.
+JOURNAL_REFUND_REVERSAL: Final = "REFUND_REVERSAL"  # source: refund_source_id(...)
+JOURNAL_KINDS: Final = frozenset({JOURNAL_PAYMENT, JOURNAL_REFUND, JOURNAL_PAYOUT,
+                                  JOURNAL_PAYMENT_REVERSAL, JOURNAL_REFUND_REVERSAL})
 
 # Settlement item kinds (the Avro enum SettlementItemKind).
 ITEM_PAYMENT: Final = "PAYMENT"
 ITEM_REFUND: Final = "REFUND"
-ITEM_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_REFUND})
+ITEM_PAYMENT_REVERSAL: Final = "PAYMENT_REVERSAL"  # item_id payment_id, all amounts negative
+ITEM_REFUND_REVERSAL: Final = "REFUND_REVERSAL"  # item_id refund source id, amounts positive
+ITEM_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_REFUND, ITEM_PAYMENT_REVERSAL,
+                               ITEM_REFUND_REVERSAL})
 
 
 class RefundIdError(DomainError, ValueError):

@@ -198,7 +198,7 @@ ENUMS = {
     "PaymentInterface": ["APP", "PC_WEB", "MOBILE_WEB", "H5"],
     "MerchantStatus": ["ACTIVE", "SUSPENDED"],
     "Channel": ["ALIPAY", "WECHAT_PAY", "UNIONPAY", "CARD"],
-    "ConfirmationStatus": ["SUCCEEDED", "FAILED"],
+    "ConfirmationStatus": ["SUCCEEDED", "FAILED", "REVERSED"],
     "ReconciliationOutcome": [
         "MATCHED",
         "DECLINED",
@@ -208,8 +208,11 @@ ENUMS = {
         "DUPLICATE_CONFIRMATION",
         "ORPHAN_CONFIRMATION",
         "LATE_CONFIRMATION",
+        "PAYMENT_REVERSED",
+        "REFUND_REVERSED",
+        "REVERSAL_EXCEPTION",
     ],
-    "SettlementItemKind": ["PAYMENT", "REFUND"],
+    "SettlementItemKind": ["PAYMENT", "REFUND", "PAYMENT_REVERSAL", "REFUND_REVERSAL"],
 }
 
 # Fields whose default is part of the contract.
