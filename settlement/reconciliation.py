@@ -18,15 +18,23 @@ MISSING_CONFIRMATION = "MISSING_CONFIRMATION"
 DUPLICATE_CONFIRMATION = "DUPLICATE_CONFIRMATION"
 ORPHAN_CONFIRMATION = "ORPHAN_CONFIRMATION"
 LATE_CONFIRMATION = "LATE_CONFIRMATION"
+# After a MATCHED: the channel took the money back (settlement.refunds decides these).
+PAYMENT_REVERSED = "PAYMENT_REVERSED"
+REFUND_REVERSED = "REFUND_REVERSED"
+REVERSAL_EXCEPTION = "REVERSAL_EXCEPTION"
 TERMINAL_OUTCOMES = frozenset(
     {MATCHED, DECLINED, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_CONFIRMATION}
 )
-RECORD_OUTCOMES = frozenset({DUPLICATE_CONFIRMATION, ORPHAN_CONFIRMATION, LATE_CONFIRMATION})
+RECORD_OUTCOMES = frozenset({DUPLICATE_CONFIRMATION, ORPHAN_CONFIRMATION, LATE_CONFIRMATION,
+                             PAYMENT_REVERSED, REFUND_REVERSED, REVERSAL_EXCEPTION})
 OUTCOMES = TERMINAL_OUTCOMES | RECORD_OUTCOMES
 
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
-CONFIRMATION_STATUSES = frozenset({SUCCEEDED, FAILED})
+# A captured payment taken back by its channel: never a reconciliation answer, decided
+# against the payment's refund book (settlement.refunds.on_payment_reversal).
+REVERSED = "REVERSED"
+CONFIRMATION_STATUSES = frozenset({SUCCEEDED, FAILED, REVERSED})
 
 # Confirmation ids remembered per payment to make redeliveries no-ops. Bounded so a channel
 # that spams one payment cannot grow the table value forever; an id pushed out and then
@@ -124,7 +132,8 @@ class Confirmation(_Flat):
             ("amount_minor", "confirmed_at_ms"),
         )
         if self.status not in CONFIRMATION_STATUSES:
-            raise ReconError(f"Confirmation.status must be SUCCEEDED or FAILED: {self.status!r}")
+            raise ReconError(f"Confirmation.status must be SUCCEEDED, FAILED or REVERSED: "
+                             f"{self.status!r}")
         if self.amount_minor < 0:
             raise ReconError(f"Confirmation.amount_minor must be >= 0, got {self.amount_minor}")
 
@@ -389,6 +398,8 @@ def on_routed(state: ReconState | None, routed: RoutedInfo, now_ms: int) -> Tran
 
 def on_confirmation(state: ReconState | None, conf: Confirmation, now_ms: int) -> Transition:
     """A confirmation arrived: decide, record a duplicate or late answer, or hold it."""
+    if conf.status == REVERSED:
+        raise ReconError(f"{conf.payment_id}: a reversal is no reconciliation answer")
     state = _state_for(state, conf.payment_id, now_ms)
     if _already_seen(state, conf.confirmation_id):
         return state, []  # the same confirmation redelivered: idempotent no-op

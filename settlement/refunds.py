@@ -39,6 +39,10 @@ from settlement.reconciliation import (
     MATCHED,
     MISSING_CONFIRMATION,
     ORPHAN_CONFIRMATION,
+    PAYMENT_REVERSED,
+    REFUND_REVERSED,
+    REVERSAL_EXCEPTION,
+    REVERSED,
     SUCCEEDED,
     TERMINAL_OUTCOMES,
 )
@@ -49,7 +53,8 @@ PENDING: Final = "PENDING"
 REFUNDED: Final = "SUCCEEDED"
 FAILED_STATE: Final = "FAILED"
 EXCEPTION: Final = "EXCEPTION"
-STATES: Final = frozenset({PENDING, REFUNDED, FAILED_STATE, EXCEPTION})
+REVERSED_STATE: Final = "REVERSED"  # refunded, then the refund came back: refundable again
+STATES: Final = frozenset({PENDING, REFUNDED, FAILED_STATE, EXCEPTION, REVERSED_STATE})
 
 # Rejection reason codes on refunds.rejected (besides the SIGNATURE_* codes of signing).
 PAYMENT_UNKNOWN: Final = "PAYMENT_UNKNOWN"
@@ -62,10 +67,11 @@ MAX_REFUNDS_REACHED: Final = "MAX_REFUNDS_REACHED"
 REFUND_WINDOW_EXPIRED: Final = "REFUND_WINDOW_EXPIRED"
 REFUND_ID_INVALID: Final = "REFUND_ID_INVALID"
 DUPLICATE_CONFLICT: Final = "DUPLICATE_CONFLICT"
+PAYMENT_WAS_REVERSED: Final = "PAYMENT_REVERSED"
 REFUND_REASON_CODES: Final = frozenset({
     PAYMENT_UNKNOWN, PAYMENT_NOT_CAPTURED, MERCHANT_MISMATCH, CURRENCY_DIFFERS,
     AMOUNT_NOT_POSITIVE, REFUND_EXCEEDS_REFUNDABLE, MAX_REFUNDS_REACHED, REFUND_WINDOW_EXPIRED,
-    REFUND_ID_INVALID, DUPLICATE_CONFLICT,
+    REFUND_ID_INVALID, DUPLICATE_CONFLICT, PAYMENT_WAS_REVERSED,
 })
 
 FEE_PROPORTIONAL: Final = "proportional"
@@ -93,9 +99,15 @@ def _round_half_up(numerator: int, denominator: int) -> int:
 
 
 def fee_returned(fee_minor: int, captured_minor: int, refunded_before: int, refund: int,
-                 policy: str = FEE_PROPORTIONAL) -> int:
+                 policy: str = FEE_PROPORTIONAL, returned_before: int | None = None) -> int:
     """The part of the payment's fee given back with a refund of `refund` after
-    `refunded_before` already succeeded (cumulative rounding; see the module doc)."""
+    `refunded_before` already succeeded (cumulative rounding; see the module doc).
+
+    `returned_before` is the fee those refunds gave back; it is r(F·S/G) unless a refund was
+    reversed since (its fee came back too). The running total then catches up with the
+    exact proportion, never passing it nor the refund itself: Σ given back <= F always, and
+    = F once the whole capture is refunded.
+    """
     for name, value in (("fee_minor", fee_minor), ("captured_minor", captured_minor),
                         ("refunded_before", refunded_before), ("refund", refund)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -110,8 +122,9 @@ def fee_returned(fee_minor: int, captured_minor: int, refunded_before: int, refu
     if policy != FEE_PROPORTIONAL:
         raise RefundError(f"unknown fee policy {policy!r}")
     after = _round_half_up(fee_minor * (refunded_before + refund), captured_minor)
-    before = _round_half_up(fee_minor * refunded_before, captured_minor)
-    return after - before
+    if returned_before is None:
+        returned_before = _round_half_up(fee_minor * refunded_before, captured_minor)
+    return min(refund, max(0, after - returned_before))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +207,9 @@ class RefundConfirmation:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise RefundError(f"RefundConfirmation.{name} must be an int, got {value!r}")
-        if self.status not in (SUCCEEDED, FAILED):
-            raise RefundError(f"RefundConfirmation.status must be SUCCEEDED or FAILED: "
-                              f"{self.status!r}")
+        if self.status not in (SUCCEEDED, FAILED, REVERSED):
+            raise RefundError(f"RefundConfirmation.status must be SUCCEEDED, FAILED or "
+                              f"REVERSED: {self.status!r}")
         if self.amount_minor < 0:
             raise RefundError(f"RefundConfirmation.amount_minor must be >= 0: "
                               f"{self.amount_minor}")
@@ -221,6 +234,8 @@ class Refund:
     fee_returned_minor: int | None = None
     channel_refund_id: str | None = None
     seen_confirmation_ids: tuple[str, ...] = ()
+    reversed_by: str | None = None  # the channel's answer that reversed the refund
+    reversed_at_ms: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seen_confirmation_ids", tuple(self.seen_confirmation_ids))
@@ -229,9 +244,12 @@ class Refund:
             "amount > 0": isinstance(self.amount_minor, int) and self.amount_minor > 0,
             "pending iff undecided": (self.state == PENDING) == (self.outcome is None),
             "outcome terminal": self.outcome is None or self.outcome in TERMINAL_OUTCOMES,
-            "succeeded iff MATCHED": (self.state == REFUNDED) == (self.outcome == MATCHED),
-            "fee returned iff succeeded": (self.fee_returned_minor is not None)
-            == (self.state == REFUNDED),
+            "refunded or reversed iff MATCHED": (self.state in (REFUNDED, REVERSED_STATE))
+            == (self.outcome == MATCHED),
+            "reversed iff reversed_by": (self.state == REVERSED_STATE)
+            == (self.reversed_by is not None),
+            "fee returned iff MATCHED": (self.fee_returned_minor is not None)
+            == (self.outcome == MATCHED),
             "fee returned within amount": self.fee_returned_minor is None
             or 0 <= self.fee_returned_minor <= self.amount_minor,
             "missing declared only with MISSING or a late match": not self.missing_declared
@@ -273,18 +291,22 @@ class RefundBook:
     order_id: str | None = None
     channel_txn_id: str | None = None
     refunds: tuple[Refund, ...] = ()
+    # The channel took the whole payment back (at most once; nothing refundable after it).
+    reversed_by: str | None = None
+    reversed_at_ms: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "refunds", tuple(self.refunds))
         ids = [r.refund_id for r in self.refunds]
         checks = {
+            "a reversed payment has no refund outstanding": self.reversed_by is None
+            or self.reserved_minor == 0,
             "captured > 0": self.captured_minor > 0,
             "0 <= fee <= captured": 0 <= self.fee_minor <= self.captured_minor,
             "refund ids unique": len(set(ids)) == len(ids),
             "reserved <= captured": self.reserved_minor <= self.captured_minor,
             "refunded <= captured": self.refunded_minor <= self.captured_minor,
-            "fees returned <= fee": sum(r.fee_returned_minor or 0 for r in self.refunds)
-            <= self.fee_minor,
+            "fees returned <= fee": self.fee_returned_minor <= self.fee_minor,
         }
         broken = [name for name, ok in checks.items() if not ok]
         if broken:
@@ -300,11 +322,12 @@ class RefundBook:
 
     @property
     def refundable_minor(self) -> int:
-        return self.captured_minor - self.reserved_minor
+        return 0 if self.reversed_by is not None else self.captured_minor - self.reserved_minor
 
     @property
     def fee_returned_minor(self) -> int:
-        return sum(r.fee_returned_minor or 0 for r in self.refunds)
+        """Fee given back by the refunds that stand (a reversed refund's came back)."""
+        return sum(r.fee_returned_minor or 0 for r in self.refunds if r.state == REFUNDED)
 
     def get(self, refund_id: str) -> Refund | None:
         return next((r for r in self.refunds if r.refund_id == refund_id), None)
@@ -361,11 +384,15 @@ class RefundOutcome:
                                            self.confirmation.confirmation_id
                                            if self.confirmation else None):
             raise RefundInvariantError(f"result_id {self.result_id!r} is not deterministic")
-        if self.outcome == MATCHED:
+        if self.outcome in (MATCHED, REFUND_REVERSED):
             refund, conf = self.refund, self.confirmation
             if refund is None or conf is None or refund.fee_returned_minor is None \
                     or conf.amount_minor != refund.amount_minor:
-                raise RefundInvariantError(f"MATCHED refund without equal amounts: {self}")
+                raise RefundInvariantError(f"{self.outcome} refund without equal amounts: "
+                                           f"{self}")
+        if self.outcome == REFUND_REVERSED and (
+                self.refund is None or self.refund.state != REVERSED_STATE):
+            raise RefundInvariantError(f"REFUND_REVERSED of a refund not reversed: {self}")
 
 
 def result_id_for(payment_id: str, refund_id: str, outcome: str,
@@ -432,6 +459,9 @@ def decide_request(
         else:
             reasons.append(Rejection(PAYMENT_UNKNOWN, f"payment {request.payment_id} is unknown"))
         return RequestDecision(None, rejections=tuple(reasons))
+    if book.reversed_by is not None:
+        reasons.append(Rejection(PAYMENT_WAS_REVERSED,
+                                 f"the channel reversed payment {book.payment_id}"))
     if request.merchant_id != book.merchant_id:
         reasons.append(Rejection(MERCHANT_MISMATCH, f"payment belongs to another merchant "
                                  f"than {request.merchant_id!r}"))
@@ -446,7 +476,7 @@ def decide_request(
     if len(book.refunds) >= max_refunds:
         reasons.append(Rejection(MAX_REFUNDS_REACHED,
                                  f"payment already has {len(book.refunds)} refunds"))
-    if amount is not None and amount > book.refundable_minor:
+    if amount is not None and book.reversed_by is None and amount > book.refundable_minor:
         reasons.append(Rejection(
             REFUND_EXCEEDS_REFUNDABLE,
             f"{amount} > refundable {book.refundable_minor} (captured {book.captured_minor}, "
@@ -494,7 +524,8 @@ def _decide(book: RefundBook, refund: Refund, outcome: str, now_ms: int, policy:
     fee = None
     if outcome == MATCHED:
         fee = fee_returned(book.fee_minor, book.captured_minor, book.refunded_minor,
-                           refund.amount_minor, policy.fee_policy_for(book.channel))
+                           refund.amount_minor, policy.fee_policy_for(book.channel),
+                           returned_before=book.fee_returned_minor)
     channel_refund_id = conf.channel_refund_id if conf else refund.channel_refund_id
     decided = replace(refund, state=state, outcome=outcome, decided_at_ms=now_ms,
                       decided_by=conf.confirmation_id if conf else None,
@@ -527,6 +558,8 @@ def on_confirmation(
     if conf.channel != book.channel:
         detail = f"answer from {conf.channel}, refund was routed to {book.channel}"
         return book, [_outcome(book, refund, conf, ORPHAN_CONFIRMATION, now_ms, detail, rid, pid)]
+    if conf.status == REVERSED:
+        return _refund_reversal(book, refund, conf, now_ms)
     outcome, detail = _classify(book, refund, conf)
     if refund.state == PENDING:
         book = _decide(book, refund, outcome, now_ms, policy, conf)
@@ -551,6 +584,59 @@ def on_confirmation(
                                rid, pid, late=True)]
     detail = f"refund already {refund.outcome} by {refund.decided_by or 'timer'}"
     return book, [_outcome(book, refund, conf, DUPLICATE_CONFIRMATION, now_ms, detail, rid, pid)]
+
+
+def _refund_reversal(book: RefundBook, refund: Refund, conf: RefundConfirmation, now_ms: int,
+                     ) -> tuple[RefundBook, list[RefundOutcome]]:
+    """The channel says a succeeded refund came back: its amount is refundable again."""
+    pid, rid = book.payment_id, refund.refund_id
+    problem = None
+    if refund.state != REFUNDED:
+        problem = f"refund is {refund.state}, not refunded"
+    elif conf.currency != book.currency or conf.amount_minor != refund.amount_minor:
+        problem = (f"reversal of {conf.amount_minor} {conf.currency}, refund was "
+                   f"{refund.amount_minor} {book.currency}")
+    if problem is not None:
+        return book, [_outcome(book, refund, conf, REVERSAL_EXCEPTION, now_ms, problem, rid, pid)]
+    reversed_ = replace(refund, state=REVERSED_STATE, reversed_by=conf.confirmation_id,
+                        reversed_at_ms=now_ms)
+    book = book.with_refund(reversed_)
+    detail = f"{book.channel} returned the refund ({conf.channel_refund_id})"
+    return book, [_outcome(book, reversed_, conf, REFUND_REVERSED, now_ms, detail, rid, pid)]
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentReversal:
+    """A channel's REVERSED answer for a captured payment (from channel.confirmations)."""
+
+    confirmation_id: str
+    channel: str
+    amount_minor: int
+    currency: str
+
+
+def on_payment_reversal(book: RefundBook, reversal: PaymentReversal, now_ms: int,
+                        ) -> tuple[RefundBook, str, str]:
+    """(book, PAYMENT_REVERSED or REVERSAL_EXCEPTION, detail) for a channel taking a captured
+    payment back. Only the whole capture, in its currency, by its channel, with no refund
+    outstanding or succeeded, and once: the reversal mirrors the payment's journal exactly.
+    The same answer again is (book, "", "") : nothing to publish."""
+    if reversal.confirmation_id == book.reversed_by:
+        return book, "", ""
+    problems = []
+    if book.reversed_by is not None:
+        problems.append(f"already reversed by {book.reversed_by}")
+    if reversal.channel != book.channel:
+        problems.append(f"reversal from {reversal.channel}, payment captured by {book.channel}")
+    if (reversal.amount_minor, reversal.currency) != (book.captured_minor, book.currency):
+        problems.append(f"reversal of {reversal.amount_minor} {reversal.currency}, captured "
+                        f"{book.captured_minor} {book.currency}")
+    if book.reserved_minor:
+        problems.append(f"{book.reserved_minor} refunded or being refunded")
+    if problems:
+        return book, REVERSAL_EXCEPTION, "; ".join(problems)
+    book = replace(book, reversed_by=reversal.confirmation_id, reversed_at_ms=now_ms)
+    return book, PAYMENT_REVERSED, f"{book.channel} reversed the captured payment"
 
 
 # -- timers ---------------------------------------------------------------------------------
