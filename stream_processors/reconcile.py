@@ -248,6 +248,7 @@ class ReconcileProcessor:
             raise _BadInput(exc) from exc
         payment_id = event.payment_id
         external = self._placement is not None and src.topic in self._placement.external
+        reversal = isinstance(event, Confirmation) and event.status == recon.REVERSED
         if external and not moved and value is not None:
             # Placed by the payment_id it names, whatever the writer's partitioner or key.
             assert self._placement is not None
@@ -263,6 +264,9 @@ class ReconcileProcessor:
         emitted = emitted_by(raw, ref)
         if emitted is not None:
             return ReconDecision(REPLAYED, self._outputs(payment_id, emitted, ref))
+        if reversal:
+            assert isinstance(event, Confirmation)
+            return self._on_reversal(event, state, raw, partition, ref, now)
         try:
             if isinstance(event, RoutedInfo):
                 new_state, results = recon.on_routed(state, event, now)
@@ -273,6 +277,54 @@ class ReconcileProcessor:
         decision = ReconDecision(APPLIED)
         book = self._publish(new_state, results, ref, decision, book_of(raw))
         self._save(new_state, partition, remembered(raw, ref, decision.outputs), raw, book)
+        return decision
+
+    def _on_reversal(self, conf: Confirmation, state: ReconState | None, raw: Any,
+                     partition: int, ref: bytes, now: int) -> ReconDecision:
+        """A channel took a captured payment back: PAYMENT_REVERSED (the mirror of its
+        payment journal) against its refund book, or a REVERSAL_EXCEPTION; never held,
+        never a reconciliation answer."""
+        try:
+            book = book_of(raw)
+        except rf.RefundError as exc:
+            raise _BadInput(exc) from exc
+        routed = state.routed if state is not None else None
+        fee = net = None
+        if book is None:
+            outcome = recon.REVERSAL_EXCEPTION
+            detail = ("reversal of a payment never MATCHED" if state is not None
+                      else "reversal of a payment the reconciler does not hold")
+            new_book = None
+        else:
+            new_book, outcome, detail = rf.on_payment_reversal(book, rf.PaymentReversal(
+                conf.confirmation_id, conf.channel, conf.amount_minor, conf.currency), now)
+            if not outcome:
+                return ReconDecision(APPLIED)  # the same reversal again
+            if outcome == recon.PAYMENT_REVERSED:
+                fee, net = book.fee_minor, book.captured_minor - book.fee_minor
+        result = ResultRecord(
+            result_id=recon.result_id_for(conf.payment_id, outcome, conf.confirmation_id),
+            payment_id=conf.payment_id,
+            merchant_id=book.merchant_id if book else (routed.merchant_id if routed else None),
+            channel=conf.channel, outcome=outcome, terminal=False, late=False,
+            expected_amount_minor=book.captured_minor if book else (
+                routed.amount_minor if routed else None),
+            expected_currency=book.currency if book else (routed.currency if routed else None),
+            confirmed_amount_minor=conf.amount_minor, confirmed_currency=conf.currency,
+            confirmation_id=conf.confirmation_id, channel_txn_id=conf.channel_txn_id,
+            created_at_ms=routed.created_at_ms if routed else None, decided_at_ms=now,
+            detail=detail, order_id=book.order_id if book else (
+                routed.order_id if routed else None))
+        value = self._results_ser.encode(result_record(result, fee, net))
+        decision = ReconDecision(APPLIED, [Output(self._topics.results,
+                                                  conf.payment_id.encode(), value,
+                                                  ((SOURCE_HEADER, ref),))], results=[result])
+        if raw is not None:  # remembered, so a replay re-sends it
+            stored = dict(raw)
+            if new_book is not None:
+                stored["book"] = new_book.to_dict()
+            stored["emitted"] = remembered(raw, ref, decision.outputs)
+            self._store[conf.payment_id] = stored
         return decision
 
     def _on_refund_input(

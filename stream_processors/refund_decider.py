@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from schemas.codec import AvroSerializer, to_epoch_ms
 from settlement import refunds as rf
-from settlement.reconciliation import MATCHED, ReconState, ResultRecord
+from settlement.reconciliation import MATCHED, REFUND_REVERSED, ReconState, ResultRecord
 from settlement.refund_model import RefundRequest
 from settlement.signing import Keyring, verify_refund
 from stream_processors.outputs import SOURCE_HEADER, Output
@@ -206,8 +206,10 @@ class RefundDecider:
                  ref: bytes, out: RefundDecision) -> None:
         for result in results:
             refund, conf = result.refund, result.confirmation
-            fee = refund.fee_returned_minor if refund is not None and result.outcome == MATCHED \
-                else None
+            # The split of a refund, and the mirror of it when the refund is reversed.
+            fee = (refund.fee_returned_minor
+                   if refund is not None and result.outcome in (MATCHED, REFUND_REVERSED)
+                   else None)
             amount = refund.amount_minor if refund is not None else None
             channel = conf.channel if conf is not None else (book.channel if book else None)
             value = self._results.encode({

@@ -99,3 +99,43 @@ def test_orphan_refund_answers_and_misplaced_keys_are_reported_not_applied() -> 
     assert res["outcome"] == "ORPHAN_CONFIRMATION"
     d = h.refund("r2", 10, partition=1)  # the payment lives on partition 0
     assert d.outcome == "dead_lettered"
+
+
+def test_a_payment_reversal_is_published_once_with_the_payments_split() -> None:
+    h = Harness()
+    matched(h)
+    d = h.confirm("c-rev", status="REVERSED")
+    [res] = h.results(d)
+    assert (res["outcome"], res["terminal"]) == ("PAYMENT_REVERSED", False)
+    assert (res["expected_amount_minor"], res["fee_minor"], res["net_minor"]) == (1000, 6, 994)
+    assert res["result_id"] == "p-1:PAYMENT_REVERSED:c-rev" and res["order_id"] == "o-1"
+    assert h.confirm("c-rev", status="REVERSED").outputs == []  # redelivered
+    assert h.replay(h.offset - 1).outputs == d.outputs  # read again after a crash
+    [rej] = h.decoded(h.refund("r1", 10), TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.PAYMENT_WAS_REVERSED]
+
+
+def test_reversals_that_cannot_apply_are_exceptions_not_held_or_decided() -> None:
+    h = Harness()
+    h.routed()  # routed, undecided: a reversal neither decides nor is held
+    [res] = h.results(h.confirm("c-rev", status="REVERSED"))
+    assert res["outcome"] == "REVERSAL_EXCEPTION" and res["fee_minor"] is None
+    [res] = h.results(h.confirm("c-1"))
+    assert res["outcome"] == "MATCHED"
+    h.refund("r1", 100)
+    [res] = h.results(h.confirm("c-rev2", status="REVERSED"))
+    assert res["outcome"] == "REVERSAL_EXCEPTION" and "being refunded" in res["detail"]
+    [res] = h.results(h.confirm("c-x", pid="ghost", status="REVERSED"))
+    assert res["outcome"] == "REVERSAL_EXCEPTION" and "ghost" not in h.store
+
+
+def test_a_refund_reversal_publishes_the_mirror_and_frees_the_amount() -> None:
+    h = Harness()
+    matched(h)
+    h.refund("r1", 400)
+    h.refund_answer("r1", 400)
+    [res] = h.decoded(h.refund_answer("r1", 400, cid="rv", status="REVERSED"),
+                      TOPICS.refund_results)
+    assert (res["outcome"], res["terminal"]) == ("REFUND_REVERSED", False)
+    assert (res["fee_returned_minor"], res["net_minor"]) == (2, 398)
+    assert (res["refunded_minor"], res["refundable_minor"]) == (0, 1000)
