@@ -7,10 +7,19 @@ them). Amounts are checked before any posting is built; the Journal re-checks th
           DEBIT payable:<m> R - f, DEBIT fee_revenue:<ch> f, CREDIT clearing:<ch> R
   PAYOUT  (source batch_id, id 'P:<batch_id>'):
           DEBIT payable:<m> payout, CREDIT payout_due:<m> payout (only when payout > 0)
+  PAYMENT_REVERSAL  (source payment_id, id 'PR:<payment_id>'): the PAYMENT journal's mirror,
+          DEBIT payable:<m> G - F, DEBIT fee_revenue:<ch> F, CREDIT clearing:<ch> G
+  REFUND_REVERSAL   (source '<payment_id>/<refund_id>', id 'RR:<source>'): the REFUND
+          journal's mirror, DEBIT clearing:<ch> R, CREDIT payable:<m> R - f,
+          CREDIT fee_revenue:<ch> f
+
+A reversal journal stores the original's amounts (gross, fee, net >= 0) and posts the
+original's entries with the sides swapped: `mirror_mismatch` says how a posted pair differs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,14 +38,21 @@ from settlement.ledger import (
 from settlement.refund_model import (
     JOURNAL_KINDS,
     JOURNAL_PAYMENT,
+    JOURNAL_PAYMENT_REVERSAL,
     JOURNAL_PAYOUT,
     JOURNAL_REFUND,
+    JOURNAL_REFUND_REVERSAL,
     refund_source_id,
 )
 
 PAYOUT_DUE: Final = "payout_due"  # liability: closed batches' payouts not yet paid out
 REFUND_JOURNAL_PREFIX: Final = "RF:"
 PAYOUT_JOURNAL_PREFIX: Final = "P:"
+PAYMENT_REVERSAL_JOURNAL_PREFIX: Final = "PR:"
+REFUND_REVERSAL_JOURNAL_PREFIX: Final = "RR:"
+# The journal kind each reversal kind mirrors.
+REVERSED_KIND: Final = {JOURNAL_PAYMENT_REVERSAL: JOURNAL_PAYMENT,
+                        JOURNAL_REFUND_REVERSAL: JOURNAL_REFUND}
 
 
 class PostingError(LedgerError):
@@ -154,6 +170,77 @@ def payout_journal(batch_id: str, merchant_id: str, currency: str,
         (payout_due_account(merchant_id), CREDIT, payout),
     ))
     return KindJournal(JOURNAL_PAYOUT, batch_id, None, payout, 0, payout, journal)
+
+
+def _split(what: str, gross_minor: int, fee_minor: int, net_minor: int) -> tuple[int, int, int]:
+    gross, fee = _int("gross_minor", gross_minor), _int("fee_minor", fee_minor)
+    net = _int("net_minor", net_minor)
+    if gross <= 0 or fee < 0 or net < 0 or gross != net + fee:
+        raise PostingError(f"{what}: need gross > 0, fee >= 0, net >= 0 and gross == net + fee;"
+                           f" got gross={gross} fee={fee} net={net}")
+    return gross, fee, net
+
+
+def payment_reversal_journal(payment_id: str, merchant_id: str, channel: str,
+                             gross_minor: int, fee_minor: int, net_minor: int,
+                             currency: str) -> KindJournal:
+    """The PAYMENT_REVERSAL journal: the exact mirror of the PAYMENT journal of G = net + F
+    (the split published by the reconciler, never recomputed here)."""
+    gross, fee, net = _split(f"reversal of payment {payment_id}", gross_minor, fee_minor,
+                             net_minor)
+    journal = _journal(PAYMENT_REVERSAL_JOURNAL_PREFIX + payment_id, payment_id, currency, (
+        (payable_account(merchant_id), DEBIT, net),
+        (fee_revenue_account(channel), DEBIT, fee),
+        (clearing_account(channel), CREDIT, gross),
+    ))
+    return KindJournal(JOURNAL_PAYMENT_REVERSAL, payment_id, payment_id, gross, fee, net,
+                       journal)
+
+
+def refund_reversal_journal(payment_id: str, refund_id: str, merchant_id: str, channel: str,
+                            amount_minor: int, fee_returned_minor: int, net_minor: int,
+                            currency: str) -> KindJournal:
+    """The REFUND_REVERSAL journal: the exact mirror of the REFUND journal of R = net + f."""
+    source_id = refund_source_id(payment_id, refund_id)
+    amount, fee, net = _split(f"reversal of refund {source_id}", amount_minor,
+                              fee_returned_minor, net_minor)
+    journal = _journal(REFUND_REVERSAL_JOURNAL_PREFIX + source_id, payment_id, currency, (
+        (clearing_account(channel), DEBIT, amount),
+        (payable_account(merchant_id), CREDIT, net),
+        (fee_revenue_account(channel), CREDIT, fee),
+    ))
+    return KindJournal(JOURNAL_REFUND_REVERSAL, source_id, payment_id, amount, fee, net,
+                       journal)
+
+
+Leg = tuple[str, str, int]  # (account, side, amount_minor)
+
+
+def mirror_mismatch(original: tuple[str, str, int, int, int],
+                    original_legs: Iterable[Leg],
+                    reversal: tuple[str, str, int, int, int],
+                    reversal_legs: Iterable[Leg]) -> str | None:
+    """How a reversal journal fails to mirror its original exactly, or None when it does.
+
+    `original` and `reversal`: (kind, currency, gross, fee, net) of each journal. Exact mirror:
+    the reversal kind of the original's kind, the same currency and amounts, and the same
+    legs (account, amount) with every side swapped.
+    """
+    o_kind, o_currency, *o_amounts = original
+    r_kind, r_currency, *r_amounts = reversal
+    if REVERSED_KIND.get(r_kind) != o_kind:
+        return f"a {r_kind} journal cannot reverse a {o_kind} journal"
+    if o_currency != r_currency:
+        return f"currency {r_currency} differs from the original's {o_currency}"
+    if o_amounts != r_amounts:
+        return (f"gross/fee/net {tuple(r_amounts)} differ from the original's "
+                f"{tuple(o_amounts)}")
+    swapped = sorted((account, CREDIT if side == DEBIT else DEBIT, amount)
+                     for account, side, amount in original_legs)
+    legs = sorted(reversal_legs)
+    if legs != swapped:
+        return f"postings {legs} are not the original's swapped {swapped}"
+    return None
 
 
 def carry(net_minor: int, carried_in_minor: int) -> tuple[int, int]:

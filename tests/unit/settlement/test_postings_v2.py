@@ -8,11 +8,15 @@ from hypothesis import strategies as st
 
 from settlement.ledger import balances
 from settlement.postings_v2 import (
+    KindJournal,
     PostingError,
     carry,
+    mirror_mismatch,
     payment_journal,
+    payment_reversal_journal,
     payout_journal,
     refund_journal,
+    refund_reversal_journal,
 )
 
 
@@ -67,3 +71,79 @@ def test_carry_forward_pays_exactly_the_positive_running_balance(nets: list[int]
     assert paid + carried == sum(nets)
     with pytest.raises(PostingError):
         carry(0, 1)
+
+
+def _legs(posted: KindJournal) -> list[tuple[str, str, int]]:
+    return [(p.account, p.side, p.amount_minor) for p in posted.journal.postings]
+
+
+def _head(posted: KindJournal) -> tuple[str, str, int, int, int]:
+    return (posted.kind, posted.currency, posted.gross_minor, posted.fee_minor,
+            posted.net_minor)
+
+
+@given(gross=st.integers(1, 10**12), data=st.data())
+def test_a_payment_reversal_is_the_exact_mirror_of_the_payment_journal(
+        gross: int, data: st.DataObject) -> None:
+    fee = data.draw(st.integers(0, gross))
+    payment = payment_journal("p1", "m1", "alipay", gross, fee, "CNY")
+    reversal = payment_reversal_journal("p1", "m1", "alipay", gross, fee, gross - fee, "CNY")
+    assert (reversal.kind, reversal.source_id, reversal.payment_id) == (
+        "PAYMENT_REVERSAL", "p1", "p1")
+    assert reversal.journal_id == "PR:p1"
+    assert mirror_mismatch(_head(payment), _legs(payment), _head(reversal),
+                           _legs(reversal)) is None
+    # Together they leave every account where it was.
+    totals = balances(payment.journal.postings + reversal.journal.postings)
+    assert all(v == 0 for v in totals.values())
+
+
+@given(amount=st.integers(1, 10**12), data=st.data())
+def test_a_refund_reversal_is_the_exact_mirror_of_the_refund_journal(
+        amount: int, data: st.DataObject) -> None:
+    fee = data.draw(st.integers(0, amount))
+    refund = refund_journal("p1", "r1", "m1", "alipay", amount, fee, amount - fee, "CNY")
+    reversal = refund_reversal_journal("p1", "r1", "m1", "alipay", amount, fee, amount - fee,
+                                       "CNY")
+    assert (reversal.kind, reversal.source_id, reversal.payment_id) == (
+        "REFUND_REVERSAL", "p1/r1", "p1")
+    assert reversal.journal_id == "RR:p1/r1"
+    assert mirror_mismatch(_head(refund), _legs(refund), _head(reversal),
+                           _legs(reversal)) is None
+    totals = balances(refund.journal.postings + reversal.journal.postings)
+    assert all(v == 0 for v in totals.values())
+    assert balances(reversal.journal.postings).get(("payable:m1", "CNY"), 0) == -(amount - fee)
+
+
+@pytest.mark.parametrize(("gross", "fee", "net"), [
+    (0, 0, 0), (100, 10, 80), (100, -1, 101), (100, 101, -1), (True, 0, 1), (100, 0, 99),
+])
+def test_a_reversal_split_that_does_not_add_up_is_refused(gross: int, fee: int,
+                                                          net: int) -> None:
+    with pytest.raises(PostingError):
+        payment_reversal_journal("p1", "m1", "alipay", gross, fee, net, "CNY")
+    with pytest.raises(PostingError):
+        refund_reversal_journal("p1", "r1", "m1", "alipay", gross, fee, net, "CNY")
+
+
+def test_a_reversal_that_is_not_the_mirror_says_how() -> None:
+    payment = payment_journal("p1", "m1", "alipay", 10_000, 60, "CNY")
+    refund = refund_journal("p1", "r1", "m1", "alipay", 3_000, 18, 2_982, "CNY")
+
+    def mismatch(original: KindJournal, reversal: KindJournal) -> str | None:
+        return mirror_mismatch(_head(original), _legs(original), _head(reversal),
+                               _legs(reversal))
+
+    other_fee = payment_reversal_journal("p1", "m1", "alipay", 10_000, 61, 9_939, "CNY")
+    assert "differ" in (mismatch(payment, other_fee) or "")
+    other_merchant = payment_reversal_journal("p1", "m2", "alipay", 10_000, 60, 9_940, "CNY")
+    assert "swapped" in (mismatch(payment, other_merchant) or "")
+    other_currency = payment_reversal_journal("p1", "m1", "alipay", 10_000, 60, 9_940, "USD")
+    assert "currency" in (mismatch(payment, other_currency) or "")
+    of_refund = refund_reversal_journal("p1", "r1", "m1", "alipay", 3_000, 18, 2_982, "CNY")
+    assert mismatch(refund, of_refund) is None
+    assert "cannot reverse" in (mismatch(payment, of_refund) or "")
+    # A journal posted with the original's sides (not swapped) is no mirror.
+    assert "swapped" in (mirror_mismatch(("PAYMENT", "CNY", 10_000, 60, 9_940), _legs(payment),
+                                         ("PAYMENT_REVERSAL", "CNY", 10_000, 60, 9_940),
+                                         _legs(payment)) or "")
