@@ -649,6 +649,14 @@ def deadline_ms(book: RefundBook, policy: RefundPolicy) -> int | None:
     return min(dues) if dues else None
 
 
+def stored_deadline_ms(data: Mapping[str, Any], policy: RefundPolicy) -> int | None:
+    """deadline_ms of a book as stored (RefundBook.to_dict), without reading it whole: the
+    stage asks on every write, where a full read (and its checks) is not needed."""
+    sla = policy.sla_ms_for(data["channel"])
+    dues = [r["routed_at_ms"] + sla for r in data["refunds"] if r["state"] == PENDING]
+    return min(dues) if dues else None
+
+
 def on_tick(book: RefundBook, now_ms: int, policy: RefundPolicy,
             ) -> tuple[RefundBook, list[RefundOutcome]]:
     """Declare MISSING_CONFIRMATION for every pending refund past the channel's SLA; its

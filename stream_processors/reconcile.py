@@ -495,10 +495,9 @@ class ReconcileProcessor:
         return min(times) if times else None
 
     def _book_due(self, raw: Any) -> int | None:
-        book = book_of(raw)
-        if book is None:
+        if not isinstance(raw, dict) or raw.get("book") is None:
             return None
-        return rf.deadline_ms(book, self.refunds.policy)
+        return rf.stored_deadline_ms(raw["book"], self.refunds.policy)
 
     def _next_due_raw(self, raw: dict[str, Any]) -> int | None:
         """The next deadline of a value: its state's, its refunds' or its book's eviction."""

@@ -280,6 +280,24 @@ def bench_all_cmd(count: int | None, runs: int | None, quick: bool, seed: int,
                reference_rate)
 
 
+@bench.command("refunds-cpu")
+@click.option("--count", type=click.IntRange(min=100), default=20_000, show_default=True,
+              help="Payments per run.")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Alternated runs each way; the median counts.")
+@click.option("--ratio", type=click.FloatRange(0.001, 1), default=0.05, show_default=True,
+              help="Share of the payments refunded (a request and a SUCCEEDED answer each).")
+def bench_refunds_cpu_cmd(count: int, runs: int, ratio: float) -> None:
+    """CPU of the refund path in the reconcile processor alone: no broker, no faust.
+
+    The same payments with and without refunds of a share of them, side by side in one
+    process: CPU per 1,000 payments both ways and CPU per refund.
+    """
+    from settle.benchmarks.refunds_cpu import bench_refunds_cpu, format_report
+
+    click.echo(format_report(bench_refunds_cpu(count, runs, ratio)))
+
+
 @bench.command("validate-cpu")
 @click.option("--count", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Inputs per run.")

@@ -347,3 +347,10 @@ def test_book_agrees_with_a_reference_model(steps: list[tuple], captured: int,
         assert returned == exact or reversed_any
         if refunded == captured:
             assert returned == fee or reversed_any
+
+
+def test_the_stored_deadline_is_the_books() -> None:
+    b = accepted(100, 200)
+    assert rf.stored_deadline_ms(b.to_dict(), POLICY) == rf.deadline_ms(b, POLICY) == T0 + 1000
+    done, _ = rf.on_tick(b, T0 + 1000, POLICY)
+    assert rf.stored_deadline_ms(done.to_dict(), POLICY) is None
