@@ -115,7 +115,8 @@ BATCHES_CLOSED = Counter(
 )
 BATCH_AMOUNTS_CLOSED = Counter(
     "settle_batch_amounts_closed_minor_total",
-    "Minor units in closed settlement batches per currency and kind (gross, fee, net)",
+    "Minor units in closed settlement batches per currency and kind (gross, fee, net of "
+    "payments; refund_gross, refund_fee, refund_net; payout; carried_out), all positive",
     ["currency", "kind"],
 )
 BATCH_ITEMS = Counter(
