@@ -1,5 +1,6 @@
 """The channel-gateway simulator process: consume routed payments and routed refunds, answer
-them when due (channel.confirmations, channel.refund_confirmations).
+them when due (channel.confirmations, channel.refund_confirmations), and reverse the share of
+them its config says a while later (status REVERSED on the same topics).
 
 Failure policy: an undecodable routed record is counted and skipped (it is not the
 simulator's to dead-letter); a confirmation the broker refuses stops the run with
@@ -27,6 +28,7 @@ from producers import metrics
 from producers.channels import (
     FAULT_ORPHAN,
     ORPHAN_PREFIX,
+    REVERSED,
     ChannelSimConfig,
     PlannedConfirmation,
     decide,
@@ -121,6 +123,9 @@ class SimStats:
     refund_faults: Counter[str] = field(default_factory=Counter)
     refunds_declined: Counter[str] = field(default_factory=Counter)
     refunds_published: Counter[str] = field(default_factory=Counter)
+    # REVERSED answers published per channel (payments, refunds); counted in published too.
+    reversals: Counter[str] = field(default_factory=Counter)
+    refund_reversals: Counter[str] = field(default_factory=Counter)
     orphans: int = 0
     delivered: int = 0
     failed: int = 0
@@ -374,13 +379,17 @@ class ChannelSimulator:
                 time.sleep(1.0)
                 return
             heapq.heappop(self._heap)
+            channel, status = str(record["channel"]), str(record["status"])
             if refund:
-                self.stats.refunds_published[str(record["channel"])] += 1
-                metrics.REFUND_CONFIRMATIONS.labels(str(record["channel"]),
-                                                    str(record["status"])).inc()
+                self.stats.refunds_published[channel] += 1
+                if status == REVERSED:
+                    self.stats.refund_reversals[channel] += 1
+                metrics.REFUND_CONFIRMATIONS.labels(channel, status).inc()
             else:
-                self.stats.published[str(record["channel"])] += 1
-                metrics.CONFIRMATIONS.labels(str(record["channel"]), str(record["status"])).inc()
+                self.stats.published[channel] += 1
+                if status == REVERSED:
+                    self.stats.reversals[channel] += 1
+                metrics.CONFIRMATIONS.labels(channel, status).inc()
             if due.planned.key.startswith(ORPHAN_PREFIX) and due.planned.fault == FAULT_ORPHAN:
                 self.stats.orphans += 1
             self._tracker.produced(due.source, due.offset)

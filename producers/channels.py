@@ -3,7 +3,15 @@ or a routed refund.
 
 Pure: every decision is a function of (seed, payment_id) (of (seed, payment_id/refund_id) for a
 refund) through SHA-256, never of RNG state or arrival order, so the same seed gives the same
-declines and faults on any replay.
+declines, faults and reversals on any replay.
+
+Reversals: a share (`reversal_rate`) of the payments answered SUCCEEDED without a fault get a
+second ChannelConfirmation `reversal_delay_ms` after the first, status REVERSED, for the full
+amount, with its own confirmation_id (the channel took the captured payment back); a share
+(`refund_reversal_rate`) of the refunds answered SUCCEEDED without a fault get a REVERSED
+ChannelRefundConfirmation for the refund's amount (the refund came back to the channel). A
+faulted answer (mismatch, duplicate, orphan, late) is never reversed, so the expected results
+stay exact.
 """
 
 from __future__ import annotations
@@ -39,8 +47,11 @@ __all__ = [
     "FAULT_NONE",
     "FAULT_ORPHAN",
     "ORPHAN_PREFIX",
+    "PAYMENT_REVERSED",
     "REFUND_DECLINE_CODES",
     "REFUND_FAULTS",
+    "REFUND_REVERSED",
+    "REVERSED",
     "ChannelSimConfig",
     "Decision",
     "PlannedConfirmation",
@@ -52,6 +63,8 @@ __all__ = [
     "plan_confirmations",
     "plan_refund_confirmations",
     "refund_confirmation_id",
+    "refund_reversal_confirmation_id",
+    "reversal_confirmation_id",
 ]
 
 FAULT_NONE: Final = "none"
@@ -77,6 +90,10 @@ DECLINE_CODES: Final = (
     "INSUFFICIENT_FUNDS", "DO_NOT_HONOR", "RISK_REJECTED", "EXPIRED_CARD", "USER_CANCELLED",
     "LIMIT_EXCEEDED",
 )
+# ConfirmationStatus of a reversal, and the reconcile stage's outcomes for an applied one.
+REVERSED: Final = "REVERSED"
+PAYMENT_REVERSED: Final = "PAYMENT_REVERSED"
+REFUND_REVERSED: Final = "REFUND_REVERSED"
 _TXN_PREFIX: Final = {"ALIPAY": "ALI", "WECHAT_PAY": "WX", "UNIONPAY": "UP", "CARD": "CRD"}
 _MISMATCH_CURRENCIES: Final = ("CNY", "USD", "HKD", "EUR")
 _U64: Final = 2**64
@@ -98,13 +115,19 @@ class ChannelSimConfig:
     refund_decline_rate: float = 0.02
     refund_fault_rate: float = 0.02
     refund_faults: tuple[str, ...] = REFUND_FAULTS
+    # Reversals: shares of the clean SUCCEEDED payments and refunds the channel takes back
+    # `reversal_delay_ms` after its answer (0 turns them off).
+    reversal_rate: float = 0.005
+    refund_reversal_rate: float = 0.01
+    reversal_delay_ms: int = 3_000
 
     def __post_init__(self) -> None:
-        for name in ("decline_rate", "fault_rate", "refund_decline_rate", "refund_fault_rate"):
+        for name in ("decline_rate", "fault_rate", "refund_decline_rate", "refund_fault_rate",
+                     "reversal_rate", "refund_reversal_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise SimulatorConfigError(f"{name} must lie in [0, 1], got {rate}")
-        for name in ("latency_ms", "late_ms", "duplicate_gap_ms"):
+        for name in ("latency_ms", "late_ms", "duplicate_gap_ms", "reversal_delay_ms"):
             if getattr(self, name) < 0:
                 raise SimulatorConfigError(f"{name} must be >= 0")
         unknown = sorted(set(self.faults) - set(FAULTS))
@@ -142,11 +165,13 @@ class PlannedConfirmation:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the channel does with one payment."""
+    """What the channel does with one payment (or refund); `reversed`: it later sends a
+    REVERSED answer (only for a clean SUCCEEDED one)."""
 
     fault: str
     declined: bool
     decline_code: str | None
+    reversed: bool = False
 
 
 def _digest(seed: int, payment_id: str, salt: str) -> bytes:
@@ -173,12 +198,21 @@ def decide(payment_id: str, config: ChannelSimConfig) -> Decision:
     code = None
     if declined:
         code = DECLINE_CODES[_index(config.seed, payment_id, "decline-code", len(DECLINE_CODES))]
-    return Decision(fault, declined, code)
+    reversed_ = (fault == FAULT_NONE and not declined and config.reversal_rate > 0
+                 and _unit(config.seed, payment_id, "reversal") < config.reversal_rate)
+    return Decision(fault, declined, code, reversed_)
 
 
 def confirmation_id(payment_id: str, attempt: int) -> str:
     """Deterministic per (payment_id, attempt): a replayed answer keeps its id, so it dedupes."""
     digest = hashlib.sha256(f"{payment_id}\x1f{attempt}".encode()).hexdigest()
+    return f"cnf-{digest[:32]}"
+
+
+def reversal_confirmation_id(payment_id: str) -> str:
+    """The id of a payment's REVERSED answer (at most one per payment), distinct from its
+    answers' ids."""
+    digest = hashlib.sha256(f"reversal\x1f{payment_id}".encode()).hexdigest()
     return f"cnf-{digest[:32]}"
 
 
@@ -220,7 +254,8 @@ def plan_confirmations(
 
     `routed` needs payment_id, channel (the Channel enum symbol), amount_minor and currency.
     Returns nothing for a missing confirmation, two for a duplicate (different ids) and an
-    orphan (one for the payment, one for a payment_id that was never routed), one otherwise.
+    orphan (one for the payment, one for a payment_id that was never routed), two for a
+    reversed payment (SUCCEEDED, then REVERSED `reversal_delay_ms` later), one otherwise.
     """
     payment_id = str(routed["payment_id"])
     decision = decide(payment_id, config)
@@ -250,6 +285,12 @@ def plan_confirmations(
         clean = Decision(FAULT_NONE, False, None)
         orphan = _confirmation(routed, orphan_id, 0, due_ms, clean)
         planned.append(PlannedConfirmation(due_ms, orphan, fault))
+    if decision.reversed:
+        # The channel takes the whole capture back: same transaction, its own answer id.
+        reversal_ms = due_ms + config.reversal_delay_ms
+        reversal = {**first, "confirmation_id": reversal_confirmation_id(payment_id),
+                    "status": REVERSED, "confirmed_at": reversal_ms}
+        planned.append(PlannedConfirmation(reversal_ms, reversal, fault))
     return planned
 
 
@@ -258,8 +299,11 @@ def expected_results(decision: Decision) -> tuple[str, ...]:
 
     A late answer is expected after the reconciler's SLA (late_ms must exceed it): the
     payment goes MISSING first and the late answer then matches it (or is recorded as late).
+    A reversed payment (a clean capture) is MATCHED, then PAYMENT_REVERSED.
     """
     answer = DECLINED if decision.declined else MATCHED
+    if decision.reversed:
+        return (MATCHED, PAYMENT_REVERSED)
     return {
         FAULT_NONE: (answer,),
         FAULT_AMOUNT_MISMATCH: (AMOUNT_MISMATCH,),
@@ -291,12 +335,20 @@ def decide_refund(payment_id: str, refund_id: str, config: ChannelSimConfig) -> 
     if declined:
         code = REFUND_DECLINE_CODES[_index(seed, name, "refund-decline-code",
                                            len(REFUND_DECLINE_CODES))]
-    return Decision(fault, declined, code)
+    reversed_ = (fault == FAULT_NONE and not declined and config.refund_reversal_rate > 0
+                 and _unit(seed, name, "refund-reversal") < config.refund_reversal_rate)
+    return Decision(fault, declined, code, reversed_)
 
 
 def refund_confirmation_id(payment_id: str, refund_id: str, attempt: int) -> str:
     """Deterministic per (payment_id, refund_id, attempt): a replayed answer keeps its id."""
     digest = hashlib.sha256(f"refund\x1f{payment_id}\x1f{refund_id}\x1f{attempt}".encode())
+    return f"rcf-{digest.hexdigest()[:32]}"
+
+
+def refund_reversal_confirmation_id(payment_id: str, refund_id: str) -> str:
+    """The id of a refund's REVERSED answer (at most one per refund)."""
+    digest = hashlib.sha256(f"refund-reversal\x1f{payment_id}\x1f{refund_id}".encode())
     return f"rcf-{digest.hexdigest()[:32]}"
 
 
@@ -333,7 +385,8 @@ def plan_refund_confirmations(
 
     Nothing for a missing answer; for a duplicate three records: the answer, the same answer
     redelivered (same confirmation_id, dropped downstream) and a second answer with its own
-    confirmation_id (a DUPLICATE_CONFIRMATION); one otherwise.
+    confirmation_id (a DUPLICATE_CONFIRMATION); for a reversed refund two (SUCCEEDED, then
+    REVERSED `reversal_delay_ms` later); one otherwise.
     """
     payment_id, refund_id = str(routed["payment_id"]), str(routed["refund_id"])
     name = refund_source_id(payment_id, refund_id)
@@ -356,13 +409,22 @@ def plan_refund_confirmations(
         planned.append(PlannedConfirmation(due_ms + gap // 2, dict(first), fault))
         second = _refund_confirmation(routed, 1, due_ms + gap, decision)
         planned.append(PlannedConfirmation(due_ms + gap, second, fault))
+    if decision.reversed:
+        reversal_ms = due_ms + config.reversal_delay_ms
+        reversal = {**first, "confirmation_id": refund_reversal_confirmation_id(payment_id,
+                                                                                refund_id),
+                    "status": REVERSED, "confirmed_at": reversal_ms}
+        planned.append(PlannedConfirmation(reversal_ms, reversal, fault))
     return planned
 
 
 def expected_refund_results(decision: Decision) -> tuple[str, ...]:
     """The refund results a routed refund with this decision should produce, in order (the
-    redelivered copy of a duplicate is dropped, the second answer is a duplicate)."""
+    redelivered copy of a duplicate is dropped, the second answer is a duplicate; a reversed
+    refund is MATCHED, then REFUND_REVERSED)."""
     answer = DECLINED if decision.declined else MATCHED
+    if decision.reversed:
+        return (MATCHED, REFUND_REVERSED)
     return {
         FAULT_NONE: (answer,),
         FAULT_AMOUNT_MISMATCH: (AMOUNT_MISMATCH,),

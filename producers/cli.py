@@ -191,6 +191,16 @@ def simulate() -> None:
               help="The channel simulator's --decline-rate (with --channel-seed).")
 @click.option("--channel-fault-rate", default=0.02, show_default=True, type=_RATIO,
               help="The channel simulator's --fault-rate (with --channel-seed).")
+@click.option("--channel-refund-decline-rate", default=0.02, show_default=True, type=_RATIO,
+              help="The channel simulator's --refund-decline-rate (with --channel-seed).")
+@click.option("--channel-refund-fault-rate", default=0.02, show_default=True, type=_RATIO,
+              help="The channel simulator's --refund-fault-rate (with --channel-seed).")
+@click.option("--channel-reversal-rate", default=0.005, show_default=True, type=_RATIO,
+              help="The channel simulator's --reversal-rate (with --channel-seed): payments it "
+                   "reverses get no refunds and are counted in the report.")
+@click.option("--channel-refund-reversal-rate", default=0.01, show_default=True, type=_RATIO,
+              help="The channel simulator's --refund-reversal-rate (with --channel-seed): "
+                   "accepted refunds it reverses are counted in the report.")
 @topic_prefix_option
 @click.option("--dry-run", is_flag=True, help="Generate and summarise without publishing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -199,8 +209,10 @@ def simulate_orders(
     count: int, rate: float, seed: int | None, merchants_file: Path | None, bad_ratio: float,
     bad_kinds: str, duplicate_ratio: float, conflict_ratio: float, refund_ratio: float,
     refund_delay_ms: int, refund_late_delay_ms: int, channel_seed: int | None,
-    channel_decline_rate: float, channel_fault_rate: float, topic_prefix: str,
-    dry_run: bool, report_path: Path | None,
+    channel_decline_rate: float, channel_fault_rate: float, channel_refund_decline_rate: float,
+    channel_refund_fault_rate: float, channel_reversal_rate: float,
+    channel_refund_reversal_rate: float, topic_prefix: str, dry_run: bool,
+    report_path: Path | None,
 ) -> None:
     """Publish a realistic, seed-reproducible flow of payment requests to payments.requested.
 
@@ -230,7 +242,10 @@ def simulate_orders(
     refund_topic = topic_prefix + REFUNDS_REQUESTED
     stats = FlowStats(refund_topic=refund_topic if refund_ratio > 0 else None)
     channel = None if channel_seed is None else ChannelSimConfig(
-        seed=channel_seed, decline_rate=channel_decline_rate, fault_rate=channel_fault_rate)
+        seed=channel_seed, decline_rate=channel_decline_rate, fault_rate=channel_fault_rate,
+        refund_decline_rate=channel_refund_decline_rate,
+        refund_fault_rate=channel_refund_fault_rate, reversal_rate=channel_reversal_rate,
+        refund_reversal_rate=channel_refund_reversal_rate)
     refund_mix = RefundMix(ratio=refund_ratio, delay_ms=refund_delay_ms,
                            late_delay_ms=refund_late_delay_ms, channel=channel)
     planner = RefundPlanner(seed, refund_mix) if refund_ratio > 0 else None
@@ -238,7 +253,7 @@ def simulate_orders(
                   f"{'unlimited' if rate == 0 else f'{rate:g}/s'} · topic {topic}")
     if dry_run:
         publish_orders(None, topic, generate_orders(seed, count, entries, mix), stats,
-                       refunds=planner, refund_topic=refund_topic)
+                       refunds=planner, refund_topic=refund_topic, channel=channel)
     else:
         from producers.metrics import serve
 
@@ -260,7 +275,7 @@ def simulate_orders(
                     progress.update(task, advance=1, rate=shown)
 
                 publish_orders(producer, topic, orders, stats, rate, on_sent=advance,
-                               refunds=planner, refund_topic=refund_topic)
+                               refunds=planner, refund_topic=refund_topic, channel=channel)
     for table in summary_tables(stats, topic, dry_run):
         console.print(table)
     if report_path is not None:
@@ -269,7 +284,10 @@ def simulate_orders(
                           "conflict_ratio": conflict_ratio, "bad_kinds": list(mix.bad_kinds),
                           "refund_ratio": refund_ratio, "refund_delay_ms": refund_delay_ms,
                           "refund_late_delay_ms": refund_late_delay_ms,
-                          "channel_seed": channel_seed},
+                          "channel_seed": channel_seed,
+                          **({} if channel is None else {
+                              "channel_reversal_rate": channel.reversal_rate,
+                              "channel_refund_reversal_rate": channel.refund_reversal_rate})},
                   **stats.to_dict()}
         report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         console.print(f"report written to {report_path}")
@@ -307,12 +325,24 @@ def simulate_orders(
               help="Share of routed refunds that get one injected fault.")
 @click.option("--refund-faults", default=",".join(REFUND_FAULTS), show_default=True,
               help="Comma-separated refund faults to draw from.")
+@click.option("--reversal-rate", default=0.005, show_default=True, type=_RATIO,
+              help="Share of payments answered SUCCEEDED (without a fault) the channel later "
+                   "reverses: a second confirmation, status REVERSED, full amount, its own "
+                   "confirmation_id. 0 turns it off.")
+@click.option("--refund-reversal-rate", default=0.01, show_default=True, type=_RATIO,
+              help="Share of refunds answered SUCCEEDED (without a fault) that come back: a "
+                   "second refund confirmation, status REVERSED, for the refund's amount. "
+                   "0 turns it off.")
+@click.option("--reversal-delay-ms", default=3_000, show_default=True,
+              type=click.IntRange(min=0),
+              help="A reversal comes this long after the SUCCEEDED answer it reverses.")
 @topic_prefix_option
 def simulate_channels(
     seed: int, latency_ms: int, decline_rate: float, fault_rate: float, faults: str,
     late_ms: int, group: str, channel_names: str, idle_exit_s: float | None,
     max_records: int | None, refunds: bool, refund_decline_rate: float,
-    refund_fault_rate: float, refund_faults: str, topic_prefix: str,
+    refund_fault_rate: float, refund_faults: str, reversal_rate: float,
+    refund_reversal_rate: float, reversal_delay_ms: int, topic_prefix: str,
 ) -> None:
     """Answer routed payments like the channel gateways would, on channel.confirmations.
 
@@ -323,6 +353,8 @@ def simulate_channels(
     Routed refunds of the simulated channels (refunds.routed, the channel in the record) are
     answered alike with a ChannelRefundConfirmation on channel.refund_confirmations (faults
     amount_mismatch, missing, duplicate: the same answer redelivered and a second one, late).
+    A share of the clean SUCCEEDED payments and refunds are reversed --reversal-delay-ms
+    later (status REVERSED, decided by the same hash).
     Runs until Ctrl-C, --idle-exit-s or --max-records, then prints per-channel and per-fault
     counts. The pipeline never depends on it: any client may publish confirmations.
     """
@@ -341,6 +373,8 @@ def simulate_channels(
         seed=seed, latency_ms=latency_ms, decline_rate=decline_rate, fault_rate=fault_rate,
         faults=_csv(faults), late_ms=late_ms, refund_decline_rate=refund_decline_rate,
         refund_fault_rate=refund_fault_rate, refund_faults=_csv(refund_faults),
+        reversal_rate=reversal_rate, refund_reversal_rate=refund_reversal_rate,
+        reversal_delay_ms=reversal_delay_ms,
     )
     routed = [f"{topic_prefix}payments.routed.{name}" for name in _csv(channel_names)]
     refunds_topic = topic_prefix + REFUNDS_ROUTED if refunds else None

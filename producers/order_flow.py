@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from producers import metrics
+from producers.channels import ChannelSimConfig, decide
 from producers.clients import wall_clock_ms
 from producers.order_faults import BAD_REASONS, GARBAGE_ERRORS
 from producers.orders import CONFLICT, DUPLICATE, OUTCOMES, VALID, Accounting, SimulatedOrder
@@ -66,6 +67,10 @@ class FlowStats:
     refunds_unsent: int = 0  # planned, not sent (the run was interrupted)
     refunds_delivered: int = 0
     refund_topic: str | None = None
+    # Valid payments the channel simulator will reverse, and their amounts per currency:
+    # None when its settings are not known (a reversal is then not predictable).
+    payment_reversals: int | None = None
+    payment_reversed_minor: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
     interrupted: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -86,7 +91,12 @@ class FlowStats:
     def rate_per_s(self) -> float:
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def reversals_known(self) -> bool:
+        return self.payment_reversals is not None
+
     def to_dict(self) -> dict[str, Any]:
+        known = self.reversals_known
         return {
             "sent": self.sent,
             "delivered": self.delivered,
@@ -96,8 +106,15 @@ class FlowStats:
             "by_method": dict(sorted(self.by_method.items())),
             "by_currency": dict(sorted(self.by_currency.items())),
             "expected": self.expected.to_dict(),
+            # Reversals the channel simulator's settings decide (null: settings not known).
+            "payment_reversals": None if not known else {
+                "count": self.payment_reversals,
+                "minor_by_currency": dict(sorted(self.payment_reversed_minor.items())),
+            },
             "refunds": {**self.refunds.to_dict(), "unsent": self.refunds_unsent,
-                        "delivered": self.refunds_delivered, "topic": self.refund_topic},
+                        "delivered": self.refunds_delivered, "topic": self.refund_topic,
+                        **({} if known else {"reversed": None,
+                                             "reversed_minor_by_currency": None})},
         }
 
 
@@ -162,6 +179,7 @@ def publish_orders(
     refunds: RefundPlanner | None = None,
     refund_topic: str = "refunds.requested",
     clock_ms: Callable[[], int] = wall_clock_ms,
+    channel: ChannelSimConfig | None = None,
 ) -> FlowStats:
     """Publish orders at up to `rate_per_s` (0: as fast as possible); None publisher = dry run.
 
@@ -169,9 +187,12 @@ def publish_orders(
     instead of lowering the rate for the rest of the run. With `refunds`, each valid payment
     may get refunds (see producers.refund_flow), sent to `refund_topic` when due: between
     orders, then after the last order until the last refund is out (a dry run counts them
-    without waiting).
+    without waiting). With the channel simulator's settings (`channel`), the valid payments it
+    will reverse are counted (stats.payment_reversals; None without them).
     """
     started = monotonic()
+    if channel is not None and stats.payment_reversals is None:
+        stats.payment_reversals = 0
     sender = None
     if refunds is not None:
         sender = RefundSender(publisher, refund_topic, refunds, stats, clock_ms)
@@ -189,6 +210,10 @@ def publish_orders(
             if order.record is not None and order.kind == VALID:
                 stats.by_method[order.record["method"]] += 1
                 stats.by_currency[order.record["currency"]] += 1
+                if channel is not None and decide(order.payment_id, channel).reversed:
+                    stats.payment_reversals = (stats.payment_reversals or 0) + 1
+                    stats.payment_reversed_minor[order.record["currency"]] += int(
+                        order.record["amount_minor"])
                 if refunds is not None:
                     refunds.on_payment(order.record, clock_ms())
             if on_sent is not None:
@@ -242,6 +267,9 @@ def summary_tables(stats: FlowStats, topic: str, dry_run: bool = False) -> list[
     run.add_row("conflicts", str(kinds[CONFLICT]))
     injected = sum(n for kind, n in kinds.items() if kind.startswith(("bad-", "garbage-")))
     run.add_row("bad injected", str(injected))
+    run.add_row("payment reversals (channel)",
+                "unknown: no channel settings" if stats.payment_reversals is None
+                else str(stats.payment_reversals))
 
     mix = Table(title="valid payments by method and currency")
     mix.add_column("by method")
@@ -270,11 +298,13 @@ def summary_tables(stats: FlowStats, topic: str, dry_run: bool = False) -> list[
         tables.append(bad)
     tables.append(expected)
     if stats.refund_topic is not None:
-        tables.append(refund_table(stats.refunds, stats.refunds_unsent))
+        tables.append(refund_table(stats.refunds, stats.refunds_unsent,
+                                   stats.reversals_known))
     return tables
 
 
-def refund_table(refunds: RefundAccounting, unsent: int = 0) -> Table:
+def refund_table(refunds: RefundAccounting, unsent: int = 0,
+                 reversals_known: bool = False) -> Table:
     """Refund requests sent by scenario, and what the reconcile stage must decide."""
     table = Table(title="refund requests by scenario (expected decision at reconcile)")
     table.add_column("scenario")
@@ -293,8 +323,10 @@ def refund_table(refunds: RefundAccounting, unsent: int = 0) -> Table:
     table.add_row("[bold]all[/]", f"[bold]{refunds.count}[/]",
                   *(str(refunds.outcomes[o]) for o in REFUND_OUTCOMES))
     reasons = ", ".join(f"{r} {n}" for r, n in sorted(refunds.reasons.items())) or "-"
-    table.caption = f"rejections: {reasons}" + (f"; {unsent} planned, not sent" if unsent
-                                                else "")
+    reversed_ = (f"; accepted the channel reverses: {refunds.reversed}" if reversals_known
+                 else "")
+    table.caption = (f"rejections: {reasons}{reversed_}"
+                     + (f"; {unsent} planned, not sent" if unsent else ""))
     return table
 
 

@@ -20,8 +20,17 @@ earlier is rejected PAYMENT_NOT_CAPTURED, a valid but unhelpful outcome), the la
 The expected decisions assume the payment is MATCHED when its refund arrives. Given the
 channel simulator's settings (`channel`), the planner knows which payments the channel
 declines (the only source of `declined`) and leaves payments it faults (missing, mismatch,
-late...) without refunds, so the expectation is exact; without them, `declined` is never
-planned and a refund of a payment the channel declines or faults is mis-expected.
+late...) or reverses without refunds, so the expectation is exact; without them, `declined`
+is never planned and a refund of a payment the channel declines, faults or reverses is
+mis-expected.
+
+Refund reversals: a refund the channel reverses (REVERSED after its SUCCEEDED answer) was
+still accepted when requested, so it counts as accepted, and, with `channel`, also as
+`reversed` (its amount in reversed_minor). A reversal makes its amount refundable again, so
+a race whose accepted refunds the channel reverses does not send its racing third request
+(whether it is rejected would depend on when the reversal arrives); every other scenario
+decides the same whatever the timing (an identical re-send is deduplicated and a refund_id
+re-used with another amount is a conflict, reversed or not).
 Pure apart from the caller's clock: every choice comes from a RNG seeded by the run's seed
 (its own stream, so adding refunds never changes the payments).
 """
@@ -32,10 +41,10 @@ import heapq
 import random
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from producers.channels import FAULT_NONE, ChannelSimConfig, decide
+from producers.channels import FAULT_NONE, ChannelSimConfig, decide, decide_refund
 from producers.errors import SimulatorConfigError
 
 FULL: Final = "full"
@@ -107,7 +116,8 @@ class PlannedRefund:
     """One RefundRequested to send at `due_ms` and what the reconcile stage must decide.
 
     `record` lacks requested_at (stamped at send time); a re-send (`same_as`: the seq of the
-    request it repeats) is sent as the very record sent then.
+    request it repeats) is sent as the very record sent then. `reversed`: an accepted refund
+    the channel will reverse (known only from the channel's settings).
     """
 
     seq: int
@@ -117,6 +127,7 @@ class PlannedRefund:
     expected: str
     reason: str | None = None
     same_as: int | None = None
+    reversed: bool = False
 
     @property
     def key(self) -> str:
@@ -133,6 +144,9 @@ class RefundAccounting:
     reasons: Counter[str] = field(default_factory=Counter)
     accepted_minor: Counter[str] = field(default_factory=Counter)  # per currency
     by_scenario_outcome: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Accepted refunds the channel will reverse (among `accepted`), and their amounts.
+    reversed: int = 0
+    reversed_minor: Counter[str] = field(default_factory=Counter)  # per currency
 
     def add(self, refund: PlannedRefund) -> None:
         self.count += 1
@@ -144,6 +158,10 @@ class RefundAccounting:
         if refund.expected == ACCEPTED:
             self.accepted_minor[str(refund.record["currency"])] += int(
                 refund.record["amount_minor"])
+            if refund.reversed:
+                self.reversed += 1
+                self.reversed_minor[str(refund.record["currency"])] += int(
+                    refund.record["amount_minor"])
 
     @property
     def balanced(self) -> bool:
@@ -161,6 +179,8 @@ class RefundAccounting:
             },
             "reasons": dict(sorted(self.reasons.items())),
             "accepted_minor_by_currency": dict(sorted(self.accepted_minor.items())),
+            "reversed": self.reversed,
+            "reversed_minor_by_currency": dict(sorted(self.reversed_minor.items())),
         }
 
 
@@ -214,6 +234,8 @@ class RefundPlanner:
                     return
             elif decision.fault != FAULT_NONE:
                 return  # not MATCHED on time: its refunds' fate depends on timing
+            elif decision.reversed:
+                return  # reversed: its refunds would race the reversal
         if scenario is None:
             if not self._drawable or self.rng.random() >= self.mix.ratio:
                 return
@@ -223,9 +245,24 @@ class RefundPlanner:
                 self.rng.shuffle(self._deck)
             scenario = self._deck.pop()
         self.payments[scenario] += 1
-        for refund in self._plan(scenario, payment, sent_ms):
+        refunds = self._plan(scenario, payment, sent_ms)
+        if channel is not None:
+            refunds = self._with_reversals(refunds, channel)
+        for refund in refunds:
             self.planned.add(refund)
             heapq.heappush(self._heap, (refund.due_ms, refund.seq, refund))
+
+    @staticmethod
+    def _with_reversals(refunds: list[PlannedRefund], channel: ChannelSimConfig
+                        ) -> list[PlannedRefund]:
+        """Mark the accepted refunds the channel will reverse; a race with one drops its
+        racing request (the reversal would make the unit refundable again)."""
+        out = [replace(r, reversed=True) if r.expected == ACCEPTED and decide_refund(
+                   r.key, str(r.record["refund_id"]), channel).reversed else r
+               for r in refunds]
+        if any(r.reversed for r in out) and out[0].scenario == RACE:
+            out = [r for r in out if r.expected == ACCEPTED]
+        return out
 
     def _refund_id(self) -> str:
         self._ids += 1

@@ -79,6 +79,8 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         ("confirmations scheduled", str(stats.scheduled)),
         ("confirmations published", str(published)),
         ("refund answers published", str(sum(stats.refunds_published.values()))),
+        ("payment reversals published", str(sum(stats.reversals.values()))),
+        ("refund reversals published", str(sum(stats.refund_reversals.values()))),
         ("delivered", str(stats.delivered)),
         ("orphan confirmations", str(stats.orphans)),
         ("offset commits", str(stats.commits)),
@@ -96,14 +98,15 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         totals.add_row("[yellow]scheduled, not sent[/]", f"[yellow]{unsent}[/]")
 
     channels = Table(title="per channel")
-    for column in ("channel", "routed", "declined", "confirmations"):
+    for column in ("channel", "routed", "declined", "confirmations", "reversed"):
         channels.add_column(column, justify="right" if column != "channel" else "left")
     for channel in sorted(set(stats.consumed) | set(stats.published)):
         channels.add_row(channel, str(stats.consumed[channel]), str(stats.declined[channel]),
-                         str(stats.published[channel]))
+                         str(stats.published[channel]), str(stats.reversals[channel]))
 
     faults = Table(title=f"per fault (seed {config.seed}, fault rate {config.fault_rate:g}, "
-                         f"decline rate {config.decline_rate:g})")
+                         f"decline rate {config.decline_rate:g}, reversal rate "
+                         f"{config.reversal_rate:g})")
     faults.add_column("fault")
     faults.add_column("payments", justify="right")
     faults.add_column("expected reconciliation (not declined)")
@@ -112,6 +115,9 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         if count or fault in config.faults:
             outcome = " then ".join(expected_results(Decision(fault, False, None)))
             faults.add_row(fault, str(count), outcome)
+    if config.reversal_rate > 0 or stats.reversals:
+        faults.add_row("(reversed)", str(sum(stats.reversals.values())),
+                       " then ".join(expected_results(Decision(FAULT_NONE, False, None, True))))
     tables = [totals, channels, faults]
     if stats.refunds_consumed or stats.refunds_published:
         tables.extend(refund_tables(stats, config))
@@ -121,14 +127,16 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
 def refund_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
     """Routed refunds per channel, then per fault with the refund result it should cause."""
     channels = Table(title="refunds per channel")
-    for column in ("channel", "routed refunds", "failed", "answers"):
+    for column in ("channel", "routed refunds", "failed", "answers", "reversed"):
         channels.add_column(column, justify="right" if column != "channel" else "left")
     for channel in sorted(set(stats.refunds_consumed) | set(stats.refunds_published)):
         channels.add_row(channel, str(stats.refunds_consumed[channel]),
                          str(stats.refunds_declined[channel]),
-                         str(stats.refunds_published[channel]))
+                         str(stats.refunds_published[channel]),
+                         str(stats.refund_reversals[channel]))
     faults = Table(title=f"refunds per fault (fault rate {config.refund_fault_rate:g}, "
-                         f"decline rate {config.refund_decline_rate:g})")
+                         f"decline rate {config.refund_decline_rate:g}, reversal rate "
+                         f"{config.refund_reversal_rate:g})")
     faults.add_column("fault")
     faults.add_column("refunds", justify="right")
     faults.add_column("expected refund result (not failed)")
@@ -137,4 +145,8 @@ def refund_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         if count or fault in config.refund_faults:
             outcome = " then ".join(expected_refund_results(Decision(fault, False, None)))
             faults.add_row(fault, str(count), outcome)
+    if config.refund_reversal_rate > 0 or stats.refund_reversals:
+        faults.add_row("(reversed)", str(sum(stats.refund_reversals.values())),
+                       " then ".join(expected_refund_results(
+                           Decision(FAULT_NONE, False, None, True))))
     return [channels, faults]

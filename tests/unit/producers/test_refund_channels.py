@@ -70,7 +70,8 @@ def test_rates_are_roughly_respected() -> None:
 
 
 def test_clean_answer_refunds_the_routed_amount() -> None:
-    config = ChannelSimConfig(refund_fault_rate=0.0, refund_decline_rate=0.0, latency_ms=50)
+    config = ChannelSimConfig(refund_fault_rate=0.0, refund_decline_rate=0.0, latency_ms=50,
+                              refund_reversal_rate=0.0)
     [planned] = plan_refund_confirmations(routed(1), NOW, config)
     record = planned.record
     assert (record["status"], record["amount_minor"], record["currency"]) == (

@@ -563,7 +563,8 @@ def test_each_fault_shapes_the_confirmations(serializer: AvroSerializer) -> None
 
 
 def test_clean_confirmation_matches_the_routed_payment() -> None:
-    config = ChannelSimConfig(seed=1, fault_rate=0.0, decline_rate=0.0, latency_ms=50)
+    config = ChannelSimConfig(seed=1, fault_rate=0.0, decline_rate=0.0, latency_ms=50,
+                              reversal_rate=0.0)
     for pid in payment_ids(100):
         (planned,) = plan_confirmations(routed(pid, 999, "JPY", "CARD"), NOW_MS, config)
         record = planned.record
