@@ -20,7 +20,12 @@ from infra.config import Settings
 from infra.kafka import make_consumer
 from infra.keyring import configured_keyring
 from infra.registry import registry_client
-from producers.channels import ChannelSimConfig, plan_confirmations, plan_refund_confirmations
+from producers.channels import (
+    ChannelSimConfig,
+    decide,
+    plan_confirmations,
+    plan_refund_confirmations,
+)
 from producers.cli import merchants, simulate
 from producers.clients import read_at, read_to_end, wall_clock_ms
 from producers.merchants import (
@@ -254,6 +259,46 @@ def test_channel_simulator_answers_routed_payments(
                 assert tp.offset == ends[(tp.topic, tp.partition)], tp
     finally:
         consumer.close()
+
+
+def test_channel_simulator_reverses_a_routed_payment_after_answering_it(
+    stack: Settings, registry: RegistryClient, prefix: str
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    routed = [routed_record(f"pay-rev-{run}-{i}", channel, 4_000 + i, currency)
+              for i, (channel, currency) in enumerate([("ALIPAY", "CNY"), ("CARD", "USD")])]
+    with AvroProducer(stack.kafka, registry, client_id="test-routed-reversal") as producer:
+        for record in routed:
+            producer.send(f"{prefix}payments.routed.{record['channel'].lower()}",
+                          record["payment_id"], record)
+    seed, group = 5, f"test-channel-sim-reversal-{run}"
+    args = ["channels", "--seed", str(seed), "--latency-ms", "20", "--fault-rate", "0",
+            "--decline-rate", "0", "--reversal-rate", "1.0", "--reversal-delay-ms", "1500",
+            "--max-records", str(len(routed)), "--group", group, "--topic-prefix", prefix]
+    result = CliRunner().invoke(simulate, args, terminal_width=160)
+    assert result.exit_code == 0, result.output
+
+    config = ChannelSimConfig(seed=seed, latency_ms=20, fault_rate=0.0, decline_rate=0.0,
+                              reversal_rate=1.0, reversal_delay_ms=1500)
+    decoder = AvroDeserializer(registry)
+    by_payment: dict[str, list[dict[str, Any]]] = {}
+    for msg in read_to_end(stack.kafka, prefix + CHANNEL_CONFIRMATIONS):
+        record = decoder.decode(msg.value())
+        assert msg.key() == record["payment_id"].encode()
+        by_payment.setdefault(record["payment_id"], []).append(record)
+    assert set(by_payment) == {r["payment_id"] for r in routed}
+    for payment in routed:
+        assert decide(payment["payment_id"], config).reversed
+        answer, reversal = by_payment[payment["payment_id"]]  # in this order: same key
+        assert (answer["status"], reversal["status"]) == ("SUCCEEDED", "REVERSED")
+        assert reversal["amount_minor"] == answer["amount_minor"] == payment["amount_minor"]
+        assert reversal["currency"] == payment["currency"]
+        assert reversal["confirmation_id"] != answer["confirmation_id"]
+        gap = to_epoch_ms(reversal["confirmed_at"]) - to_epoch_ms(answer["confirmed_at"])
+        assert gap == 1500
+        planned = plan_confirmations(payment, 0, config)
+        assert [p.record["confirmation_id"] for p in planned] == [
+            answer["confirmation_id"], reversal["confirmation_id"]]
 
 
 # -- refunds --------------------------------------------------------------------------------
