@@ -49,3 +49,13 @@ class PaymentInAnotherBatch(SinkInvariantError):
 
 class BatchContentConflict(SinkInvariantError):
     """A batch id arrived again with different contents than the batch already stored."""
+
+
+class ReversalMismatch(SinkInvariantError):
+    """A reversal whose journal would not mirror the posted original exactly (or whose original
+    journal is not posted): never posted."""
+
+
+class ReversalStateConflict(SinkInvariantError):
+    """A reversal of a payment or refund that is not MATCHED (already reversed by another
+    result, or never succeeded): never posted."""

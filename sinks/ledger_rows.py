@@ -8,17 +8,19 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
-from settlement.postings_v2 import KindJournal, payment_journal
+from settlement.postings_v2 import KindJournal, payment_journal, payment_reversal_journal
 from settlement.reconciliation import (
     MATCHED,
     MISSING_CONFIRMATION,
     OUTCOMES,
+    PAYMENT_REVERSED,
+    REFUND_REVERSED,
     TERMINAL_OUTCOMES,
 )
 from sinks import fields as f
 from sinks.base import Rejection
 from sinks.errors import InvalidRecord, TerminalStateConflict
-from sinks.refund_rows import RefundExceptionRow, RefundRow, refund_rows
+from sinks.refund_rows import RefundExceptionRow, RefundRow, Reversal, refund_rows
 
 DEFAULT_FEES: Final = FeeSchedule.from_spec(DEFAULT_FEE_SPEC)
 
@@ -114,6 +116,9 @@ class LedgerRows:
     refund_exceptions: list[RefundExceptionRow] = field(default_factory=list)
     # (payment_id, refund_id) -> batch index of its MATCHED refund result.
     refund_matched_index: dict[tuple[str, str], int] = field(default_factory=dict)
+    # PAYMENT_REVERSED and REFUND_REVERSED results in batch order, with their batch index:
+    # checked against the posted originals when written.
+    reversals: list[tuple[int, Reversal]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,7 @@ class ResultRows:
     journal: KindJournal | None
     journal_row: JournalRow | None
     exception: ExceptionRow | None
+    reversal: Reversal | None = None
 
 
 def _matched_journal(result: Mapping[str, Any], payment_id: str, channel: str | None,
@@ -154,6 +160,32 @@ def _matched_journal(result: Mapping[str, Any], payment_id: str, channel: str | 
     return payment_journal(payment_id, merchant_id, channel, gross, fee, currency)
 
 
+def _payment_reversal(result: Mapping[str, Any], result_id: str, payment_id: str,
+                      channel: str | None, decided_at: datetime) -> Reversal:
+    """A PAYMENT_REVERSED result: the mirror of the payment's journal, from the split the
+    reconciler published (G = expected_amount_minor, F = fee_minor, net = G - F)."""
+    merchant_id = f.text(result, "merchant_id", required=False)
+    if merchant_id is None or channel is None:
+        raise InvalidRecord("a PAYMENT_REVERSED result needs merchant_id and channel to post")
+    gross = f.amount(result, "expected_amount_minor")
+    currency = f.currency(result, "expected_currency")
+    fee, net = f.amount(result, "fee_minor"), f.amount(result, "net_minor")
+    if gross is None or currency is None or fee is None or net is None:
+        raise InvalidRecord("a PAYMENT_REVERSED result needs expected_amount_minor, "
+                            "expected_currency, fee_minor and net_minor")
+    confirmed = (f.amount(result, "confirmed_amount_minor"),
+                 f.currency(result, "confirmed_currency"))
+    if confirmed != (None, None) and confirmed != (gross, currency):
+        raise InvalidRecord(f"PAYMENT_REVERSED of {(gross, currency)} but the channel "
+                            f"reversed {confirmed}")
+    if gross <= 0 or fee < 0 or net < 0 or net != gross - fee:
+        raise InvalidRecord(f"PAYMENT_REVERSED of payment {payment_id}: need G > 0, F >= 0 and "
+                            f"net = G - F >= 0; got G={gross} F={fee} net={net}")
+    journal = payment_reversal_journal(payment_id, merchant_id, channel, gross, fee, net,
+                                       currency)
+    return Reversal(result_id, payment_id, None, journal, decided_at)
+
+
 def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
     """The rows of one decoded ReconciliationResult; InvalidRecord (or a domain error) if bad."""
     result_id = f.required_text(result, "result_id")
@@ -178,6 +210,11 @@ def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
     detail = f.detail(result)
 
     journal = journal_row = exception = payment = None
+    if outcome == REFUND_REVERSED:
+        raise InvalidRecord("REFUND_REVERSED is a refund's outcome, not a payment's")
+    if outcome == PAYMENT_REVERSED:
+        reversal = _payment_reversal(result, result_id, payment_id, channel, decided_at)
+        return ResultRows(None, None, None, None, reversal)
     if outcome == MATCHED:
         journal = _matched_journal(result, payment_id, channel, fees)
         journal_row = journal_rows(journal)[0]
@@ -242,6 +279,16 @@ def _add_payment(out: LedgerRows, index: int, rows: ResultRows, payments: dict[s
             out.duplicates += 1
         else:
             exceptions[rows.exception.result_id] = rows.exception
+    if rows.reversal is not None:
+        _add_reversal(out, index, rows.reversal)
+
+
+def _add_reversal(out: LedgerRows, index: int, reversal: Reversal) -> None:
+    """Keep a reversal once per result id (a replay within the batch is a duplicate)."""
+    if any(held.result_id == reversal.result_id for _, held in out.reversals):
+        out.duplicates += 1
+        return
+    out.reversals.append((index, reversal))
 
 
 def build_ledger_rows(results: Sequence[Mapping[str, Any]], fees: FeeSchedule,
@@ -292,9 +339,12 @@ def _add_refund(out: LedgerRows, index: int, result: Mapping[str, Any],
                 journals: dict[str, KindJournal],
                 exceptions: dict[str, RefundExceptionRow]) -> None:
     try:
-        row, journal, exception = refund_rows(result)
+        row, journal, exception, reversal = refund_rows(result)
     except Exception as exc:  # judged per record: one bad record must not stop the batch
         out.rejected.append(Rejection(index, type(exc).__name__, str(exc)))
+        return
+    if reversal is not None:
+        _add_reversal(out, index, reversal)
         return
     if row is not None:
         key = (row.payment_id, row.refund_id)

@@ -6,8 +6,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from settlement.postings_v2 import KindJournal, refund_journal
-from settlement.reconciliation import MATCHED, OUTCOMES, TERMINAL_OUTCOMES
+from settlement.postings_v2 import KindJournal, refund_journal, refund_reversal_journal
+from settlement.reconciliation import (
+    MATCHED,
+    OUTCOMES,
+    PAYMENT_REVERSED,
+    REFUND_REVERSED,
+    TERMINAL_OUTCOMES,
+)
 from settlement.refund_model import valid_refund_id
 from sinks import fields as f
 from sinks.errors import InvalidRecord
@@ -51,6 +57,17 @@ class RefundExceptionRow(NamedTuple):
     decided_at: datetime
 
 
+class Reversal(NamedTuple):
+    """A PAYMENT_REVERSED or REFUND_REVERSED result: the mirror journal it would post, to be
+    checked against the posted original before it is, and the row it marks REVERSED."""
+
+    result_id: str
+    payment_id: str
+    refund_id: str | None  # None: the payment itself is reversed
+    journal: KindJournal
+    decided_at: datetime
+
+
 _T, _B, _BOOL, _TS = "text", "int8", "bool", "timestamptz"
 REFUND_TYPES = (_T, _T, _T, _T, _T, _B, _T, _T, _BOOL, _T, _B, _B, _TS, _TS)
 REFUND_EXCEPTION_TYPES = (_T, _T, _T, _T, _T, _T, _B, _T, _B, _T, _T, _T, _T, _TS)
@@ -80,12 +97,40 @@ def _matched(result: Mapping[str, Any], payment_id: str, refund_id: str,
                           currency)
 
 
+def _refund_reversal(result: Mapping[str, Any], result_id: str, payment_id: str,
+                     refund_id: str, merchant_id: str | None, channel: str | None,
+                     decided_at: datetime) -> Reversal:
+    """A REFUND_REVERSED result: the mirror of the refund's journal, from the split the
+    reconciler published (R = amount_minor, f = fee_returned_minor, net = R - f)."""
+    if merchant_id is None or channel is None:
+        raise InvalidRecord("a REFUND_REVERSED result needs merchant_id and channel to post")
+    amount = f.amount(result, "amount_minor")
+    currency = f.currency(result, "currency")
+    fee, net = f.amount(result, "fee_returned_minor"), f.amount(result, "net_minor")
+    if amount is None or currency is None or fee is None or net is None:
+        raise InvalidRecord("a REFUND_REVERSED result needs amount_minor, currency, "
+                            "fee_returned_minor and net_minor")
+    confirmed = (f.amount(result, "confirmed_amount_minor"),
+                 f.currency(result, "confirmed_currency"))
+    if confirmed != (None, None) and confirmed != (amount, currency):
+        raise InvalidRecord(f"REFUND_REVERSED of {(amount, currency)} but the channel "
+                            f"reversed {confirmed}")
+    if amount <= 0 or fee < 0 or net < 0 or net != amount - fee:
+        raise InvalidRecord(f"REFUND_REVERSED of refund {payment_id}/{refund_id}: need R > 0, "
+                            f"f >= 0 and net = R - f >= 0; got R={amount} f={fee} net={net}")
+    journal = refund_reversal_journal(payment_id, refund_id, merchant_id, channel, amount, fee,
+                                      net, currency)
+    return Reversal(result_id, payment_id, refund_id, journal, decided_at)
+
+
 def refund_rows(result: Mapping[str, Any]
-                ) -> tuple[RefundRow | None, KindJournal | None, RefundExceptionRow | None]:
+                ) -> tuple[RefundRow | None, KindJournal | None, RefundExceptionRow | None,
+                           Reversal | None]:
     """The rows of one decoded RefundResult; InvalidRecord (or a domain error) if it is bad.
 
-    A terminal result is a refunds row; MATCHED also a REFUND journal; every other outcome
-    (terminal or follow-up) a refund_exceptions row.
+    A terminal result is a refunds row; MATCHED also a REFUND journal; REFUND_REVERSED a
+    Reversal (its mirror journal, posted once checked against the REFUND journal); every other
+    outcome (terminal or follow-up) a refund_exceptions row.
     """
     result_id = f.required_text(result, "result_id")
     payment_id = f.required_text(result, "payment_id")
@@ -113,6 +158,12 @@ def refund_rows(result: Mapping[str, Any]
 
     journal = exception = row = None
     fee = net = None
+    if outcome == PAYMENT_REVERSED:
+        raise InvalidRecord("PAYMENT_REVERSED is a payment's outcome, not a refund's")
+    if outcome == REFUND_REVERSED:
+        reversal = _refund_reversal(result, result_id, payment_id, refund_id, merchant_id,
+                                    channel, decided_at)
+        return None, None, None, reversal
     if outcome == MATCHED:
         journal = _matched(result, payment_id, refund_id, merchant_id, channel)
         fee, net = journal.fee_minor, journal.net_minor
@@ -128,4 +179,4 @@ def refund_rows(result: Mapping[str, Any]
             raise InvalidRecord(f"amount_minor must be > 0, got {amount}")
         row = RefundRow(payment_id, refund_id, merchant_id, channel, order_id, amount, currency,
                         outcome, late, result_id, fee, net, requested_at, decided_at)
-    return row, journal, exception
+    return row, journal, exception, None

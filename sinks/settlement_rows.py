@@ -10,7 +10,13 @@ from typing import Any, NamedTuple
 
 from settlement.batches import BatchError, BatchInvariantError
 from settlement.postings_v2 import carry, payout_journal
-from settlement.refund_model import ITEM_PAYMENT, ITEM_REFUND, split_source_id
+from settlement.refund_model import (
+    ITEM_PAYMENT,
+    ITEM_PAYMENT_REVERSAL,
+    ITEM_REFUND,
+    ITEM_REFUND_REVERSAL,
+    split_source_id,
+)
 from settlement.windows import batch_id as batch_id_for
 from sinks.base import Rejection
 from sinks.errors import BatchContentConflict, InvalidRecord, PaymentInAnotherBatch
@@ -91,7 +97,9 @@ def _int(value: Any, name: str) -> int:
 
 
 def item_row(batch_id: str, item: Mapping[str, Any]) -> ItemRow:
-    """One SettlementItem, its kind, id and signs checked: PAYMENT positive, REFUND negative."""
+    """One SettlementItem, its kind, id and signs checked: PAYMENT and REFUND_REVERSAL
+    positive, REFUND and PAYMENT_REVERSAL negative (a reversal settles its original's net
+    back, with the opposite sign)."""
     payment_id = _text(item.get("payment_id"), "items.payment_id")
     kind = item.get("kind", ITEM_PAYMENT)
     item_id = item.get("item_id")
@@ -107,12 +115,22 @@ def item_row(batch_id: str, item: Mapping[str, Any]) -> ItemRow:
         if gross <= 0 or fee < 0 or net < 0:
             raise InvalidRecord(f"PAYMENT item {item_id}: need gross > 0, fee >= 0, net >= 0; "
                                 f"got {gross}, {fee}, {net}")
-    elif kind == ITEM_REFUND:
+    elif kind == ITEM_PAYMENT_REVERSAL:
+        item_id = _text(item_id, "items.item_id")
+        if item_id != payment_id:
+            raise InvalidRecord(f"PAYMENT_REVERSAL item {item_id!r} must have item_id = "
+                                "payment_id")
+        if gross >= 0 or fee > 0 or net > 0:
+            raise InvalidRecord(f"PAYMENT_REVERSAL item {item_id}: need gross < 0, fee <= 0, "
+                                f"net <= 0; got {gross}, {fee}, {net}")
+    elif kind in (ITEM_REFUND, ITEM_REFUND_REVERSAL):
         item_id = _text(item_id, "items.item_id")
         if split_source_id(item_id)[0] != payment_id:
-            raise InvalidRecord(f"REFUND item {item_id!r} is not a refund of {payment_id}")
-        if gross >= 0 or fee > 0 or net > 0:
-            raise InvalidRecord(f"REFUND item {item_id}: need gross < 0, fee <= 0, net <= 0; "
+            raise InvalidRecord(f"{kind} item {item_id!r} is not a refund of {payment_id}")
+        sign = -1 if kind == ITEM_REFUND else 1
+        if sign * gross <= 0 or sign * fee < 0 or sign * net < 0:
+            wanted = "< 0, fee <= 0, net <= 0" if sign < 0 else "> 0, fee >= 0, net >= 0"
+            raise InvalidRecord(f"{kind} item {item_id}: need gross {wanted}; "
                                 f"got {gross}, {fee}, {net}")
     else:
         raise InvalidRecord(f"unknown item kind {kind!r}")
@@ -126,7 +144,8 @@ def batch_rows(record: Mapping[str, Any]) -> BatchRows:
     deterministic batch id; totals = the items' signed sums; counts by kind; one item per
     (kind, item_id); payout = max(net + carried_in, 0) and carried_out = min(net +
     carried_in, 0). A batch without payout_minor (written before payouts) must hold only
-    payments and carry nothing, and posts no payout journal.
+    payments and carry nothing, and posts no payout journal. Reversal items count in neither
+    payment_count nor refund_count.
     """
     items = record.get("items")
     if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
@@ -163,8 +182,9 @@ def batch_rows(record: Mapping[str, Any]) -> BatchRows:
         "net = Σ item net": net == sum(r.net_minor for r in rows),
     }
     if payout is None:
-        checks["no payout: no refunds, nothing carried"] = (
-            refund_count == 0 and carried_in == 0 and carried_out == 0)
+        checks["no payout: PAYMENT items only, nothing carried"] = (
+            all(r.kind == ITEM_PAYMENT for r in rows) and carried_in == 0
+            and carried_out == 0)
     else:
         payout = _int(payout, "payout_minor")
         checks["carried_in <= 0"] = carried_in <= 0

@@ -193,7 +193,8 @@ def test_first_terminal_state_wins_and_a_losing_match_is_refused() -> None:
     assert [e.outcome for e in rows.exceptions] == ["DECLINED", "MISSING_CONFIRMATION"]
 
 
-@pytest.mark.parametrize("outcome", sorted(OUTCOMES - {"MATCHED"}))
+@pytest.mark.parametrize("outcome", sorted(
+    OUTCOMES - {"MATCHED", "PAYMENT_REVERSED", "REFUND_REVERSED"}))
 def test_every_non_matched_outcome_is_an_exception_row(outcome: str) -> None:
     rec = result("p1", outcome, confirmed=1, channel="WECHAT_PAY")
     rows = build_ledger_rows([rec], FEES)
@@ -203,6 +204,81 @@ def test_every_non_matched_outcome_is_an_exception_row(outcome: str) -> None:
     assert exc.confirmed_amount_minor == 1 and exc.decided_at == rec["decided_at"]
     assert [p.state for p in rows.payments] == ([outcome] if outcome in TERMINAL_OUTCOMES else [])
     assert rows.journals == []
+
+
+def test_a_payment_reversal_is_its_mirror_journal_kept_once() -> None:
+    rec = result("p1", "PAYMENT_REVERSED", conf="c9", split=(60, 9_940))
+    rows = build_ledger_rows([rec, dict(rec)], FEES)
+    assert rows.rejected == [] and rows.duplicates == 1
+    assert rows.payments == [] and rows.exceptions == [] and rows.journals == []
+    ((index, reversal),) = rows.reversals
+    assert (index, reversal.result_id, reversal.payment_id, reversal.refund_id) == (
+        0, rec["result_id"], "p1", None)
+    posted = reversal.journal
+    assert (posted.kind, posted.source_id, posted.journal_id) == ("PAYMENT_REVERSAL", "p1", "PR:p1")
+    assert sorted((p.account, p.side, p.amount_minor) for p in posted.journal.postings) == [
+        ("clearing:alipay", "CREDIT", 10_000), ("fee_revenue:alipay", "DEBIT", 60),
+        ("payable:m1", "DEBIT", 9_940)]
+
+
+@pytest.mark.parametrize("bad", [
+    result("p1", "PAYMENT_REVERSED", split=(60, 9_939)),  # net != G - F
+    result("p1", "PAYMENT_REVERSED", split=None),  # the split is published, never recomputed
+    result("p1", "PAYMENT_REVERSED", split=(60, 9_940), confirmed=5_000),  # partial
+    result("p1", "PAYMENT_REVERSED", split=(60, 9_940), merchant=None),
+    result("p1", "PAYMENT_REVERSED", split=(60, 9_940), terminal=True),
+    result("p1", "REFUND_REVERSED", split=(60, 9_940)),  # a refund's outcome
+])
+def test_a_bad_payment_reversal_is_rejected(bad: dict[str, Any]) -> None:
+    rows = build_ledger_rows([bad], FEES)
+    assert [r.position for r in rows.rejected] == [0]
+    assert rows.reversals == [] and rows.exceptions == []
+
+
+def refund(rid: str = "r1", outcome: str = "REFUND_REVERSED", *, amount: int = 3_000,
+           split: tuple[int, int] = (18, 2_982), **extra: Any) -> dict[str, Any]:
+    record = {
+        "result_id": f"p1/{rid}:{outcome}:rc9", "refund_id": rid, "payment_id": "p1",
+        "merchant_id": "m1", "order_id": "o1", "channel": "ALIPAY", "outcome": outcome,
+        "terminal": outcome in TERMINAL_OUTCOMES, "late": False, "amount_minor": amount,
+        "currency": "CNY", "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
+        "confirmation_id": "rc9", "channel_refund_id": "cr9",
+        "fee_returned_minor": split[0], "net_minor": split[1], "captured_minor": 10_000,
+        "refunded_minor": 0, "refundable_minor": 10_000, "requested_at": T0,
+        "decided_at": T0 + timedelta(minutes=5), "detail": "",
+    }
+    record.update(extra)
+    return record
+
+
+def test_a_refund_reversal_is_its_mirror_journal_and_exceptions_are_rows() -> None:
+    exception = refund("r2", "REVERSAL_EXCEPTION") | {"fee_returned_minor": None,
+                                                      "net_minor": None}
+    rows = build_ledger_rows([refund(), refund(), exception], FEES, refund_positions={0, 1, 2})
+    assert rows.rejected == [] and rows.duplicates == 1 and rows.refunds == []
+    ((index, reversal),) = rows.reversals
+    assert (index, reversal.payment_id, reversal.refund_id) == (0, "p1", "r1")
+    posted = reversal.journal
+    assert (posted.kind, posted.source_id, posted.journal_id) == (
+        "REFUND_REVERSAL", "p1/r1", "RR:p1/r1")
+    assert sorted((p.account, p.side, p.amount_minor) for p in posted.journal.postings) == [
+        ("clearing:alipay", "DEBIT", 3_000), ("fee_revenue:alipay", "CREDIT", 18),
+        ("payable:m1", "CREDIT", 2_982)]
+    assert [e.outcome for e in rows.refund_exceptions] == ["REVERSAL_EXCEPTION"]
+    # A payment's REVERSAL_EXCEPTION is an exception row too, and moves nothing.
+    other = build_ledger_rows([result("p1", "REVERSAL_EXCEPTION")], FEES)
+    assert [e.outcome for e in other.exceptions] == ["REVERSAL_EXCEPTION"]
+    assert other.payments == [] and other.reversals == []
+
+
+@pytest.mark.parametrize("bad", [
+    refund(split=(18, 2_981)), refund(amount=0, split=(0, 0)), refund(confirmed_amount_minor=1),
+    refund(merchant_id=None), refund(outcome="PAYMENT_REVERSED"),
+])
+def test_a_bad_refund_reversal_is_rejected(bad: dict[str, Any]) -> None:
+    rows = build_ledger_rows([bad], FEES, refund_positions={0})
+    assert [r.position for r in rows.rejected] == [0]
+    assert rows.reversals == [] and rows.refund_exceptions == []
 
 
 def test_an_orphan_confirmation_needs_no_merchant_or_amount() -> None:
@@ -272,6 +348,54 @@ def test_inconsistent_batches_are_rejected_whole(bad: dict[str, Any], error_type
     rows = build_settlement_rows([bad, batch(window=1, items=(("p9", 100, 1),))])
     assert [(r.position, r.error_type) for r in rows.rejected] == [(0, error_type)]
     assert [i.payment_id for i in rows.items] == ["p9"]
+
+
+def _netted(items: list[tuple[str, str, str, int, int]], window: int = 0) -> dict[str, Any]:
+    """A batch with payout of signed items (kind, item_id, payment_id, gross, fee)."""
+    net = sum(g - f for *_, g, f in items)
+    rec = batch(window=window, items=tuple((pid, g, f) for _, _, pid, g, f in items),
+                payment_count=sum(k == "PAYMENT" for k, *_ in items),
+                refund_count=sum(k == "REFUND" for k, *_ in items),
+                carried_in_minor=0, payout_minor=max(net, 0), carried_out_minor=min(net, 0))
+    for item, (kind, item_id, *_rest) in zip(rec["items"], items, strict=True):
+        item.update(kind=kind, item_id=item_id)
+    return rec
+
+
+def test_reversal_items_are_signed_netted_and_counted_in_neither_count() -> None:
+    rec = _netted([("PAYMENT", "p1", "p1", 10_000, 60),
+                   ("PAYMENT_REVERSAL", "p2", "p2", -5_000, -30),
+                   ("REFUND_REVERSAL", "p3/r1", "p3", 3_000, 18)])
+    rows = build_settlement_rows([rec, _netted([("PAYMENT_REVERSAL", "p4", "p4", -700, -4)],
+                                               window=1)])
+    assert rows.rejected == []
+    assert [(b.payment_count, b.refund_count, b.net_minor, b.payout_minor,
+             b.carried_out_minor) for b in rows.batches] == [
+        (1, 0, 9_940 - 4_970 + 2_982, 9_940 - 4_970 + 2_982, 0), (0, 0, -696, 0, -696)]
+    assert sorted((i.kind, i.item_id) for i in rows.items) == [
+        ("PAYMENT", "p1"), ("PAYMENT_REVERSAL", "p2"), ("PAYMENT_REVERSAL", "p4"),
+        ("REFUND_REVERSAL", "p3/r1")]
+
+
+@pytest.mark.parametrize(("items", "error_type"), [
+    ([("PAYMENT_REVERSAL", "p2", "p2", 5_000, 30)], "InvalidRecord"),  # must be negative
+    ([("PAYMENT_REVERSAL", "p2/r1", "p2", -5_000, -30)], "InvalidRecord"),  # id = payment_id
+    ([("REFUND_REVERSAL", "p3/r1", "p3", -3_000, -18)], "InvalidRecord"),  # must be positive
+    ([("REFUND_REVERSAL", "p3", "p3", 3_000, 18)], "RefundIdError"),  # id = refund source id
+    ([("REFUND_REVERSAL", "p9/r1", "p3", 3_000, 18)], "InvalidRecord"),  # another payment's
+])
+def test_reversal_items_with_the_wrong_sign_or_id_are_rejected(
+        items: list[tuple[str, str, str, int, int]], error_type: str) -> None:
+    rows = build_settlement_rows([_netted(items)])
+    assert [(r.position, r.error_type) for r in rows.rejected] == [(0, error_type)]
+
+
+def test_a_batch_without_payout_holds_payments_only() -> None:
+    rec = _netted([("PAYMENT", "p1", "p1", 10_000, 60),
+                   ("REFUND_REVERSAL", "p3/r1", "p3", 3_000, 18)])
+    del rec["payout_minor"]
+    rows = build_settlement_rows([rec])
+    assert [(r.position, r.error_type) for r in rows.rejected] == [(0, "BatchInvariantError")]
 
 
 def test_a_reclosed_batch_is_a_duplicate_and_changed_contents_a_conflict() -> None:
