@@ -1,21 +1,31 @@
-"""Settlement items (a matched payment, or a succeeded refund netted against payments) and the
-payout split of a closed batch with the merchant's carried negative balance."""
+"""Settlement items (a matched payment, a succeeded refund, and the channel's reversal of
+either, netted together) and the payout split of a closed batch with the merchant's carried
+negative balance."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from settlement.errors import DomainError
 from settlement.fees import FeeSchedule
 from settlement.refund_model import (
     ITEM_KINDS,
     ITEM_PAYMENT,
+    ITEM_PAYMENT_REVERSAL,
     ITEM_REFUND,
+    ITEM_REFUND_REVERSAL,
     RefundIdError,
     refund_source_id,
     split_source_id,
 )
+
+# The kinds that add to what the merchant is owed (gross > 0, fee >= 0, net >= 0) and those
+# that take from it (gross < 0, fee <= 0, net <= 0): a reversal is its original's mirror.
+CREDIT_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_REFUND_REVERSAL})
+DEBIT_KINDS: Final = frozenset({ITEM_REFUND, ITEM_PAYMENT_REVERSAL})
+# The kinds named by their payment_id; the others by `<payment_id>/<refund_id>`.
+PAYMENT_ID_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_PAYMENT_REVERSAL})
 
 
 class BatchError(DomainError, ValueError):
@@ -34,8 +44,11 @@ class BatchItem:
 
     A PAYMENT (item_id = payment_id) adds gross > 0, fee >= 0, net >= 0; a REFUND (item_id =
     `<payment_id>/<refund_id>`, payment_id = the refunded payment) takes them back: gross < 0,
-    fee <= 0, net <= 0. Always gross = fee + net. The identity is (kind, item_id): a refund's
-    id can never be mistaken for a payment's, whatever characters payment ids hold.
+    fee <= 0, net <= 0. A reversal mirrors its original: a PAYMENT_REVERSAL (item_id =
+    payment_id) is negative like a refund, a REFUND_REVERSAL (item_id = the refund's
+    `<payment_id>/<refund_id>`) positive like a payment. Always gross = fee + net. The
+    identity is (kind, item_id): a refund's id can never be mistaken for a payment's, nor a
+    reversal for what it reverses, whatever characters payment ids hold.
     An item_id left empty is the payment_id (items written before kinds existed).
     """
 
@@ -60,20 +73,22 @@ class BatchItem:
         fee = require_int("fee_minor", self.fee_minor)
         net = require_int("net_minor", self.net_minor)
         require_int("matched_at_ms", self.matched_at_ms)
-        if self.kind == ITEM_PAYMENT:
+        if self.kind in PAYMENT_ID_KINDS:
             if self.item_id != self.payment_id:
-                raise BatchError(f"payment item {self.item_id!r} is not its payment_id "
+                raise BatchError(f"{self.kind} item {self.item_id!r} is not its payment_id "
                                  f"{self.payment_id!r}")
-            signs_ok = gross > 0 and fee >= 0 and net >= 0
-            rule = "gross > 0, fee >= 0, net >= 0"
         else:
             try:
                 refunded, _refund_id = split_source_id(self.item_id)
             except RefundIdError as exc:
-                raise BatchError(f"refund item: {exc}") from exc
+                raise BatchError(f"{self.kind} item: {exc}") from exc
             if refunded != self.payment_id:
-                raise BatchError(f"refund item {self.item_id!r} is not of payment "
+                raise BatchError(f"{self.kind} item {self.item_id!r} is not of payment "
                                  f"{self.payment_id!r}")
+        if self.kind in CREDIT_KINDS:
+            signs_ok = gross > 0 and fee >= 0 and net >= 0
+            rule = "gross > 0, fee >= 0, net >= 0"
+        else:
             signs_ok = gross < 0 and fee <= 0 and net <= 0
             rule = "gross < 0, fee <= 0, net <= 0"
         if not signs_ok or fee + net != gross:
@@ -116,22 +131,47 @@ class BatchItem:
         The split is the one the reconcile stage decided and the ledger posted; it is checked
         here (R > 0, 0 <= f, net == R - f), never recomputed.
         """
-        for name, value in (("amount_minor", amount_minor),
-                            ("fee_returned_minor", fee_returned_minor),
-                            ("net_minor", net_minor)):
-            require_int(name, value)
-        if (amount_minor <= 0 or fee_returned_minor < 0
-                or net_minor != amount_minor - fee_returned_minor):
-            raise BatchError(
-                f"refund {payment_id}/{refund_id}: need amount > 0, fee_returned >= 0 and "
-                f"net == amount - fee_returned; got amount={amount_minor} "
-                f"fee_returned={fee_returned_minor} net={net_minor}")
-        try:
-            item_id = refund_source_id(payment_id, refund_id)
-        except RefundIdError as exc:
-            raise BatchError(str(exc)) from exc
+        _check_split(f"refund {payment_id}/{refund_id}", amount_minor, fee_returned_minor,
+                     net_minor)
         return cls(payment_id, -amount_minor, -fee_returned_minor, -net_minor, matched_at_ms,
-                   ITEM_REFUND, item_id)
+                   ITEM_REFUND, _refund_item_id(payment_id, refund_id))
+
+    @classmethod
+    def for_payment_reversal(
+        cls,
+        payment_id: str,
+        gross_minor: int,
+        fee_minor: int,
+        net_minor: int,
+        matched_at_ms: int,
+    ) -> BatchItem:
+        """The negative item of a captured payment of G = gross_minor the channel took back,
+        F = fee_minor of it fee: gross -G, fee -F, net -(G - F), the mirror of its PAYMENT.
+
+        The split is the one published with the reversal (the payment's own); it is checked
+        here (G > 0, 0 <= F, net == G - F), never recomputed.
+        """
+        _check_split(f"reversal of payment {payment_id}", gross_minor, fee_minor, net_minor)
+        return cls(payment_id, -gross_minor, -fee_minor, -net_minor, matched_at_ms,
+                   ITEM_PAYMENT_REVERSAL, payment_id)
+
+    @classmethod
+    def for_refund_reversal(
+        cls,
+        payment_id: str,
+        refund_id: str,
+        amount_minor: int,
+        fee_returned_minor: int,
+        net_minor: int,
+        matched_at_ms: int,
+    ) -> BatchItem:
+        """The positive item of a succeeded refund of R = amount_minor (f = fee_returned_minor
+        of it fee given back) that came back to the channel: gross +R, fee +f, net +(R - f),
+        the mirror of its REFUND item. The published split is checked, never recomputed."""
+        _check_split(f"reversal of refund {payment_id}/{refund_id}", amount_minor,
+                     fee_returned_minor, net_minor)
+        return cls(payment_id, amount_minor, fee_returned_minor, net_minor, matched_at_ms,
+                   ITEM_REFUND_REVERSAL, _refund_item_id(payment_id, refund_id))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +196,24 @@ class BatchItem:
         if fields.get("item_id") is None:
             fields.pop("item_id", None)
         return cls(**fields)
+
+
+def _check_split(what: str, gross_minor: int, fee_minor: int, net_minor: int) -> None:
+    """A published split of a positive amount: gross > 0, 0 <= fee and net == gross - fee
+    (so net >= 0 too: no fee beyond the amount)."""
+    for name, value in (("gross", gross_minor), ("fee", fee_minor), ("net", net_minor)):
+        require_int(f"{what}: {name}", value)
+    if gross_minor <= 0 or fee_minor < 0 or net_minor < 0 or net_minor != gross_minor - fee_minor:
+        raise BatchError(
+            f"{what}: need amount > 0, 0 <= fee and net == amount - fee >= 0; got "
+            f"amount={gross_minor} fee={fee_minor} net={net_minor}")
+
+
+def _refund_item_id(payment_id: str, refund_id: str) -> str:
+    try:
+        return refund_source_id(payment_id, refund_id)
+    except RefundIdError as exc:
+        raise BatchError(str(exc)) from exc
 
 
 def payout_split(net_minor: int, carried_in_minor: int) -> tuple[int, int]:

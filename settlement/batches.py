@@ -1,14 +1,27 @@
-"""Settlement batch arithmetic: net payments and refunds per merchant, currency and window,
-and close them with the merchant's carried negative balance."""
+"""Settlement batch arithmetic: net payments, refunds and their reversals per merchant,
+currency and window, and close them with the merchant's carried negative balance."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from settlement.batch_items import BatchError, BatchItem, payout_split, require_int
-from settlement.refund_model import ITEM_PAYMENT, ITEM_REFUND
+from settlement.batch_items import (
+    CREDIT_KINDS,
+    DEBIT_KINDS,
+    BatchError,
+    BatchItem,
+    payout_split,
+    require_int,
+)
+from settlement.refund_model import (
+    ITEM_PAYMENT,
+    ITEM_PAYMENT_REVERSAL,
+    ITEM_REFUND,
+    ITEM_REFUND_REVERSAL,
+)
 from settlement.windows import Window, WindowPolicy, batch_id, close_at_ms
 
 __all__ = [
@@ -19,8 +32,11 @@ __all__ = [
 # Version 2: items have a kind and an item_id (refunds, negative), totals count refunds.
 # Version 1 (payments only) is still read: its items are PAYMENTs, it has no refunds.
 BATCH_FORMAT_VERSION = 2
-TOTALS_FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
+# Totals version 3 also count reversals (payment_reversal_count, refund_reversal_count).
+TOTALS_FORMAT_VERSION = 3
+_READABLE_TOTALS_VERSIONS = (1, 2, 3)
+_REVERSAL_COUNTS = ("payment_reversal_count", "refund_reversal_count")
 
 
 class BatchConflict(BatchError):
@@ -34,19 +50,20 @@ class BatchInvariantError(BatchError):
 def _check_totals(
     where: str,
     items: tuple[BatchItem, ...],
-    payment_count: int,
-    refund_count: int,
+    counts: Mapping[str, int],
     gross_minor: int,
     fee_minor: int,
     net_minor: int,
 ) -> None:
+    """Totals against their items. `counts` holds the item count of each kind the caller
+    keeps (a published batch: PAYMENT and REFUND only; its reversals count in neither)."""
     # Totals are kept (or published) separately from the items and recomputed here, so a bug
     # in either the running sums or the item list is caught before money moves.
     ids = {item.identity for item in items}
-    kinds = [item.kind for item in items]
+    kinds = Counter(item.kind for item in items)
     checks = {
-        "payment_count == PAYMENT items": payment_count == kinds.count(ITEM_PAYMENT),
-        "refund_count == REFUND items": refund_count == kinds.count(ITEM_REFUND),
+        **{f"{kind} count == {kind} items": count == kinds[kind]
+           for kind, count in counts.items()},
         "item (kind, id) unique": len(ids) == len(items),
         "gross == net + fee": gross_minor == net_minor + fee_minor,
         "gross == sum(item gross)": gross_minor == sum(i.gross_minor for i in items),
@@ -62,6 +79,8 @@ def _check_totals(
 class SettlementBatch:
     """A closed batch: what is published to settlements.batches and paid to the merchant.
 
+    payment_count counts its PAYMENT items, refund_count its REFUND items; its reversal items
+    count in neither (the record has no field for them: see the *_reversal_count properties).
     Its totals are signed sums of its items; carried_in_minor (<= 0) is the merchant and
     currency's negative balance left by its previous batch; payout_minor = max(net +
     carried_in, 0) is paid, carried_out_minor = min(net + carried_in, 0) goes to the next
@@ -95,8 +114,7 @@ class SettlementBatch:
         _check_totals(
             self.batch_id,
             self.items,
-            self.payment_count,
-            self.refund_count,
+            {ITEM_PAYMENT: self.payment_count, ITEM_REFUND: self.refund_count},
             self.gross_minor,
             self.fee_minor,
             self.net_minor,
@@ -114,6 +132,14 @@ class SettlementBatch:
                 f"{self.batch_id}: net {self.net_minor} with carried_in "
                 f"{self.carried_in_minor} pays {payout} and carries {carried_out}, not "
                 f"{self.payout_minor} and {self.carried_out_minor}")
+
+    @property
+    def payment_reversal_count(self) -> int:
+        return sum(1 for item in self.items if item.kind == ITEM_PAYMENT_REVERSAL)
+
+    @property
+    def refund_reversal_count(self) -> int:
+        return sum(1 for item in self.items if item.kind == ITEM_REFUND_REVERSAL)
 
     @property
     def payout(self) -> int:
@@ -202,6 +228,14 @@ class OpenBatch:
     def refund_count(self) -> int:
         return sum(1 for item in self.items if item.kind == ITEM_REFUND)
 
+    @property
+    def payment_reversal_count(self) -> int:
+        return sum(1 for item in self.items if item.kind == ITEM_PAYMENT_REVERSAL)
+
+    @property
+    def refund_reversal_count(self) -> int:
+        return sum(1 for item in self.items if item.kind == ITEM_REFUND_REVERSAL)
+
     def __contains__(self, identity: object) -> bool:
         """Whether an item is in the batch: by (kind, item_id), or a payment by its id."""
         if isinstance(identity, str):
@@ -239,8 +273,7 @@ class OpenBatch:
         _check_totals(
             self.batch_id,
             self.items,
-            self.payment_count,
-            self.refund_count,
+            {},  # its counts are its items'
             self.gross_minor,
             self.fee_minor,
             self.net_minor,
@@ -282,8 +315,7 @@ class OpenBatch:
         _check_totals(
             batch.batch_id,
             batch.items,
-            batch.payment_count,
-            batch.refund_count,
+            {},  # its counts are its items'
             batch.gross_minor,
             batch.fee_minor,
             batch.net_minor,
@@ -304,7 +336,9 @@ class BatchTotals:
     The caller keeps the items elsewhere (the settle stage: one table key per item) and hands
     them to close(), which checks them against these totals before anything is published.
     add() does not look for duplicates: the caller owns the item store and must ask it first.
-    The sums are signed: payments add, refunds subtract.
+    The sums are signed: payments and refund reversals add, refunds and payment reversals
+    subtract. Every kind is counted, reversals too, though a closed batch publishes only
+    payment_count and refund_count.
     """
 
     batch_id: str
@@ -317,6 +351,8 @@ class BatchTotals:
     fee_minor: int = 0
     net_minor: int = 0
     refund_count: int = 0
+    payment_reversal_count: int = 0
+    refund_reversal_count: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_id != batch_id(self.merchant_id, self.currency, self.window_start_ms):
@@ -324,19 +360,22 @@ class BatchTotals:
         require_int("window_end_ms", self.window_end_ms)
         if self.window_end_ms <= self.window_start_ms:
             raise BatchError(f"batch {self.batch_id}: window end must be after its start")
-        for name in ("payment_count", "refund_count"):
+        for name in ("payment_count", "refund_count", *_REVERSAL_COUNTS):
             _require_count(name, getattr(self, name))
         sums = tuple(require_int(name, getattr(self, name))
                      for name in ("gross_minor", "fee_minor", "net_minor"))
         if self.gross_minor != self.fee_minor + self.net_minor:
             raise BatchInvariantError(f"batch {self.batch_id}: gross != fee + net")
-        # Each payment adds gross > 0, fee and net >= 0; each refund the opposite. So without
-        # refunds no sum is negative, without payments none is positive, and an empty batch
-        # is all zeros.
-        if not self.refund_count and (min(sums) < 0 or (self.payment_count and sums[0] <= 0)):
-            raise BatchInvariantError(f"batch {self.batch_id}: payments only, yet {sums}")
-        if not self.payment_count and (max(sums) > 0 or (self.refund_count and sums[0] >= 0)):
-            raise BatchInvariantError(f"batch {self.batch_id}: refunds only, yet {sums}")
+        # Each payment or refund reversal adds gross > 0, fee and net >= 0; each refund or
+        # payment reversal the opposite. So with only adding items no sum is negative, with
+        # only subtracting ones none is positive, and an empty batch is all zeros.
+        credits, debits = self.credit_count, self.debit_count
+        if not debits and (min(sums) < 0 or (credits and sums[0] <= 0)):
+            raise BatchInvariantError(
+                f"batch {self.batch_id}: payments and refund reversals only, yet {sums}")
+        if not credits and (max(sums) > 0 or (debits and sums[0] >= 0)):
+            raise BatchInvariantError(
+                f"batch {self.batch_id}: refunds and payment reversals only, yet {sums}")
 
     @classmethod
     def new(cls, merchant_id: str, currency: str, window: Window) -> BatchTotals:
@@ -349,17 +388,38 @@ class BatchTotals:
         return Window(self.window_start_ms, self.window_end_ms)
 
     @property
+    def counts(self) -> dict[str, int]:
+        """Item count by kind."""
+        return {ITEM_PAYMENT: self.payment_count, ITEM_REFUND: self.refund_count,
+                ITEM_PAYMENT_REVERSAL: self.payment_reversal_count,
+                ITEM_REFUND_REVERSAL: self.refund_reversal_count}
+
+    @property
+    def credit_count(self) -> int:
+        """Items that add (payments, refund reversals)."""
+        return sum(n for kind, n in self.counts.items() if kind in CREDIT_KINDS)
+
+    @property
+    def debit_count(self) -> int:
+        """Items that subtract (refunds, payment reversals)."""
+        return sum(n for kind, n in self.counts.items() if kind in DEBIT_KINDS)
+
+    @property
     def item_count(self) -> int:
         """Items of every kind: the settle stage numbers its items 0 .. item_count - 1."""
-        return self.payment_count + self.refund_count
+        return (self.payment_count + self.refund_count + self.payment_reversal_count
+                + self.refund_reversal_count)
 
     def add(self, item: BatchItem) -> BatchTotals:
         """The totals with one more item (the caller has made sure it is a new one)."""
-        payment = item.kind == ITEM_PAYMENT
         return replace(
             self,
-            payment_count=self.payment_count + payment,
-            refund_count=self.refund_count + (not payment),
+            payment_count=self.payment_count + (item.kind == ITEM_PAYMENT),
+            refund_count=self.refund_count + (item.kind == ITEM_REFUND),
+            payment_reversal_count=(self.payment_reversal_count
+                                    + (item.kind == ITEM_PAYMENT_REVERSAL)),
+            refund_reversal_count=(self.refund_reversal_count
+                                   + (item.kind == ITEM_REFUND_REVERSAL)),
             gross_minor=self.gross_minor + item.gross_minor,
             fee_minor=self.fee_minor + item.fee_minor,
             net_minor=self.net_minor + item.net_minor,
@@ -371,8 +431,11 @@ class BatchTotals:
     def close(self, now_ms: int, items: Iterable[BatchItem],
               carried_in_minor: int = 0) -> SettlementBatch:
         """The closed batch with these items and the key's carried balance; BatchInvariantError
-        if the items disagree with the totals (counts, unique ids, sums), so a lost or extra
-        item is never published."""
+        if the items disagree with the totals (counts of every kind, unique ids, sums), so a
+        lost or extra item is never published."""
+        items = tuple(items)
+        _check_totals(self.batch_id, items, self.counts, self.gross_minor, self.fee_minor,
+                      self.net_minor)
         return SettlementBatch(
             batch_id=self.batch_id,
             merchant_id=self.merchant_id,
@@ -384,7 +447,7 @@ class BatchTotals:
             fee_minor=self.fee_minor,
             net_minor=self.net_minor,
             closed_at_ms=now_ms,
-            items=tuple(items),
+            items=items,
             refund_count=self.refund_count,
             carried_in_minor=carried_in_minor,
         )
@@ -399,6 +462,8 @@ class BatchTotals:
             "window_end_ms": self.window_end_ms,
             "payment_count": self.payment_count,
             "refund_count": self.refund_count,
+            "payment_reversal_count": self.payment_reversal_count,
+            "refund_reversal_count": self.refund_reversal_count,
             "gross_minor": self.gross_minor,
             "fee_minor": self.fee_minor,
             "net_minor": self.net_minor,
@@ -406,12 +471,15 @@ class BatchTotals:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchTotals:
-        """Totals back from to_dict (version 1: payments only, so no refunds)."""
+        """Totals back from to_dict, every invariant checked again (version 1: payments only;
+        version 2: no reversals)."""
         version = data.get("v")
-        if version not in _READABLE_VERSIONS:
+        if version not in _READABLE_TOTALS_VERSIONS:
             raise BatchError(f"unknown batch totals format version {version!r}")
         if version == 1 and "refund_count" in data:
             raise BatchError("batch totals of format 1 cannot have refunds")
+        if version in (1, 2) and set(_REVERSAL_COUNTS) & set(data):
+            raise BatchError(f"batch totals of format {version} cannot have reversals")
         return cls(**{key: value for key, value in data.items() if key != "v"})
 
     @classmethod
@@ -419,7 +487,8 @@ class BatchTotals:
         """The totals of an OpenBatch (which checked them against its items on read-back)."""
         return cls(batch.batch_id, batch.merchant_id, batch.currency, batch.window_start_ms,
                    batch.window_end_ms, batch.payment_count, batch.gross_minor,
-                   batch.fee_minor, batch.net_minor, batch.refund_count)
+                   batch.fee_minor, batch.net_minor, batch.refund_count,
+                   batch.payment_reversal_count, batch.refund_reversal_count)
 
 
 class _Closable(Protocol):

@@ -14,7 +14,7 @@ One table, two kinds of key, both written only on the key's own partition:
 
 An item's tag is its payment_id for a PAYMENT (the key it had before kinds existed) and
 `<kind>NUL<item_id>` for any other kind: ids never hold NUL, so a refund's key can never be
-a payment's, whatever a payment id looks like.
+a payment's, nor a reversal's the key of what it reverses, whatever a payment id looks like.
 
 An add writes its item, then the entry: two small values, whatever the size of the batch
 (the version-1 entry held every item and was re-written on each add). Closing a window
@@ -29,6 +29,7 @@ table holds a prefix of the writes. The entry is written last and is the commit 
 item is counted when its window is open with seq < the window's item count (payments plus
 refunds), or its window is in `recent` (closing drops uncounted items). An item found but
 not counted was written by an event whose entry write was lost: its replay adds it again.
+(The item count is of every kind: payments, refunds and reversals of either.)
 
 The carried balance: closing a batch takes the entry's carried_minor as its carried_in and
 leaves the batch's carried_out there; `recent` keeps each closed window's carried_in, so a
@@ -71,6 +72,13 @@ class BadRefundItem(BadItem):
     reason = "BAD_REFUND_ITEM"
 
 
+class BadReversalItem(BadItem):
+    """A PAYMENT_REVERSED or REFUND_REVERSED result that cannot be its reversal item: merchant,
+    currency or split missing, or the split not amount > 0, 0 <= fee, net == amount - fee."""
+
+    reason = "BAD_REVERSAL_ITEM"
+
+
 def batch_key(merchant_id: str, currency: str) -> str:
     """Table and repartition key: one merchant and currency, hence one partition."""
     return f"{merchant_id}|{currency}"
@@ -97,8 +105,11 @@ def check_text(merchant_id: Any, currency: Any, *ids: Any) -> None:
 
 
 def item_count(totals: dict[str, Any]) -> int:
-    """Items of every kind in a stored BatchTotals dict (format 1 had payments only)."""
-    return int(totals["payment_count"]) + int(totals.get("refund_count", 0))
+    """Items of every kind in a stored BatchTotals dict (format 1 had payments only, format 2
+    no reversals)."""
+    return int(totals["payment_count"]) + sum(
+        int(totals.get(name, 0))
+        for name in ("refund_count", "payment_reversal_count", "refund_reversal_count"))
 
 
 def counted(entry: dict[str, Any], record: dict[str, Any]) -> bool:
