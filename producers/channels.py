@@ -32,6 +32,9 @@ from settlement.reconciliation import (
     MATCHED,
     MISSING_CONFIRMATION,
     ORPHAN_CONFIRMATION,
+    PAYMENT_REVERSED,
+    REFUND_REVERSED,
+    REVERSED,
     SUCCEEDED,
 )
 from settlement.refund_model import refund_source_id
@@ -90,10 +93,6 @@ DECLINE_CODES: Final = (
     "INSUFFICIENT_FUNDS", "DO_NOT_HONOR", "RISK_REJECTED", "EXPIRED_CARD", "USER_CANCELLED",
     "LIMIT_EXCEEDED",
 )
-# ConfirmationStatus of a reversal, and the reconcile stage's outcomes for an applied one.
-REVERSED: Final = "REVERSED"
-PAYMENT_REVERSED: Final = "PAYMENT_REVERSED"
-REFUND_REVERSED: Final = "REFUND_REVERSED"
 _TXN_PREFIX: Final = {"ALIPAY": "ALI", "WECHAT_PAY": "WX", "UNIONPAY": "UP", "CARD": "CRD"}
 _MISMATCH_CURRENCIES: Final = ("CNY", "USD", "HKD", "EUR")
 _U64: Final = 2**64
