@@ -1,5 +1,5 @@
-"""Settle's records: MATCHED payment and refund results into item messages, item messages
-read, batches out."""
+"""Settle's records: MATCHED payment and refund results and their reversals into item
+messages, item messages read, batches out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from typing import Any, Final
 from schemas.codec import to_epoch_ms
 from settlement.batches import BatchError, BatchItem, SettlementBatch
 from settlement.fees import FeeSchedule
-from stream_processors.settle_table import BadItem, BadRefundItem, batch_key, check_text
+from stream_processors.settle_table import (
+    BadItem,
+    BadRefundItem,
+    BadReversalItem,
+    batch_key,
+    check_text,
+)
 
 # The JSON item messages the first agent writes to the items topic for the second.
 # Version 2: the item has a kind and an item_id; version 1 (payments only) is still read.
@@ -53,6 +59,48 @@ def refund_item_message(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
                                     fee_returned, net, to_epoch_ms(record["decided_at"]))
     except BatchError as exc:
         raise BadRefundItem(str(exc)) from exc
+    return _message(merchant_id, currency, record["result_id"], item)
+
+
+def payment_reversal_item_message(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the item message, its batch key) of a PAYMENT_REVERSED ReconciliationResult: a
+    PAYMENT_REVERSAL item of gross -expected_amount, fee -fee, net -net, the split published
+    with it (the payment's own, never recomputed here: no fee schedule fallback either);
+    BadReversalItem if anything it needs is missing or the split is not a payment's."""
+    result_id = record.get("result_id")
+    merchant_id, currency = record.get("merchant_id"), record.get("expected_currency")
+    gross, fee, net = (record.get(name) for name in
+                       ("expected_amount_minor", "fee_minor", "net_minor"))
+    if not merchant_id or not currency or gross is None or fee is None or net is None:
+        raise BadReversalItem(f"PAYMENT_REVERSED result {result_id!r} lacks merchant, currency "
+                              f"or split: {merchant_id}, {currency}, {gross}, {fee}, {net}")
+    check_text(merchant_id, currency, record["payment_id"])
+    try:
+        item = BatchItem.for_payment_reversal(record["payment_id"], gross, fee, net,
+                                              to_epoch_ms(record["decided_at"]))
+    except BatchError as exc:
+        raise BadReversalItem(str(exc)) from exc
+    return _message(merchant_id, currency, record["result_id"], item)
+
+
+def refund_reversal_item_message(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the item message, its batch key) of a REFUND_REVERSED RefundResult: a REFUND_REVERSAL
+    item of gross +amount, fee +fee_returned, net +net, the mirror of the refund's item as
+    published (never recomputed); BadReversalItem if it is missing or not a refund's split."""
+    result_id = record.get("result_id")
+    merchant_id, currency = record.get("merchant_id"), record.get("currency")
+    amount, fee_returned, net = (record.get(name) for name in
+                                 ("amount_minor", "fee_returned_minor", "net_minor"))
+    if not merchant_id or not currency or amount is None or fee_returned is None or net is None:
+        raise BadReversalItem(f"REFUND_REVERSED result {result_id!r} lacks merchant, currency "
+                              f"or split: {merchant_id}, {currency}, {amount}, {fee_returned}, "
+                              f"{net}")
+    check_text(merchant_id, currency, record["payment_id"], record["refund_id"])
+    try:
+        item = BatchItem.for_refund_reversal(record["payment_id"], record["refund_id"], amount,
+                                             fee_returned, net, to_epoch_ms(record["decided_at"]))
+    except BatchError as exc:
+        raise BadReversalItem(str(exc)) from exc
     return _message(merchant_id, currency, record["result_id"], item)
 
 

@@ -1,5 +1,5 @@
-"""Settle, one record or tick at a time: itemize MATCHED payment and refund results, net them
-per merchant, currency and window, close with the carried balance."""
+"""Settle, one record or tick at a time: itemize MATCHED payment and refund results and their
+reversals, net them per merchant, currency and window, close with the carried balance."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement.batches import BatchError, BatchTotals, SettlementBatch, due_batches
 from settlement.fees import FeeSchedule
-from settlement.reconciliation import MATCHED
-from settlement.refund_model import ITEM_PAYMENT
+from settlement.reconciliation import MATCHED, PAYMENT_REVERSED, REFUND_REVERSED
+from settlement.refund_model import (
+    ITEM_PAYMENT,
+    ITEM_PAYMENT_REVERSAL,
+    ITEM_REFUND,
+    ITEM_REFUND_REVERSAL,
+)
 from settlement.windows import WindowPolicy, assign_window, window_for
 from stream_processors.dead_letters import DeadLetters, error_label
 from stream_processors.errors import NotCopartitioned
@@ -23,8 +28,10 @@ from stream_processors.replay import tick_replay, with_tick
 from stream_processors.settle_records import (
     batch_record,
     item_message,
+    payment_reversal_item_message,
     read_item,
     refund_item_message,
+    refund_reversal_item_message,
 )
 from stream_processors.settle_table import (
     ENTRY_FORMAT_VERSION,
@@ -50,7 +57,7 @@ log = logging.getLogger(__name__)
 STAGE: Final = "settle"
 
 # What became of one input (the `settle_stage_records_total` outcome label).
-ITEMIZED: Final = "itemized"  # a MATCHED payment or refund result became a settlement item
+ITEMIZED: Final = "itemized"  # a MATCHED or reversed payment or refund became an item
 IGNORED: Final = "ignored"  # any other result: nothing to settle
 ADDED: Final = "added"  # an item joined an open batch
 DUPLICATE: Final = "duplicate"  # an item already batched (a replay): dropped and counted
@@ -69,6 +76,11 @@ TICK_OUTBOX_KEY: Final = "tick-outbox#"
 DEFAULT_MAX_BATCH_BYTES: Final = 1_000_000
 RECORD_OVERHEAD_BYTES: Final = 512  # record and batch headers, generously
 
+# batch_amounts' label prefix of each item kind.
+_AMOUNT_PREFIX: Final = {ITEM_PAYMENT: "", ITEM_REFUND: "refund_",
+                         ITEM_PAYMENT_REVERSAL: "payment_reversal_",
+                         ITEM_REFUND_REVERSAL: "refund_reversal_"}
+
 
 @dataclass(slots=True)
 class SettleDecision:
@@ -85,11 +97,13 @@ class SettleDecision:
 
 def batch_amounts(batch: SettlementBatch) -> dict[str, int]:
     """A closed batch's amounts as non-negative counter increments, by kind label: payments'
-    gross, fee and net; refunds' refund_gross, refund_fee, refund_net (as positive amounts);
+    gross, fee and net; refunds' refund_gross, refund_fee, refund_net; payment reversals'
+    payment_reversal_*; refund reversals' refund_reversal_* (all as positive amounts);
     payout; carried_out (the negative balance carried on, as a positive amount)."""
-    sums = dict.fromkeys(("gross", "fee", "net", "refund_gross", "refund_fee", "refund_net"), 0)
+    sums = {f"{prefix}{part}": 0 for prefix in _AMOUNT_PREFIX.values()
+            for part in ("gross", "fee", "net")}
     for item in batch.items:
-        prefix = "" if item.kind == ITEM_PAYMENT else "refund_"
+        prefix = _AMOUNT_PREFIX[item.kind]
         sums[f"{prefix}gross"] += abs(item.gross_minor)
         sums[f"{prefix}fee"] += abs(item.fee_minor)
         sums[f"{prefix}net"] += abs(item.net_minor)
@@ -167,17 +181,29 @@ class SettleProcessor:
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
     ) -> SettleDecision:
         """A terminal MATCHED payment result (reconciliation.results) becomes a PAYMENT item,
-        a terminal MATCHED refund result (refunds.results) a REFUND item; anything else is
-        IGNORED. Both are keyed by merchant|currency, so they net in the same batches."""
+        a terminal MATCHED refund result (refunds.results) a REFUND item, a PAYMENT_REVERSED
+        result a PAYMENT_REVERSAL item, a REFUND_REVERSED one a REFUND_REVERSAL item;
+        anything else is IGNORED. All are keyed by merchant|currency, so they net in the same
+        batches. A reversal is a record outcome (terminal=false); its flag is not looked at,
+        as its money is in the record and the ledger posts it whatever the flag says."""
         ref = source_ref(topic, partition, offset).encode()
         try:
             record = self._decoder.decode(value)
-            if record.get("outcome") != MATCHED or not record.get("terminal"):
-                return SettleDecision(IGNORED)
+            outcome = record.get("outcome")
+            matched = outcome == MATCHED and record.get("terminal")
             if topic == self._topics.refund_results:
-                item, bkey = refund_item_message(record)
-            else:
+                if matched:
+                    item, bkey = refund_item_message(record)
+                elif outcome == REFUND_REVERSED:
+                    item, bkey = refund_reversal_item_message(record)
+                else:
+                    return SettleDecision(IGNORED)
+            elif matched:
                 item, bkey = item_message(record, self._fees)
+            elif outcome == PAYMENT_REVERSED:
+                item, bkey = payment_reversal_item_message(record)
+            else:
+                return SettleDecision(IGNORED)
         except RegistryUnavailable:
             raise
         except (DecodeError, BatchError, BadItem, KeyError, TypeError, ValueError) as exc:
@@ -337,7 +363,7 @@ class SettleProcessor:
                     "settle: batch %s (%d items) is a %d-byte record, over the producer's %d: "
                     "raise max.message.bytes of the batches topic and the worker's "
                     "producer_max_request_size; retrying in %d ms", batch.batch_id,
-                    batch.payment_count + batch.refund_count, self._record_bytes(out),
+                    len(batch.items), self._record_bytes(out),
                     self._max_batch_bytes,
                     TICK_RETRY_MS)
                 self._retry_at[(bkey, totals.window_start_ms)] = now + TICK_RETRY_MS

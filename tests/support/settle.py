@@ -1,5 +1,6 @@
 """The settle stage without a broker: a dict table that logs its changelog, and a harness
-driving SettleProcessor with payment and refund results, items and ticks on a fake clock."""
+driving SettleProcessor with payment and refund results (and their reversals), items and
+ticks on a fake clock."""
 
 from __future__ import annotations
 
@@ -120,6 +121,35 @@ class Harness:
         self.offset += 1
         return self.proc.on_result(pid.encode(), self.refund_ser.encode(rec),
                                    TOPICS.refund_results, 0, self.offset)
+
+    def payment_reversal(self, pid: str, gross: int = 1000, fee: int = 6,
+                         **over: Any) -> SettleDecision:
+        """A PAYMENT_REVERSED ReconciliationResult (the channel took pid's capture back), as
+        the reconcile stage publishes it: the payment's own split, terminal=false."""
+        return self.result(pid, **{
+            "result_id": f"{pid}:PAYMENT_REVERSED:rv-{pid}", "outcome": "PAYMENT_REVERSED",
+            "terminal": False, "expected_amount_minor": gross, "confirmed_amount_minor": gross,
+            "confirmation_id": f"rv-{pid}", "fee_minor": fee, "net_minor": gross - fee,
+            **over})
+
+    def refund_reversal(self, pid: str, rid: str, amount: int = 400, fee_returned: int = 2,
+                        **over: Any) -> SettleDecision:
+        """A REFUND_REVERSED RefundResult (refund rid of pid came back to the channel): the
+        refund's own split, terminal=false, the amount refundable again."""
+        return self.refund(pid, rid, amount, fee_returned, **{
+            "result_id": f"{pid}/{rid}:REFUND_REVERSED:rv-{rid}", "outcome": "REFUND_REVERSED",
+            "terminal": False, "confirmation_id": f"rv-{rid}", "refunded_minor": 0,
+            "refundable_minor": 1000, **over})
+
+    def settle_payment_reversal(self, pid: str, **over: Any) -> SettleDecision:
+        d = self.payment_reversal(pid, **over)
+        assert d.outcome == ITEMIZED, d
+        return self.item(d.outputs[0])
+
+    def settle_refund_reversal(self, pid: str, rid: str, **over: Any) -> SettleDecision:
+        d = self.refund_reversal(pid, rid, **over)
+        assert d.outcome == ITEMIZED, d
+        return self.item(d.outputs[0])
 
     def settle_refund(self, pid: str, rid: str, **over: Any) -> SettleDecision:
         d = self.refund(pid, rid, **over)

@@ -271,4 +271,6 @@ def test_batch_amounts_are_counter_increments() -> None:
     assert (closed.net_minor, closed.payout_minor, closed.carried_out_minor) == (-298, 0, -298)
     assert batch_amounts(closed) == {
         "gross": 1000, "fee": 6, "net": 994, "refund_gross": 1300, "refund_fee": 8,
-        "refund_net": 1292, "payout": 0, "carried_out": 298}
+        "refund_net": 1292, "payment_reversal_gross": 0, "payment_reversal_fee": 0,
+        "payment_reversal_net": 0, "refund_reversal_gross": 0, "refund_reversal_fee": 0,
+        "refund_reversal_net": 0, "payout": 0, "carried_out": 298}
