@@ -2,7 +2,8 @@
 
 What each merchant and currency is owed follows from two public topics: the net of every
 MATCHED payment (reconciliation.results) minus the net of every MATCHED refund
-(refunds.results). Settlement must have batched exactly that (settlements.batches, and the
+(refunds.results), each less what the channel reversed (PAYMENT_REVERSED, REFUND_REVERSED).
+Settlement must have batched exactly that (settlements.batches, and the
 settlement_batches table), paid out Σ max(running balance, 0) and carried the rest; the
 ledger's `payable:<m>` must hold what is not yet paid out, and `payout_due:<m>` every payout.
 This module recomputes all of it independently of the stages' and sinks' own arithmetic and
@@ -29,8 +30,8 @@ Key = tuple[str, str]  # (merchant_id, currency)
 class KeyMoney:
     """One merchant and currency, from every side."""
 
-    payments_net: int = 0  # topic: Σ net of MATCHED payments
-    refunds_net: int = 0  # topic: Σ net of MATCHED refunds (positive)
+    payments_net: int = 0  # topic: Σ net of MATCHED payments, less those the channel reversed
+    refunds_net: int = 0  # topic: Σ net of MATCHED refunds not reversed (positive)
     batched_net: int = 0  # topic: Σ item net of its batches
     payouts: int = 0  # topic: Σ payout of its batches
     carried: int = 0  # topic: carried_out of its last batch (<= 0)
@@ -71,6 +72,8 @@ class Recomputation:
     keys: dict[Key, KeyMoney] = field(default_factory=dict)
     refund_outcomes: Counter[str] = field(default_factory=Counter)  # every result, deduped
     refund_terminal: Counter[str] = field(default_factory=Counter)  # one per refund
+    payment_reversals: int = 0
+    refund_reversals: int = 0
     negative_batches: int = 0  # batches whose items net below 0
     carried_batches: int = 0  # batches that carried a balance out (paid 0)
     absorbing_batches: int = 0  # batches that took a carried balance in
@@ -117,6 +120,10 @@ def recompute(settings: Settings, conn: psycopg.Connection, decoder: Any, result
             if r["outcome"] == "MATCHED" and r["terminal"]:
                 gross, fee = r["expected_amount_minor"], r["fee_minor"]
                 key(r["merchant_id"], r["expected_currency"]).payments_net += gross - fee
+            elif r["outcome"] == "PAYMENT_REVERSED":
+                gross, fee = r["expected_amount_minor"], r["fee_minor"]
+                key(r["merchant_id"], r["expected_currency"]).payments_net -= gross - fee
+                out.payment_reversals += 1
         for rec in read_topic(consumer, refund_results_topic):
             r = decoder.decode(rec.value)
             if r["result_id"] in seen:
@@ -128,6 +135,10 @@ def recompute(settings: Settings, conn: psycopg.Connection, decoder: Any, result
             if r["outcome"] == "MATCHED" and r["terminal"]:
                 amount, back = r["amount_minor"], r["fee_returned_minor"]
                 key(r["merchant_id"], r["currency"]).refunds_net += amount - back
+            elif r["outcome"] == "REFUND_REVERSED":
+                amount, back = r["amount_minor"], r["fee_returned_minor"]
+                key(r["merchant_id"], r["currency"]).refunds_net -= amount - back
+                out.refund_reversals += 1
         batches: dict[str, dict[str, Any]] = {}
         for rec in read_topic(consumer, batches_topic):
             b = decoder.decode(rec.value)

@@ -1,6 +1,7 @@
-"""Fault injection on the real stack: each scenario pushes a few thousand payments (and refunds
-of some) through an isolated pipeline while a fault hits it, then asserts the audits, no
-duplicate, no loss, in = out and the money recomputed from the topics. Run alone with `pytest -m chaos` (or `-k SCENARIO`).
+"""Fault injection on the real stack: each scenario pushes a few thousand payments (and
+refunds of some) through an isolated pipeline while a fault hits it, then asserts the
+audits, no duplicate, no loss, in = out and the money recomputed from the topics. Run
+alone with `pytest -m chaos` (or `-k SCENARIO`).
 
 The broker, PostgreSQL and registry scenarios stop and start services of the stack named by
 the SETTLE_* environment through `deploy/stack.sh`: run them on a stack of your own.
