@@ -148,7 +148,9 @@ def _refunds_summary(s: Any, decoder: Any) -> bool:
     console.print(money_table)
     console.print(f"  {money.negative_batches:,} batches netted below 0, "
                   f"{money.carried_batches:,} paid 0 and carried a balance, "
-                  f"{money.absorbing_batches:,} took a carried balance in")
+                  f"{money.absorbing_batches:,} took a carried balance in; "
+                  f"{money.payment_reversals:,} payments and {money.refund_reversals:,} "
+                  "refunds reversed by their channels")
     bad = money.mismatches()
     console.print(f"{mark[not bad]} money recomputed from the topics = ledger = batches for "
                   f"{len(money.keys) - len(bad):,}/{len(money.keys):,} merchant+currency keys"

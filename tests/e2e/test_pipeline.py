@@ -62,6 +62,7 @@ def test_twenty_thousand_payments_settle_exactly_once(stack: Settings, tmp_path:
     print(f"e2e refunds: sent {sent.to_dict()}; results {dict(money.refund_outcomes)}; "
           f"money per currency {money.totals()}; {money.negative_batches} batches netted "
           f"below 0, {money.carried_batches} carried a balance, {money.absorbing_batches} "
-          "took one in")
+          f"took one in; reversed: {money.payment_reversals} payments, "
+          f"{money.refund_reversals} refunds")
     print(f"e2e: {result.payments_per_s:,.0f} payments/s, latency p50 "
           f"{result.latency_ms_p50} ms, p99 {result.latency_ms_p99} ms")
