@@ -1,6 +1,6 @@
 """The settle worker on the real stack: killed mid-window, its table comes back from the
-changelog and the batch closes with every payment exactly once; refunds net into batches, a
-negative one pays nothing and carries its balance into the next."""
+changelog and the batch closes with every payment exactly once; refunds and the channel's
+reversals net into batches, a negative one pays nothing and carries its balance into the next."""
 
 from __future__ import annotations
 
@@ -168,6 +168,87 @@ def test_settle_worker_killed_mid_window_recovers_its_batch(
         registry.close()
 
 
+class _Results:
+    """Publishes payment and refund results (and their reversals) of one merchant, as the
+    reconcile stage does, and reads back the batches they settle into."""
+
+    def __init__(self, stack: Settings, topics: TopicNames, registry: Any, name: str) -> None:
+        self.topics = topics
+        self.payments = AvroSerializer(registry, topics.results, "ReconciliationResult")
+        self.refunds = AvroSerializer(registry, topics.refund_results, "RefundResult")
+        self.producer = make_producer(stack.kafka, name)
+        self.reader = Topics(stack, registry)
+        self.merchant = f"m-{uuid.uuid4().hex[:6]}"
+
+    def pay(self, pid: str, amount: int, fee: int, outcome: str = "MATCHED") -> None:
+        now = _now_ms()
+        cid = f"c-{pid}" if outcome == "MATCHED" else f"rv-{pid}"
+        self.producer.produce(self.topics.results, key=pid.encode(), value=self.payments.encode({
+            "result_id": f"{pid}:{outcome}:{cid}", "payment_id": pid,
+            "merchant_id": self.merchant, "channel": "ALIPAY", "outcome": outcome,
+            "terminal": outcome == "MATCHED", "late": False,
+            "expected_amount_minor": amount, "expected_currency": "CNY",
+            "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
+            "confirmation_id": cid, "channel_txn_id": "t", "created_at": now - 10,
+            "decided_at": now, "detail": "", "fee_minor": fee, "net_minor": amount - fee}))
+
+    def refund(self, pid: str, rid: str, amount: int, fee_back: int,
+               outcome: str = "MATCHED") -> None:
+        now = _now_ms()
+        money = outcome in ("MATCHED", "REFUND_REVERSED")
+        self.producer.produce(
+            self.topics.refund_results, key=pid.encode(), value=self.refunds.encode({
+                "result_id": f"{pid}/{rid}:{outcome}:rc-{rid}", "refund_id": rid,
+                "payment_id": pid, "merchant_id": self.merchant, "order_id": f"o-{pid}",
+                "channel": "ALIPAY", "outcome": outcome,
+                "terminal": outcome not in ("REFUND_REVERSED", "REVERSAL_EXCEPTION"),
+                "late": False, "amount_minor": amount, "currency": "CNY",
+                "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
+                "confirmation_id": f"rc-{rid}", "channel_refund_id": f"cr-{rid}",
+                "fee_returned_minor": fee_back if money else None,
+                "net_minor": amount - fee_back if money else None,
+                "captured_minor": 1000, "refunded_minor": amount, "refundable_minor": 0,
+                "requested_at": now - 50, "decided_at": now, "detail": ""}))
+
+    def wait_for(self, wanted: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        assert self.producer.flush(15) == 0
+        return self.reader.poll_until(self.topics.batches, lambda bs: _items(bs) >= wanted,
+                                      SHORT_WINDOW_S + SHORT_GRACE_S + 60)
+
+    def settled(self, everything: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Every batch once, in window order, after a wait in which any second copy of an
+        item would have arrived; each item in exactly one batch, the carried chain checked."""
+        self.wait_for(everything)
+        time.sleep(2.0)  # a second copy of anything would arrive now
+        copies = self.reader.poll_until(self.topics.batches, lambda bs: False, 1)
+        by_id: dict[str, dict[str, Any]] = {}
+        for b in copies:
+            assert {k: v for k, v in b.items() if k != "_key"} == {
+                k: v for k, v in by_id.setdefault(b["batch_id"], b).items() if k != "_key"}
+        batches = sorted(by_id.values(), key=lambda b: b["window_start"])
+        settled = Counter((i["kind"], i["item_id"]) for b in batches for i in b["items"])
+        assert set(settled) == everything and set(settled.values()) == {1}, settled
+        carried = 0
+        for b in batches:
+            kinds = [i["kind"] for i in b["items"]]
+            assert (b["payment_count"], b["refund_count"]) == (
+                kinds.count("PAYMENT"), kinds.count("REFUND"))
+            assert b["net_minor"] == sum(i["net_minor"] for i in b["items"])
+            assert b["carried_in_minor"] == carried, batches
+            balance = b["net_minor"] + carried
+            assert (b["payout_minor"], b["carried_out_minor"]) == (
+                max(balance, 0), min(balance, 0))
+            carried = b["carried_out_minor"]
+        return batches
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _items(bs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(i["kind"], i["item_id"]) for b in bs for i in b["items"]}
+
+
 def test_refunds_net_into_batches_and_a_negative_balance_is_carried(
     stack: Settings, short_env: tuple[dict[str, str], TopicNames], tmp_path: Path
 ) -> None:
@@ -176,42 +257,8 @@ def test_refunds_net_into_batches_and_a_negative_balance_is_carried(
     refund result published twice is settled once."""
     worker_env, topics = short_env
     registry = registry_client(stack)
-    payments = AvroSerializer(registry, topics.results, "ReconciliationResult")
-    refunds = AvroSerializer(registry, topics.refund_results, "RefundResult")
-    producer = make_producer(stack.kafka, "it-settle-refunds")
-    reader = Topics(stack, registry)
-    merchant = f"m-{uuid.uuid4().hex[:6]}"
-
-    def pay(pid: str, amount: int, fee: int) -> None:
-        now = _now_ms()
-        producer.produce(topics.results, key=pid.encode(), value=payments.encode({
-            "result_id": f"{pid}:MATCHED:c-{pid}", "payment_id": pid, "merchant_id": merchant,
-            "channel": "ALIPAY", "outcome": "MATCHED", "terminal": True, "late": False,
-            "expected_amount_minor": amount, "expected_currency": "CNY",
-            "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
-            "confirmation_id": f"c-{pid}", "channel_txn_id": "t", "created_at": now - 10,
-            "decided_at": now, "detail": "", "fee_minor": fee, "net_minor": amount - fee}))
-
-    def refund(pid: str, rid: str, amount: int, fee_back: int, outcome: str = "MATCHED") -> None:
-        now = _now_ms()
-        producer.produce(topics.refund_results, key=pid.encode(), value=refunds.encode({
-            "result_id": f"{pid}/{rid}:{outcome}:rc-{rid}", "refund_id": rid, "payment_id": pid,
-            "merchant_id": merchant, "order_id": f"o-{pid}", "channel": "ALIPAY",
-            "outcome": outcome, "terminal": True, "late": False, "amount_minor": amount,
-            "currency": "CNY", "confirmed_amount_minor": amount, "confirmed_currency": "CNY",
-            "confirmation_id": f"rc-{rid}", "channel_refund_id": f"cr-{rid}",
-            "fee_returned_minor": fee_back if outcome == "MATCHED" else None,
-            "net_minor": amount - fee_back if outcome == "MATCHED" else None,
-            "captured_minor": 1000, "refunded_minor": amount, "refundable_minor": 0,
-            "requested_at": now - 50, "decided_at": now, "detail": ""}))
-
-    def items(bs: list[dict[str, Any]]) -> set[tuple[str, str]]:
-        return {(i["kind"], i["item_id"]) for b in bs for i in b["items"]}
-
-    def wait_for(wanted: set[tuple[str, str]]) -> list[dict[str, Any]]:
-        assert producer.flush(15) == 0
-        return reader.poll_until(topics.batches, lambda bs: items(bs) >= wanted,
-                                 SHORT_WINDOW_S + SHORT_GRACE_S + 60)
+    results = _Results(stack, topics, registry, "it-settle-refunds")
+    pay, refund, wait_for = results.pay, results.refund, results.wait_for
 
     worker = Worker("settle", worker_env, tmp_path / "settle-refunds.log")
     try:
@@ -232,31 +279,13 @@ def test_refunds_net_into_batches_and_a_negative_balance_is_carried(
         # 3: a payment that pays the carried balance off.
         pay("c-1", 2000, 12)
         everything = first | second | {("PAYMENT", "c-1")}
-        wait_for(everything)
-        time.sleep(2.0)  # a second copy of anything would arrive now
-        copies = reader.poll_until(topics.batches, lambda bs: False, 1)
+        batches = results.settled(everything)
     finally:
         worker.stop()
-        reader.close()
+        results.close()
         registry.close()
 
-    by_id: dict[str, dict[str, Any]] = {}
-    for b in copies:
-        assert {k: v for k, v in b.items() if k != "_key"} == {
-            k: v for k, v in by_id.setdefault(b["batch_id"], b).items() if k != "_key"}
-    batches = sorted(by_id.values(), key=lambda b: b["window_start"])
-    settled = Counter((i["kind"], i["item_id"]) for b in batches for i in b["items"])
-    assert set(settled) == everything and set(settled.values()) == {1}, settled
-    carried = 0
-    for b in batches:
-        kinds = [i["kind"] for i in b["items"]]
-        assert (b["payment_count"], b["refund_count"]) == (
-            kinds.count("PAYMENT"), kinds.count("REFUND"))
-        assert b["net_minor"] == sum(i["net_minor"] for i in b["items"])
-        assert b["carried_in_minor"] == carried, batches
-        balance = b["net_minor"] + carried
-        assert (b["payout_minor"], b["carried_out_minor"]) == (max(balance, 0), min(balance, 0))
-        carried = b["carried_out_minor"]
+    carried = batches[-1]["carried_out_minor"]
     nets = 994 * 2 - 398 - 994 - 596 + 1988
     # Paid: 1590 for the first window, 0 for the refunds, 1988 - 1590 = 398 for the last.
     assert carried == 0 and sum(b["payout_minor"] for b in batches) == nets - carried == 1988
@@ -264,3 +293,45 @@ def test_refunds_net_into_batches_and_a_negative_balance_is_carried(
     refund_item = next(i for b in batches for i in b["items"] if i["item_id"] == "a-2/r-1")
     assert (refund_item["payment_id"], refund_item["gross_minor"], refund_item["fee_minor"],
             refund_item["net_minor"]) == ("a-2", -1000, -6, -994)
+
+
+def test_reversals_net_into_batches_once(
+    stack: Settings, short_env: tuple[dict[str, str], TopicNames], tmp_path: Path
+) -> None:
+    """Two payments and a refund in one window; after it closed, the channel reverses one
+    payment and the refund (each result published twice): a negative batch carried; a
+    REVERSAL_EXCEPTION moves nothing; then a payment that absorbs the balance."""
+    worker_env, topics = short_env
+    registry = registry_client(stack)
+    results = _Results(stack, topics, registry, "it-settle-reversals")
+    worker = Worker("settle", worker_env, tmp_path / "settle-reversals.log")
+    try:
+        worker.wait_ready(READY_TIMEOUT_S)
+        results.pay("a-1", 1000, 6)
+        results.pay("a-2", 1000, 6)
+        results.refund("a-2", "r-1", 400, 2)
+        first = {("PAYMENT", "a-1"), ("PAYMENT", "a-2"), ("REFUND", "a-2/r-1")}
+        results.wait_for(first)
+        for _copy in range(2):
+            results.pay("a-1", 1000, 6, outcome="PAYMENT_REVERSED")
+            results.refund("a-2", "r-1", 400, 2, outcome="REFUND_REVERSED")
+        results.pay("a-2", 1000, 6, outcome="REVERSAL_EXCEPTION")  # moves nothing
+        second = {("PAYMENT_REVERSAL", "a-1"), ("REFUND_REVERSAL", "a-2/r-1")}
+        results.wait_for(first | second)
+        results.pay("c-1", 2000, 12)
+        batches = results.settled(first | second | {("PAYMENT", "c-1")})
+    finally:
+        worker.stop()
+        results.close()
+        registry.close()
+
+    # 994 + 994 - 398 paid; -994 + 398 carried (the reversals, after the first batches
+    # closed; on two topics, so maybe in two windows); 1988 - 596 paid.
+    assert batches[-1]["carried_out_minor"] == 0
+    assert sum(b["payout_minor"] for b in batches) == 994 * 2 - 398 - 994 + 398 + 1988 == 2982
+    assert any(b["payout_minor"] == 0 and b["carried_out_minor"] < 0 for b in batches), batches
+    items = {(i["kind"], i["item_id"]): i for b in batches for i in b["items"]}
+    assert [items[("PAYMENT_REVERSAL", "a-1")][k] for k in
+            ("payment_id", "gross_minor", "fee_minor", "net_minor")] == ["a-1", -1000, -6, -994]
+    assert [items[("REFUND_REVERSAL", "a-2/r-1")][k] for k in
+            ("payment_id", "gross_minor", "fee_minor", "net_minor")] == ["a-2", 400, 2, 398]
