@@ -116,7 +116,8 @@ BATCHES_CLOSED = Counter(
 BATCH_AMOUNTS_CLOSED = Counter(
     "settle_batch_amounts_closed_minor_total",
     "Minor units in closed settlement batches per currency and kind (gross, fee, net of "
-    "payments; refund_gross, refund_fee, refund_net; payout; carried_out), all positive",
+    "payments; refund_, payment_reversal_ and refund_reversal_ gross, fee, net; payout; "
+    "carried_out), all positive",
     ["currency", "kind"],
 )
 BATCH_ITEMS = Counter(

@@ -265,9 +265,9 @@ def _count_settle(decision: SettleDecision) -> None:
         metrics.DEAD_LETTERS.labels(SETTLE_STAGE, decision.error_type).inc()
     for batch in decision.closed:
         metrics.BATCHES_CLOSED.labels(batch.currency).inc()
-        # Counters only go up: payments' sums (gross, fee, net), refunds' sums as positive
-        # amounts (refund_gross, refund_fee, refund_net), what was paid out and what was
-        # carried into the next batch (carried_out, as a positive amount).
+        # Counters only go up: payments' sums (gross, fee, net), refunds' and reversals'
+        # sums as positive amounts (refund_*, payment_reversal_*, refund_reversal_*), what
+        # was paid out and what was carried into the next batch (carried_out, positive).
         amounts = metrics.BATCH_AMOUNTS_CLOSED
         for kind, value in batch_amounts(batch).items():
             amounts.labels(batch.currency, kind).inc(value)
