@@ -354,3 +354,17 @@ def test_the_stored_deadline_is_the_books() -> None:
     assert rf.stored_deadline_ms(b.to_dict(), POLICY) == rf.deadline_ms(b, POLICY) == T0 + 1000
     done, _ = rf.on_tick(b, T0 + 1000, POLICY)
     assert rf.stored_deadline_ms(done.to_dict(), POLICY) is None
+
+
+def test_the_readme_lists_every_refund_reason_code_and_no_other() -> None:
+    import re
+    from pathlib import Path
+
+    from settlement.signing import SIGNATURE_REASON_CODES
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text("utf-8")
+    section = readme.split("### Refunds", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| (`[A-Z_]+`(?:, `[A-Z_]+`)*) \|", section, re.M)
+    listed = [code for row in rows for code in re.findall(r"`([A-Z_]+)`", row)]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == rf.REFUND_REASON_CODES | SIGNATURE_REASON_CODES
