@@ -89,7 +89,10 @@ WITH batches AS (
            carried_out_minor, closed_at
       FROM stage_settlement_batches
     ON CONFLICT (batch_id) DO NOTHING
-    RETURNING batch_id, payment_count + refund_count AS item_count
+    -- Every staged item of the batch: reversals count in neither payment_count nor
+    -- refund_count (the record's counts), but are inserted all the same.
+    RETURNING batch_id, (SELECT count(*) FROM stage_settlement_items s
+                          WHERE s.batch_id = settlement_batches.batch_id) AS item_count
 ), items AS (
     INSERT INTO settlement_batch_items (batch_id, kind, item_id, payment_id, gross_minor,
                                         fee_minor, net_minor, matched_at)
