@@ -47,6 +47,8 @@ __all__ = [
     "result_rows",
 ]
 
+REVERSED = "REVERSED"  # payments.state and refunds.state of a reversed payment or refund
+
 TABLES = ("payments", "ledger_journals", "ledger_entries", "reconciliation_exceptions",
           "refunds", "refund_exceptions")
 
@@ -152,6 +154,9 @@ SELECT result_id, payment_id, refund_id, merchant_id, channel, outcome, amount_m
   FROM stage_refund_exceptions
 ON CONFLICT (result_id) DO NOTHING
 """
+
+# States of a payment or refund whose terminal result was MATCHED (result_id keeps it).
+_MATCHED_ONCE = frozenset({MATCHED, REVERSED})
 
 _T, _B, _BOOL, _TS = "text", "int8", "bool", "timestamptz"
 _STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -265,7 +270,7 @@ class LedgerWriter:
                     [(p.account, p.side, p.amount_minor) for p in posted.journal.postings])
                 if problem is None:
                     accepted.append(reversal)
-                    states[key] = ("REVERSED", reversal.result_id)
+                    states[key] = (REVERSED, reversal.result_id)
                     continue
                 error = ReversalMismatch
                 message = (f"{posted.kind} result {reversal.result_id} does not mirror the "
@@ -366,7 +371,8 @@ class LedgerWriter:
             (pending,),
         ).fetchall()
         for payment_id, state, result_id in stored:
-            if state == MATCHED and result_id == wanted[payment_id]:
+            # A replay: MATCHED by this result, or reversed since (result_id stays).
+            if state in _MATCHED_ONCE and result_id == wanted[payment_id]:
                 continue
             message = (
                 f"MATCHED result {wanted[payment_id]} for payment {payment_id}, which is "
@@ -397,7 +403,7 @@ class LedgerWriter:
         dead: list[DeadRecord] = []
         for payment_id, refund_id, state, result_id in stored:
             key = (payment_id, refund_id)
-            if state == MATCHED and result_id == wanted[key]:
+            if state in _MATCHED_ONCE and result_id == wanted[key]:
                 continue
             message = (f"MATCHED result {wanted[key]} for refund {payment_id}/{refund_id}, "
                        f"which is already {state} by {result_id}: not posted")
@@ -454,7 +460,7 @@ def _mark_reversed(cur: psycopg.Cursor, table: str, reversals: Sequence[Reversal
     where = ("t.payment_id = r.payment_id" if table == "payments"
              else "t.payment_id = r.payment_id AND t.refund_id = r.refund_id")
     cur.execute(
-        f"UPDATE {table} t SET state = 'REVERSED', reversal_result_id = r.result_id,"
+        f"UPDATE {table} t SET state = '{REVERSED}', reversal_result_id = r.result_id,"
         "       reversed_at = r.decided_at, updated_at = now()"
         "  FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])"
         "       AS r (payment_id, refund_id, result_id, decided_at)"

@@ -606,3 +606,104 @@ def netted_batch(merchant: str, window: int, carried_in: int,
     for item, (kind, item_id, *_rest) in zip(record["items"], items, strict=True):
         item.update(kind=kind, item_id=item_id)
     return key, record
+
+
+def test_reversals_post_their_mirror_once_and_a_wrong_mirror_is_dead_lettered(
+    stack: Settings, refund_topics: tuple[Topics, str], registry: RegistryClient,
+    db: psycopg.Connection,
+) -> None:
+    topics, refunds_topic = refund_topics
+    run = uuid.uuid4().hex[:8]
+    p1, p2, p3, p4 = (f"p-{run}-{n}" for n in range(1, 5))
+    merchant = f"m-{run}"
+    split = (60, 9_940)
+    publish(stack, registry, topics.results, [
+        *(result(p, "MATCHED", merchant=merchant, split=split) for p in (p1, p2, p3)),
+        result(p2, "PAYMENT_REVERSED", merchant=merchant, split=split, conf="v1", minutes=5),
+        result(p2, "PAYMENT_REVERSED", merchant=merchant, split=split, conf="v1", minutes=5),
+        # a second reversal of a reversed payment: never posted
+        result(p2, "PAYMENT_REVERSED", merchant=merchant, split=split, conf="v2", minutes=6),
+        # a fee that is not the payment's: not the mirror
+        result(p3, "PAYMENT_REVERSED", merchant=merchant, split=(61, 9_939), conf="v3"),
+        # a payment with no PAYMENT journal
+        result(p4, "PAYMENT_REVERSED", merchant=merchant, split=split, conf="v4"),
+        result(p1, "REVERSAL_EXCEPTION", merchant=merchant, conf="v5"),
+    ])
+    publish(stack, registry, refunds_topic, [
+        refund_result(p1, "r1", "MATCHED", merchant=merchant),
+        refund_result(p1, "r2", "MATCHED", merchant=merchant),
+        refund_result(p1, "r1", "REFUND_REVERSED", merchant=merchant, conf="rv1", minutes=9),
+        refund_result(p1, "r1", "REFUND_REVERSED", merchant=merchant, conf="rv1", minutes=9),
+        refund_result(p1, "r2", "REFUND_REVERSED", merchant=merchant, conf="rv2",
+                      split=(19, 2_981)),  # not the REFUND journal's split
+        refund_result(p1, "r3", "REVERSAL_EXCEPTION", merchant=merchant, conf="rv3"),
+    ])
+    writer = LedgerWriter(FEES, refund_topic=refunds_topic)
+    group = f"t-ledger-rev-{run}"
+    for _ in range(2):  # the later runs replay everything from the start: nothing changes
+        stats = run_sink(stack, registry, writer, topics.results, topics.dlq, group)
+        assert stats.records == 15
+        db.execute("DELETE FROM sink_offsets WHERE consumer_group = %s", (group,))
+    run_sink(stack, registry, writer, topics.results, topics.dlq, group)
+    assert_offsets_at_end(stack, db, group, topics.results)
+    assert_offsets_at_end(stack, db, group, refunds_topic)
+
+    pids = [p1, p2, p3, p4]
+    assert db.execute("SELECT payment_id, state, reversal_result_id FROM payments"
+                      " WHERE payment_id = ANY(%s) ORDER BY 1", (pids,)).fetchall() == [
+        (p1, "MATCHED", None), (p2, "REVERSED", f"{p2}:PAYMENT_REVERSED:v1"),
+        (p3, "MATCHED", None)]
+    assert db.execute("SELECT refund_id, state, reversal_result_id, fee_returned_minor,"
+                      " net_minor FROM refunds WHERE payment_id = %s ORDER BY 1", (p1,)
+                      ).fetchall() == [
+        ("r1", "REVERSED", f"{p1}/r1:REFUND_REVERSED:rv1", 18, 2_982),
+        ("r2", "MATCHED", None, 18, 2_982)]
+    journals = db.execute("SELECT journal_id, kind, source_id, gross_minor, fee_minor, net_minor"
+                          " FROM ledger_journals WHERE payment_id = ANY(%s)"
+                          " AND kind LIKE '%%REVERSAL' ORDER BY 1", (pids,)).fetchall()
+    assert journals == [(f"PR:{p2}", "PAYMENT_REVERSAL", p2, 10_000, 60, 9_940),
+                        (f"RR:{p1}/r1", "REFUND_REVERSAL", f"{p1}/r1", 3_000, 18, 2_982)]
+    # Each mirror and its original leave every account where it was.
+    assert db.execute("SELECT account, SUM(CASE WHEN side = 'DEBIT' THEN amount_minor"
+                      " ELSE -amount_minor END) FROM ledger_entries"
+                      " WHERE journal_id = ANY(%s) GROUP BY 1 HAVING SUM(CASE WHEN side ="
+                      " 'DEBIT' THEN amount_minor ELSE -amount_minor END) <> 0",
+                      ([f"J:{p2}", f"PR:{p2}", f"RF:{p1}/r1", f"RR:{p1}/r1"],)
+                      ).fetchall() == []
+    assert db.execute("SELECT account, side, amount_minor FROM ledger_entries"
+                      " WHERE journal_id = %s ORDER BY 1", (f"PR:{p2}",)).fetchall() == [
+        ("clearing:alipay", "CREDIT", 10_000), ("fee_revenue:alipay", "DEBIT", 60),
+        (f"payable:{merchant}", "DEBIT", 9_940)]
+    assert db.execute("SELECT outcome FROM reconciliation_exceptions WHERE payment_id = ANY(%s)",
+                      (pids,)).fetchall() == [("REVERSAL_EXCEPTION",)]
+    assert db.execute("SELECT refund_id, outcome FROM refund_exceptions"
+                      " WHERE payment_id = %s", (p1,)).fetchall() == [("r3", "REVERSAL_EXCEPTION")]
+    letters = dead_letters(stack, registry, topics.dlq)
+    assert len(letters) == 12  # four per run, three runs
+    assert {(d["reason"], d["source_topic"]) for d in letters} == {
+        ("REVERSAL_MISMATCH", refunds_topic), ("REVERSAL_MISMATCH", topics.results),
+        ("REVERSAL_STATE_CONFLICT", topics.results)}
+    assert all("differ from the original" in d["error_message"] for d in letters
+               if d["reason"] == "REVERSAL_MISMATCH")
+
+    # The settlement sink nets the reversal items with their signs: all is paid out of payable.
+    items = [("PAYMENT", p, p, 10_000, 60) for p in (p1, p2, p3)] + [
+        ("PAYMENT_REVERSAL", p2, p2, -10_000, -60),
+        ("REFUND", f"{p1}/r1", p1, -3_000, -18), ("REFUND", f"{p1}/r2", p1, -3_000, -18),
+        ("REFUND_REVERSAL", f"{p1}/r1", p1, 3_000, 18)]
+    netted = netted_batch(merchant, 0, 0, items)
+    assert (netted[1]["payment_count"], netted[1]["refund_count"]) == (3, 2)
+    only_reversals = netted_batch(f"{merchant}-x", 0, 0,
+                                  [("PAYMENT_REVERSAL", p4, p4, -100, 0)])
+    publish(stack, registry, topics.batches, [netted, only_reversals])
+    run_sink(stack, registry, SettlementWriter(), topics.batches, topics.dlq, f"t-s-{run}")
+    assert db.execute("SELECT kind, COUNT(*) FROM settlement_batch_items WHERE batch_id = ANY(%s)"
+                      " GROUP BY 1 ORDER BY 1", ([netted[0], only_reversals[0]],)).fetchall() == [
+        ("PAYMENT", 3), ("PAYMENT_REVERSAL", 2), ("REFUND", 2), ("REFUND_REVERSAL", 1)]
+    assert db.execute("SELECT payout_minor, carried_out_minor FROM settlement_batches"
+                      " WHERE batch_id = ANY(%s) ORDER BY merchant_id",
+                      ([netted[0], only_reversals[0]],)).fetchall() == [
+        (2 * 9_940 - 2_982, 0), (0, -100)]
+    payable = db.execute("SELECT credit_balance_minor FROM account_balances"
+                         " WHERE account = %s", (f"payable:{merchant}",)).fetchone()
+    assert payable == (0,)

@@ -96,10 +96,11 @@ def refund_result(pid: str, rid: str, outcome: str, *, amount: int = 3_000,
                   split: tuple[int, int] | None = (18, 2_982), conf: str | None = "rc1",
                   late: bool = False, merchant: str = "m-1", minutes: int = 0,
                   ) -> tuple[str, dict[str, Any]]:
-    """A RefundResult keyed by payment_id; `split` = (fee returned, net) of a MATCHED one."""
+    """A RefundResult keyed by payment_id; `split` = (fee returned, net) of a MATCHED (or
+    REFUND_REVERSED) one."""
     terminal = outcome in {"MATCHED", "DECLINED", "AMOUNT_MISMATCH", "CURRENCY_MISMATCH",
                            "MISSING_CONFIRMATION"}
-    matched = outcome == "MATCHED"
+    matched = outcome in {"MATCHED", "REFUND_REVERSED"}
     record = {
         "result_id": f"{pid}/{rid}:{outcome}:{conf or '-'}",
         "refund_id": rid, "payment_id": pid, "merchant_id": merchant, "order_id": f"o-{pid}",
