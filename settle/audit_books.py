@@ -1,7 +1,9 @@
 """`settle audit books`: the ledger's invariants, checked from PostgreSQL and the topics.
 
 Ledger v2: journals by (kind, source id): PAYMENT (a captured payment), REFUND (a succeeded
-refund), PAYOUT (a closed batch's payout, payable -> payout_due).
+refund), PAYOUT (a closed batch's payout, payable -> payout_due), PAYMENT_REVERSAL and
+REFUND_REVERSAL (the channel took a payment or a refund back: the exact mirror of its
+PAYMENT or REFUND journal; the payment or refund is then REVERSED).
 """
 
 from __future__ import annotations
@@ -85,17 +87,23 @@ def _check_journals(conn: psycopg.Connection, audit: BooksAudit) -> None:
               ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())) or "no journals")
 
 
+# Kinds whose journals settle as batch items, and the sign of the item against the journal.
+ITEM_KINDS = ("PAYMENT", "REFUND", "PAYMENT_REVERSAL", "REFUND_REVERSAL")
+_NEGATIVE_ITEMS = "('REFUND', 'PAYMENT_REVERSAL')"
+
+
 def _check_payments_and_refunds(conn: psycopg.Connection, audit: BooksAudit) -> None:
     matched_without_journal = _rows(conn, """
         SELECT COUNT(*) FROM payments p
-         WHERE p.state = 'MATCHED'
+         WHERE p.state IN ('MATCHED', 'REVERSED')
            AND NOT EXISTS (SELECT 1 FROM ledger_journals j
                             WHERE j.kind = 'PAYMENT' AND j.source_id = p.payment_id)
     """)[0][0]
     journal_not_matched = _rows(conn, """
         SELECT COUNT(*) FROM ledger_journals j
           LEFT JOIN payments p ON p.payment_id = j.source_id
-         WHERE j.kind = 'PAYMENT' AND p.state IS DISTINCT FROM 'MATCHED'""")[0][0]
+         WHERE j.kind = 'PAYMENT' AND p.state NOT IN ('MATCHED', 'REVERSED')
+            OR j.kind = 'PAYMENT' AND p.state IS NULL""")[0][0]
     audit.add("a PAYMENT journal for every MATCHED payment and only for them",
               matched_without_journal == 0 and journal_not_matched == 0,
               f"{matched_without_journal} MATCHED without journal, "
@@ -105,7 +113,7 @@ def _check_payments_and_refunds(conn: psycopg.Connection, audit: BooksAudit) -> 
 
     refund_without_journal = _rows(conn, """
         SELECT COUNT(*) FROM refunds r
-         WHERE r.state = 'MATCHED'
+         WHERE r.state IN ('MATCHED', 'REVERSED')
            AND NOT EXISTS (SELECT 1 FROM ledger_journals j
                             WHERE j.kind = 'REFUND'
                               AND j.source_id = r.payment_id || '/' || r.refund_id
@@ -114,7 +122,8 @@ def _check_payments_and_refunds(conn: psycopg.Connection, audit: BooksAudit) -> 
     journal_not_refunded = _rows(conn, """
         SELECT COUNT(*) FROM ledger_journals j
           LEFT JOIN refunds r ON j.source_id = r.payment_id || '/' || r.refund_id
-         WHERE j.kind = 'REFUND' AND r.state IS DISTINCT FROM 'MATCHED'""")[0][0]
+         WHERE j.kind = 'REFUND' AND r.state IS NULL
+            OR j.kind = 'REFUND' AND r.state NOT IN ('MATCHED', 'REVERSED')""")[0][0]
     audit.add("a REFUND journal (same R and f) for every succeeded refund and only for them",
               refund_without_journal == 0 and journal_not_refunded == 0,
               f"{refund_without_journal} MATCHED refunds without journal, "
@@ -122,38 +131,120 @@ def _check_payments_and_refunds(conn: psycopg.Connection, audit: BooksAudit) -> 
     refund_states = dict(_rows(conn, "SELECT state, COUNT(*) FROM refunds GROUP BY state"))
     audit.figures["refunds_by_state"] = {k: int(v) for k, v in refund_states.items()}
 
+    _check_reversals(conn, audit)
+
+    # Net refunds: a reversed refund gives its amount back (its REFUND_REVERSAL journal).
     over = _rows(conn, """
-        SELECT r.payment_id, SUM(r.gross_minor), SUM(r.fee_minor),
+        SELECT r.payment_id,
+               SUM(CASE WHEN r.kind = 'REFUND' THEN r.gross_minor ELSE -r.gross_minor END),
+               SUM(CASE WHEN r.kind = 'REFUND' THEN r.fee_minor ELSE -r.fee_minor END),
                MIN(p.gross_minor), MIN(p.fee_minor)
           FROM ledger_journals r
           LEFT JOIN ledger_journals p ON p.kind = 'PAYMENT' AND p.source_id = r.payment_id
-         WHERE r.kind = 'REFUND'
+         WHERE r.kind IN ('REFUND', 'REFUND_REVERSAL')
          GROUP BY r.payment_id
-        HAVING MIN(p.gross_minor) IS NULL OR SUM(r.gross_minor) > MIN(p.gross_minor)
-            OR SUM(r.fee_minor) > MIN(p.fee_minor)
+        HAVING MIN(p.gross_minor) IS NULL
+            OR SUM(CASE WHEN r.kind = 'REFUND' THEN r.gross_minor ELSE -r.gross_minor END)
+               > MIN(p.gross_minor)
+            OR SUM(CASE WHEN r.kind = 'REFUND' THEN r.fee_minor ELSE -r.fee_minor END)
+               > MIN(p.fee_minor)
          ORDER BY 1 LIMIT 5""")
     refunded = _rows(conn, "SELECT COUNT(DISTINCT payment_id) FROM ledger_journals"
                            " WHERE kind = 'REFUND'")[0][0]
-    audit.add("per payment Σ succeeded refunds ≤ captured (and Σ fee returned ≤ fee)", not over,
+    audit.add("per payment Σ succeeded refunds - Σ refund reversals ≤ captured "
+              "(and Σ fee returned ≤ fee)", not over,
               "; ".join(f"{pid}: refunded {r} (fee {f}) of {g} (fee {pf})"
                         for pid, r, f, g, pf in over)
               or f"{refunded:,} refunded payments within their capture")
 
 
+def _check_reversals(conn: psycopg.Connection, audit: BooksAudit) -> None:
+    # A reversal journal for every REVERSED payment (refund) and only for them.
+    payments_off = _rows(conn, """
+        SELECT (SELECT COUNT(*) FROM payments p
+                 WHERE p.state = 'REVERSED'
+                   AND NOT EXISTS (SELECT 1 FROM ledger_journals j
+                                    WHERE j.kind = 'PAYMENT_REVERSAL'
+                                      AND j.source_id = p.payment_id))
+             + (SELECT COUNT(*) FROM ledger_journals j
+                  LEFT JOIN payments p ON p.payment_id = j.source_id
+                 WHERE j.kind = 'PAYMENT_REVERSAL' AND p.state IS DISTINCT FROM 'REVERSED')
+    """)[0][0]
+    refunds_off = _rows(conn, """
+        SELECT (SELECT COUNT(*) FROM refunds r
+                 WHERE r.state = 'REVERSED'
+                   AND NOT EXISTS (SELECT 1 FROM ledger_journals j
+                                    WHERE j.kind = 'REFUND_REVERSAL'
+                                      AND j.source_id = r.payment_id || '/' || r.refund_id))
+             + (SELECT COUNT(*) FROM ledger_journals j
+                  LEFT JOIN refunds r ON j.source_id = r.payment_id || '/' || r.refund_id
+                 WHERE j.kind = 'REFUND_REVERSAL' AND r.state IS DISTINCT FROM 'REVERSED')
+    """)[0][0]
+    audit.add("a reversal journal for every REVERSED payment and refund and only for them",
+              payments_off == 0 and refunds_off == 0,
+              f"{payments_off} payments, {refunds_off} refunds disagree")
+
+    # Exact mirror: same currency and amounts as the original, and the original's entries
+    # with every side swapped (no entry missing or extra on either side).
+    not_mirrored = _rows(conn, f"""
+        SELECT r.kind || ' ' || r.source_id FROM ledger_journals r
+          LEFT JOIN ledger_journals o
+                 ON o.source_id = r.source_id
+                AND o.kind = CASE r.kind WHEN 'PAYMENT_REVERSAL' THEN 'PAYMENT'
+                                         ELSE 'REFUND' END
+         WHERE r.kind IN ('PAYMENT_REVERSAL', 'REFUND_REVERSAL')
+           AND (o.journal_id IS NULL
+                OR (o.currency, o.gross_minor, o.fee_minor, o.net_minor)
+                   IS DISTINCT FROM (r.currency, r.gross_minor, r.fee_minor, r.net_minor)
+                OR EXISTS ({_UNMIRRORED_LEGS}))
+         ORDER BY 1 LIMIT 5""")
+    reversals = _rows(conn, "SELECT COUNT(*) FROM ledger_journals"
+                            " WHERE kind IN ('PAYMENT_REVERSAL', 'REFUND_REVERSAL')")[0][0]
+    audit.add("every reversal journal mirrors its PAYMENT or REFUND journal exactly",
+              not not_mirrored,
+              f"not mirrored: {[r[0] for r in not_mirrored]}" if not_mirrored
+              else f"{reversals:,} reversal journals mirror their originals")
+
+    # A reversed payment keeps no succeeded refund: every REFUND journal of it is reversed.
+    refunded_reversed = _rows(conn, """
+        SELECT j.source_id FROM ledger_journals j
+         WHERE j.kind = 'PAYMENT_REVERSAL'
+           AND EXISTS (SELECT 1 FROM ledger_journals f
+                        WHERE f.kind = 'REFUND' AND f.payment_id = j.source_id
+                          AND NOT EXISTS (SELECT 1 FROM ledger_journals b
+                                           WHERE b.kind = 'REFUND_REVERSAL'
+                                             AND b.source_id = f.source_id))
+         ORDER BY 1 LIMIT 5""")
+    audit.add("a reversed payment has no succeeded refund left", not refunded_reversed,
+              f"reversed with refunds: {[r[0] for r in refunded_reversed]}"
+              if refunded_reversed else "no reversed payment keeps a refund")
+
+
+# Legs of the reversal r and its original o that are not each other's swapped copy.
+_UNMIRRORED_LEGS = """
+    SELECT 1 FROM (SELECT account, side, amount_minor FROM ledger_entries
+                    WHERE journal_id = r.journal_id) re
+      FULL JOIN (SELECT account, CASE side WHEN 'DEBIT' THEN 'CREDIT' ELSE 'DEBIT' END AS side,
+                        amount_minor FROM ledger_entries WHERE journal_id = o.journal_id) oe
+             USING (account, side, amount_minor)
+     WHERE re.account IS NULL OR oe.account IS NULL"""
+
+
 def unbatched_matched(conn: psycopg.Connection) -> int:
-    """Posted payments and refunds not in a batch yet: a cheap drain check before the audit."""
+    """Posted payments, refunds and reversals not in a batch yet: a cheap drain check before
+    the audit."""
     return sum(_unbatched(conn).values())
 
 
 def _unbatched(conn: psycopg.Connection) -> dict[str, int]:
-    """Per kind, the PAYMENT and REFUND journals that no batch item settles yet."""
+    """Per kind, the journals of ITEM_KINDS that no batch item settles yet."""
     counts = dict(_rows(conn, """
         SELECT j.kind, COUNT(*) FROM ledger_journals j
-         WHERE j.kind IN ('PAYMENT', 'REFUND')
+         WHERE j.kind IN ('PAYMENT', 'REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
            AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
                             WHERE i.kind = j.kind AND i.item_id = j.source_id)
          GROUP BY j.kind"""))
-    return {kind: int(counts.get(kind, 0)) for kind in ("PAYMENT", "REFUND")}
+    return {kind: int(counts.get(kind, 0)) for kind in ITEM_KINDS}
 
 
 def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
@@ -167,10 +258,12 @@ def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
         SELECT COUNT(*) FROM settlement_batches b
           LEFT JOIN (SELECT batch_id, COUNT(*) FILTER (WHERE kind = 'PAYMENT') AS payments,
                             COUNT(*) FILTER (WHERE kind = 'REFUND') AS refunds,
+                            COUNT(*) FILTER (WHERE kind <> 'PAYMENT') AS not_payments,
                             SUM(gross_minor) AS g, SUM(fee_minor) AS f, SUM(net_minor) AS net
                        FROM settlement_batch_items GROUP BY batch_id) i
             ON i.batch_id = b.batch_id
          WHERE b.gross_minor <> b.net_minor + b.fee_minor
+            OR (b.payout_minor IS NULL AND i.not_payments > 0)
             OR (b.payment_count, b.refund_count, b.gross_minor, b.fee_minor, b.net_minor)
                IS DISTINCT FROM (i.payments::int, i.refunds::int, i.g, i.f, i.net)""")[0][0]
     audit.add("Σ gross = Σ net + Σ fee (journals and batches, counts by kind)",
@@ -179,13 +272,14 @@ def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
 
     # An item settles exactly one posted journal of its kind, for the journal's net (signed:
     # a refund item is negative); the (kind, item_id) key keeps any journal in one batch.
-    item_mismatch = _rows(conn, """
+    # Refund and payment reversal items are negative.
+    item_mismatch = _rows(conn, f"""
         SELECT COUNT(*) FROM settlement_batch_items i
           LEFT JOIN ledger_journals j ON j.kind = i.kind AND j.source_id = i.item_id
          WHERE j.journal_id IS NULL
-            OR i.net_minor <> CASE WHEN i.kind = 'REFUND' THEN -j.net_minor
+            OR i.net_minor <> CASE WHEN i.kind IN {_NEGATIVE_ITEMS} THEN -j.net_minor
                                    ELSE j.net_minor END
-            OR i.gross_minor <> CASE WHEN i.kind = 'REFUND' THEN -j.gross_minor
+            OR i.gross_minor <> CASE WHEN i.kind IN {_NEGATIVE_ITEMS} THEN -j.gross_minor
                                      ELSE j.gross_minor END""")[0][0]
     unbatched = _unbatched(conn)
     audit.figures["unbatched"] = unbatched
@@ -197,13 +291,18 @@ def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
     audit.add("every REFUND journal in exactly one batch item",
               unbatched["REFUND"] == 0,
               f"{unbatched['REFUND']} succeeded refunds not in a batch yet")
+    audit.add("every PAYMENT_REVERSAL and REFUND_REVERSAL journal in exactly one batch item",
+              unbatched["PAYMENT_REVERSAL"] == 0 and unbatched["REFUND_REVERSAL"] == 0,
+              f"{unbatched['PAYMENT_REVERSAL']} payment reversals and "
+              f"{unbatched['REFUND_REVERSAL']} refund reversals not in a batch yet")
 
 
 # The payable:<m> credit balance explained by the batches (per merchant and currency):
 #   Σ net of batches written before payouts (payout_minor NULL: they posted no payout, so
 #     their items' nets are still in payable)
 # + carried_out of the last batch with a payout (what payouts left behind, <= 0)
-# + Σ signed net of the PAYMENT and REFUND journals no batch item settles yet.
+# + Σ signed net of the PAYMENT, REFUND, PAYMENT_REVERSAL and REFUND_REVERSAL journals no
+#   batch item settles yet.
 _PAYABLE = """
 WITH ledger AS (
     SELECT substr(account, 9) AS merchant_id, currency,
@@ -214,7 +313,8 @@ open_items AS (
     SELECT substr(e.account, 9) AS merchant_id, e.currency,
            SUM(CASE WHEN e.side = 'CREDIT' THEN e.amount_minor ELSE -e.amount_minor END) AS net
       FROM ledger_entries e JOIN ledger_journals j USING (journal_id)
-     WHERE e.account LIKE 'payable:%' AND j.kind IN ('PAYMENT', 'REFUND')
+     WHERE e.account LIKE 'payable:%'
+       AND j.kind IN ('PAYMENT', 'REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
        AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
                         WHERE i.kind = j.kind AND i.item_id = j.source_id)
      GROUP BY 1, 2),
@@ -314,8 +414,10 @@ def check_topics(settings: Settings, conn: psycopg.Connection, audit: BooksAudit
     illegal = [pid for pid, outs in terminal.items() if not legal(outs)]
     db_states = dict(_rows(conn, "SELECT payment_id, state FROM payments"))
     missing_rows = [pid for pid in terminal if pid not in db_states]
+    # A MATCHED payment the channel reversed later is REVERSED in PostgreSQL.
     wrong_state = [pid for pid, outs in terminal.items()
-                   if pid in db_states and db_states[pid] != outs[-1]]
+                   if pid in db_states and db_states[pid] != outs[-1]
+                   and not (db_states[pid] == "REVERSED" and outs[-1] == "MATCHED")]
     audit.add("one terminal state per payment (topic ↔ payments table)",
               not illegal and not missing_rows and not wrong_state,
               f"{len(terminal):,} payments; {len(illegal)} with several decisions, "

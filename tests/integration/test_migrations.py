@@ -308,7 +308,8 @@ def _failing(conn: psycopg.Connection) -> list[str]:
 
 def _post(conn: psycopg.Connection, kind: str, source: str, pid: str | None,
           legs: list[tuple[str, str, int]], fee: int = 0) -> None:
-    jid = {"REFUND": "RF:", "PAYOUT": "P:", "PAYMENT": "J:"}[kind] + source
+    jid = {"REFUND": "RF:", "PAYOUT": "P:", "PAYMENT": "J:", "PAYMENT_REVERSAL": "PR:",
+           "REFUND_REVERSAL": "RR:"}[kind] + source
     gross = sum(a for _, side, a in legs if side == "DEBIT")
     conn.execute("INSERT INTO ledger_journals (journal_id, kind, source_id, payment_id, currency,"
                  " gross_minor, fee_minor, net_minor) VALUES (%s, %s, %s, %s, 'CNY', %s, %s, %s)",
@@ -417,7 +418,7 @@ def _green_v2_books(conn: psycopg.Connection) -> None:
     # a refund journal above what the payment captured
     ("UPDATE ledger_journals SET gross_minor = 10001, net_minor = 9941"
      " WHERE journal_id = 'RF:p1/r1'",
-     {"per payment Σ succeeded refunds ≤ captured (and Σ fee returned ≤ fee)",
+     {"per payment Σ succeeded refunds - Σ refund reversals ≤ captured (and Σ fee returned ≤ fee)",
       "Σ gross = Σ net + Σ fee (journals and batches, counts by kind)",
       "a REFUND journal (same R and f) for every succeeded refund and only for them",
       "every PAYMENT journal in one batch item; items = their journals"}),
@@ -452,5 +453,116 @@ def test_books_audit_finds_each_broken_invariant(fresh_db: Settings, breakage: s
             # Inside the transaction: the deferred balance trigger would refuse some at commit.
             for statement in breakage.split(";"):
                 conn.execute(statement.encode())
+        assert set(_failing(conn)) == failing
+        conn.rollback()
+
+
+# -- reversals (0005) over 0001-0004 rows, and the books audit's reversal checks -----------
+
+
+def test_0005_migrates_0004_rows_and_the_books_stay_green(fresh_db: Settings) -> None:
+    with connect(fresh_db.postgres) as conn:
+        _migrate_to(conn, 4)
+        _green_v2_books(conn)
+        conn.commit()
+        assert _failing(conn) == []
+        conn.commit()
+        assert [o.action for o in migrate(conn)][-1] == "applied"
+        conn.autocommit = False
+        assert _failing(conn) == []
+        assert conn.execute("SELECT DISTINCT state, reversal_result_id FROM refunds"
+                            ).fetchall() == [("MATCHED", None)]
+        # After the migration: p3 paid and reversed, both in the next batch.
+        _reversed_payment(conn, "p3", 7_000, 42)
+        _v2_batch(conn, "m1", 2, -(9_940 + 994), [
+            ("PAYMENT", "p3", "p3", 7_000, 42), ("PAYMENT_REVERSAL", "p3", "p3", -7_000, -42)])
+        conn.commit()
+        assert _failing(conn) == []
+
+
+def _reversed_payment(conn: psycopg.Connection, pid: str, gross: int, fee: int) -> None:
+    conn.execute("INSERT INTO payments (payment_id, merchant_id, channel, amount_minor, currency,"
+                 " state, result_id, decided_at, reversal_result_id, reversed_at) VALUES"
+                 " (%s, 'm1', 'alipay', %s, 'CNY', 'REVERSED', %s, now(), %s, now())",
+                 (pid, gross, f"{pid}:r", f"{pid}:rev"))
+    legs = [("clearing:alipay", "DEBIT", gross), ("payable:m1", "CREDIT", gross - fee),
+            ("fee_revenue:alipay", "CREDIT", fee)]
+    _post(conn, "PAYMENT", pid, pid, legs, fee=fee)
+    swapped = [(a, "CREDIT" if side == "DEBIT" else "DEBIT", n) for a, side, n in legs]
+    _post(conn, "PAYMENT_REVERSAL", pid, pid, swapped, fee=fee)
+
+
+def _green_reversal_books(conn: psycopg.Connection) -> None:
+    """_green_v2_books, then p3 paid and reversed, and p1's refund reversed (its net comes back
+    to m1), all netted in a third batch."""
+    _green_v2_books(conn)
+    _reversed_payment(conn, "p3", 7_000, 42)
+    conn.execute("UPDATE refunds SET state = 'REVERSED', reversal_result_id = 'x',"
+                 " reversed_at = now() WHERE payment_id = 'p1' AND refund_id = 'r1'")
+    _post(conn, "REFUND_REVERSAL", "p1/r1", "p1", [
+        ("clearing:alipay", "DEBIT", 10_000), ("payable:m1", "CREDIT", 9_940),
+        ("fee_revenue:alipay", "CREDIT", 60)], fee=60)
+    _v2_batch(conn, "m1", 2, -(9_940 + 994), [
+        ("PAYMENT", "p3", "p3", 7_000, 42), ("PAYMENT_REVERSAL", "p3", "p3", -7_000, -42),
+        ("REFUND_REVERSAL", "p1/r1", "p1", 10_000, 60)])
+
+
+MIRROR = "every reversal journal mirrors its PAYMENT or REFUND journal exactly"
+REVERSAL_ROWS = "a reversal journal for every REVERSED payment and refund and only for them"
+REVERSAL_BATCHED = "every PAYMENT_REVERSAL and REFUND_REVERSAL journal in exactly one batch item"
+ITEMS = "every PAYMENT journal in one batch item; items = their journals"
+PAYABLE = "payable = carried balance + open items (+ pre-payout batches), per merchant"
+TOTALS = "Σ gross = Σ net + Σ fee (journals and batches, counts by kind)"
+
+
+@pytest.mark.parametrize(("breakage", "failing"), [
+    (None, set()),
+    # a payment reversal that moves a fee the payment never withheld
+    ("UPDATE ledger_entries SET amount_minor = 43 WHERE journal_id = 'PR:p3'"
+     " AND account = 'fee_revenue:alipay';"
+     " UPDATE ledger_entries SET amount_minor = 6957 WHERE journal_id = 'PR:p3'"
+     " AND account = 'payable:m1'",
+     {MIRROR, PAYABLE}),
+    # a reversal posted on the same sides as its original
+    ("UPDATE ledger_entries SET side = CASE side WHEN 'DEBIT' THEN 'CREDIT' ELSE 'DEBIT' END"
+     " WHERE journal_id = 'RR:p1/r1'",
+     {MIRROR, PAYABLE}),
+    # a REVERSED payment without its reversal journal
+    ("DELETE FROM settlement_batch_items WHERE kind = 'PAYMENT_REVERSAL';"
+     " DELETE FROM ledger_entries WHERE journal_id = 'PR:p3';"
+     " DELETE FROM ledger_journals WHERE journal_id = 'PR:p3'",
+     {REVERSAL_ROWS, TOTALS, PAYABLE}),
+    # a refund reversal no batch settles
+    ("DELETE FROM settlement_batch_items WHERE kind = 'REFUND_REVERSAL'",
+     {REVERSAL_BATCHED, TOTALS, PAYABLE}),
+    # a refund reversal item with the wrong sign's amounts
+    ("UPDATE settlement_batch_items SET gross_minor = 9000, net_minor = 8940"
+     " WHERE kind = 'REFUND_REVERSAL'",
+     {ITEMS, TOTALS}),
+    # the reversed payment keeps a succeeded refund
+    ("INSERT INTO refunds (payment_id, refund_id, merchant_id, channel, amount_minor, currency,"
+     " state, result_id, fee_returned_minor, net_minor, decided_at) VALUES ('p3', 'r1', 'm1',"
+     " 'alipay', 100, 'CNY', 'MATCHED', 'p3/r1:r', 0, 100, now());"
+     " INSERT INTO ledger_journals (journal_id, kind, source_id, payment_id, currency,"
+     " gross_minor, fee_minor, net_minor) VALUES ('RF:p3/r1', 'REFUND', 'p3/r1', 'p3', 'CNY',"
+     " 100, 0, 100);"
+     " INSERT INTO ledger_entries (journal_id, payment_id, account, side, amount_minor,"
+     " currency) VALUES ('RF:p3/r1', 'p3', 'payable:m1', 'DEBIT', 100, 'CNY'),"
+     " ('RF:p3/r1', 'p3', 'clearing:alipay', 'CREDIT', 100, 'CNY')",
+     {"a reversed payment has no succeeded refund left",
+      "every REFUND journal in exactly one batch item"}),
+])
+def test_books_audit_finds_each_broken_reversal_invariant(
+        fresh_db: Settings, breakage: str | None, failing: set[str]) -> None:
+    with connect(fresh_db.postgres) as conn:
+        migrate(conn)
+        conn.autocommit = False
+        _green_reversal_books(conn)
+        conn.commit()
+        assert _failing(conn) == []
+        if breakage is not None:
+            for statement in breakage.split(";"):
+                conn.execute(statement.encode())
+        assert failing <= set(_failing(conn)), _failing(conn)
         assert set(_failing(conn)) == failing
         conn.rollback()
