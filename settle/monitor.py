@@ -84,26 +84,76 @@ INSTANT_INVARIANTS: dict[str, str] = {
         SELECT (SELECT COUNT(*) FROM ledger_journals WHERE gross_minor <> net_minor + fee_minor)
              + (SELECT COUNT(*) FROM settlement_batches
                  WHERE gross_minor <> net_minor + fee_minor)""",
-    # a PAYMENT journal for every MATCHED payment and only for them; a REFUND journal for
-    # every MATCHED (succeeded) refund and only for them. The ledger sink writes a row and
-    # its journal in one transaction.
+    # a PAYMENT journal for every MATCHED (or since REVERSED) payment and only for them; a
+    # REFUND journal for every MATCHED (succeeded, or since REVERSED) refund and only for
+    # them; a PAYMENT_REVERSAL (REFUND_REVERSAL) journal for every REVERSED payment (refund)
+    # and only for them. The ledger sink writes a row and its journal in one transaction.
     "journal_iff_matched": """
         SELECT (SELECT COUNT(*) FROM payments p
-                 WHERE p.state = 'MATCHED' AND NOT EXISTS (
+                 WHERE p.state IN ('MATCHED', 'REVERSED') AND NOT EXISTS (
                        SELECT 1 FROM ledger_journals j
                         WHERE j.kind = 'PAYMENT' AND j.source_id = p.payment_id))
              + (SELECT COUNT(*) FROM ledger_journals j
                   LEFT JOIN payments p ON p.payment_id = j.source_id
-                 WHERE j.kind = 'PAYMENT' AND p.state IS DISTINCT FROM 'MATCHED')
+                 WHERE j.kind = 'PAYMENT'
+                   AND (p.state IS NULL OR p.state NOT IN ('MATCHED', 'REVERSED')))
              + (SELECT COUNT(*) FROM refunds r
-                 WHERE r.state = 'MATCHED' AND NOT EXISTS (
+                 WHERE r.state IN ('MATCHED', 'REVERSED') AND NOT EXISTS (
                        SELECT 1 FROM ledger_journals j
                         WHERE j.kind = 'REFUND'
                           AND j.source_id = r.payment_id || '/' || r.refund_id))
              + (SELECT COUNT(*) FROM ledger_journals j
                   LEFT JOIN refunds r ON r.payment_id = j.payment_id
                                      AND j.source_id = r.payment_id || '/' || r.refund_id
-                 WHERE j.kind = 'REFUND' AND r.state IS DISTINCT FROM 'MATCHED')""",
+                 WHERE j.kind = 'REFUND'
+                   AND (r.state IS NULL OR r.state NOT IN ('MATCHED', 'REVERSED')))
+             + (SELECT COUNT(*) FROM payments p
+                 WHERE p.state = 'REVERSED' AND NOT EXISTS (
+                       SELECT 1 FROM ledger_journals j
+                        WHERE j.kind = 'PAYMENT_REVERSAL' AND j.source_id = p.payment_id))
+             + (SELECT COUNT(*) FROM ledger_journals j
+                  LEFT JOIN payments p ON p.payment_id = j.source_id
+                 WHERE j.kind = 'PAYMENT_REVERSAL' AND p.state IS DISTINCT FROM 'REVERSED')
+             + (SELECT COUNT(*) FROM refunds r
+                 WHERE r.state = 'REVERSED' AND NOT EXISTS (
+                       SELECT 1 FROM ledger_journals j
+                        WHERE j.kind = 'REFUND_REVERSAL'
+                          AND j.source_id = r.payment_id || '/' || r.refund_id))
+             + (SELECT COUNT(*) FROM ledger_journals j
+                  LEFT JOIN refunds r ON r.payment_id = j.payment_id
+                                     AND j.source_id = r.payment_id || '/' || r.refund_id
+                 WHERE j.kind = 'REFUND_REVERSAL' AND r.state IS DISTINCT FROM 'REVERSED')""",
+    # each PAYMENT_REVERSAL (REFUND_REVERSAL) journal is the exact mirror of the PAYMENT
+    # (REFUND) journal of its source: same currency and amounts, the same legs with every
+    # side swapped. Counts the reversal journals that are not.
+    "reversals_mirror_originals": """
+        SELECT COUNT(*) FROM ledger_journals r
+          LEFT JOIN ledger_journals o
+                 ON o.source_id = r.source_id
+                AND o.kind = CASE r.kind WHEN 'PAYMENT_REVERSAL' THEN 'PAYMENT'
+                                         ELSE 'REFUND' END
+         WHERE r.kind IN ('PAYMENT_REVERSAL', 'REFUND_REVERSAL')
+           AND (o.journal_id IS NULL
+                OR (o.currency, o.gross_minor, o.fee_minor, o.net_minor)
+                   IS DISTINCT FROM (r.currency, r.gross_minor, r.fee_minor, r.net_minor)
+                OR EXISTS (
+                    SELECT 1 FROM (SELECT account, side, amount_minor FROM ledger_entries
+                                    WHERE journal_id = r.journal_id) re
+                      FULL JOIN (SELECT account, CASE side WHEN 'DEBIT' THEN 'CREDIT'
+                                                           ELSE 'DEBIT' END AS side,
+                                        amount_minor FROM ledger_entries
+                                  WHERE journal_id = o.journal_id) oe
+                             USING (account, side, amount_minor)
+                     WHERE re.account IS NULL OR oe.account IS NULL))""",
+    # a reversed payment keeps no succeeded refund: each of its REFUND journals is reversed.
+    "reversed_payments_unrefunded": """
+        SELECT COUNT(*) FROM ledger_journals j
+         WHERE j.kind = 'PAYMENT_REVERSAL'
+           AND EXISTS (SELECT 1 FROM ledger_journals f
+                        WHERE f.kind = 'REFUND' AND f.payment_id = j.source_id
+                          AND NOT EXISTS (SELECT 1 FROM ledger_journals b
+                                           WHERE b.kind = 'REFUND_REVERSAL'
+                                             AND b.source_id = f.source_id))""",
     # a batch's totals are the sum of its items, its counts their number by kind.
     "batch_totals_match_items": """
         SELECT COUNT(*) FROM settlement_batches b
@@ -114,33 +164,39 @@ INSTANT_INVARIANTS: dict[str, str] = {
             ON i.batch_id = b.batch_id
          WHERE (b.payment_count, b.refund_count, b.gross_minor, b.fee_minor, b.net_minor)
                IS DISTINCT FROM (i.payments::int, i.refunds::int, i.g, i.f, i.net)""",
-    # each batch item settles the posted journal of its kind and id, of a MATCHED payment of
-    # the batch's merchant, in the batch's currency, for the journal's amounts (negated for a
-    # REFUND item): so Σ batch net = the batched part of the merchant payable.
+    # each batch item settles the posted journal of its kind and id, of a MATCHED (or since
+    # REVERSED) payment of the batch's merchant, in the batch's currency, for the journal's
+    # amounts (negated for a REFUND or PAYMENT_REVERSAL item): so Σ batch net = the batched
+    # part of the merchant payable.
     "batches_match_ledger": """
         SELECT COUNT(*) FROM settlement_batch_items i
           JOIN settlement_batches b ON b.batch_id = i.batch_id
           LEFT JOIN payments p ON p.payment_id = i.payment_id
           LEFT JOIN ledger_journals j ON j.kind = i.kind AND j.source_id = i.item_id
-         WHERE p.state IS DISTINCT FROM 'MATCHED'
+         WHERE p.state IS NULL OR p.state NOT IN ('MATCHED', 'REVERSED')
             OR p.merchant_id IS DISTINCT FROM b.merchant_id
             OR j.currency IS DISTINCT FROM b.currency
             OR (j.gross_minor, j.fee_minor, j.net_minor) IS DISTINCT FROM (
-                   CASE WHEN i.kind = 'REFUND' THEN -i.gross_minor ELSE i.gross_minor END,
-                   CASE WHEN i.kind = 'REFUND' THEN -i.fee_minor ELSE i.fee_minor END,
-                   CASE WHEN i.kind = 'REFUND' THEN -i.net_minor ELSE i.net_minor END)""",
-    # a succeeded refund is in one batch at most (the items' primary key (kind, item_id)
-    # makes this structural; the check guards the key). Reads only the REFUND part of the
-    # primary-key index.
+                   CASE WHEN i.kind IN ('REFUND', 'PAYMENT_REVERSAL') THEN -i.gross_minor
+                        ELSE i.gross_minor END,
+                   CASE WHEN i.kind IN ('REFUND', 'PAYMENT_REVERSAL') THEN -i.fee_minor
+                        ELSE i.fee_minor END,
+                   CASE WHEN i.kind IN ('REFUND', 'PAYMENT_REVERSAL') THEN -i.net_minor
+                        ELSE i.net_minor END)""",
+    # a succeeded refund, and a reversal, is in one batch at most (the items' primary key
+    # (kind, item_id) makes this structural; the check guards the key). Reads only the
+    # non-PAYMENT part of the primary-key index.
     "refunds_in_one_batch": """
         SELECT COUNT(*) FROM (
-            SELECT item_id FROM settlement_batch_items WHERE kind = 'REFUND'
-             GROUP BY item_id HAVING COUNT(*) > 1
+            SELECT kind, item_id FROM settlement_batch_items
+             WHERE kind IN ('REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
+             GROUP BY kind, item_id HAVING COUNT(*) > 1
         ) t""",
     # per merchant and currency, the credit balance of payable:<m> =
     #     Σ net of batches written before payouts (payout_minor NULL: they posted no payout)
     #   + carried_out of the last batch with a payout (<= 0)
-    #   + Σ signed net of the posted PAYMENT and REFUND journals no batch item settles yet
+    #   + Σ signed net of the posted PAYMENT, REFUND, PAYMENT_REVERSAL and REFUND_REVERSAL
+    #     journals no batch item settles yet
     #   - Σ net of batch items whose journal is not posted yet (the settlement sink may write
     #     a batch before the ledger sink posts one of its items; batches_match_ledger counts
     #     those items, this check does not count them twice).
@@ -156,7 +212,8 @@ INSTANT_INVARIANTS: dict[str, str] = {
                    SUM(CASE WHEN e.side = 'CREDIT' THEN e.amount_minor
                             ELSE -e.amount_minor END) AS net
               FROM ledger_entries e JOIN ledger_journals j USING (journal_id)
-             WHERE left(e.account, 8) = 'payable:' AND j.kind IN ('PAYMENT', 'REFUND')
+             WHERE left(e.account, 8) = 'payable:'
+               AND j.kind IN ('PAYMENT', 'REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
                AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
                                 WHERE i.kind = j.kind AND i.item_id = j.source_id)
              GROUP BY 1, 2),
@@ -219,18 +276,28 @@ HORIZON_INVARIANTS: dict[str, str] = {
            AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
                             WHERE i.kind = 'REFUND'
                               AND i.item_id = r.payment_id || '/' || r.refund_id)""",
-    # per payment, Σ succeeded refunds <= captured and Σ fee returned <= its fee (the REFUND
-    # journals against the PAYMENT journal). Payments refunded above their capture, plus
-    # refunded payments with no PAYMENT journal for longer than the horizon (the ledger sink
-    # reads payment and refund results from two topics: a refund may be posted first).
+    # reversal journals posted longer ago than the horizon and still in no batch.
+    "reversals_settled_in_time": """
+        SELECT COUNT(*) FROM ledger_journals j
+         WHERE j.kind IN ('PAYMENT_REVERSAL', 'REFUND_REVERSAL')
+           AND j.posted_at < now() - make_interval(secs => %(horizon)s)
+           AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
+                            WHERE i.kind = j.kind AND i.item_id = j.source_id)""",
+    # per payment, Σ succeeded refunds - Σ refund reversals <= captured and the same for the
+    # fee returned (the REFUND and REFUND_REVERSAL journals against the PAYMENT journal).
+    # Payments refunded above their capture, plus refunded payments with no PAYMENT journal
+    # for longer than the horizon (the ledger sink reads payment and refund results from two
+    # topics: a refund may be posted first).
     "refunds_within_capture": """
         SELECT COUNT(*) FROM (
             SELECT r.payment_id FROM ledger_journals r
               LEFT JOIN ledger_journals p ON p.kind = 'PAYMENT' AND p.source_id = r.payment_id
-             WHERE r.kind = 'REFUND'
+             WHERE r.kind IN ('REFUND', 'REFUND_REVERSAL')
              GROUP BY r.payment_id
-            HAVING SUM(r.gross_minor) > MIN(p.gross_minor)
-                OR SUM(r.fee_minor) > MIN(p.fee_minor)
+            HAVING SUM(CASE WHEN r.kind = 'REFUND' THEN r.gross_minor ELSE -r.gross_minor END)
+                   > MIN(p.gross_minor)
+                OR SUM(CASE WHEN r.kind = 'REFUND' THEN r.fee_minor ELSE -r.fee_minor END)
+                   > MIN(p.fee_minor)
                 OR (MIN(p.gross_minor) IS NULL
                     AND MIN(r.posted_at) < now() - make_interval(secs => %(horizon)s))
         ) t""",

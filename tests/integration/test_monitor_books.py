@@ -41,7 +41,8 @@ def db(stack: Settings) -> Iterator[psycopg.Connection]:
 
 def _post(conn: psycopg.Connection, kind: str, source: str, pid: str | None,
           legs: list[tuple[str, str, int]], fee: int = 0) -> None:
-    jid = {"REFUND": "RF:", "PAYOUT": "P:", "PAYMENT": "J:"}[kind] + source
+    jid = {"REFUND": "RF:", "PAYOUT": "P:", "PAYMENT": "J:", "PAYMENT_REVERSAL": "PR:",
+           "REFUND_REVERSAL": "RR:"}[kind] + source
     gross = sum(a for _, side, a in legs if side == "DEBIT")
     conn.execute("INSERT INTO ledger_journals (journal_id, kind, source_id, payment_id, currency,"
                  " gross_minor, fee_minor, net_minor) VALUES (%s, %s, %s, %s, 'CNY', %s, %s, %s)",
@@ -205,5 +206,87 @@ def test_a_refund_posted_before_its_payment_waits_for_the_horizon(
     assert _broken(db) == {}
     db.execute("UPDATE ledger_journals SET posted_at = now() - interval '2 hours'"
                " WHERE journal_id = 'RF:p9/r1'")
+    db.commit()
+    assert _broken(db) == {"refunds_within_capture": 1}
+
+
+def _green_reversals(conn: psycopg.Connection) -> None:
+    """_green, then p4 paid and reversed by its channel, and p2's refund r2 reversed: the
+    mirrors are open items of payable like their originals."""
+    _green(conn)
+    _payment(conn, "p4", 3_000, 18)
+    conn.execute("UPDATE payments SET state = 'REVERSED', reversal_result_id = 'p4:v',"
+                 " reversed_at = now() WHERE payment_id = 'p4'")
+    _post(conn, "PAYMENT_REVERSAL", "p4", "p4", [
+        ("clearing:alipay", "CREDIT", 3_000), ("payable:m1", "DEBIT", 2_982),
+        ("fee_revenue:alipay", "DEBIT", 18)], fee=18)
+    conn.execute("UPDATE refunds SET state = 'REVERSED', reversal_result_id = 'r2:v',"
+                 " reversed_at = now() WHERE payment_id = 'p2' AND refund_id = 'r2'")
+    _post(conn, "REFUND_REVERSAL", "p2/r2", "p2", [
+        ("clearing:alipay", "DEBIT", 500), ("payable:m1", "CREDIT", 497),
+        ("fee_revenue:alipay", "CREDIT", 3)], fee=3)
+    conn.commit()
+
+
+def test_green_books_with_reversals_break_nothing(db: psycopg.Connection) -> None:
+    _green_reversals(db)
+    assert _broken(db) == {}
+    # Batched with their signs, they still agree.
+    _batch(db, 2, -(9_940 + 994), [
+        ("PAYMENT", "p3", "p3", 7_000, 42), ("PAYMENT", "p4", "p4", 3_000, 18),
+        ("PAYMENT_REVERSAL", "p4", "p4", -3_000, -18), ("REFUND", "p2/r2", "p2", -500, -3),
+        ("REFUND_REVERSAL", "p2/r2", "p2", 500, 3)])
+    db.commit()
+    assert _broken(db) == {}
+
+
+@pytest.mark.parametrize(("breakage", "broken"), [
+    # a reversal posted on its original's sides: balanced, but no mirror
+    ("UPDATE ledger_entries SET side = CASE side WHEN 'DEBIT' THEN 'CREDIT' ELSE 'DEBIT' END"
+     " WHERE journal_id = 'PR:p4'",
+     {"reversals_mirror_originals": 1}),
+    # a refund reversal whose stored amounts are not its refund's
+    ("UPDATE ledger_journals SET fee_minor = 4, net_minor = 496 WHERE journal_id = 'RR:p2/r2'",
+     {"reversals_mirror_originals": 1}),
+    # a REVERSED payment without its reversal journal
+    ("DELETE FROM ledger_entries WHERE journal_id = 'PR:p4';"
+     " DELETE FROM ledger_journals WHERE journal_id = 'PR:p4'",
+     {"journal_iff_matched": 1}),
+    # a reversed refund row that is MATCHED again while its reversal stays posted
+    ("UPDATE refunds SET state = 'MATCHED', reversal_result_id = NULL, reversed_at = NULL"
+     " WHERE refund_id = 'r2'",
+     {"journal_iff_matched": 1}),
+    # the reversed payment keeps a succeeded refund
+    ("INSERT INTO refunds (payment_id, refund_id, merchant_id, channel, amount_minor, currency,"
+     " state, result_id, fee_returned_minor, net_minor, decided_at) VALUES ('p4', 'r1', 'm1',"
+     " 'alipay', 100, 'CNY', 'MATCHED', 'x', 0, 100, now());"
+     " INSERT INTO ledger_journals (journal_id, kind, source_id, payment_id, currency,"
+     " gross_minor, fee_minor, net_minor) VALUES ('RF:p4/r1', 'REFUND', 'p4/r1', 'p4', 'CNY',"
+     " 100, 0, 100);"
+     " INSERT INTO ledger_entries (journal_id, payment_id, account, side, amount_minor,"
+     " currency) VALUES ('RF:p4/r1', 'p4', 'payable:m1', 'DEBIT', 100, 'CNY'),"
+     " ('RF:p4/r1', 'p4', 'clearing:alipay', 'CREDIT', 100, 'CNY')",
+     {"reversed_payments_unrefunded": 1}),
+    # a reversal posted longer ago than the horizon and still in no batch
+    ("UPDATE ledger_journals SET posted_at = now() - interval '2 hours'"
+     " WHERE journal_id = 'RR:p2/r2'",
+     {"reversals_settled_in_time": 1}),
+])
+def test_each_reversal_break_is_counted_by_its_invariant(
+        db: psycopg.Connection, breakage: str, broken: dict[str, int]) -> None:
+    _green_reversals(db)
+    for statement in breakage.split(";"):
+        db.execute(statement.encode())
+    db.commit()
+    assert _broken(db) == broken
+
+
+def test_net_refunds_within_capture_take_reversals_off(db: psycopg.Connection) -> None:
+    _green_reversals(db)
+    # p2 captured 5 000: r1 1 000 + r2 500 (reversed) + r3 4 000 = 4 500 net, within it.
+    _refund(db, "p2", "r3", 4_000, 24)
+    db.commit()
+    assert _broken(db) == {}
+    _refund(db, "p2", "r4", 1_000, 6)  # 5 500 net: above the capture
     db.commit()
     assert _broken(db) == {"refunds_within_capture": 1}
