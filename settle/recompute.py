@@ -71,7 +71,9 @@ class KeyMoney:
 class Recomputation:
     keys: dict[Key, KeyMoney] = field(default_factory=dict)
     refund_outcomes: Counter[str] = field(default_factory=Counter)  # every result, deduped
-    refund_terminal: Counter[str] = field(default_factory=Counter)  # one per refund
+    # One per refund: its final verdict (a late MATCHED after MISSING_CONFIRMATION counts
+    # as MATCHED, as for payments).
+    refund_terminal: Counter[str] = field(default_factory=Counter)
     payment_reversals: int = 0
     refund_reversals: int = 0
     negative_batches: int = 0  # batches whose items net below 0
@@ -124,6 +126,7 @@ def recompute(settings: Settings, conn: psycopg.Connection, decoder: Any, result
                 gross, fee = r["expected_amount_minor"], r["fee_minor"]
                 key(r["merchant_id"], r["expected_currency"]).payments_net -= gross - fee
                 out.payment_reversals += 1
+        verdicts: dict[tuple[str, str], str] = {}
         for rec in read_topic(consumer, refund_results_topic):
             r = decoder.decode(rec.value)
             if r["result_id"] in seen:
@@ -131,7 +134,7 @@ def recompute(settings: Settings, conn: psycopg.Connection, decoder: Any, result
             seen.add(r["result_id"])
             out.refund_outcomes[r["outcome"]] += 1
             if r["terminal"]:
-                out.refund_terminal[r["outcome"]] += 1
+                verdicts[(r["payment_id"], r["refund_id"])] = r["outcome"]
             if r["outcome"] == "MATCHED" and r["terminal"]:
                 amount, back = r["amount_minor"], r["fee_returned_minor"]
                 key(r["merchant_id"], r["currency"]).refunds_net += amount - back
@@ -139,6 +142,7 @@ def recompute(settings: Settings, conn: psycopg.Connection, decoder: Any, result
                 amount, back = r["amount_minor"], r["fee_returned_minor"]
                 key(r["merchant_id"], r["currency"]).refunds_net -= amount - back
                 out.refund_reversals += 1
+        out.refund_terminal.update(verdicts.values())
         batches: dict[str, dict[str, Any]] = {}
         for rec in read_topic(consumer, batches_topic):
             b = decoder.decode(rec.value)
