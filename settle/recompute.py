@@ -153,14 +153,18 @@ def recompute(settings: Settings, conn: psycopg.Connection, decoder: Any, result
                                                       b["window_start"])):
         money = key(b["merchant_id"], b["currency"])
         money.batched_net += sum(i["net_minor"] for i in b["items"])
-        if b["payout_minor"] is None:
+        # Decoded with its writer's schema: a batch written before payouts has none of the
+        # newer fields (their defaults: no payout, nothing carried).
+        payout = b.get("payout_minor")
+        carried_out, carried_in = b.get("carried_out_minor", 0), b.get("carried_in_minor", 0)
+        if payout is None:
             money.legacy_net += b["net_minor"]
         else:
-            money.payouts += b["payout_minor"]
-        money.carried = b["carried_out_minor"]
+            money.payouts += payout
+        money.carried = carried_out
         out.negative_batches += b["net_minor"] < 0
-        out.carried_batches += b["carried_out_minor"] < 0
-        out.absorbing_batches += b["carried_in_minor"] < 0
+        out.carried_batches += carried_out < 0
+        out.absorbing_batches += carried_in < 0
     rows = conn.execute("""
         SELECT merchant_id, currency, SUM(net_minor), COALESCE(SUM(payout_minor), 0),
                (ARRAY_AGG(carried_out_minor ORDER BY window_start DESC))[1],

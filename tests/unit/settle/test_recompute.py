@@ -36,3 +36,41 @@ def test_batches_written_before_payouts_stay_in_payable() -> None:
     money = KeyMoney(payments_net=500, batched_net=500, legacy_net=500, db_batched_net=500,
                      db_legacy_net=500, payable=500)
     assert money.disagreements() == []
+
+
+def test_batches_written_with_the_first_schema_read_as_legacy(monkeypatch: object) -> None:
+    """A batch record of the first schema has no payout or carried fields at all."""
+    import settle.recompute as r
+
+    class Conn:
+        def execute(self, sql: str) -> object:
+            class Rows:
+                def fetchall(self) -> list[object]:
+                    return []
+            return Rows()
+
+    class Consumer:
+        def close(self) -> None: ...
+
+    old = {"batch_id": "b1", "merchant_id": "m", "currency": "CNY", "window_start": 1,
+           "net_minor": 500, "items": [{"net_minor": 500}]}
+    topics = {"results": [], "refunds": [], "batches": [old]}
+
+    class Rec:
+        def __init__(self, value: object) -> None:
+            self.value = value
+
+    setattr_ = monkeypatch.setattr  # type: ignore[attr-defined]
+    setattr_(r, "make_consumer", lambda *_a, **_k: Consumer())
+    setattr_(r, "read_topic", lambda _c, topic: [Rec(v) for v in topics[topic]])
+
+    class Decoder:
+        def decode(self, value: object) -> object:
+            return value
+
+    class Settings:
+        kafka = None
+
+    money = r.recompute(Settings(), Conn(), Decoder(),  # type: ignore[arg-type]
+                        "results", "refunds", "batches")
+    assert money.keys[("m", "CNY")].legacy_net == 500 and money.keys[("m", "CNY")].payouts == 0
