@@ -286,7 +286,9 @@ class Runner:
                 row = conn.execute(sql).fetchone()
                 return int(row[0]) if row and row[0] is not None else 0
             report.payments_settled = one("SELECT COUNT(*) FROM payments")
-            report.matched = one("SELECT COUNT(*) FROM payments WHERE state = 'MATCHED'")
+            # A payment its channel took back after its MATCHED was settled (and netted out).
+            report.matched = one("SELECT COUNT(*) FROM payments "
+                                 "WHERE state IN ('MATCHED', 'REVERSED')")
             report.batched = one("SELECT COUNT(*) FROM settlement_batch_items "
                                  "WHERE kind = 'PAYMENT'")
             dup = {
@@ -297,7 +299,7 @@ class Runner:
                                    "FROM settlement_batch_items"),
                 "journals_of_unmatched": one(
                     "SELECT COUNT(*) FROM ledger_journals j JOIN payments p USING (payment_id) "
-                    "WHERE j.kind = 'PAYMENT' AND p.state <> 'MATCHED'"),
+                    "WHERE j.kind = 'PAYMENT' AND p.state NOT IN ('MATCHED', 'REVERSED')"),
                 "refunds_above_capture": one(
                     "SELECT COUNT(*) FROM (SELECT r.payment_id FROM ledger_journals r "
                     "JOIN ledger_journals p ON p.kind = 'PAYMENT' AND p.source_id = r.payment_id "
@@ -310,7 +312,8 @@ class Runner:
                 "routed_without_state": max(0, expected["routed"] - report.payments_settled),
                 "matched_unbatched": unbatched_matched(conn),
                 "matched_without_journal": one(
-                    "SELECT COUNT(*) FROM payments p WHERE state = 'MATCHED' AND NOT EXISTS "
+                    "SELECT COUNT(*) FROM payments p WHERE state IN ('MATCHED', 'REVERSED') "
+                    "AND NOT EXISTS "
                     "(SELECT 1 FROM ledger_journals j WHERE j.kind = 'PAYMENT' "
                     "AND j.source_id = p.payment_id)"),
                 "requests_unaccounted": len(ingest.unaccounted),
