@@ -314,7 +314,16 @@ def test_signed_refund_is_published_keyed_by_payment_and_reads_back(
     with AvroProducer(stack.kafka, registry, client_id="test-refunds",
                       signer=RequestSigner(keyring)) as producer:
         producer.send_refund(record, topic=prefix + REFUNDS_REQUESTED)
-    [msg] = read_to_end(stack.kafka, prefix + REFUNDS_REQUESTED)
+    # The module's topics are shared (other tests' simulated orders send refunds too), and a
+    # just-created topic's end offsets may lag on a busy broker: wait for this refund's record.
+    deadline = time.monotonic() + 30
+    mine: list[Any] = []
+    while not mine and time.monotonic() < deadline:
+        mine = [m for m in read_to_end(stack.kafka, prefix + REFUNDS_REQUESTED)
+                if m.key() == spec.payment_id.encode()]
+        if not mine:
+            time.sleep(0.5)
+    [msg] = mine
     assert msg.key() == spec.payment_id.encode()
     decoded = AvroDeserializer(registry).decode(msg.value())
     assert decoded["refund_id"] == spec.refund_id and decoded["reason"] == "size"
