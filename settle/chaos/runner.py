@@ -137,8 +137,10 @@ class Runner:
             pipeline.setup()
             producer = AvroProducer(pipeline.settings.kafka, pipeline.registry,
                                     client_id="chaos")
-            # Registered while the registry is up: the order systems' cached id keeps flowing.
+            # Registered while the registry is up: the order systems' cached ids keep flowing
+            # (payments pre-encoded with it; refunds through the producer's cached serializer).
             schema_id = producer.schema_id(pipeline.topics.requested)
+            producer.schema_id(pipeline.topics.refunds_requested)
             publisher = Publisher(pipeline, producer, plan, schema_id)
             monitor = threading.Thread(target=self._monitor, args=(pipeline,), daemon=True)
             watchers: list[threading.Thread] = []
