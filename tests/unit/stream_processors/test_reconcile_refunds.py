@@ -139,3 +139,16 @@ def test_a_refund_reversal_publishes_the_mirror_and_frees_the_amount() -> None:
     assert (res["outcome"], res["terminal"]) == ("REFUND_REVERSED", False)
     assert (res["fee_returned_minor"], res["net_minor"]) == (2, 398)
     assert (res["refunded_minor"], res["refundable_minor"]) == (0, 1000)
+
+
+def test_bad_refund_answers_and_requests_are_dead_lettered_with_their_bytes() -> None:
+    h = Harness()
+    matched(h)
+    junk = h.feed(TOPICS.refund_confirmations, b"not avro", b"p-1")
+    negative = h.refund_answer("r1", -5)
+    no_payment = h.refund("r1", 10, pid="")
+    for d in (junk, negative, no_payment):
+        assert d.outcome == "dead_lettered" and d.error_type
+        [letter] = h.decoded(d, TOPICS.dlq)
+        assert letter["stage"] == "reconcile" and letter["reason"]
+    assert h.decoded(junk, TOPICS.dlq)[0]["original_value"] == b"not avro"
