@@ -28,6 +28,10 @@ TOPIC_RECORDS: Final = MappingProxyType(
         "refunds.routed": "RoutedRefund",
         "channel.refund_confirmations": "ChannelRefundConfirmation",
         "refunds.results": "RefundResult",
+        "channel.disputes": "ChannelDispute",
+        "disputes.results": "DisputeResult",
+        "cases.actions": "CaseAction",
+        "cases.events": "CaseEvent",
     }
 )
 
@@ -55,6 +59,12 @@ REFUNDS_REJECTED = "refunds.rejected"
 REFUNDS_ROUTED = "refunds.routed"
 REFUND_CONFIRMATIONS = "channel.refund_confirmations"
 REFUND_RESULTS = "refunds.results"
+# Disputes (chargebacks) and exception cases: keyed by payment_id, decided where the
+# payment's state lives.
+CHANNEL_DISPUTES = "channel.disputes"
+DISPUTE_RESULTS = "disputes.results"
+CASE_ACTIONS = "cases.actions"
+CASE_EVENTS = "cases.events"
 
 
 def routed_topic(channel: str) -> str:
@@ -121,6 +131,11 @@ CONTRACT: tuple[TopicSpec, ...] = (
     TopicSpec(REFUNDS_ROUTED, retention_ms=7 * DAY_MS),
     TopicSpec(REFUND_CONFIRMATIONS, retention_ms=7 * DAY_MS, external=True),
     TopicSpec(REFUND_RESULTS, retention_ms=30 * DAY_MS),
+    TopicSpec(CHANNEL_DISPUTES, retention_ms=30 * DAY_MS, external=True),
+    TopicSpec(DISPUTE_RESULTS, retention_ms=90 * DAY_MS),
+    # Operators' actions (settle cases, or any client) and the cases' history.
+    TopicSpec(CASE_ACTIONS, retention_ms=30 * DAY_MS, external=True),
+    TopicSpec(CASE_EVENTS, retention_ms=90 * DAY_MS),
     # Keyed by batch_id, not payment_id, so it need not be co-partitioned.
     TopicSpec(SETTLEMENTS_BATCHES, retention_ms=90 * DAY_MS, copartitioned=False),
     # Compacted: the latest Merchant record per merchant_id is the merchant's state.
@@ -195,6 +210,22 @@ class TopicNames:
     @property
     def refund_results(self) -> str:
         return self.prefix + REFUND_RESULTS
+
+    @property
+    def disputes(self) -> str:
+        return self.prefix + CHANNEL_DISPUTES
+
+    @property
+    def dispute_results(self) -> str:
+        return self.prefix + DISPUTE_RESULTS
+
+    @property
+    def case_actions(self) -> str:
+        return self.prefix + CASE_ACTIONS
+
+    @property
+    def case_events(self) -> str:
+        return self.prefix + CASE_EVENTS
 
     def routed(self, channel: str) -> str:
         return self.prefix + routed_topic(channel)
