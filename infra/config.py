@@ -251,6 +251,9 @@ class Settings:
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    # Who acts in `settle cases` (SETTLE_OPERATOR), recorded on every case action; empty:
+    # each command must name one with --operator.
+    operator: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -353,4 +356,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
                                  session_timeout=runtime.session_timeout_ms),
         sink=SinkSettings(fees=fees),
         monitor=load_monitor(env),
+        operator=_env(env, "OPERATOR", "").strip(),
     )
