@@ -7,6 +7,7 @@ import click
 from producers.cli import merchants, simulate
 from settle.cli.audit import audit
 from settle.cli.bench import bench
+from settle.cli.cases import cases
 from settle.cli.chaos import chaos
 from settle.cli.common import fail_on_settle_error
 from settle.cli.demo import demo
@@ -30,7 +31,7 @@ def cli() -> None:
 
 
 COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate,
-            bench, sink, demo, monitor, prom, keys, chaos, refunds)
+            bench, sink, demo, monitor, prom, keys, chaos, refunds, cases)
 for command in COMMANDS:
     cli.add_command(command)
 
