@@ -7,7 +7,8 @@ it, so two refunds racing for the last unit are decided one after the other.
 
 Amounts (all integer minor units of the payment's currency):
 - reserved   = Σ refunds PENDING (routed, no answer yet), SUCCEEDED, or in EXCEPTION (the
-               channel answered another amount or currency: where the money is is unknown);
+               channel answered another amount or currency: where the money is is unknown),
+               + Σ disputes OPEN (held) or LOST (settlement.disputes decides them);
 - refundable = captured - reserved: pending refunds count, so racing refunds cannot both pass;
 - refunded   = Σ SUCCEEDED refunds <= captured, always (checked on construction).
 A DECLINED or MISSING refund frees its amount again. A late success after MISSING is taken
@@ -28,6 +29,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final
 
+from settlement.disputes import OPEN as DISPUTE_OPEN
+from settlement.disputes import STATE_LOST as DISPUTE_LOST
+from settlement.disputes import Dispute
 from settlement.errors import DomainError
 from settlement.reconciliation import (
     AMOUNT_MISMATCH,
@@ -294,13 +298,19 @@ class RefundBook:
     # The channel took the whole payment back (at most once; nothing refundable after it).
     reversed_by: str | None = None
     reversed_at_ms: int | None = None
+    # Chargebacks on the payment (settlement.disputes): open or lost ones reserve their amount.
+    disputes: tuple[Dispute, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "refunds", tuple(self.refunds))
+        object.__setattr__(self, "disputes", tuple(self.disputes))
         ids = [r.refund_id for r in self.refunds]
+        dispute_ids = [d.dispute_id for d in self.disputes]
         checks = {
-            "a reversed payment has no refund outstanding": self.reversed_by is None
+            "a reversed payment has no refund or dispute outstanding": self.reversed_by is None
             or self.reserved_minor == 0,
+            "dispute ids unique": len(set(dispute_ids)) == len(dispute_ids),
+            "held >= 0": self.held_minor >= 0,
             "captured > 0": self.captured_minor > 0,
             "0 <= fee <= captured": 0 <= self.fee_minor <= self.captured_minor,
             "refund ids unique": len(set(ids)) == len(ids),
@@ -314,7 +324,17 @@ class RefundBook:
 
     @property
     def reserved_minor(self) -> int:
-        return sum(r.amount_minor for r in self.refunds if r.reserves)
+        return (sum(r.amount_minor for r in self.refunds if r.reserves)
+                + sum(d.amount_minor for d in self.disputes if d.reserves))
+
+    @property
+    def held_minor(self) -> int:
+        """Under open disputes: held from the merchant until won or lost."""
+        return sum(d.amount_minor for d in self.disputes if d.state == DISPUTE_OPEN)
+
+    @property
+    def disputed_lost_minor(self) -> int:
+        return sum(d.amount_minor for d in self.disputes if d.state == DISPUTE_LOST)
 
     @property
     def refunded_minor(self) -> int:
@@ -338,9 +358,20 @@ class RefundBook:
             kept = (*kept, refund)
         return replace(self, refunds=kept)
 
+    def get_dispute(self, dispute_id: str) -> Dispute | None:
+        return next((d for d in self.disputes if d.dispute_id == dispute_id), None)
+
+    def with_dispute(self, dispute: Dispute) -> RefundBook:
+        kept = tuple(dispute if d.dispute_id == dispute.dispute_id else d
+                     for d in self.disputes)
+        if dispute.dispute_id not in {d.dispute_id for d in self.disputes}:
+            kept = (*kept, dispute)
+        return replace(self, disputes=kept)
+
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["refunds"] = [r.to_dict() for r in self.refunds]
+        data["disputes"] = [d.to_dict() for d in self.disputes]
         data["v"] = BOOK_FORMAT_VERSION
         return data
 
@@ -350,6 +381,8 @@ class RefundBook:
         if values.pop("v", None) != BOOK_FORMAT_VERSION:
             raise RefundError(f"unknown refund book format version {data.get('v')!r}")
         values["refunds"] = tuple(Refund.from_dict(r) for r in values.get("refunds", ()))
+        # Books written before disputes have none.
+        values["disputes"] = tuple(Dispute.from_dict(d) for d in values.get("disputes", ()))
         try:
             return cls(**values)
         except TypeError as exc:
@@ -619,7 +652,8 @@ def on_payment_reversal(book: RefundBook, reversal: PaymentReversal, now_ms: int
                         ) -> tuple[RefundBook, str, str]:
     """(book, PAYMENT_REVERSED or REVERSAL_EXCEPTION, detail) for a channel taking a captured
     payment back. Only the whole capture, in its currency, by its channel, with no refund
-    outstanding or succeeded, and once: the reversal mirrors the payment's journal exactly.
+    outstanding or succeeded and no dispute open or lost (the channel would take the same
+    money twice), and once: the reversal mirrors the payment's journal exactly.
     The same answer again is (book, "", "") : nothing to publish."""
     if reversal.confirmation_id == book.reversed_by:
         return book, "", ""
@@ -631,8 +665,11 @@ def on_payment_reversal(book: RefundBook, reversal: PaymentReversal, now_ms: int
     if (reversal.amount_minor, reversal.currency) != (book.captured_minor, book.currency):
         problems.append(f"reversal of {reversal.amount_minor} {reversal.currency}, captured "
                         f"{book.captured_minor} {book.currency}")
-    if book.reserved_minor:
-        problems.append(f"{book.reserved_minor} refunded or being refunded")
+    disputed = book.held_minor + book.disputed_lost_minor
+    if book.reserved_minor - disputed:
+        problems.append(f"{book.reserved_minor - disputed} refunded or being refunded")
+    if disputed:
+        problems.append(f"{disputed} under open or lost disputes")
     if problems:
         return book, REVERSAL_EXCEPTION, "; ".join(problems)
     book = replace(book, reversed_by=reversal.confirmation_id, reversed_at_ms=now_ms)
@@ -675,11 +712,14 @@ def on_tick(book: RefundBook, now_ms: int, policy: RefundPolicy,
 
 
 def evict_at_ms(book: RefundBook, policy: RefundPolicy) -> int | None:
-    """When the book may be forgotten: after the refund window and once nothing is pending."""
-    if any(r.state == PENDING for r in book.refunds):
+    """When the book may be forgotten: after the refund window, once nothing is pending and
+    no dispute is open (a dispute may come long after the window and must find its hold)."""
+    if any(r.state == PENDING for r in book.refunds) \
+            or any(d.state == DISPUTE_OPEN for d in book.disputes):
         return None
     last = max([book.captured_at_ms + policy.max_age_ms_for(book.channel),
-                *(r.decided_at_ms or 0 for r in book.refunds)])
+                *(r.decided_at_ms or 0 for r in book.refunds),
+                *(d.closed_at_ms or 0 for d in book.disputes)])
     return last + policy.retain_ms
 
 
