@@ -83,6 +83,15 @@ REFUND_OVER_CAPTURE = Counter(
     "Channel answers that would refund more than the payment has left of its capture",
     ["channel"],
 )
+DISPUTE_RESULTS = Counter(
+    "settle_dispute_results_total",
+    "Dispute results published by the reconcile stage, by channel and event (OPENED, WON, "
+    "LOST, STAGE_CHANGED, REJECTED)",
+    ["channel", "event"],
+)
+DISPUTE_REJECTIONS = Counter(
+    "settle_dispute_rejections_total", "Rejected dispute records by reason code", ["reason"]
+)
 RECON_TIME_TO_MATCH = Histogram(
     "settle_reconciliation_time_to_match_seconds",
     "From routing (the channel was asked) to the MATCHED decision",

@@ -20,6 +20,8 @@ from settlement.reconciliation import (
     RoutedInfo,
 )
 from stream_processors.dead_letters import DeadLetters, error_label
+from stream_processors.dispute_decider import DisputeDecider, DisputeDecision, dispute_info
+from stream_processors.dispute_decider import replayed as dispute_replayed
 from stream_processors.errors import NotCopartitioned
 from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.placement import Origin, Placement, PlacementError
@@ -83,6 +85,7 @@ class ReconDecision:
     evicted: int = 0
     tick_errors: int = 0
     refunds: list[RefundDecision] = field(default_factory=list)
+    disputes: list[DisputeDecision] = field(default_factory=list)
 
 
 class ReconcileProcessor:
@@ -127,8 +130,10 @@ class ReconcileProcessor:
         self._dlq = DeadLetters(registry, topics.dlq, STAGE)
         self.refunds = RefundDecider(registry, topics, refund_policy or rf.RefundPolicy(),
                                      keyring, clock)
+        self.disputes = DisputeDecider(registry, topics)
         self.prefetch = RegistryPrefetch(
-            [self._decoder], [self._results_ser, self._dlq.serializer, *self.refunds.serializers])
+            [self._decoder], [self._results_ser, self._dlq.serializer, *self.refunds.serializers,
+                              *self.disputes.serializers])
         self._routed_channel = {topics.routed(ch): ch for ch in topics.channels}
         self.deadlines = DeadlineQueue(self._scan_deadlines)
         # partition -> payment_id -> (waiting_for, channel, since_ms), for the backlog gauges.
@@ -238,6 +243,8 @@ class ReconcileProcessor:
         now = self._clock()
         if src.topic in self.refunds.topics:
             return self._on_refund_input(key, value, src, partition, ref, moved, now)
+        if src.topic == self.disputes.topic:
+            return self._on_dispute_input(value, src, partition, ref, moved, now)
         channel = self._routed_channel.get(src.topic)
         try:
             record = self._decoder.decode(value)
@@ -372,6 +379,46 @@ class ReconcileProcessor:
             value_["r_emitted"] = r_remembered(raw, ref, out.outputs)
             self._store[payment_id] = value_
             self.deadlines.schedule(partition, payment_id, self._next_due_raw(value_))
+        return decision
+
+    def _on_dispute_input(self, value: bytes | None, src: Origin, partition: int, ref: bytes,
+                          moved: bool, now: int) -> ReconDecision:
+        """A channel's news about a dispute, decided against the payment's refund book in the
+        value's one write; a dispute of a payment the stage does not hold is answered
+        REJECTED and nothing is stored (decided again, the same way, if read again)."""
+        try:
+            news = dispute_info(self._decoder.decode(value))
+        except (DecodeError, KeyError, TypeError, ValueError) as exc:  # DisputeError too
+            raise _BadInput(exc) from exc
+        payment_id = news.payment_id
+        assert self._placement is None or src.topic in self._placement.external
+        if self._placement is not None and not moved and value is not None:
+            target = self._placement.misplaced(src.topic, partition, payment_id)
+            if target is not None:
+                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
+                                                                  target)])
+        self._ensure(partition)
+        raw = self._store.get(payment_id)
+        if raw is not None and raw["partition"] != partition:
+            raise _BadInput(NotCopartitioned(
+                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        replayed = dispute_replayed(raw, ref, payment_id)
+        if replayed is not None:
+            return ReconDecision(REPLAYED, replayed)
+        try:
+            book = book_of(raw)
+        except rf.RefundError as exc:
+            raise _BadInput(exc) from exc
+        known = raw is not None and raw.get("state") is not None
+        new_book, out = self.disputes.on_dispute(book, news, known, now, ref)
+        decision = ReconDecision(APPLIED, list(out.outputs), disputes=[out])
+        if raw is not None and (new_book is not book or out.outputs):
+            stored = dict(raw)
+            if new_book is not None:
+                stored["book"] = new_book.to_dict()
+            stored["r_emitted"] = r_remembered(raw, ref, out.outputs)
+            self._store[payment_id] = stored
+            self.deadlines.schedule(partition, payment_id, self._next_due_raw(stored))
         return decision
 
     def _outputs(self, payment_id: str, values: list[str], ref: bytes) -> list[Output]:

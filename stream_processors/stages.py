@@ -74,7 +74,9 @@ def _table(app: faust.App, name: str, partitions: int) -> Any:
 
 
 def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
-    """reconcile: payments.routed.* + channel.confirmations -> reconciliation.results | dlq."""
+    """reconcile: payments.routed.* + channel.confirmations -> reconciliation.results | dlq;
+    refunds.requested + channel.refund_confirmations -> refunds.*; channel.disputes ->
+    disputes.results."""
     topics = TopicNames(ps.topic_prefix)
     n = settings.kafka.partitions
     app = base_app(f"{ps.topic_prefix}settle-reconcile", settings, ps)
@@ -87,7 +89,7 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     source = stage_channel(
         app,
         [*topics.all_routed, topics.confirmations, topics.refunds_requested,
-         topics.refund_confirmations],
+         topics.refund_confirmations, topics.disputes],
         [ticks, placed], n, settings.kafka,
     )
     table = _table(app, "recon-state", n)
@@ -252,6 +254,11 @@ def _count_recon(decision: ReconDecision, tick: bool) -> None:
         if refund.over_capture:
             channel = refund.results[0][0].lower() if refund.results else "unknown"
             metrics.REFUND_OVER_CAPTURE.labels(channel).inc(refund.over_capture)
+    for dispute in decision.disputes:
+        for channel, event in dispute.results:
+            metrics.DISPUTE_RESULTS.labels(channel.lower(), event).inc()
+        for reason in dispute.reasons:
+            metrics.DISPUTE_REJECTIONS.labels(reason).inc()
     if decision.tick_errors:
         metrics.TICK_ERRORS.labels(RECONCILE_STAGE).inc(decision.tick_errors)
 

@@ -232,6 +232,56 @@ def refund_result(**overrides: Any) -> dict[str, Any]:
     return record | overrides
 
 
+def channel_dispute(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "event_id": "ev-1",
+        "dispute_id": "dp-1",
+        "channel": "CARD",
+        "channel_dispute_id": "cb-1",
+        "payment_id": "pay-1",
+        "stage": "PRE_ARBITRATION",
+        "status": "LOST",
+        "amount_minor": 500,
+        "currency": "KWD",
+        "funds_withdrawn": True,
+        "fee_minor": 1500,
+        "reason_code": "10.4",
+        "respond_by": T0 + 7 * 86_400_000,
+        "occurred_at": T0,
+    }
+    return record | overrides
+
+
+def dispute_result(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "result_id": "pay-1/dp-1:LOST:ev-1",
+        "dispute_id": "dp-1",
+        "payment_id": "pay-1",
+        "merchant_id": "m-1",
+        "order_id": "o-1",
+        "channel": "CARD",
+        "channel_dispute_id": "cb-1",
+        "event": "LOST",
+        "stage": "DISPUTE",
+        "status": "ACCEPTED",
+        "amount_minor": 500,
+        "currency": "KWD",
+        "funds_withdrawn": True,
+        "fee_minor": 1500,
+        "reasons": [],
+        "reason_code": "13.1",
+        "respond_by": T0,
+        "captured_minor": 1000,
+        "held_minor": 0,
+        "disputed_lost_minor": 500,
+        "refundable_minor": 500,
+        "occurred_at": T0,
+        "decided_at": T0 + 9,
+        "detail": "dispute ACCEPTED: 500 lost, fee 1500",
+    }
+    return record | overrides
+
+
 def dead_letter(**overrides: Any) -> dict[str, Any]:
     record = {
         "source_topic": "payments.requested",
@@ -358,6 +408,30 @@ SAMPLES: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
         refund_result(outcome="DECLINED", fee_returned_minor=None, net_minor=None,
                       amount_minor=LONG_MAX),
         None,
+    ),
+    ("ChannelDispute", channel_dispute(), None),
+    (
+        "ChannelDispute",
+        without(channel_dispute(status="OPENED", stage="PRE_DISPUTE"), "funds_withdrawn",
+                "fee_minor", "reason_code", "respond_by"),
+        channel_dispute(status="OPENED", stage="PRE_DISPUTE", funds_withdrawn=False,
+                        fee_minor=0, reason_code=None, respond_by=None),
+    ),
+    ("DisputeResult", dispute_result(), None),
+    (
+        "DisputeResult",
+        without(dispute_result(event="REJECTED", merchant_id=None, order_id=None,
+                               captured_minor=None, disputed_lost_minor=0, refundable_minor=0,
+                               amount_minor=-1, fee_minor=0, reason_code=None, respond_by=None,
+                               reasons=[{"code": "PAYMENT_UNKNOWN", "detail": "unknown"},
+                                        {"code": "AMOUNT_NOT_POSITIVE", "detail": "-1"}]),
+                "funds_withdrawn", "held_minor", "detail"),
+        dispute_result(event="REJECTED", merchant_id=None, order_id=None, captured_minor=None,
+                       disputed_lost_minor=0, refundable_minor=0, amount_minor=-1, fee_minor=0,
+                       reason_code=None, respond_by=None, funds_withdrawn=False, held_minor=0,
+                       detail="",
+                       reasons=[{"code": "PAYMENT_UNKNOWN", "detail": "unknown"},
+                                {"code": "AMOUNT_NOT_POSITIVE", "detail": "-1"}]),
     ),
     ("DeadLetter", dead_letter(), None),
     (
