@@ -1,6 +1,7 @@
 """The channel-gateway simulator process: consume routed payments and routed refunds, answer
-them when due (channel.confirmations, channel.refund_confirmations), and reverse the share of
-them its config says a while later (status REVERSED on the same topics).
+them when due (channel.confirmations, channel.refund_confirmations), reverse the share of
+them its config says a while later (status REVERSED on the same topics), and dispute a share
+of the captured card and UnionPay payments (channel.disputes: opened, then decided).
 
 Failure policy: an undecodable routed record is counted and skipped (it is not the
 simulator's to dead-letter); a confirmation the broker refuses stops the run with
@@ -37,12 +38,14 @@ from producers.channels import (
     plan_refund_confirmations,
 )
 from producers.clients import wall_clock_ms
+from producers.dispute_flow import DisputeCounts, PlannedDispute, plan_disputes
 from producers.errors import DeliveryFailed, StillQueued
 from producers.producer import AvroProducer, DeliveryReport
 from schemas.codec import AvroDeserializer
 from schemas.errors import DecodeError, RegistryUnavailable
 from schemas.topics import (
     CHANNEL_CONFIRMATIONS,
+    CHANNEL_DISPUTES,
     REFUND_CONFIRMATIONS,
     REFUNDS_ROUTED,
     ROUTED_TOPICS,
@@ -126,6 +129,8 @@ class SimStats:
     # REVERSED answers published per channel (payments, refunds); counted in published too.
     reversals: Counter[str] = field(default_factory=Counter)
     refund_reversals: Counter[str] = field(default_factory=Counter)
+    # ChannelDispute records published (not counted in published).
+    disputes: DisputeCounts = field(default_factory=DisputeCounts)
     orphans: int = 0
     delivered: int = 0
     failed: int = 0
@@ -155,7 +160,7 @@ class SimStats:
 class _Due:
     due_ms: int
     seq: int
-    planned: PlannedConfirmation = field(compare=False)
+    planned: PlannedConfirmation | PlannedDispute = field(compare=False)
     source: TP = field(compare=False)
     offset: int = field(compare=False)
 
@@ -163,7 +168,8 @@ class _Due:
 class ChannelSimulator:
     """Answers routed payments on `confirmations_topic` as the configured channels would, and
     routed refunds from `refunds_topic` on `refund_confirmations_topic` (None: refunds are
-    left to another client, which may answer them on the same topic)."""
+    left to another client, which may answer them on the same topic); disputes captured
+    payments on `disputes_topic` (None, or a dispute rate of 0: none)."""
 
     def __init__(
         self,
@@ -177,8 +183,10 @@ class ChannelSimulator:
         refunds_topic: str | None = REFUNDS_ROUTED,
         refund_confirmations_topic: str = REFUND_CONFIRMATIONS,
         refund_channels: Sequence[str] | None = None,
+        disputes_topic: str | None = CHANNEL_DISPUTES,
     ) -> None:
         self.config = config
+        self.disputes_topic = disputes_topic
         self.routed_topics = list(routed_topics)
         self.confirmations_topic = confirmations_topic
         self.refunds_topic = refunds_topic
@@ -309,8 +317,14 @@ class ChannelSimulator:
         self.stats.faults[decision.fault] += 1
         if decision.declined:
             self.stats.declined[channel] += 1
-        self._tracker.consumed((topic, partition), offset, len(plans))
-        for planned in plans:
+        disputes: list[PlannedDispute] = []
+        if self.disputes_topic is not None and plans:
+            # Dated from the payment's own answer (the first planned), which it follows.
+            disputes = plan_disputes(routed, plans[0].due_ms, self.config.seed,
+                                     decision.captured, self.config.disputes)
+        self._tracker.consumed((topic, partition), offset, len(plans) + len(disputes))
+        due: list[PlannedConfirmation | PlannedDispute] = [*plans, *disputes]
+        for planned in due:
             heapq.heappush(
                 self._heap, _Due(planned.due_ms, next(self._seq), planned, (topic, partition),
                                  offset)
@@ -369,6 +383,9 @@ class ChannelSimulator:
             record = due.planned.record
             refund = due.planned.is_refund
             out = self.refund_confirmations_topic if refund else self.confirmations_topic
+            if isinstance(due.planned, PlannedDispute):
+                assert self.disputes_topic is not None  # planned only with a topic
+                out = self.disputes_topic
             try:
                 producer.send(out, due.planned.key, record)
             except RegistryUnavailable as exc:
@@ -380,7 +397,10 @@ class ChannelSimulator:
                 return
             heapq.heappop(self._heap)
             channel, status = str(record["channel"]), str(record["status"])
-            if refund:
+            if isinstance(due.planned, PlannedDispute):
+                self.stats.disputes.add(due.planned)
+                metrics.DISPUTES.labels(channel, str(record["stage"]), status).inc()
+            elif refund:
                 self.stats.refunds_published[channel] += 1
                 if status == REVERSED:
                     self.stats.refund_reversals[channel] += 1
@@ -390,7 +410,9 @@ class ChannelSimulator:
                 if status == REVERSED:
                     self.stats.reversals[channel] += 1
                 metrics.CONFIRMATIONS.labels(channel, status).inc()
-            if due.planned.key.startswith(ORPHAN_PREFIX) and due.planned.fault == FAULT_ORPHAN:
+            if (isinstance(due.planned, PlannedConfirmation)
+                    and due.planned.key.startswith(ORPHAN_PREFIX)
+                    and due.planned.fault == FAULT_ORPHAN):
                 self.stats.orphans += 1
             self._tracker.produced(due.source, due.offset)
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from producers.dispute_flow import DisputeSimConfig
 from producers.errors import SimulatorConfigError
 from settlement.reconciliation import (
     AMOUNT_MISMATCH,
@@ -119,6 +120,8 @@ class ChannelSimConfig:
     reversal_rate: float = 0.005
     refund_reversal_rate: float = 0.01
     reversal_delay_ms: int = 3_000
+    # Disputes (chargebacks) of captured card and UnionPay payments (producers.dispute_flow).
+    disputes: DisputeSimConfig = field(default_factory=DisputeSimConfig)
 
     def __post_init__(self) -> None:
         for name in ("decline_rate", "fault_rate", "refund_decline_rate", "refund_fault_rate",
@@ -171,6 +174,12 @@ class Decision:
     declined: bool
     decline_code: str | None
     reversed: bool = False
+
+    @property
+    def captured(self) -> bool:
+        """Answered SUCCEEDED without a fault and never reversed: a payment that may be
+        disputed."""
+        return self.fault == FAULT_NONE and not self.declined and not self.reversed
 
 
 def _digest(seed: int, payment_id: str, salt: str) -> bytes:

@@ -20,6 +20,7 @@ from producers import reports
 from producers.channel_sim import DEFAULT_GROUP, ChannelSimulator, SimStats
 from producers.channels import FAULTS, REFUND_FAULTS, ChannelSimConfig
 from producers.clients import read_to_end, wall_clock_ms
+from producers.dispute_flow import DisputeSimConfig
 from producers.merchants import (
     check_entries,
     fold_merchant_records,
@@ -35,6 +36,7 @@ from producers.signing import RequestSigner
 from schemas.contract import schema_str_for
 from schemas.topics import (
     CHANNEL_CONFIRMATIONS,
+    CHANNEL_DISPUTES,
     CHANNELS,
     MERCHANTS,
     PAYMENTS_REQUESTED,
@@ -201,6 +203,9 @@ def simulate() -> None:
 @click.option("--channel-refund-reversal-rate", default=0.01, show_default=True, type=_RATIO,
               help="The channel simulator's --refund-reversal-rate (with --channel-seed): "
                    "accepted refunds it reverses are counted in the report.")
+@click.option("--channel-dispute-rate", default=0.02, show_default=True, type=_RATIO,
+              help="The channel simulator's --dispute-rate, 0 for its --no-disputes (with "
+                   "--channel-seed): payments it may dispute get no refunds.")
 @topic_prefix_option
 @click.option("--dry-run", is_flag=True, help="Generate and summarise without publishing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -211,8 +216,8 @@ def simulate_orders(
     refund_delay_ms: int, refund_late_delay_ms: int, channel_seed: int | None,
     channel_decline_rate: float, channel_fault_rate: float, channel_refund_decline_rate: float,
     channel_refund_fault_rate: float, channel_reversal_rate: float,
-    channel_refund_reversal_rate: float, topic_prefix: str, dry_run: bool,
-    report_path: Path | None,
+    channel_refund_reversal_rate: float, channel_dispute_rate: float, topic_prefix: str,
+    dry_run: bool, report_path: Path | None,
 ) -> None:
     """Publish a realistic, seed-reproducible flow of payment requests to payments.requested.
 
@@ -245,7 +250,8 @@ def simulate_orders(
         seed=channel_seed, decline_rate=channel_decline_rate, fault_rate=channel_fault_rate,
         refund_decline_rate=channel_refund_decline_rate,
         refund_fault_rate=channel_refund_fault_rate, reversal_rate=channel_reversal_rate,
-        refund_reversal_rate=channel_refund_reversal_rate)
+        refund_reversal_rate=channel_refund_reversal_rate,
+        disputes=DisputeSimConfig(rate=channel_dispute_rate))
     refund_mix = RefundMix(ratio=refund_ratio, delay_ms=refund_delay_ms,
                            late_delay_ms=refund_late_delay_ms, channel=channel)
     planner = RefundPlanner(seed, refund_mix) if refund_ratio > 0 else None
@@ -287,7 +293,8 @@ def simulate_orders(
                           "channel_seed": channel_seed,
                           **({} if channel is None else {
                               "channel_reversal_rate": channel.reversal_rate,
-                              "channel_refund_reversal_rate": channel.refund_reversal_rate})},
+                              "channel_refund_reversal_rate": channel.refund_reversal_rate,
+                              "channel_dispute_rate": channel.disputes.rate})},
                   **stats.to_dict()}
         report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         console.print(f"report written to {report_path}")
@@ -336,13 +343,32 @@ def simulate_orders(
 @click.option("--reversal-delay-ms", default=3_000, show_default=True,
               type=click.IntRange(min=0),
               help="A reversal comes this long after the SUCCEEDED answer it reverses.")
+@click.option("--disputes/--no-disputes", default=True, show_default=True,
+              help="Dispute a share of the captured card and UnionPay payments on "
+                   "channel.disputes (opened, perhaps staged, then decided).")
+@click.option("--dispute-rate", default=0.02, show_default=True, type=_RATIO,
+              help="Share of the payments answered SUCCEEDED (no fault, not reversed) on "
+                   "CARD and UNIONPAY that the payer disputes.")
+@click.option("--dispute-open-delay-ms", default=2_000, show_default=True,
+              type=click.IntRange(min=0),
+              help="A dispute opens this long after the payment's SUCCEEDED answer.")
+@click.option("--dispute-late-open-ms", default=12_000, show_default=True,
+              type=click.IntRange(min=0),
+              help="A quarter of the disputes open this long after it instead (set it past "
+                   "the settlement window and its grace: they hit settled payments).")
+@click.option("--dispute-decide-delay-ms", default=3_000, show_default=True,
+              type=click.IntRange(min=0),
+              help="A dispute is decided (won, lost, accepted, expired, cancelled) this long "
+                   "after its last stage opened.")
 @topic_prefix_option
 def simulate_channels(
     seed: int, latency_ms: int, decline_rate: float, fault_rate: float, faults: str,
     late_ms: int, group: str, channel_names: str, idle_exit_s: float | None,
     max_records: int | None, refunds: bool, refund_decline_rate: float,
     refund_fault_rate: float, refund_faults: str, reversal_rate: float,
-    refund_reversal_rate: float, reversal_delay_ms: int, topic_prefix: str,
+    refund_reversal_rate: float, reversal_delay_ms: int, disputes: bool, dispute_rate: float,
+    dispute_open_delay_ms: int, dispute_late_open_ms: int, dispute_decide_delay_ms: int,
+    topic_prefix: str,
 ) -> None:
     """Answer routed payments like the channel gateways would, on channel.confirmations.
 
@@ -354,7 +380,10 @@ def simulate_channels(
     answered alike with a ChannelRefundConfirmation on channel.refund_confirmations (faults
     amount_mismatch, missing, duplicate: the same answer redelivered and a second one, late).
     A share of the clean SUCCEEDED payments and refunds are reversed --reversal-delay-ms
-    later (status REVERSED, decided by the same hash).
+    later (status REVERSED, decided by the same hash). A share of the captured CARD and
+    UNIONPAY payments are disputed on channel.disputes: OPENED (some at PRE_DISPUTE first,
+    some escalated to PRE_ARBITRATION), then WON, LOST (with a fee), ACCEPTED, EXPIRED or
+    CANCELLED, some after the payment's batch (--no-disputes turns them off).
     Runs until Ctrl-C, --idle-exit-s or --max-records, then prints per-channel and per-fault
     counts. The pipeline never depends on it: any client may publish confirmations.
     """
@@ -375,6 +404,9 @@ def simulate_channels(
         refund_fault_rate=refund_fault_rate, refund_faults=_csv(refund_faults),
         reversal_rate=reversal_rate, refund_reversal_rate=refund_reversal_rate,
         reversal_delay_ms=reversal_delay_ms,
+        disputes=DisputeSimConfig(
+            rate=dispute_rate if disputes else 0.0, open_delay_ms=dispute_open_delay_ms,
+            late_open_ms=dispute_late_open_ms, decide_delay_ms=dispute_decide_delay_ms),
     )
     routed = [f"{topic_prefix}payments.routed.{name}" for name in _csv(channel_names)]
     refunds_topic = topic_prefix + REFUNDS_ROUTED if refunds else None
@@ -385,8 +417,11 @@ def simulate_channels(
             refunds_topic=refunds_topic,
             refund_confirmations_topic=topic_prefix + REFUND_CONFIRMATIONS,
             refund_channels=_csv(channel_names),
+            disputes_topic=topic_prefix + CHANNEL_DISPUTES if disputes else None,
         )
         answering = [*routed, *([refunds_topic] if refunds_topic else [])]
+        if disputes and config.disputes.rate > 0:
+            answering.append(f"disputes to {topic_prefix + CHANNEL_DISPUTES}")
         console.print(f"answering {', '.join(answering)} as group {group} "
                       f"(seed {seed}); Ctrl-C to stop")
         with console.status("waiting for routed payments...") as status:
@@ -394,7 +429,8 @@ def simulate_channels(
             def show(stats: SimStats, scheduled: int) -> None:
                 status.update(f"consumed {stats.consumed_total} · published "
                               f"{sum(stats.published.values())} · refunds answered "
-                              f"{sum(stats.refunds_published.values())} · scheduled "
+                              f"{sum(stats.refunds_published.values())} · dispute records "
+                              f"{stats.disputes.published} · scheduled "
                               f"{scheduled}")
 
             stats = simulator.run(max_records=max_records, idle_exit_s=idle_exit_s,

@@ -37,6 +37,12 @@ REFUND_CONFIRMATIONS = Counter(
     "Refund confirmations the channel-gateway simulator published, per channel and status",
     ["channel", "status"],
 )
+DISPUTES = Counter(
+    "settle_channel_disputes_total",
+    "ChannelDispute records the channel-gateway simulator published, per channel, stage and "
+    "status (a redelivered record counted again)",
+    ["channel", "stage", "status"],
+)
 REFUNDS = Counter(
     "settle_simulator_refunds_total",
     "Refund requests the order-flow simulator published, per scenario",

@@ -20,9 +20,9 @@ earlier is rejected PAYMENT_NOT_CAPTURED, a valid but unhelpful outcome), the la
 The expected decisions assume the payment is MATCHED when its refund arrives. Given the
 channel simulator's settings (`channel`), the planner knows which payments the channel
 declines (the only source of `declined`) and leaves payments it faults (missing, mismatch,
-late...) or reverses without refunds, so the expectation is exact; without them, `declined`
-is never planned and a refund of a payment the channel declines, faults or reverses is
-mis-expected.
+late...), reverses or may dispute (producers.dispute_flow) without refunds, so the
+expectation is exact; without them, `declined` is never planned and a refund of a payment the
+channel declines, faults, reverses or disputes is mis-expected.
 
 Refund reversals: a refund the channel reverses (REVERSED after its SUCCEEDED answer) was
 still accepted when requested, so it counts as accepted, and, with `channel`, also as
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from producers.channels import FAULT_NONE, ChannelSimConfig, decide, decide_refund
+from producers.dispute_flow import dispute_drawn
 from producers.errors import SimulatorConfigError
 
 FULL: Final = "full"
@@ -236,6 +237,8 @@ class RefundPlanner:
                 return  # not MATCHED on time: its refunds' fate depends on timing
             elif decision.reversed:
                 return  # reversed: its refunds would race the reversal
+            elif dispute_drawn(channel.seed, payment_id, channel.disputes):
+                return  # perhaps disputed: its refunds would race the dispute
         if scenario is None:
             if not self._drawable or self.rng.random() >= self.mix.ratio:
                 return

@@ -71,7 +71,8 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
     totals.add_column("metric")
     totals.add_column("value", justify="right")
     published = sum(stats.published.values())
-    answered = published + sum(stats.refunds_published.values())
+    answered = (published + sum(stats.refunds_published.values())
+                + stats.disputes.published)
     rows = [
         ("stopped", stats.stop_reason or "-"),
         ("routed records consumed", str(stats.consumed_total)),
@@ -81,6 +82,7 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
         ("refund answers published", str(sum(stats.refunds_published.values()))),
         ("payment reversals published", str(sum(stats.reversals.values()))),
         ("refund reversals published", str(sum(stats.refund_reversals.values()))),
+        ("dispute records published", str(stats.disputes.published)),
         ("delivered", str(stats.delivered)),
         ("orphan confirmations", str(stats.orphans)),
         ("offset commits", str(stats.commits)),
@@ -121,7 +123,24 @@ def channel_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
     tables = [totals, channels, faults]
     if stats.refunds_consumed or stats.refunds_published:
         tables.extend(refund_tables(stats, config))
+    if stats.disputes.published:
+        tables.append(dispute_table(stats, config))
     return tables
+
+
+def dispute_table(stats: SimStats, config: ChannelSimConfig) -> Table:
+    """Disputes opened per channel, and their records per stage and status."""
+    counts, disputes = stats.disputes, config.disputes
+    table = Table(title=f"disputes (rate {disputes.rate:g} of captured "
+                        f"{', '.join(disputes.channels)} payments)")
+    table.add_column("records")
+    table.add_column("count", justify="right")
+    for channel, n in sorted(counts.opened.items()):
+        table.add_row(f"disputes opened on {channel}", str(n))
+    for key, n in sorted(counts.records.items()):
+        table.add_row(key, str(n))
+    table.add_row("redelivered (same event_id, no new result)", str(counts.redelivered))
+    return table
 
 
 def refund_tables(stats: SimStats, config: ChannelSimConfig) -> list[Table]:
