@@ -26,7 +26,7 @@ may dispute without refunds (`dispute_drawn`), so no refund races a dispute for 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -294,3 +294,43 @@ class DisputeCounts:
     @property
     def published(self) -> int:
         return sum(self.records.values()) + self.redelivered
+
+
+@dataclass(slots=True)
+class DisputeTally:
+    """What a run's disputes should do to the books, per currency (minor units): opened
+    (held), released (won or cancelled), lost for good, and the fees charged."""
+
+    decisions: dict[str, int] = field(default_factory=dict)
+    opened_minor: dict[str, int] = field(default_factory=dict)
+    released_minor: dict[str, int] = field(default_factory=dict)
+    lost_minor: dict[str, int] = field(default_factory=dict)
+    fee_minor: dict[str, int] = field(default_factory=dict)
+
+    def add(self, told: DisputeStory, currency: str) -> None:
+        def bump(into: dict[str, int], key: str, amount: int) -> None:
+            into[key] = into.get(key, 0) + amount
+
+        bump(self.decisions, told.decision, 1)
+        bump(self.opened_minor, currency, told.amount_minor)
+        if told.decision in LOST_STATUSES:
+            bump(self.lost_minor, currency, told.amount_minor)
+            bump(self.fee_minor, currency, told.fee_minor)
+        else:
+            bump(self.released_minor, currency, told.amount_minor)
+
+    @property
+    def disputes(self) -> int:
+        return sum(self.decisions.values())
+
+
+def tally_disputes(routed: Iterable[Mapping[str, Any]], seed: int,
+                   captured: Callable[[str], bool], config: DisputeSimConfig) -> DisputeTally:
+    """The tally of every dispute the simulator plans for these routed payments
+    (`captured(payment_id)`: the channel answered it SUCCEEDED, no fault, not reversed)."""
+    out = DisputeTally()
+    for record in routed:
+        payment_id = str(record["payment_id"])
+        if plan_disputes(record, 0, seed, captured(payment_id), config):
+            out.add(story(seed, record, config), str(record["currency"]))
+    return out

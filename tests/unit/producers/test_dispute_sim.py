@@ -23,6 +23,7 @@ from producers.dispute_flow import (
     expected_dispute_events,
     plan_disputes,
     story,
+    tally_disputes,
 )
 from producers.errors import SimulatorConfigError
 from producers.merchants import load_merchants, sample_merchants_path
@@ -150,6 +151,21 @@ def test_expected_events_follow_the_stages_and_the_decision() -> None:
         assert events[0] == "OPENED" and len(events) == len(s.stages) + 1
         assert set(events[1:-1]) <= {"STAGE_CHANGED"}
         assert events[-1] == ("LOST" if s.decision in LOST_STATUSES else "WON")
+
+
+def test_the_tally_adds_up_what_the_books_should_show() -> None:
+    payments = [routed(n, currency="CNY" if n % 2 else "USD") for n in range(300)]
+    tally = tally_disputes(payments, 3, lambda pid: not pid.endswith("7"), ALL)
+    stories = [(story(3, p, ALL), p["currency"]) for p in payments
+               if not str(p["payment_id"]).endswith("7")]
+    assert tally.disputes == len(stories) == sum(tally.decisions.values())
+    for currency in ("CNY", "USD"):
+        mine = [s for s, c in stories if c == currency]
+        assert tally.opened_minor[currency] == sum(s.amount_minor for s in mine)
+        assert (tally.released_minor[currency] + tally.lost_minor[currency]
+                == tally.opened_minor[currency])
+        assert tally.fee_minor[currency] == sum(s.fee_minor for s in mine)
+    assert tally_disputes(payments, 3, lambda _pid: False, ALL).disputes == 0
 
 
 def test_records_encode_as_channel_disputes() -> None:
