@@ -1,6 +1,6 @@
-"""Settlement items (a matched payment, a succeeded refund, and the channel's reversal of
-either, netted together) and the payout split of a closed batch with the merchant's carried
-negative balance."""
+"""Settlement items (a matched payment, a succeeded refund, the channel's reversal of either,
+and a dispute's hold, release and fee, netted together) and the payout split of a closed batch
+with the merchant's carried negative balance."""
 
 from __future__ import annotations
 
@@ -10,21 +10,29 @@ from typing import Any, Final
 from settlement.errors import DomainError
 from settlement.fees import FeeSchedule
 from settlement.refund_model import (
+    DISPUTE_ITEM_KINDS,
+    ITEM_DISPUTE_FEE,
+    ITEM_DISPUTE_HOLD,
+    ITEM_DISPUTE_RELEASE,
     ITEM_KINDS,
     ITEM_PAYMENT,
     ITEM_PAYMENT_REVERSAL,
     ITEM_REFUND,
     ITEM_REFUND_REVERSAL,
     RefundIdError,
+    dispute_source_id,
     refund_source_id,
     split_source_id,
 )
 
 # The kinds that add to what the merchant is owed (gross > 0, fee >= 0, net >= 0) and those
-# that take from it (gross < 0, fee <= 0, net <= 0): a reversal is its original's mirror.
-CREDIT_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_REFUND_REVERSAL})
-DEBIT_KINDS: Final = frozenset({ITEM_REFUND, ITEM_PAYMENT_REVERSAL})
-# The kinds named by their payment_id; the others by `<payment_id>/<refund_id>`.
+# that take from it (gross < 0, fee <= 0, net <= 0): a reversal is its original's mirror, a
+# released dispute gives back what its hold took.
+CREDIT_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_REFUND_REVERSAL, ITEM_DISPUTE_RELEASE})
+DEBIT_KINDS: Final = frozenset({ITEM_REFUND, ITEM_PAYMENT_REVERSAL, ITEM_DISPUTE_HOLD,
+                                ITEM_DISPUTE_FEE})
+# The kinds named by their payment_id; the others by `<payment_id>/<refund_id>` or
+# `<payment_id>/<dispute_id>`.
 PAYMENT_ID_KINDS: Final = frozenset({ITEM_PAYMENT, ITEM_PAYMENT_REVERSAL})
 
 
@@ -46,9 +54,11 @@ class BatchItem:
     `<payment_id>/<refund_id>`, payment_id = the refunded payment) takes them back: gross < 0,
     fee <= 0, net <= 0. A reversal mirrors its original: a PAYMENT_REVERSAL (item_id =
     payment_id) is negative like a refund, a REFUND_REVERSAL (item_id = the refund's
-    `<payment_id>/<refund_id>`) positive like a payment. Always gross = fee + net. The
-    identity is (kind, item_id): a refund's id can never be mistaken for a payment's, nor a
-    reversal for what it reverses, whatever characters payment ids hold.
+    `<payment_id>/<refund_id>`) positive like a payment. A dispute's items (item_id =
+    `<payment_id>/<dispute_id>`, fee 0): DISPUTE_HOLD and DISPUTE_FEE negative,
+    DISPUTE_RELEASE positive. Always gross = fee + net. The identity is (kind, item_id): a
+    refund's id can never be mistaken for a payment's, nor a reversal for what it reverses,
+    whatever characters payment ids hold.
     An item_id left empty is the payment_id (items written before kinds existed).
     """
 
@@ -91,6 +101,9 @@ class BatchItem:
         else:
             signs_ok = gross < 0 and fee <= 0 and net <= 0
             rule = "gross < 0, fee <= 0, net <= 0"
+        if self.kind in DISPUTE_ITEM_KINDS:
+            signs_ok = signs_ok and fee == 0  # a dispute's amount and fee carry no fee split
+            rule += ", fee == 0"
         if not signs_ok or fee + net != gross:
             raise BatchError(
                 f"{self.kind} item {self.item_id}: need {rule} and fee + net == gross; "
@@ -173,6 +186,34 @@ class BatchItem:
         return cls(payment_id, amount_minor, fee_returned_minor, net_minor, matched_at_ms,
                    ITEM_REFUND_REVERSAL, _refund_item_id(payment_id, refund_id))
 
+    @classmethod
+    def for_dispute_hold(cls, payment_id: str, dispute_id: str, amount_minor: int,
+                         matched_at_ms: int) -> BatchItem:
+        """The negative item of an opened dispute of D = amount_minor: gross -D, fee 0, net -D
+        (held from the merchant's payout while the dispute is open)."""
+        amount = _dispute_amount(f"hold of dispute {payment_id}/{dispute_id}", amount_minor)
+        return cls(payment_id, -amount, 0, -amount, matched_at_ms, ITEM_DISPUTE_HOLD,
+                   _dispute_item_id(payment_id, dispute_id))
+
+    @classmethod
+    def for_dispute_release(cls, payment_id: str, dispute_id: str, amount_minor: int,
+                            matched_at_ms: int) -> BatchItem:
+        """The positive item of a won dispute of D = amount_minor: gross +D, fee 0, net +D,
+        the mirror of its hold."""
+        amount = _dispute_amount(f"release of dispute {payment_id}/{dispute_id}",
+                                 amount_minor)
+        return cls(payment_id, amount, 0, amount, matched_at_ms, ITEM_DISPUTE_RELEASE,
+                   _dispute_item_id(payment_id, dispute_id))
+
+    @classmethod
+    def for_dispute_fee(cls, payment_id: str, dispute_id: str, fee_minor: int,
+                        matched_at_ms: int) -> BatchItem:
+        """The negative item of a lost dispute's fee X = fee_minor > 0: gross -X, fee 0,
+        net -X (its amount was taken by the hold; a lost dispute without fee has no item)."""
+        fee = _dispute_amount(f"fee of dispute {payment_id}/{dispute_id}", fee_minor)
+        return cls(payment_id, -fee, 0, -fee, matched_at_ms, ITEM_DISPUTE_FEE,
+                   _dispute_item_id(payment_id, dispute_id))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "payment_id": self.payment_id,
@@ -207,6 +248,19 @@ def _check_split(what: str, gross_minor: int, fee_minor: int, net_minor: int) ->
         raise BatchError(
             f"{what}: need amount > 0, 0 <= fee and net == amount - fee >= 0; got "
             f"amount={gross_minor} fee={fee_minor} net={net_minor}")
+
+
+def _dispute_amount(what: str, amount_minor: int) -> int:
+    if require_int(f"{what}: amount", amount_minor) <= 0:
+        raise BatchError(f"{what}: need an amount > 0, got {amount_minor}")
+    return amount_minor
+
+
+def _dispute_item_id(payment_id: str, dispute_id: str) -> str:
+    try:
+        return dispute_source_id(payment_id, dispute_id)
+    except RefundIdError as exc:
+        raise BatchError(str(exc)) from exc
 
 
 def _refund_item_id(payment_id: str, refund_id: str) -> str:

@@ -1,5 +1,6 @@
-"""Settlement batch arithmetic: net payments, refunds and their reversals per merchant,
-currency and window, and close them with the merchant's carried negative balance."""
+"""Settlement batch arithmetic: net payments, refunds, their reversals and disputes' holds,
+releases and fees per merchant, currency and window, and close them with the merchant's
+carried negative balance."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from settlement.batch_items import (
     require_int,
 )
 from settlement.refund_model import (
+    ITEM_DISPUTE_FEE,
+    ITEM_DISPUTE_HOLD,
+    ITEM_DISPUTE_RELEASE,
     ITEM_PAYMENT,
     ITEM_PAYMENT_REVERSAL,
     ITEM_REFUND,
@@ -33,10 +37,20 @@ __all__ = [
 # Version 1 (payments only) is still read: its items are PAYMENTs, it has no refunds.
 BATCH_FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
-# Totals version 3 also count reversals (payment_reversal_count, refund_reversal_count).
-TOTALS_FORMAT_VERSION = 3
-_READABLE_TOTALS_VERSIONS = (1, 2, 3)
+# Totals version 3 also count reversals (payment_reversal_count, refund_reversal_count),
+# version 4 disputes' items (dispute_hold_count, dispute_release_count, dispute_fee_count).
+TOTALS_FORMAT_VERSION = 4
+_READABLE_TOTALS_VERSIONS = (1, 2, 3, 4)
 _REVERSAL_COUNTS = ("payment_reversal_count", "refund_reversal_count")
+_DISPUTE_COUNTS = ("dispute_hold_count", "dispute_release_count", "dispute_fee_count")
+# The BatchTotals field counting each kind.
+COUNT_FIELDS: dict[str, str] = {
+    ITEM_PAYMENT: "payment_count", ITEM_REFUND: "refund_count",
+    ITEM_PAYMENT_REVERSAL: "payment_reversal_count",
+    ITEM_REFUND_REVERSAL: "refund_reversal_count",
+    ITEM_DISPUTE_HOLD: "dispute_hold_count", ITEM_DISPUTE_RELEASE: "dispute_release_count",
+    ITEM_DISPUTE_FEE: "dispute_fee_count",
+}
 
 
 class BatchConflict(BatchError):
@@ -79,8 +93,8 @@ def _check_totals(
 class SettlementBatch:
     """A closed batch: what is published to settlements.batches and paid to the merchant.
 
-    payment_count counts its PAYMENT items, refund_count its REFUND items; its reversal items
-    count in neither (the record has no field for them: see the *_reversal_count properties).
+    payment_count counts its PAYMENT items, refund_count its REFUND items; its reversal and
+    dispute items count in neither (the record has no field for them: see `count`).
     Its totals are signed sums of its items; carried_in_minor (<= 0) is the merchant and
     currency's negative balance left by its previous batch; payout_minor = max(net +
     carried_in, 0) is paid, carried_out_minor = min(net + carried_in, 0) goes to the next
@@ -135,11 +149,15 @@ class SettlementBatch:
 
     @property
     def payment_reversal_count(self) -> int:
-        return sum(1 for item in self.items if item.kind == ITEM_PAYMENT_REVERSAL)
+        return self.count(ITEM_PAYMENT_REVERSAL)
 
     @property
     def refund_reversal_count(self) -> int:
-        return sum(1 for item in self.items if item.kind == ITEM_REFUND_REVERSAL)
+        return self.count(ITEM_REFUND_REVERSAL)
+
+    def count(self, kind: str) -> int:
+        """The batch's items of one kind."""
+        return sum(1 for item in self.items if item.kind == kind)
 
     @property
     def payout(self) -> int:
@@ -220,21 +238,25 @@ class OpenBatch:
         key = batch_id(merchant_id, currency, start_ms)
         return cls(key, merchant_id, currency, start_ms, end_ms)
 
+    def count(self, kind: str) -> int:
+        """The batch's items of one kind."""
+        return sum(1 for item in self.items if item.kind == kind)
+
     @property
     def payment_count(self) -> int:
-        return sum(1 for item in self.items if item.kind == ITEM_PAYMENT)
+        return self.count(ITEM_PAYMENT)
 
     @property
     def refund_count(self) -> int:
-        return sum(1 for item in self.items if item.kind == ITEM_REFUND)
+        return self.count(ITEM_REFUND)
 
     @property
     def payment_reversal_count(self) -> int:
-        return sum(1 for item in self.items if item.kind == ITEM_PAYMENT_REVERSAL)
+        return self.count(ITEM_PAYMENT_REVERSAL)
 
     @property
     def refund_reversal_count(self) -> int:
-        return sum(1 for item in self.items if item.kind == ITEM_REFUND_REVERSAL)
+        return self.count(ITEM_REFUND_REVERSAL)
 
     def __contains__(self, identity: object) -> bool:
         """Whether an item is in the batch: by (kind, item_id), or a payment by its id."""
@@ -336,9 +358,9 @@ class BatchTotals:
     The caller keeps the items elsewhere (the settle stage: one table key per item) and hands
     them to close(), which checks them against these totals before anything is published.
     add() does not look for duplicates: the caller owns the item store and must ask it first.
-    The sums are signed: payments and refund reversals add, refunds and payment reversals
-    subtract. Every kind is counted, reversals too, though a closed batch publishes only
-    payment_count and refund_count.
+    The sums are signed: payments, refund reversals and dispute releases add; refunds,
+    payment reversals, dispute holds and dispute fees subtract. Every kind is counted, though
+    a closed batch publishes only payment_count and refund_count.
     """
 
     batch_id: str
@@ -353,6 +375,9 @@ class BatchTotals:
     refund_count: int = 0
     payment_reversal_count: int = 0
     refund_reversal_count: int = 0
+    dispute_hold_count: int = 0
+    dispute_release_count: int = 0
+    dispute_fee_count: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_id != batch_id(self.merchant_id, self.currency, self.window_start_ms):
@@ -360,22 +385,22 @@ class BatchTotals:
         require_int("window_end_ms", self.window_end_ms)
         if self.window_end_ms <= self.window_start_ms:
             raise BatchError(f"batch {self.batch_id}: window end must be after its start")
-        for name in ("payment_count", "refund_count", *_REVERSAL_COUNTS):
+        for name in COUNT_FIELDS.values():
             _require_count(name, getattr(self, name))
         sums = tuple(require_int(name, getattr(self, name))
                      for name in ("gross_minor", "fee_minor", "net_minor"))
         if self.gross_minor != self.fee_minor + self.net_minor:
             raise BatchInvariantError(f"batch {self.batch_id}: gross != fee + net")
-        # Each payment or refund reversal adds gross > 0, fee and net >= 0; each refund or
-        # payment reversal the opposite. So with only adding items no sum is negative, with
+        # Each adding item (CREDIT_KINDS) adds gross > 0, fee and net >= 0; each subtracting
+        # one (DEBIT_KINDS) the opposite. So with only adding items no sum is negative, with
         # only subtracting ones none is positive, and an empty batch is all zeros.
         credits, debits = self.credit_count, self.debit_count
         if not debits and (min(sums) < 0 or (credits and sums[0] <= 0)):
             raise BatchInvariantError(
-                f"batch {self.batch_id}: payments and refund reversals only, yet {sums}")
+                f"batch {self.batch_id}: adding items only, yet {sums}")
         if not credits and (max(sums) > 0 or (debits and sums[0] >= 0)):
             raise BatchInvariantError(
-                f"batch {self.batch_id}: refunds and payment reversals only, yet {sums}")
+                f"batch {self.batch_id}: subtracting items only, yet {sums}")
 
     @classmethod
     def new(cls, merchant_id: str, currency: str, window: Window) -> BatchTotals:
@@ -390,36 +415,29 @@ class BatchTotals:
     @property
     def counts(self) -> dict[str, int]:
         """Item count by kind."""
-        return {ITEM_PAYMENT: self.payment_count, ITEM_REFUND: self.refund_count,
-                ITEM_PAYMENT_REVERSAL: self.payment_reversal_count,
-                ITEM_REFUND_REVERSAL: self.refund_reversal_count}
+        return {kind: getattr(self, name) for kind, name in COUNT_FIELDS.items()}
 
     @property
     def credit_count(self) -> int:
-        """Items that add (payments, refund reversals)."""
+        """Items that add (payments, refund reversals, dispute releases)."""
         return sum(n for kind, n in self.counts.items() if kind in CREDIT_KINDS)
 
     @property
     def debit_count(self) -> int:
-        """Items that subtract (refunds, payment reversals)."""
+        """Items that subtract (refunds, payment reversals, dispute holds and fees)."""
         return sum(n for kind, n in self.counts.items() if kind in DEBIT_KINDS)
 
     @property
     def item_count(self) -> int:
         """Items of every kind: the settle stage numbers its items 0 .. item_count - 1."""
-        return (self.payment_count + self.refund_count + self.payment_reversal_count
-                + self.refund_reversal_count)
+        return sum(self.counts.values())
 
     def add(self, item: BatchItem) -> BatchTotals:
         """The totals with one more item (the caller has made sure it is a new one)."""
+        name = COUNT_FIELDS[item.kind]
         return replace(
             self,
-            payment_count=self.payment_count + (item.kind == ITEM_PAYMENT),
-            refund_count=self.refund_count + (item.kind == ITEM_REFUND),
-            payment_reversal_count=(self.payment_reversal_count
-                                    + (item.kind == ITEM_PAYMENT_REVERSAL)),
-            refund_reversal_count=(self.refund_reversal_count
-                                   + (item.kind == ITEM_REFUND_REVERSAL)),
+            **{name: getattr(self, name) + 1},
             gross_minor=self.gross_minor + item.gross_minor,
             fee_minor=self.fee_minor + item.fee_minor,
             net_minor=self.net_minor + item.net_minor,
@@ -464,6 +482,9 @@ class BatchTotals:
             "refund_count": self.refund_count,
             "payment_reversal_count": self.payment_reversal_count,
             "refund_reversal_count": self.refund_reversal_count,
+            "dispute_hold_count": self.dispute_hold_count,
+            "dispute_release_count": self.dispute_release_count,
+            "dispute_fee_count": self.dispute_fee_count,
             "gross_minor": self.gross_minor,
             "fee_minor": self.fee_minor,
             "net_minor": self.net_minor,
@@ -472,7 +493,7 @@ class BatchTotals:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchTotals:
         """Totals back from to_dict, every invariant checked again (version 1: payments only;
-        version 2: no reversals)."""
+        version 2: no reversals; version 3: no disputes)."""
         version = data.get("v")
         if version not in _READABLE_TOTALS_VERSIONS:
             raise BatchError(f"unknown batch totals format version {version!r}")
@@ -480,15 +501,17 @@ class BatchTotals:
             raise BatchError("batch totals of format 1 cannot have refunds")
         if version in (1, 2) and set(_REVERSAL_COUNTS) & set(data):
             raise BatchError(f"batch totals of format {version} cannot have reversals")
+        if version in (1, 2, 3) and set(_DISPUTE_COUNTS) & set(data):
+            raise BatchError(f"batch totals of format {version} cannot have dispute items")
         return cls(**{key: value for key, value in data.items() if key != "v"})
 
     @classmethod
     def of(cls, batch: OpenBatch) -> BatchTotals:
         """The totals of an OpenBatch (which checked them against its items on read-back)."""
         return cls(batch.batch_id, batch.merchant_id, batch.currency, batch.window_start_ms,
-                   batch.window_end_ms, batch.payment_count, batch.gross_minor,
-                   batch.fee_minor, batch.net_minor, batch.refund_count,
-                   batch.payment_reversal_count, batch.refund_reversal_count)
+                   batch.window_end_ms, gross_minor=batch.gross_minor,
+                   fee_minor=batch.fee_minor, net_minor=batch.net_minor,
+                   **{name: batch.count(kind) for kind, name in COUNT_FIELDS.items()})
 
 
 class _Closable(Protocol):

@@ -1,4 +1,5 @@
-"""Ledger v2 postings beside the payment's: refund and payout journals, and the batch carry.
+"""Ledger v2 postings beside the payment's: refund, payout and dispute journals, and the batch
+carry.
 
 Every journal has a kind and a source id, unique together (settlement.refund_model names
 them). Amounts are checked before any posting is built; the Journal re-checks the balance.
@@ -15,6 +16,20 @@ them). Amounts are checked before any posting is built; the Journal re-checks th
 
 A reversal journal stores the original's amounts (gross, fee, net >= 0) and posts the
 original's entries with the sides swapped: `mirror_mismatch` says how a posted pair differs.
+
+Disputes (source '<payment_id>/<dispute_id>'; D = the disputed amount, X = the dispute fee;
+"withdrawn": the channel took D back from us when the dispute opened):
+  DISPUTE_OPEN  ('DO:<source>'): DEBIT payable:<m> D, CREDIT dispute_hold:<m> D;
+          withdrawn also DEBIT dispute_receivable:<ch> D, CREDIT clearing:<ch> D
+  DISPUTE_WON   ('DW:<source>'): DEBIT dispute_hold:<m> D, CREDIT payable:<m> D;
+          withdrawn also DEBIT clearing:<ch> D, CREDIT dispute_receivable:<ch> D
+  DISPUTE_LOST  ('DL:<source>'): DEBIT dispute_hold:<m> D, CREDIT dispute_receivable:<ch> D
+          (withdrawn) or clearing:<ch> D (not); X > 0 also DEBIT payable:<m> X,
+          CREDIT clearing:<ch> X (one clearing credit of D + X when not withdrawn: one entry
+          per journal, account and side)
+A dispute journal stores gross = D + X, fee = X (0 unless LOST), net = D. Its gross is the
+merchant side's debits (payable and dispute_hold); the channel pair of a withdrawn OPEN or
+WON adds D more debits, so those journals debit 2 x gross in all.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ from typing import Final
 from settlement.ledger import (
     CREDIT,
     DEBIT,
+    PAYABLE,
     Journal,
     LedgerError,
     Posting,
@@ -36,20 +52,31 @@ from settlement.ledger import (
     payable_account,
 )
 from settlement.refund_model import (
+    DISPUTE_JOURNAL_KINDS,
+    JOURNAL_DISPUTE_LOST,
+    JOURNAL_DISPUTE_OPEN,
+    JOURNAL_DISPUTE_WON,
     JOURNAL_KINDS,
     JOURNAL_PAYMENT,
     JOURNAL_PAYMENT_REVERSAL,
     JOURNAL_PAYOUT,
     JOURNAL_REFUND,
     JOURNAL_REFUND_REVERSAL,
+    RefundIdError,
+    dispute_source_id,
     refund_source_id,
 )
 
 PAYOUT_DUE: Final = "payout_due"  # liability: closed batches' payouts not yet paid out
+DISPUTE_HOLD: Final = "dispute_hold"  # liability: a merchant's funds frozen by open disputes
+# Asset: what a channel withdrew for open disputes and returns if the merchant wins.
+DISPUTE_RECEIVABLE: Final = "dispute_receivable"
 REFUND_JOURNAL_PREFIX: Final = "RF:"
 PAYOUT_JOURNAL_PREFIX: Final = "P:"
 PAYMENT_REVERSAL_JOURNAL_PREFIX: Final = "PR:"
 REFUND_REVERSAL_JOURNAL_PREFIX: Final = "RR:"
+DISPUTE_JOURNAL_PREFIX: Final = {JOURNAL_DISPUTE_OPEN: "DO:", JOURNAL_DISPUTE_WON: "DW:",
+                                 JOURNAL_DISPUTE_LOST: "DL:"}
 # The journal kind each reversal kind mirrors.
 REVERSED_KIND: Final = {JOURNAL_PAYMENT_REVERSAL: JOURNAL_PAYMENT,
                         JOURNAL_REFUND_REVERSAL: JOURNAL_REFUND}
@@ -59,10 +86,27 @@ class PostingError(LedgerError):
     """Amounts that would post a wrong journal (a split that does not add up, a sign)."""
 
 
+def _owned(kind: str, owner: str) -> str:
+    if not isinstance(owner, str) or not owner:
+        raise PostingError(f"{kind} owner must be a non-empty string, got {owner!r}")
+    return f"{kind}:{owner}"
+
+
 def payout_due_account(merchant_id: str) -> str:
-    if not isinstance(merchant_id, str) or not merchant_id:
-        raise PostingError(f"payout_due owner must be a non-empty string, got {merchant_id!r}")
-    return f"{PAYOUT_DUE}:{merchant_id}"
+    return _owned(PAYOUT_DUE, merchant_id)
+
+
+def dispute_hold_account(merchant_id: str) -> str:
+    return _owned(DISPUTE_HOLD, merchant_id)
+
+
+def dispute_receivable_account(channel: str) -> str:
+    return _owned(DISPUTE_RECEIVABLE, channel)
+
+
+def _merchant_side(account: str) -> bool:
+    """payable:<m> or dispute_hold:<m>: the accounts a dispute journal's gross is debited on."""
+    return account.startswith((f"{PAYABLE}:", f"{DISPUTE_HOLD}:"))
 
 
 def _int(name: str, value: object) -> int:
@@ -102,9 +146,24 @@ class KindJournal:
             raise PostingError(f"a {self.kind} journal {has} payment_id")
         assert_balanced(self.journal)
         debits = sum(p.amount_minor for p in self.journal.postings if p.side == DEBIT)
-        if debits != gross:
+        if self.kind in DISPUTE_JOURNAL_KINDS:
+            self._check_dispute(debits)
+        elif debits != gross:
             raise PostingError(
                 f"journal {self.journal.journal_id}: debits {debits} != gross {gross}")
+
+    def _check_dispute(self, debits: int) -> None:
+        """gross = D + X is the merchant side's debits; the channel pair adds D (withdrawn OPEN
+        or WON only); only a LOST dispute has a fee."""
+        merchant = sum(p.amount_minor for p in self.journal.postings
+                       if p.side == DEBIT and _merchant_side(p.account))
+        channel_pair = (0, self.net_minor) if self.kind != JOURNAL_DISPUTE_LOST else (0,)
+        if (merchant != self.gross_minor or debits - merchant not in channel_pair
+                or (self.fee_minor and self.kind != JOURNAL_DISPUTE_LOST)):
+            raise PostingError(
+                f"{self.kind} journal {self.journal.journal_id}: merchant-side debits "
+                f"{merchant}, all debits {debits}, for gross {self.gross_minor}, fee "
+                f"{self.fee_minor}, net {self.net_minor}")
 
     @property
     def journal_id(self) -> str:
@@ -117,8 +176,12 @@ class KindJournal:
 
 def _journal(journal_id: str, owner: str, currency: str,
              legs: tuple[tuple[str, str, int], ...]) -> Journal:
+    # One entry per account and side (the ledger_entries key): equal legs add up.
+    merged: dict[tuple[str, str], int] = {}
+    for account, side, amount in legs:
+        merged[(account, side)] = merged.get((account, side), 0) + amount
     postings = tuple(Posting(journal_id, account, side, amount, currency)
-                     for account, side, amount in legs if amount > 0)  # no zero legs
+                     for (account, side), amount in merged.items() if amount > 0)  # no zero legs
     return Journal(journal_id, owner, currency, postings)
 
 
@@ -210,6 +273,82 @@ def refund_reversal_journal(payment_id: str, refund_id: str, merchant_id: str, c
         (fee_revenue_account(channel), CREDIT, fee),
     ))
     return KindJournal(JOURNAL_REFUND_REVERSAL, source_id, payment_id, amount, fee, net,
+                       journal)
+
+
+def _dispute_source(payment_id: str, dispute_id: str) -> str:
+    try:
+        return dispute_source_id(payment_id, dispute_id)
+    except RefundIdError as exc:
+        raise PostingError(str(exc)) from exc
+
+
+def _disputed(source_id: str, amount_minor: int, withdrawn: bool) -> int:
+    amount = _int("amount_minor", amount_minor)
+    if amount <= 0:
+        raise PostingError(f"dispute {source_id}: the disputed amount must be > 0, got {amount}")
+    if not isinstance(withdrawn, bool):
+        raise PostingError(f"dispute {source_id}: funds_withdrawn must be a bool, "
+                           f"got {withdrawn!r}")
+    return amount
+
+
+def dispute_open_journal(payment_id: str, dispute_id: str, merchant_id: str, channel: str,
+                         amount_minor: int, funds_withdrawn: bool,
+                         currency: str) -> KindJournal:
+    """The DISPUTE_OPEN journal: D moves from payable:<m> to dispute_hold:<m> (no longer
+    payable out); a channel that withdrew D owes it back (dispute_receivable) and no longer
+    holds it for us (clearing)."""
+    source_id = _dispute_source(payment_id, dispute_id)
+    amount = _disputed(source_id, amount_minor, funds_withdrawn)
+    legs = [(payable_account(merchant_id), DEBIT, amount),
+            (dispute_hold_account(merchant_id), CREDIT, amount)]
+    if funds_withdrawn:
+        legs += [(dispute_receivable_account(channel), DEBIT, amount),
+                 (clearing_account(channel), CREDIT, amount)]
+    journal = _journal(DISPUTE_JOURNAL_PREFIX[JOURNAL_DISPUTE_OPEN] + source_id, payment_id,
+                       currency, tuple(legs))
+    return KindJournal(JOURNAL_DISPUTE_OPEN, source_id, payment_id, amount, 0, amount, journal)
+
+
+def dispute_won_journal(payment_id: str, dispute_id: str, merchant_id: str, channel: str,
+                        amount_minor: int, funds_withdrawn: bool,
+                        currency: str) -> KindJournal:
+    """The DISPUTE_WON journal: the opening's exact mirror. D goes back from dispute_hold:<m>
+    to payable:<m>; a withdrawn D comes back from the channel (receivable -> clearing)."""
+    source_id = _dispute_source(payment_id, dispute_id)
+    amount = _disputed(source_id, amount_minor, funds_withdrawn)
+    legs = [(dispute_hold_account(merchant_id), DEBIT, amount),
+            (payable_account(merchant_id), CREDIT, amount)]
+    if funds_withdrawn:
+        legs += [(clearing_account(channel), DEBIT, amount),
+                 (dispute_receivable_account(channel), CREDIT, amount)]
+    journal = _journal(DISPUTE_JOURNAL_PREFIX[JOURNAL_DISPUTE_WON] + source_id, payment_id,
+                       currency, tuple(legs))
+    return KindJournal(JOURNAL_DISPUTE_WON, source_id, payment_id, amount, 0, amount, journal)
+
+
+def dispute_lost_journal(payment_id: str, dispute_id: str, merchant_id: str, channel: str,
+                         amount_minor: int, funds_withdrawn: bool, fee_minor: int,
+                         currency: str) -> KindJournal:
+    """The DISPUTE_LOST journal: the held D leaves for good (to settle the receivable of a
+    withdrawn dispute, else out of clearing now), and the dispute fee X >= 0 is charged to
+    the merchant's payable and paid to the channel (clearing)."""
+    source_id = _dispute_source(payment_id, dispute_id)
+    amount = _disputed(source_id, amount_minor, funds_withdrawn)
+    fee = _int("fee_minor", fee_minor)
+    if fee < 0:
+        raise PostingError(f"dispute {source_id}: the dispute fee must be >= 0, got {fee}")
+    gone_to = (dispute_receivable_account(channel) if funds_withdrawn
+               else clearing_account(channel))
+    journal = _journal(DISPUTE_JOURNAL_PREFIX[JOURNAL_DISPUTE_LOST] + source_id, payment_id,
+                       currency, (
+                           (dispute_hold_account(merchant_id), DEBIT, amount),
+                           (gone_to, CREDIT, amount),
+                           (payable_account(merchant_id), DEBIT, fee),
+                           (clearing_account(channel), CREDIT, fee),
+                       ))
+    return KindJournal(JOURNAL_DISPUTE_LOST, source_id, payment_id, amount + fee, fee, amount,
                        journal)
 
 

@@ -28,6 +28,10 @@ from settlement.batches import (
     payout_split,
 )
 from settlement.refund_model import (
+    DISPUTE_ITEM_KINDS,
+    ITEM_DISPUTE_FEE,
+    ITEM_DISPUTE_HOLD,
+    ITEM_DISPUTE_RELEASE,
     ITEM_PAYMENT,
     ITEM_PAYMENT_REVERSAL,
     ITEM_REFUND,
@@ -203,17 +207,23 @@ def test_closed_batch_invariants_are_checked_on_read_back() -> None:
 def test_totals_formats_and_sign_rules() -> None:
     totals = BatchTotals.new("m1", "CNY", WINDOW).add(pay("p-1")).add(refund("p-1", "r-1"))
     data = json.loads(json.dumps(totals.to_dict()))
-    assert data["v"] == 3 and BatchTotals.from_dict(data) == totals
+    assert data["v"] == 4 and BatchTotals.from_dict(data) == totals
+    disputes = ("dispute_hold_count", "dispute_release_count", "dispute_fee_count")
     v1 = {k: v for k, v in BatchTotals.new("m1", "CNY", WINDOW).add(pay("p-1")).to_dict().items()
-          if k not in ("refund_count", "payment_reversal_count", "refund_reversal_count")}
+          if k not in ("refund_count", "payment_reversal_count", "refund_reversal_count",
+                       *disputes)}
     assert BatchTotals.from_dict({**v1, "v": 1}).refund_count == 0
     with pytest.raises(BatchError):
         BatchTotals.from_dict({**data, "v": 1})  # format 1 had no refunds
     v2 = {k: v for k, v in data.items()
-          if k not in ("payment_reversal_count", "refund_reversal_count")}
+          if k not in ("payment_reversal_count", "refund_reversal_count", *disputes)}
     assert BatchTotals.from_dict({**v2, "v": 2}) == totals
     with pytest.raises(BatchError):
         BatchTotals.from_dict({**data, "v": 2})  # format 2 had no reversals
+    v3 = {k: v for k, v in data.items() if k not in disputes}
+    assert BatchTotals.from_dict({**v3, "v": 3}) == totals
+    with pytest.raises(BatchError):
+        BatchTotals.from_dict({**data, "v": 3})  # format 3 had no dispute items
     base = BatchTotals.new("m1", "CNY", WINDOW).to_dict()
     for bad in (
         {"payment_count": 1, "gross_minor": -10, "fee_minor": 0, "net_minor": -10},
@@ -299,7 +309,8 @@ def test_open_batch_of_format_1_is_read() -> None:
 
 
 KEYS = (("m1", "CNY"), ("m1", "JPY"), ("m2", "CNY"))
-KINDS = (ITEM_PAYMENT, ITEM_REFUND, ITEM_PAYMENT_REVERSAL, ITEM_REFUND_REVERSAL)
+KINDS = (ITEM_PAYMENT, ITEM_REFUND, ITEM_PAYMENT_REVERSAL, ITEM_REFUND_REVERSAL,
+         ITEM_DISPUTE_HOLD, ITEM_DISPUTE_RELEASE, ITEM_DISPUTE_FEE)
 EVENTS = st.lists(
     st.tuples(
         st.sampled_from(KEYS),
@@ -314,7 +325,14 @@ EVENTS = st.lists(
 
 
 def of_kind(kind: str, pid: str, amount: int, fee: int, at_ms: int) -> BatchItem:
-    """An item of this kind for an amount and fee of it (a refund's: refund id "r")."""
+    """An item of this kind for an amount and fee of it (a refund's: refund id "r"; a
+    dispute's: dispute id "d", its fee ignored)."""
+    if kind == ITEM_DISPUTE_HOLD:
+        return BatchItem.for_dispute_hold(pid, "d", amount, at_ms)
+    if kind == ITEM_DISPUTE_RELEASE:
+        return BatchItem.for_dispute_release(pid, "d", amount, at_ms)
+    if kind == ITEM_DISPUTE_FEE:
+        return BatchItem.for_dispute_fee(pid, "d", amount, at_ms)
     if kind == ITEM_PAYMENT:
         return BatchItem(pid, amount, fee, amount - fee, at_ms)
     if kind == ITEM_REFUND:
@@ -328,7 +346,8 @@ def of_kind(kind: str, pid: str, amount: int, fee: int, at_ms: int) -> BatchItem
 def test_carry_forward_against_a_running_balance_model(
     events: list[tuple[tuple[str, str], str, int, int, int, int]],
 ) -> None:
-    """Items of every kind (payments, refunds, reversals of either) over windows per merchant
+    """Items of every kind (payments, refunds, reversals of either, disputes' holds, releases
+    and fees) over windows per merchant
     and currency, batches closed in order as time passes: every payout >= 0, every carried
     balance <= 0, Σ payouts = Σ nets - last carried_out, and payouts equal to the model's,
     batch by batch."""
@@ -355,7 +374,7 @@ def test_carry_forward_against_a_running_balance_model(
         window = assign_window(decided_at, now_ms, POLICY, closed=closed_starts[key].__contains__)
         bid = batch_id(*key, window.start_ms)
         batch = open_batches.get(bid) or OpenBatch.new(*key, window)
-        fee = amount * fee_bps // 10_000
+        fee = 0 if kind in DISPUTE_ITEM_KINDS else amount * fee_bps // 10_000
         net = amount - fee
         item = of_kind(kind, f"p{index}", amount, fee, decided_at)
         assert item.kind == kind and abs(item.net_minor) == net
@@ -389,3 +408,5 @@ def test_carry_forward_against_a_running_balance_model(
         ITEM_PAYMENT_REVERSAL)
     assert sum(b.refund_reversal_count for b in published) == kinds.count(
         ITEM_REFUND_REVERSAL)
+    for kind in DISPUTE_ITEM_KINDS:
+        assert sum(b.count(kind) for b in published) == kinds.count(kind)
