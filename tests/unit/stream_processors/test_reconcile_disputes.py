@@ -52,7 +52,8 @@ class Disputes(Harness):
         return self.feed(TOPICS.disputes, value, pid.encode(), partition)
 
     def answers(self, d: ReconDecision) -> list[dict[str, Any]]:
-        assert all(o.topic == TOPICS.dispute_results for o in d.outputs), d.outputs
+        """The dispute results of a decision (a rejection also opens a case: cases.events)."""
+        assert {o.topic for o in d.outputs} <= {TOPICS.dispute_results, TOPICS.case_events}
         return self.decoded(d, TOPICS.dispute_results)
 
 
@@ -122,14 +123,15 @@ def test_a_redelivered_record_is_ignored_and_one_read_again_resends_its_outputs(
     assert h.replay(h.offset).outputs == rejected.outputs
 
 
-def test_a_dispute_of_an_unknown_payment_is_rejected_and_nothing_is_stored() -> None:
+def test_a_dispute_of_an_unknown_payment_is_rejected_and_no_book_is_opened() -> None:
     h = Disputes()
     d = h.dispute("e1", pid="ghost")
     [res] = h.answers(d)
     assert [r["code"] for r in res["reasons"]] == [dp.PAYMENT_UNKNOWN]
     assert (res["merchant_id"], res["captured_minor"], res["refundable_minor"]) == (None, None, 0)
-    assert h.store == {} and d.disputes[0].reasons == [dp.PAYMENT_UNKNOWN]
-    assert h.replay(h.offset).outputs == d.outputs  # decided again, the same way
+    assert h.store.get("ghost", {}).get("book") is None
+    assert d.disputes[0].reasons == [dp.PAYMENT_UNKNOWN]
+    assert h.replay(h.offset).outputs == d.outputs  # read again: the same outputs
 
 
 def test_a_dispute_of_a_payment_not_matched_is_remembered_keyed_by_the_payment() -> None:
