@@ -1,9 +1,12 @@
 """`settle audit books`: the ledger's invariants, checked from PostgreSQL and the topics.
 
-Ledger v2: journals by (kind, source id): PAYMENT (a captured payment), REFUND (a succeeded
-refund), PAYOUT (a closed batch's payout, payable -> payout_due), PAYMENT_REVERSAL and
-REFUND_REVERSAL (the channel took a payment or a refund back: the exact mirror of its
-PAYMENT or REFUND journal; the payment or refund is then REVERSED).
+Ledger v2: journals by (kind, source id): PAYMENT (a captured payment, MATCHED or settled by
+an operator's case as MATCHED_MANUAL), REFUND (a succeeded refund), PAYOUT (a closed batch's
+payout, payable -> payout_due), PAYMENT_REVERSAL and REFUND_REVERSAL (the channel took a
+payment or a refund back: the exact mirror of its PAYMENT or REFUND journal; the payment or
+refund is then REVERSED), DISPUTE_OPEN, DISPUTE_WON and DISPUTE_LOST (a dispute's hold, its
+release, its loss with the fee). The SQL of the checks `settle monitor` shares is in
+settle.books_sql.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import psycopg
 
 from infra.config import Settings
 from infra.kafka import make_consumer
+from settle import books_sql as q
 from settle.audit_ingest import read_topic
 
 
@@ -44,12 +48,32 @@ def _rows(conn: psycopg.Connection, sql: str) -> list[tuple[Any, ...]]:
     return conn.execute(sql).fetchall()
 
 
+def _violations(conn: psycopg.Connection, query: str,
+                params: dict[str, Any] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
+    """How many rows break a books_sql invariant, and the first few of them."""
+    count = conn.execute(q.count_of(query), params).fetchone()
+    sample = conn.execute(q.sample_of(query), params).fetchall()
+    return int(count[0]) if count else 0, sample
+
+
+def _add_violations(audit: BooksAudit, name: str, found: tuple[int, list[tuple[Any, ...]]],
+                    fine: str) -> None:
+    n, sample = found
+    audit.add(name, n == 0,
+              f"{n:,} off: " + "; ".join(f"{what}: {detail}" for what, detail, *_ in sample)
+              if n else fine)
+
+
 def check_database(conn: psycopg.Connection, audit: BooksAudit) -> None:
     """Every invariant PostgreSQL alone can answer."""
     _check_journals(conn, audit)
     _check_payments_and_refunds(conn, audit)
     _check_batches(conn, audit)
     _check_balances(conn, audit)
+    # A database before migration 0006 has no disputes or cases to check.
+    if _rows(conn, "SELECT to_regclass('disputes') IS NOT NULL")[0][0]:
+        _check_disputes(conn, audit)
+        _check_cases(conn, audit)
 
 
 def _check_journals(conn: psycopg.Connection, audit: BooksAudit) -> None:
@@ -87,24 +111,24 @@ def _check_journals(conn: psycopg.Connection, audit: BooksAudit) -> None:
               ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())) or "no journals")
 
 
-# Kinds whose journals settle as batch items, and the sign of the item against the journal.
-ITEM_KINDS = ("PAYMENT", "REFUND", "PAYMENT_REVERSAL", "REFUND_REVERSAL")
-_NEGATIVE_ITEMS = "('REFUND', 'PAYMENT_REVERSAL')"
+# Kinds whose journals settle as batch items (a lost dispute's only when it has a fee).
+ITEM_KINDS = q.SETTLED_KINDS
 
 
 def _check_payments_and_refunds(conn: psycopg.Connection, audit: BooksAudit) -> None:
-    matched_without_journal = _rows(conn, """
+    matched_without_journal = _rows(conn, f"""
         SELECT COUNT(*) FROM payments p
-         WHERE p.state IN ('MATCHED', 'REVERSED')
+         WHERE p.state IN {q.POSTED_PAYMENT_STATES}
            AND NOT EXISTS (SELECT 1 FROM ledger_journals j
                             WHERE j.kind = 'PAYMENT' AND j.source_id = p.payment_id)
     """)[0][0]
-    journal_not_matched = _rows(conn, """
+    journal_not_matched = _rows(conn, f"""
         SELECT COUNT(*) FROM ledger_journals j
           LEFT JOIN payments p ON p.payment_id = j.source_id
-         WHERE j.kind = 'PAYMENT' AND p.state NOT IN ('MATCHED', 'REVERSED')
+         WHERE j.kind = 'PAYMENT' AND p.state NOT IN {q.POSTED_PAYMENT_STATES}
             OR j.kind = 'PAYMENT' AND p.state IS NULL""")[0][0]
-    audit.add("a PAYMENT journal for every MATCHED payment and only for them",
+    audit.add("a PAYMENT journal for every MATCHED (or MATCHED_MANUAL) payment and only for "
+              "them",
               matched_without_journal == 0 and journal_not_matched == 0,
               f"{matched_without_journal} MATCHED without journal, "
               f"{journal_not_matched} journals for non-MATCHED payments")
@@ -231,29 +255,24 @@ _UNMIRRORED_LEGS = """
 
 
 def unbatched_matched(conn: psycopg.Connection) -> int:
-    """Posted payments, refunds and reversals not in a batch yet: a cheap drain check before
-    the audit."""
+    """Posted payments, refunds, reversals and dispute events not in a batch yet: a cheap
+    drain check before the audit."""
     return sum(_unbatched(conn).values())
 
 
 def _unbatched(conn: psycopg.Connection) -> dict[str, int]:
     """Per kind, the journals of ITEM_KINDS that no batch item settles yet."""
-    counts = dict(_rows(conn, """
-        SELECT j.kind, COUNT(*) FROM ledger_journals j
-         WHERE j.kind IN ('PAYMENT', 'REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
-           AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
-                            WHERE i.kind = j.kind AND i.item_id = j.source_id)
-         GROUP BY j.kind"""))
+    rows = conn.execute(f"SELECT kind, COUNT(*) FROM ({q.UNBATCHED_JOURNALS}) t GROUP BY 1",
+                        {"horizon": 0}).fetchall()
+    counts: dict[str, int] = {kind: int(n) for kind, n in rows}
     return {kind: int(counts.get(kind, 0)) for kind in ITEM_KINDS}
 
 
 def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
-    gross_mismatch = _rows(conn, """
+    gross_mismatch = _rows(conn, f"""
         SELECT COUNT(*) FROM ledger_journals j
          WHERE j.gross_minor <> j.net_minor + j.fee_minor
-            OR j.gross_minor <> COALESCE((SELECT SUM(amount_minor) FROM ledger_entries e
-                                           WHERE e.journal_id = j.journal_id
-                                             AND e.side = 'DEBIT'), 0)""")[0][0]
+            OR NOT ({q.GROSS_IS_DEBITS})""")[0][0]
     batch_mismatch = _rows(conn, """
         SELECT COUNT(*) FROM settlement_batches b
           LEFT JOIN (SELECT batch_id, COUNT(*) FILTER (WHERE kind = 'PAYMENT') AS payments,
@@ -270,24 +289,17 @@ def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
               gross_mismatch == 0 and batch_mismatch == 0,
               f"{gross_mismatch} journals, {batch_mismatch} batches disagree")
 
-    # An item settles exactly one posted journal of its kind, for the journal's net (signed:
-    # a refund item is negative); the (kind, item_id) key keeps any journal in one batch.
-    # Refund and payment reversal items are negative.
-    item_mismatch = _rows(conn, f"""
-        SELECT COUNT(*) FROM settlement_batch_items i
-          LEFT JOIN ledger_journals j ON j.kind = i.kind AND j.source_id = i.item_id
-         WHERE j.journal_id IS NULL
-            OR i.net_minor <> CASE WHEN i.kind IN {_NEGATIVE_ITEMS} THEN -j.net_minor
-                                   ELSE j.net_minor END
-            OR i.gross_minor <> CASE WHEN i.kind IN {_NEGATIVE_ITEMS} THEN -j.gross_minor
-                                     ELSE j.gross_minor END""")[0][0]
+    # An item settles exactly one posted journal (the kind its own maps to), of a posted
+    # payment of its batch's merchant and currency, for the journal's amounts as its kind
+    # signs them; the (kind, item_id) key keeps any journal in one batch.
+    item_mismatch, sample = _violations(conn, q.ITEMS_MATCH_JOURNALS)
     unbatched = _unbatched(conn)
     audit.figures["unbatched"] = unbatched
     audit.add("every PAYMENT journal in one batch item; items = their journals",
               item_mismatch == 0 and unbatched["PAYMENT"] == 0,
               f"{unbatched['PAYMENT']} MATCHED payments not in a batch, {item_mismatch} batch "
               "items without their journal or with other amounts (a journal can't be in two: "
-              "primary key)")
+              "primary key)" + "".join(f"; {what}: {detail}" for what, detail in sample))
     audit.add("every REFUND journal in exactly one batch item",
               unbatched["REFUND"] == 0,
               f"{unbatched['REFUND']} succeeded refunds not in a batch yet")
@@ -295,48 +307,13 @@ def _check_batches(conn: psycopg.Connection, audit: BooksAudit) -> None:
               unbatched["PAYMENT_REVERSAL"] == 0 and unbatched["REFUND_REVERSAL"] == 0,
               f"{unbatched['PAYMENT_REVERSAL']} payment reversals and "
               f"{unbatched['REFUND_REVERSAL']} refund reversals not in a batch yet")
+    audit.add("every DISPUTE_OPEN, DISPUTE_WON and DISPUTE_LOST (with a fee) journal in "
+              "exactly one batch item",
+              not (unbatched["DISPUTE_OPEN"] or unbatched["DISPUTE_WON"]
+                   or unbatched["DISPUTE_LOST"]),
+              f"{unbatched['DISPUTE_OPEN']} holds, {unbatched['DISPUTE_WON']} releases, "
+              f"{unbatched['DISPUTE_LOST']} fees not in a batch yet")
 
-
-# The payable:<m> credit balance explained by the batches (per merchant and currency):
-#   Σ net of batches written before payouts (payout_minor NULL: they posted no payout, so
-#     their items' nets are still in payable)
-# + carried_out of the last batch with a payout (what payouts left behind, <= 0)
-# + Σ signed net of the PAYMENT, REFUND, PAYMENT_REVERSAL and REFUND_REVERSAL journals no
-#   batch item settles yet.
-_PAYABLE = """
-WITH ledger AS (
-    SELECT substr(account, 9) AS merchant_id, currency,
-           SUM(CASE WHEN side = 'CREDIT' THEN amount_minor ELSE -amount_minor END) AS bal
-      FROM ledger_entries WHERE account LIKE 'payable:%'
-     GROUP BY 1, 2),
-open_items AS (
-    SELECT substr(e.account, 9) AS merchant_id, e.currency,
-           SUM(CASE WHEN e.side = 'CREDIT' THEN e.amount_minor ELSE -e.amount_minor END) AS net
-      FROM ledger_entries e JOIN ledger_journals j USING (journal_id)
-     WHERE e.account LIKE 'payable:%'
-       AND j.kind IN ('PAYMENT', 'REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
-       AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
-                        WHERE i.kind = j.kind AND i.item_id = j.source_id)
-     GROUP BY 1, 2),
-legacy AS (
-    SELECT merchant_id, currency, SUM(net_minor) AS net
-      FROM settlement_batches WHERE payout_minor IS NULL GROUP BY 1, 2),
-last_carried AS (
-    SELECT DISTINCT ON (merchant_id, currency) merchant_id, currency, carried_out_minor
-      FROM settlement_batches WHERE payout_minor IS NOT NULL
-     ORDER BY merchant_id, currency, window_start DESC),
-keys AS (
-    SELECT merchant_id, currency FROM ledger UNION SELECT merchant_id, currency FROM legacy
-    UNION SELECT merchant_id, currency FROM last_carried)
-SELECT k.merchant_id, k.currency, COALESCE(l.bal, 0), COALESCE(g.net, 0),
-       COALESCE(c.carried_out_minor, 0), COALESCE(o.net, 0)
-  FROM keys k
-  LEFT JOIN ledger l USING (merchant_id, currency)
-  LEFT JOIN legacy g USING (merchant_id, currency)
-  LEFT JOIN last_carried c USING (merchant_id, currency)
-  LEFT JOIN open_items o USING (merchant_id, currency)
- ORDER BY 1, 2
-"""
 
 _PAYOUT_DUE = """
 WITH ledger AS (
@@ -355,14 +332,18 @@ SELECT COALESCE(l.merchant_id, p.merchant_id), COALESCE(l.currency, p.currency),
 
 
 def _check_balances(conn: psycopg.Connection, audit: BooksAudit) -> None:
-    payable = conn.execute(_PAYABLE).fetchall()
+    # The payable:<m> credit balance explained by the batches (books_sql.PAYABLE_TERMS):
+    # the last carried balance + pre-payout batches + the journals no item settles yet
+    # (payments, refunds, reversals, dispute holds, releases and fees).
+    payable = conn.execute(q.PAYABLE_TERMS + " ORDER BY 1, 2").fetchall()
     off = [f"{m}/{c}: payable {bal} vs batches {legacy} + carried {carried} + open {open_}"
-           for m, c, bal, legacy, carried, open_ in payable
-           if bal != legacy + carried + open_]
+           + (f" - unposted {unposted}" if unposted else "")
+           for m, c, bal, legacy, carried, open_, unposted in payable
+           if bal != legacy + carried + open_ - unposted]
     audit.add("payable = carried balance + open items (+ pre-payout batches), per merchant",
               not off, "; ".join(off[:5]) or f"{len(payable)} merchant/currency pairs agree")
-    audit.figures["payable"] = [(m, c, int(bal), int(legacy + carried + open_))
-                                for m, c, bal, legacy, carried, open_ in payable]
+    audit.figures["payable"] = [(m, c, int(bal), int(legacy + carried + open_ - unposted))
+                                for m, c, bal, legacy, carried, open_, unposted in payable]
     due = conn.execute(_PAYOUT_DUE).fetchall()
     off = [f"{m}/{c}: payout_due {bal} vs payouts {paid}" for m, c, bal, paid in due
            if bal != paid]
@@ -374,6 +355,36 @@ def _check_balances(conn: psycopg.Connection, audit: BooksAudit) -> None:
                COALESCE(SUM(payout_minor), 0),
                (ARRAY_AGG(carried_out_minor ORDER BY window_start DESC))[1]
           FROM settlement_batches GROUP BY 1, 2 ORDER BY 1, 2""")
+
+
+def _check_disputes(conn: psycopg.Connection, audit: BooksAudit) -> None:
+    _add_violations(audit, "dispute_hold:<m> = Σ OPEN disputes = Σ opened - won - lost "
+                    "journals, per merchant", _violations(conn, q.DISPUTE_HOLDS),
+                    "every merchant's holds agree")
+    _add_violations(audit, "dispute_receivable:<ch> = Σ withdrawn amounts of OPEN disputes",
+                    _violations(conn, q.DISPUTE_RECEIVABLES), "every channel's receivable agrees")
+    _add_violations(audit, "every dispute event posted once, as its state says (OPEN: opened; "
+                    "WON: opened and won, or neither; LOST: opened and lost)",
+                    _violations(conn, q.DISPUTE_POSTINGS), "every dispute posted once")
+    _add_violations(audit, "nothing disputed paid out while open (no release or fee batched "
+                    "before its hold)", _violations(conn, q.DISPUTES_HELD_FIRST),
+                    "every release and fee batched with or after its hold")
+    states = dict(_rows(conn, "SELECT state, COUNT(*) FROM disputes GROUP BY state"))
+    audit.figures["disputes_by_state"] = {k: int(v) for k, v in states.items()}
+    audit.figures["held_by_currency"] = {c: int(v) for c, v in _rows(conn, """
+        SELECT currency, SUM(amount_minor) FROM disputes WHERE state = 'OPEN'
+         GROUP BY 1 ORDER BY 1""")}
+
+
+def _check_cases(conn: psycopg.Connection, audit: BooksAudit) -> None:
+    _add_violations(audit, "a MATCHED_MANUAL payment: one PAYMENT journal at its settled "
+                    "amount, its case resolved FORCE_MATCH or MARK_RECEIVED",
+                    _violations(conn, q.MANUAL_MATCHES, {"horizon": 0}),
+                    "every manual match posted and resolved")
+    _add_violations(audit, "every RESOLVED case has exactly one RESOLVED event",
+                    _violations(conn, q.CASES_RESOLVED_ONCE), "every case resolved once")
+    statuses = dict(_rows(conn, "SELECT status, COUNT(*) FROM exception_cases GROUP BY 1"))
+    audit.figures["cases_by_status"] = {k: int(v) for k, v in statuses.items()}
 
 
 def check_topics(settings: Settings, conn: psycopg.Connection, audit: BooksAudit,
@@ -408,16 +419,18 @@ def check_topics(settings: Settings, conn: psycopg.Connection, audit: BooksAudit
         consumer.close()
 
     def legal(outcomes: list[str]) -> bool:
-        # One terminal decision, except MISSING_CONFIRMATION later turned MATCHED (late).
-        return len(outcomes) == 1 or outcomes == ["MISSING_CONFIRMATION", "MATCHED"]
+        # One terminal decision, except MISSING_CONFIRMATION later turned MATCHED (late), and
+        # an exception an operator's case settled (MATCHED_MANUAL).
+        return len(outcomes) == 1 or outcomes in LATER_TERMINAL
 
     illegal = [pid for pid, outs in terminal.items() if not legal(outs)]
     db_states = dict(_rows(conn, "SELECT payment_id, state FROM payments"))
     missing_rows = [pid for pid in terminal if pid not in db_states]
-    # A MATCHED payment the channel reversed later is REVERSED in PostgreSQL.
+    # A MATCHED (MATCHED_MANUAL) payment the channel reversed later is REVERSED in PostgreSQL.
     wrong_state = [pid for pid, outs in terminal.items()
                    if pid in db_states and db_states[pid] != outs[-1]
-                   and not (db_states[pid] == "REVERSED" and outs[-1] == "MATCHED")]
+                   and not (db_states[pid] == "REVERSED"
+                            and outs[-1] in ("MATCHED", "MATCHED_MANUAL"))]
     audit.add("one terminal state per payment (topic ↔ payments table)",
               not illegal and not missing_rows and not wrong_state,
               f"{len(terminal):,} payments; {len(illegal)} with several decisions, "
@@ -431,6 +444,14 @@ def check_topics(settings: Settings, conn: psycopg.Connection, audit: BooksAudit
               not twice and db_batches == len(batch_ids),
               f"{len(batch_ids):,} batches on the topic, {db_batches:,} in PostgreSQL, "
               f"{len(twice)} items in two batches")
+
+
+# Terminal decision sequences of one payment besides a single one.
+LATER_TERMINAL: list[list[str]] = [
+    ["MISSING_CONFIRMATION", "MATCHED"],
+    ["MISSING_CONFIRMATION", "MATCHED_MANUAL"],
+    ["AMOUNT_MISMATCH", "MATCHED_MANUAL"],
+]
 
 
 def audit_books(settings: Settings, conn: psycopg.Connection, decoder: Any,

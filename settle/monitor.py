@@ -13,11 +13,16 @@ both from the outside, so it works whichever worker is down:
   ``settle_books_balanced{invariant}`` (1 holds, 0 broken) and the time of the last check;
 - in the same check it counts the routed payments reconcile consumed that have had no
   terminal state in PostgreSQL for longer than their channel's SLA and a margin
-  (``settle_routed_undecided_payments{channel}``, see ``settle.undecided``).
+  (``settle_routed_undecided_payments{channel}``, see ``settle.undecided``), and reads the
+  open disputes, their deadlines and holds, and the open exception cases
+  (``settle.books_gauges``).
 
 The invariants here are the ones that hold at every instant (balanced journals, a journal
 per MATCHED payment and per succeeded refund, batches = items = ledger, payable:<m> = the last
-batch's carried balance + the open items, Σ payouts = payout_due:<m>), plus those with a
+batch's carried balance + the open items, Σ payouts = payout_due:<m>, dispute holds and
+receivables = the open disputes, each dispute event posted once, no release batched before its
+hold, a case resolved by one event; the SQL shared with `settle audit books` is in
+settle.books_sql), plus those with a
 horizon: "a MATCHED payment (a succeeded refund) is in a batch within the window, its grace
 and a slack" (one waiting for its window to close is not an error, one still unbatched long
 after is) and "per payment Σ succeeded refunds <= captured" (a refund posted before its
@@ -45,6 +50,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from infra.config import Settings
+from settle import books_sql as q
+from settle.books_gauges import CaseGauges, families, read_gauges
 from settle.undecided import (
     Overdue,
     RoutedSource,
@@ -84,19 +91,20 @@ INSTANT_INVARIANTS: dict[str, str] = {
         SELECT (SELECT COUNT(*) FROM ledger_journals WHERE gross_minor <> net_minor + fee_minor)
              + (SELECT COUNT(*) FROM settlement_batches
                  WHERE gross_minor <> net_minor + fee_minor)""",
-    # a PAYMENT journal for every MATCHED (or since REVERSED) payment and only for them; a
-    # REFUND journal for every MATCHED (succeeded, or since REVERSED) refund and only for
-    # them; a PAYMENT_REVERSAL (REFUND_REVERSAL) journal for every REVERSED payment (refund)
-    # and only for them. The ledger sink writes a row and its journal in one transaction.
-    "journal_iff_matched": """
+    # a PAYMENT journal for every MATCHED or MATCHED_MANUAL (or since REVERSED) payment and
+    # only for them; a REFUND journal for every MATCHED (succeeded, or since REVERSED) refund
+    # and only for them; a PAYMENT_REVERSAL (REFUND_REVERSAL) journal for every REVERSED
+    # payment (refund) and only for them. The ledger sink writes a row and its journal in one
+    # transaction.
+    "journal_iff_matched": f"""
         SELECT (SELECT COUNT(*) FROM payments p
-                 WHERE p.state IN ('MATCHED', 'REVERSED') AND NOT EXISTS (
+                 WHERE p.state IN {q.POSTED_PAYMENT_STATES} AND NOT EXISTS (
                        SELECT 1 FROM ledger_journals j
                         WHERE j.kind = 'PAYMENT' AND j.source_id = p.payment_id))
              + (SELECT COUNT(*) FROM ledger_journals j
                   LEFT JOIN payments p ON p.payment_id = j.source_id
                  WHERE j.kind = 'PAYMENT'
-                   AND (p.state IS NULL OR p.state NOT IN ('MATCHED', 'REVERSED')))
+                   AND (p.state IS NULL OR p.state NOT IN {q.POSTED_PAYMENT_STATES}))
              + (SELECT COUNT(*) FROM refunds r
                  WHERE r.state IN ('MATCHED', 'REVERSED') AND NOT EXISTS (
                        SELECT 1 FROM ledger_journals j
@@ -164,84 +172,31 @@ INSTANT_INVARIANTS: dict[str, str] = {
             ON i.batch_id = b.batch_id
          WHERE (b.payment_count, b.refund_count, b.gross_minor, b.fee_minor, b.net_minor)
                IS DISTINCT FROM (i.payments::int, i.refunds::int, i.g, i.f, i.net)""",
-    # each batch item settles the posted journal of its kind and id, of a MATCHED (or since
-    # REVERSED) payment of the batch's merchant, in the batch's currency, for the journal's
-    # amounts (negated for a REFUND or PAYMENT_REVERSAL item): so Σ batch net = the batched
-    # part of the merchant payable.
-    "batches_match_ledger": """
-        SELECT COUNT(*) FROM settlement_batch_items i
-          JOIN settlement_batches b ON b.batch_id = i.batch_id
-          LEFT JOIN payments p ON p.payment_id = i.payment_id
-          LEFT JOIN ledger_journals j ON j.kind = i.kind AND j.source_id = i.item_id
-         WHERE p.state IS NULL OR p.state NOT IN ('MATCHED', 'REVERSED')
-            OR p.merchant_id IS DISTINCT FROM b.merchant_id
-            OR j.currency IS DISTINCT FROM b.currency
-            OR (j.gross_minor, j.fee_minor, j.net_minor) IS DISTINCT FROM (
-                   CASE WHEN i.kind IN ('REFUND', 'PAYMENT_REVERSAL') THEN -i.gross_minor
-                        ELSE i.gross_minor END,
-                   CASE WHEN i.kind IN ('REFUND', 'PAYMENT_REVERSAL') THEN -i.fee_minor
-                        ELSE i.fee_minor END,
-                   CASE WHEN i.kind IN ('REFUND', 'PAYMENT_REVERSAL') THEN -i.net_minor
-                        ELSE i.net_minor END)""",
-    # a succeeded refund, and a reversal, is in one batch at most (the items' primary key
-    # (kind, item_id) makes this structural; the check guards the key). Reads only the
-    # non-PAYMENT part of the primary-key index.
+    # each batch item settles the posted journal of its kind (DISPUTE_HOLD: DISPUTE_OPEN,
+    # DISPUTE_RELEASE: DISPUTE_WON, DISPUTE_FEE: DISPUTE_LOST) and id, of a posted payment of
+    # the batch's merchant, in the batch's currency, for the journal's amounts as the item's
+    # kind signs them: so Σ batch net = the batched part of the merchant payable.
+    "batches_match_ledger": q.count_of(q.ITEMS_MATCH_JOURNALS),
+    # a succeeded refund, a reversal, a dispute's hold, release or fee is in one batch at most
+    # (the items' primary key (kind, item_id) makes this structural; the check guards the
+    # key). Reads only the non-PAYMENT part of the primary-key index.
     "refunds_in_one_batch": """
         SELECT COUNT(*) FROM (
             SELECT kind, item_id FROM settlement_batch_items
-             WHERE kind IN ('REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
+             WHERE kind IN ('REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL', 'DISPUTE_HOLD',
+                            'DISPUTE_RELEASE', 'DISPUTE_FEE')
              GROUP BY kind, item_id HAVING COUNT(*) > 1
         ) t""",
     # per merchant and currency, the credit balance of payable:<m> =
     #     Σ net of batches written before payouts (payout_minor NULL: they posted no payout)
     #   + carried_out of the last batch with a payout (<= 0)
-    #   + Σ signed net of the posted PAYMENT, REFUND, PAYMENT_REVERSAL and REFUND_REVERSAL
-    #     journals no batch item settles yet
+    #   + Σ payable movement of the posted journals no batch item settles yet (payments,
+    #     refunds, reversals, dispute holds, releases and fees)
     #   - Σ net of batch items whose journal is not posted yet (the settlement sink may write
     #     a batch before the ledger sink posts one of its items; batches_match_ledger counts
     #     those items, this check does not count them twice).
     # Counts the merchant/currency pairs that disagree.
-    "payable_matches_batches": """
-        WITH ledger AS (
-            SELECT substr(account, 9) AS merchant_id, currency,
-                   SUM(CASE WHEN side = 'CREDIT' THEN amount_minor ELSE -amount_minor END) AS bal
-              FROM ledger_entries WHERE left(account, 8) = 'payable:'
-             GROUP BY 1, 2),
-        open_items AS (
-            SELECT substr(e.account, 9) AS merchant_id, e.currency,
-                   SUM(CASE WHEN e.side = 'CREDIT' THEN e.amount_minor
-                            ELSE -e.amount_minor END) AS net
-              FROM ledger_entries e JOIN ledger_journals j USING (journal_id)
-             WHERE left(e.account, 8) = 'payable:'
-               AND j.kind IN ('PAYMENT', 'REFUND', 'PAYMENT_REVERSAL', 'REFUND_REVERSAL')
-               AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
-                                WHERE i.kind = j.kind AND i.item_id = j.source_id)
-             GROUP BY 1, 2),
-        unposted AS (
-            SELECT b.merchant_id, b.currency, SUM(i.net_minor) AS net
-              FROM settlement_batch_items i JOIN settlement_batches b USING (batch_id)
-             WHERE NOT EXISTS (SELECT 1 FROM ledger_journals j
-                                WHERE j.kind = i.kind AND j.source_id = i.item_id)
-             GROUP BY 1, 2),
-        legacy AS (
-            SELECT merchant_id, currency, SUM(net_minor) AS net
-              FROM settlement_batches WHERE payout_minor IS NULL GROUP BY 1, 2),
-        last_carried AS (
-            SELECT DISTINCT ON (merchant_id, currency) merchant_id, currency, carried_out_minor
-              FROM settlement_batches WHERE payout_minor IS NOT NULL
-             ORDER BY merchant_id, currency, window_start DESC),
-        keys AS (
-            SELECT merchant_id, currency FROM ledger
-            UNION SELECT merchant_id, currency FROM legacy
-            UNION SELECT merchant_id, currency FROM last_carried)
-        SELECT COUNT(*) FROM keys k
-          LEFT JOIN ledger l USING (merchant_id, currency)
-          LEFT JOIN open_items o USING (merchant_id, currency)
-          LEFT JOIN unposted u USING (merchant_id, currency)
-          LEFT JOIN legacy g USING (merchant_id, currency)
-          LEFT JOIN last_carried c USING (merchant_id, currency)
-         WHERE COALESCE(l.bal, 0) <> COALESCE(g.net, 0) + COALESCE(c.carried_out_minor, 0)
-                                     + COALESCE(o.net, 0) - COALESCE(u.net, 0)""",
+    "payable_matches_batches": q.count_of(q.PAYABLE_MISMATCHES),
     # per merchant and currency, Σ payout of the closed batches = credit balance of
     # payout_due:<m> (the settlement sink posts a batch's payout journal in the batch's own
     # transaction). Counts the merchant/currency pairs that disagree.
@@ -256,15 +211,31 @@ INSTANT_INVARIANTS: dict[str, str] = {
               FROM settlement_batches WHERE payout_minor IS NOT NULL GROUP BY 1, 2)
         SELECT COUNT(*) FROM ledger l FULL JOIN paid p USING (merchant_id, currency)
          WHERE COALESCE(l.bal, 0) <> COALESCE(p.payout, 0)""",
+    # per merchant and currency, the credit balance of dispute_hold:<m> = Σ amount of the
+    # OPEN disputes = Σ opened - won - lost dispute journals. Counts the pairs that disagree.
+    "dispute_holds_balance": q.count_of(q.DISPUTE_HOLDS),
+    # per channel and currency, the debit balance of dispute_receivable:<ch> = Σ amount of the
+    # OPEN disputes whose funds the channel withdrew. Counts the pairs that disagree.
+    "dispute_receivables_balance": q.count_of(q.DISPUTE_RECEIVABLES),
+    # every dispute event posted once, as the dispute's state says (OPEN: DISPUTE_OPEN; WON:
+    # DISPUTE_OPEN and DISPUTE_WON, or neither; LOST: DISPUTE_OPEN and DISPUTE_LOST), for its
+    # amount, and no dispute journal without its disputes row. Counts disputes and journals.
+    "dispute_events_posted_once": q.count_of(q.DISPUTE_POSTINGS),
+    # nothing disputed paid out while open: no DISPUTE_RELEASE or DISPUTE_FEE item in a batch
+    # before (or without) the batch of its DISPUTE_HOLD.
+    "disputes_held_before_released": q.count_of(q.DISPUTES_HELD_FIRST),
+    # a case is RESOLVED iff it has exactly one RESOLVED event (of its resolution); no event
+    # of a case without its row.
+    "cases_resolved_once": q.count_of(q.CASES_RESOLVED_ONCE),
 }
 
 # Invariants with a horizon (%(horizon)s seconds): what may legitimately wait, for a while,
 # for a window to close or for another sink.
 HORIZON_INVARIANTS: dict[str, str] = {
-    # MATCHED payments decided longer ago than the horizon and still in no batch.
+    # MATCHED (MATCHED_MANUAL) payments decided longer ago than the horizon and in no batch.
     "matched_settled_in_time": """
         SELECT COUNT(*) FROM payments p
-         WHERE p.state = 'MATCHED'
+         WHERE p.state IN ('MATCHED', 'MATCHED_MANUAL')
            AND p.decided_at < now() - make_interval(secs => %(horizon)s)
            AND NOT EXISTS (SELECT 1 FROM settlement_batch_items i
                             WHERE i.kind = 'PAYMENT' AND i.item_id = p.payment_id)""",
@@ -301,6 +272,14 @@ HORIZON_INVARIANTS: dict[str, str] = {
                 OR (MIN(p.gross_minor) IS NULL
                     AND MIN(r.posted_at) < now() - make_interval(secs => %(horizon)s))
         ) t""",
+    # dispute journals that move payable (a hold, a release, a lost one's fee) posted longer
+    # ago than the horizon and still in no batch: held funds not yet kept from a payout.
+    "disputes_settled_in_time": q.count_of(
+        q.unbatched_of(("DISPUTE_OPEN", "DISPUTE_WON", "DISPUTE_LOST"))),
+    # MATCHED_MANUAL payments without their PAYMENT journal at the settled amount, or whose
+    # case is resolved otherwise than FORCE_MATCH or MARK_RECEIVED, or (past the horizon: the
+    # case's events come on another topic) whose case is missing or not resolved.
+    "manual_matches_posted": q.count_of(q.MANUAL_MATCHES),
 }
 SETTLED_IN_TIME = "matched_settled_in_time"
 REFUNDS_WITHIN_CAPTURE = "refunds_within_capture"
@@ -345,6 +324,7 @@ class Snapshot:
     books_at: float = 0.0
     books_duration_s: float = 0.0
     undecided: dict[str, Overdue] = field(default_factory=dict)
+    cases: CaseGauges | None = None  # disputes and cases, from the last books check
 
 
 def lag_of(committed: dict[tuple[str, int], int], end: dict[tuple[str, int], int]) -> dict[
@@ -421,6 +401,7 @@ class Monitor(Collector):
         try:
             with connect(self.settings.postgres, autocommit=True) as conn:
                 books = check_books(conn, self.options.horizon_s)
+                cases = read_gauges(conn)
                 undecided = self.check_undecided(conn)
         except (psycopg.Error, OSError, SettleError) as exc:
             CHECK_ERRORS.labels("books").inc()
@@ -431,6 +412,7 @@ class Monitor(Collector):
             log.error("monitor: books invariants broken: %s", broken)
         with self._lock:
             self.snapshot.books = books
+            self.snapshot.cases = cases
             if undecided is not None:
                 self.snapshot.undecided = undecided
             # A check is complete with its routed-payments part: while that part fails, the
@@ -504,7 +486,7 @@ class Monitor(Collector):
             snap = Snapshot(dict(self.snapshot.end_offsets), dict(self.snapshot.lag),
                             self.snapshot.offsets_at, dict(self.snapshot.books),
                             self.snapshot.books_at, self.snapshot.books_duration_s,
-                            dict(self.snapshot.undecided))
+                            dict(self.snapshot.undecided), self.snapshot.cases)
         lag = GaugeMetricFamily(
             "settle_consumer_lag_records",
             "Records a consumer group has yet to commit: the partition's end offset minus "
@@ -556,6 +538,8 @@ class Monitor(Collector):
             oldest.add_metric([channel], overdue.oldest_age_s)
         yield undecided
         yield oldest
+        if snap.cases is not None:  # replaced whole by the loop, never changed in place
+            yield from families(snap.cases)
 
 
 def start(settings: Settings, options: MonitorOptions) -> Monitor:

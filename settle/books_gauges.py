@@ -1,0 +1,150 @@
+"""Dispute and case gauges `settle monitor` derives from PostgreSQL with each books check.
+
+What an operator acts on: open disputes (by channel and stage, and by how long is left until
+their respond-by deadline), the funds they hold per currency, open exception cases (by outcome
+and age) and cases waiting for a second operator's approval. Labels are bounded: channel,
+stage, currency, outcome and fixed buckets, never a payment, dispute or case id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psycopg
+from prometheus_client.core import GaugeMetricFamily
+
+# Days to a dispute's respond_by: (label, upper bound in days); past it is "overdue", no
+# deadline "none".
+DEADLINE_BUCKETS: tuple[tuple[str, int], ...] = (("0-2d", 2), ("2-7d", 7), ("7-30d", 30))
+DEADLINE_OVERDUE, DEADLINE_LATER, DEADLINE_NONE = "overdue", "30d+", "none"
+# Age of an open case: (label, upper bound in days); older is "7d+".
+AGE_BUCKETS: tuple[tuple[str, int], ...] = (("0-1d", 1), ("1-3d", 3), ("3-7d", 7))
+AGE_OLDER = "7d+"
+
+
+def _bucket_sql(expr: str, buckets: tuple[tuple[str, int], ...], above: str) -> str:
+    whens = " ".join(f"WHEN {expr} < interval '{days} days' THEN '{label}'"
+                     for label, days in buckets)
+    return f"CASE {whens} ELSE '{above}' END"
+
+
+OPEN_DISPUTES = """
+    SELECT lower(channel), stage, COUNT(*) FROM disputes WHERE state = 'OPEN' GROUP BY 1, 2"""
+OPEN_DISPUTES_BY_DEADLINE = f"""
+    SELECT lower(channel),
+           CASE WHEN respond_by IS NULL THEN '{DEADLINE_NONE}'
+                WHEN respond_by < now() THEN '{DEADLINE_OVERDUE}'
+                ELSE {_bucket_sql("respond_by - now()", DEADLINE_BUCKETS, DEADLINE_LATER)} END,
+           COUNT(*)
+      FROM disputes WHERE state = 'OPEN' GROUP BY 1, 2"""
+SOONEST_RESPOND_BY = """
+    SELECT lower(channel), EXTRACT(EPOCH FROM MIN(respond_by) - now())::float8
+      FROM disputes WHERE state = 'OPEN' AND respond_by IS NOT NULL GROUP BY 1"""
+HELD = """
+    SELECT currency, SUM(amount_minor) FROM disputes WHERE state = 'OPEN' GROUP BY 1"""
+# A case row whose OPENED event is not read yet (a later one created it) counts from that one.
+_OPENED_AT = "COALESCE(opened_at, last_event_at)"
+OPEN_CASES = f"""
+    SELECT outcome, {_bucket_sql(f"now() - {_OPENED_AT}", AGE_BUCKETS, AGE_OLDER)}, COUNT(*)
+      FROM exception_cases WHERE status <> 'RESOLVED' GROUP BY 1, 2"""
+OLDEST_OPEN_CASE = f"""
+    SELECT outcome, EXTRACT(EPOCH FROM now() - MIN({_OPENED_AT}))::float8
+      FROM exception_cases WHERE status <> 'RESOLVED' GROUP BY 1"""
+# Waiting since the case's last PROPOSED event (a rejected proposal reopens the case; a new
+# one waits again).
+AWAITING_APPROVAL = """
+    SELECT c.outcome, COUNT(*), EXTRACT(EPOCH FROM now() - MIN(p.proposed_at))::float8
+      FROM exception_cases c
+      CROSS JOIN LATERAL (SELECT MAX(e.occurred_at) AS proposed_at FROM case_events e
+                           WHERE e.case_id = c.case_id AND e.kind = 'PROPOSED') p
+     WHERE c.status = 'AWAITING_APPROVAL' GROUP BY 1"""
+
+
+@dataclass(slots=True)
+class CaseGauges:
+    """One reading of the dispute and case figures (what the last books check saw)."""
+
+    disputes_open: dict[tuple[str, str], int] = field(default_factory=dict)  # channel, stage
+    disputes_by_deadline: dict[tuple[str, str], int] = field(default_factory=dict)
+    soonest_respond_by_s: dict[str, float] = field(default_factory=dict)  # per channel
+    held_minor: dict[str, int] = field(default_factory=dict)  # per currency
+    cases_open: dict[tuple[str, str], int] = field(default_factory=dict)  # outcome, age
+    oldest_case_age_s: dict[str, float] = field(default_factory=dict)  # per outcome
+    awaiting_approval: dict[str, int] = field(default_factory=dict)  # per outcome
+    oldest_awaiting_s: dict[str, float] = field(default_factory=dict)  # per outcome
+
+
+def read_gauges(conn: psycopg.Connection) -> CaseGauges:
+    """Every figure, from the tables the ledger sink keeps."""
+    g = CaseGauges()
+    g.disputes_open = {(ch, st): int(n) for ch, st, n in conn.execute(OPEN_DISPUTES)}
+    g.disputes_by_deadline = {(ch, b): int(n)
+                              for ch, b, n in conn.execute(OPEN_DISPUTES_BY_DEADLINE)}
+    g.soonest_respond_by_s = {ch: float(s) for ch, s in conn.execute(SOONEST_RESPOND_BY)}
+    g.held_minor = {c.strip(): int(v) for c, v in conn.execute(HELD)}
+    g.cases_open = {(o, age): int(n) for o, age, n in conn.execute(OPEN_CASES)}
+    g.oldest_case_age_s = {o: float(s) for o, s in conn.execute(OLDEST_OPEN_CASE)}
+    for outcome, n, waited in conn.execute(AWAITING_APPROVAL):
+        g.awaiting_approval[outcome] = int(n)
+        if waited is not None:
+            g.oldest_awaiting_s[outcome] = float(waited)
+    return g
+
+
+def families(g: CaseGauges) -> Iterator[GaugeMetricFamily]:
+    """The gauges as Prometheus metric families."""
+    fam = GaugeMetricFamily(
+        "settle_disputes_open", "Disputes open (funds held), per channel and stage",
+        labels=["channel", "stage"])
+    for (channel, stage), n in sorted(g.disputes_open.items()):
+        fam.add_metric([channel, stage], n)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_disputes_open_by_deadline",
+        "Open disputes by time left until their respond-by deadline: overdue, 0-2d, 2-7d, "
+        "7-30d, 30d+, none (no deadline given)", labels=["channel", "due_in"])
+    for (channel, due), n in sorted(g.disputes_by_deadline.items()):
+        fam.add_metric([channel, due], n)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_disputes_respond_by_soonest_seconds",
+        "Seconds until the earliest respond-by deadline among the channel's open disputes "
+        "(negative: passed)", labels=["channel"])
+    for channel, s in sorted(g.soonest_respond_by_s.items()):
+        fam.add_metric([channel], s)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_disputes_held_minor",
+        "Funds held by open disputes, in the currency's minor units (compare within a "
+        "currency only)", labels=["currency"])
+    for currency, v in sorted(g.held_minor.items()):
+        fam.add_metric([currency], v)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_cases_open",
+        "Exception cases not resolved (open or awaiting approval), per outcome and age since "
+        "opened: 0-1d, 1-3d, 3-7d, 7d+", labels=["outcome", "age"])
+    for (outcome, age), n in sorted(g.cases_open.items()):
+        fam.add_metric([outcome, age], n)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_cases_open_oldest_age_seconds",
+        "Age of the oldest unresolved exception case, per outcome", labels=["outcome"])
+    for outcome, s in sorted(g.oldest_case_age_s.items()):
+        fam.add_metric([outcome], s)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_cases_awaiting_approval",
+        "Exception cases whose resolution waits for a second operator, per outcome",
+        labels=["outcome"])
+    for outcome, n in sorted(g.awaiting_approval.items()):
+        fam.add_metric([outcome], n)
+    yield fam
+    fam = GaugeMetricFamily(
+        "settle_cases_awaiting_approval_oldest_age_seconds",
+        "How long the longest-waiting proposed resolution has waited for approval, per "
+        "outcome", labels=["outcome"])
+    for outcome, s in sorted(g.oldest_awaiting_s.items()):
+        fam.add_metric([outcome], s)
+    yield fam
