@@ -305,6 +305,62 @@ REFUNDS = Row("Refunds", (
                       "its capture (SettleRefundOverCapture pages on any)."),
 ))
 
+DISPUTES = Row("Disputes and cases", (
+    Panel("Open disputes by channel and stage",
+          (t("sum by (channel, stage) (settle_disputes_open)", "{{channel}} {{stage}}"),),
+          stacked=True,
+          description="Disputes OPEN in PostgreSQL (settle monitor): their amounts are held "
+                      "from the merchants' payouts until won or lost."),
+    Panel("Open disputes by time to respond-by",
+          (t("sum by (due_in) (settle_disputes_open_by_deadline)", "{{due_in}}"),),
+          stacked=True, bars=True,
+          description="overdue: the deadline passed with the dispute still open; 0-2d is what "
+                      "SettleDisputeDeadlineSoon raises a ticket for."),
+    Panel("Soonest respond-by by channel",
+          (t("min by (channel) (settle_disputes_respond_by_soonest_seconds)", "{{channel}}"),),
+          kind="stat", unit="s", width=8, height=6,
+          thresholds=((None, "red"), (0, "orange"), (172800, "green")),
+          description="Time left until the earliest deadline among the channel's open "
+                      "disputes (negative: passed)."),
+    Panel("Funds on hold by currency (minor units)",
+          (t("sum by (currency) (settle_disputes_held_minor)", "{{currency}}"),), width=8,
+          height=6,
+          description="Σ amount of the open disputes, in each currency's minor unit (JPY 0 "
+                      "decimals, CNY 2, KWD 3): compare within a currency only."),
+    Panel("Dispute invariants",
+          (t('min by (invariant) (settle_books_balanced{invariant=~"dispute.*|cases.*|'
+             'manual.*"})', "{{invariant}}"),),
+          kind="stat", mappings=BALANCED, thresholds=((None, "red"), (1, "green")), width=8,
+          height=6,
+          description="Holds and receivables = the open disputes (SettleDisputeHoldMismatch), "
+                      "each dispute event posted and batched once, no release before its "
+                      "hold, manual matches posted, cases resolved once."),
+    Panel("Dispute results by channel and event",
+          (t(sum_rate("settle_dispute_results_total", "channel, event"),
+             "{{channel}} {{event}}"),), unit="cps",
+          description="Results on disputes.results: OPENED holds, WON releases, LOST takes the "
+                      "amount and the fee, REJECTED opens a case (reasons on the right)."),
+    Panel("Dispute rejections by reason",
+          (t(sum_rate("settle_dispute_rejections_total", "reason"), "{{reason}}"),),
+          unit="cps", stacked=True),
+    Panel("Open cases by outcome and age",
+          (t("sum by (outcome, age) (settle_cases_open)", "{{outcome}} {{age}}"),),
+          stacked=True,
+          description="Exception cases not resolved (open or awaiting approval), by the "
+                      "outcome that opened them and days since."),
+    Panel("Oldest open case by outcome",
+          (t("max by (outcome) (settle_cases_open_oldest_age_seconds)", "{{outcome}}"),),
+          unit="s", width=6,
+          description="SettleCasesAging raises a ticket past 3 days."),
+    Panel("Cases awaiting approval",
+          (t("sum by (outcome) (settle_cases_awaiting_approval)", "{{outcome}}"),
+           t("max(settle_cases_awaiting_approval_oldest_age_seconds) / 3600",
+             "longest wait (h)")),
+          width=6,
+          description="Resolutions above the approval limit waiting for a second operator; "
+                      "SettleCaseApprovalWaiting raises a ticket past 4 hours."),
+))
+
 SINKS = Row("Sinks", (
     Panel("Sink rows by sink and outcome",
           (t(sum_rate("settle_sink_records_total", "sink, outcome"),
@@ -341,7 +397,7 @@ LAG = Row("Lag", (
                       "per second."),
 ))
 
-ROWS = (OVERVIEW, INGEST, CHANNELS, RECONCILIATION, REFUNDS, LEDGER, SINKS, LAG)
+ROWS = (OVERVIEW, INGEST, CHANNELS, RECONCILIATION, REFUNDS, DISPUTES, LEDGER, SINKS, LAG)
 
 
 def _targets(panel: Panel) -> list[dict[str, Any]]:

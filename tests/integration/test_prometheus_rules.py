@@ -59,7 +59,9 @@ def test_the_issue_s_alerts_exist() -> None:
                    "SettleReconciliationBacklogOverSLA", "SettleChannelDeclineRateSpike",
                    "SettleNoThroughput", "SettleBooksOutOfBalance", "SettleTargetDown",
                    "SettleRoutedPaymentUndecided", "SettleRefundOverCapture",
-                   "SettleRefundRateSpike", "SettlePayableMismatch", "SettlePayoutDueMismatch"):
+                   "SettleRefundRateSpike", "SettlePayableMismatch", "SettlePayoutDueMismatch",
+                   "SettleDisputeDeadlineSoon", "SettleDisputeHoldMismatch", "SettleCasesAging",
+                   "SettleCaseApprovalWaiting"):
         assert wanted in alerts, wanted
 
 

@@ -21,8 +21,8 @@ PROM_TEMPLATE = DEPLOY / "prometheus" / "prometheus.yml.in"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "settle-pipeline.json"
 
-ROWS = ["Overview", "Ingest", "Channels", "Reconciliation", "Refunds", "Ledger and settlement",
-        "Sinks", "Lag"]
+ROWS = ["Overview", "Ingest", "Channels", "Reconciliation", "Refunds", "Disputes and cases",
+        "Ledger and settlement", "Sinks", "Lag"]
 
 # The metric families of the pipeline (the metrics brief of issue #5), by type: a histogram
 # is queried through its _bucket, _sum and _count series.
@@ -37,6 +37,7 @@ COUNTERS = {
     "settle_channel_confirmations_total", "settle_monitor_errors_total",
     "settle_refund_requests_total", "settle_refund_rejections_total",
     "settle_refund_outcomes_total", "settle_refund_over_capture_attempts_total",
+    "settle_dispute_results_total", "settle_dispute_rejections_total",
     "process_cpu_seconds_total",
 }
 GAUGES = {
@@ -44,6 +45,10 @@ GAUGES = {
     "settle_reconciliation_unmatched_oldest_age_seconds", "settle_reconciliation_states",
     "settle_open_batches", "settle_consumer_lag_records", "settle_topic_end_offset",
     "settle_books_balanced", "settle_books_check_timestamp_seconds",
+    "settle_disputes_open", "settle_disputes_open_by_deadline",
+    "settle_disputes_respond_by_soonest_seconds", "settle_disputes_held_minor",
+    "settle_cases_open", "settle_cases_open_oldest_age_seconds",
+    "settle_cases_awaiting_approval", "settle_cases_awaiting_approval_oldest_age_seconds",
     "process_resident_memory_bytes", "up",
 }
 HISTOGRAMS = {
