@@ -1,5 +1,6 @@
 """`settle audit ingest`: prove from the topics that every input ended in exactly one place:
-payment requests (validate stage) and refund requests (reconcile stage)."""
+payment requests (validate stage) and refund requests (reconcile stage); and that every
+channel dispute and every case action was answered (reconcile stage)."""
 
 from __future__ import annotations
 
@@ -321,3 +322,132 @@ def join_refunds(inputs: list[RawRecord], placed: dict[str, set[str]],
         else:
             audit.unaccounted.append(ref)
     return audit
+
+
+# -- disputes and case actions ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AnswerAudit:
+    """Inputs that must each be answered by at least one output naming them by id:
+    read = answered + dead-lettered, nothing unanswered.
+
+    A channel dispute is answered by the DisputeResults of its event (result_id ends with
+    `:<event_id>`; a redelivered event is answered by the first delivery's results), a case
+    action by the CaseEvents carrying its action id (an action repeated is answered by the
+    first one's event). An input that does not decode is accounted for only by a dead letter
+    naming its coordinates.
+    """
+
+    read: int = 0
+    answered: int = 0
+    dead_lettered: int = 0
+    answers: int = 0  # outputs read (at-least-once replays of one id counted once)
+    unanswered: list[str] = field(default_factory=list)
+    orphan_answers: list[str] = field(default_factory=list)  # outputs no input asked for
+
+    @property
+    def balanced(self) -> bool:
+        return not self.unanswered and self.read == self.answered + self.dead_lettered
+
+
+AnswerKey = tuple[str, ...]
+
+
+def dispute_key(record: dict[str, Any]) -> AnswerKey:
+    """A ChannelDispute's identity: its payment, dispute and event."""
+    return (record["payment_id"], record["dispute_id"], record["event_id"])
+
+
+def dispute_result_key(result: dict[str, Any]) -> AnswerKey | None:
+    """The event a DisputeResult answers, from its result_id
+    `<payment_id>/<dispute_id>:<event>:<event_id>` (None when it has another shape)."""
+    head = f"{result['payment_id']}/{result['dispute_id']}:{result['event']}:"
+    rid = result["result_id"]
+    if not rid.startswith(head) or len(rid) == len(head):
+        return None
+    return (result["payment_id"], result["dispute_id"], rid[len(head):])
+
+
+def case_action_key(record: dict[str, Any]) -> AnswerKey:
+    """A CaseAction's identity: its case and action id."""
+    return (record["case_id"], record["action_id"])
+
+
+def case_event_key(event: dict[str, Any]) -> AnswerKey | None:
+    """The action a CaseEvent answers (None: an event no action caused, e.g. OPENED)."""
+    action_id = event.get("action_id")
+    return None if action_id is None else (event["case_id"], action_id)
+
+
+def join_answers(inputs: list[tuple[str, AnswerKey | None]], answers: list[AnswerKey],
+                 dead_lettered: set[str]) -> AnswerAudit:
+    """The ledger of answered inputs: ``inputs`` are (coordinates, identity or None when the
+    record did not decode), ``answers`` the identities the outputs name, ``dead_lettered`` the
+    coordinates dead letters name."""
+    audit = AnswerAudit(read=len(inputs), answers=len(answers))
+    named = set(answers)
+    asked = {k for _, k in inputs if k is not None}
+    for ref, ident in inputs:
+        if ident is not None and ident in named:
+            audit.answered += 1
+        elif ref in dead_lettered:
+            audit.dead_lettered += 1
+        else:
+            audit.unanswered.append(ref)
+    audit.orphan_answers = sorted("/".join(k) for k in named - asked)
+    return audit
+
+
+Decode = Callable[[bytes | None], dict[str, Any]]
+
+
+def audit_answers(kafka: KafkaSettings, inputs_topic: str, outputs_topic: str, dlq: str,
+                  decode: Decode, input_key: Callable[[dict[str, Any]], AnswerKey],
+                  output_key: Callable[[dict[str, Any]], AnswerKey | None],
+                  output_id: str, wait_s: float = 0.0) -> AnswerAudit:
+    """Join every record of ``inputs_topic`` with the outputs on ``outputs_topic`` (deduped by
+    their ``output_id`` field) and the dead letters on ``dlq`` that name it. With ``wait_s``
+    the audit re-reads the outputs until every input is answered or the time is up."""
+    consumer = make_consumer(kafka, group_id=f"settle-audit-{uuid.uuid4()}")
+    try:
+        inputs: list[tuple[str, AnswerKey | None]] = []
+        for rec in read_topic(consumer, inputs_topic):
+            ref = f"{rec.topic}/{rec.partition}/{rec.offset}"
+            try:
+                inputs.append((ref, input_key(decode(rec.value))))
+            except Exception:  # undecodable or incomplete: only a dead letter explains it
+                inputs.append((ref, None))
+        deadline = time.monotonic() + wait_s
+        while True:
+            seen: set[str] = set()
+            answers: list[AnswerKey] = []
+            for rec in read_topic(consumer, outputs_topic):
+                out = decode(rec.value)
+                if out[output_id] in seen:
+                    continue  # an at-least-once replay of the same output
+                seen.add(out[output_id])
+                if (ident := output_key(out)) is not None:
+                    answers.append(ident)
+            dead = {rec.source for rec in read_topic(consumer, dlq)
+                    if rec.source is not None and rec.source.startswith(inputs_topic + "/")}
+            result = join_answers(inputs, answers, dead)
+            if result.balanced or time.monotonic() >= deadline:
+                return result
+            time.sleep(2.0)
+    finally:
+        consumer.close()
+
+
+def audit_disputes(kafka: KafkaSettings, disputes: str, results: str, dlq: str,
+                   decode: Decode, wait_s: float = 0.0) -> AnswerAudit:
+    """channel.disputes: every record answered by >= 1 DisputeResult of its event."""
+    return audit_answers(kafka, disputes, results, dlq, decode, dispute_key,
+                         dispute_result_key, "result_id", wait_s)
+
+
+def audit_case_actions(kafka: KafkaSettings, actions: str, events: str, dlq: str,
+                       decode: Decode, wait_s: float = 0.0) -> AnswerAudit:
+    """cases.actions: every record answered by >= 1 CaseEvent carrying its action id."""
+    return audit_answers(kafka, actions, events, dlq, decode, case_action_key,
+                         case_event_key, "event_id", wait_s)
