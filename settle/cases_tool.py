@@ -172,7 +172,7 @@ class CaseRow:
     operator: str | None
     approver: str | None
     remark: str | None
-    opened_at: datetime
+    opened_at: datetime | None  # None only while the OPENED event is not recorded yet
     resolved_at: datetime | None
     age_s: int
 
@@ -224,7 +224,7 @@ class CaseFilter:
             terms.append("merchant_id = %s")
             params.append(self.merchant_id)
         if self.older_than_s is not None:
-            terms.append("opened_at < now() - make_interval(secs => %s)")
+            terms.append("COALESCE(opened_at, last_event_at) < now() - make_interval(secs => %s)")
             params.append(self.older_than_s)
         return " AND ".join(terms), params
 
@@ -232,7 +232,8 @@ class CaseFilter:
 _CASE_COLUMNS: Final = (
     "case_id, payment_id, merchant_id, channel, subject, subject_id, outcome, opened_by, "
     "amount_minor, currency, status, resolution, operator, approver, remark, opened_at, "
-    "resolved_at, GREATEST(0, EXTRACT(EPOCH FROM now() - opened_at))::bigint AS age_s")
+    "resolved_at, GREATEST(0, EXTRACT(EPOCH FROM now() - COALESCE(opened_at, last_event_at))"
+    ")::bigint AS age_s")
 _EVENT_COLUMNS: Final = (
     "event_id, case_id, kind, status, resolution, action_id, operator, approver, remark, "
     "reason, evidence, occurred_at")
@@ -241,7 +242,7 @@ _EVENT_COLUMNS: Final = (
 def select_cases_sql(selection: CaseFilter) -> tuple[str, list[Any]]:
     where, params = selection.where()
     sql = (f"SELECT {_CASE_COLUMNS} FROM exception_cases WHERE {where} "
-           "ORDER BY opened_at, case_id")
+           "ORDER BY COALESCE(opened_at, last_event_at), case_id")
     if selection.limit is not None:
         sql += " LIMIT %s"
         params.append(selection.limit)
@@ -357,7 +358,8 @@ def check_decision(case: CaseRow, history: Sequence[CaseEventRow], operator: str
         raise CaseCommandError(f"case {case.case_id} is {case.status}: nothing to {verb} "
                                "(only a resolution awaiting approval can be)")
     who = proposer(history) or case.operator
-    if who is not None and who == operator:
+    # Names typed by people: " Alice" and "alice" are one operator (as the stage sees them).
+    if who is not None and who.strip().casefold() == operator.strip().casefold():
         raise CaseCommandError(f"{operator} proposed this resolution; another operator must "
                                f"{verb} it")
 

@@ -217,7 +217,8 @@ def case_tables(case: CaseRow, history: Sequence[CaseEventRow]) -> list[Table]:
         ("status", case.status), ("resolution", case.resolution or "-"),
         ("operator", case.operator or "-"), ("approver", case.approver or "-"),
         ("remark", case.remark or "-"),
-        ("opened", f"{case.opened_at:%Y-%m-%d %H:%M:%S %Z} ({format_age(case.age_s)} ago)"),
+        ("opened", f"{case.opened_at:%Y-%m-%d %H:%M:%S %Z} ({format_age(case.age_s)} ago)"
+                   if case.opened_at else "- (its OPENED event is not recorded yet)"),
         ("resolved", f"{case.resolved_at:%Y-%m-%d %H:%M:%S %Z}" if case.resolved_at else "-"),
         ("allowed actions", allowed if case.status != RESOLVED else "-"),
     ):

@@ -104,10 +104,11 @@ def test_the_filter_becomes_parameters_never_text() -> None:
         statuses=(OPEN,), outcome="MISSING_CONFIRMATION", channel="CARD",
         merchant_id="m-0001; DROP TABLE x", older_than_s=7200, limit=50))
     assert "DROP" not in sql and sql.count("%s") == len(params) == 6
+    assert "COALESCE(opened_at, last_event_at) < now() - make_interval(secs => %s)" in sql
     assert params == [[OPEN], "MISSING_CONFIRMATION", "CARD", "m-0001; DROP TABLE x", 7200, 50]
     assert "lower(channel) = lower(%s)" in sql and sql.rstrip().endswith("LIMIT %s")
     everything, none = select_cases_sql(CaseFilter(statuses=None))
-    assert none == [] and "WHERE TRUE ORDER BY opened_at" in everything
+    assert none == [] and "WHERE TRUE ORDER BY COALESCE(opened_at, last_event_at)" in everything
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -141,6 +142,8 @@ def test_approval_needs_a_pending_resolution_and_another_operator() -> None:
     history = [event("OPENED"), event(PROPOSED, "alice")]
     with pytest.raises(CaseCommandError, match="another operator must approve"):
         check_decision(pending, history, "alice", APPROVE)
+    with pytest.raises(CaseCommandError, match="another operator must approve"):
+        check_decision(pending, history, " ALICE", APPROVE)
     check_decision(pending, history, "bob", APPROVE)
     check_decision(pending, history, "bob", REJECT)
     with pytest.raises(CaseCommandError, match="nothing to reject"):
