@@ -59,3 +59,8 @@ class ReversalMismatch(SinkInvariantError):
 class ReversalStateConflict(SinkInvariantError):
     """A reversal of a payment or refund that is not MATCHED (already reversed by another
     result, or never succeeded): never posted."""
+
+
+class DisputeStateConflict(SinkInvariantError):
+    """A dispute result that does not fit the stored dispute (a close without its hold, a
+    second opening, a close of a closed dispute, other amounts): never posted."""

@@ -8,9 +8,11 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
-from settlement.postings_v2 import KindJournal, payment_journal, payment_reversal_journal
+from settlement.postings_v2 import KindJournal
 from settlement.reconciliation import (
+    AMOUNT_MISMATCH,
     MATCHED,
+    MATCHED_MANUAL,
     MISSING_CONFIRMATION,
     OUTCOMES,
     PAYMENT_REVERSED,
@@ -19,7 +21,10 @@ from settlement.reconciliation import (
 )
 from sinks import fields as f
 from sinks.base import Rejection
+from sinks.case_rows import CaseNews, case_rows
+from sinks.dispute_rows import DisputeNews, RejectionRow, dispute_rows
 from sinks.errors import InvalidRecord, TerminalStateConflict
+from sinks.payment_journals import manual_journal, matched_journal, payment_reversal
 from sinks.refund_rows import RefundExceptionRow, RefundRow, Reversal, refund_rows
 
 DEFAULT_FEES: Final = FeeSchedule.from_spec(DEFAULT_FEE_SPEC)
@@ -77,6 +82,19 @@ class PaymentRow(NamedTuple):
     created_at: datetime | None
     decided_at: datetime
     order_id: str | None = None
+    # MATCHED_MANUAL: the exception case whose resolution settled it, and its operators.
+    case_id: str | None = None
+    operator: str | None = None
+    approver: str | None = None
+
+
+# The terminal states a later one replaces, once: a late MATCHED or a manual match replaces
+# MISSING_CONFIRMATION, a force-match (MATCHED_MANUAL) replaces AMOUNT_MISMATCH.
+REPLACES: Final = frozenset({(MISSING_CONFIRMATION, MATCHED),
+                             (MISSING_CONFIRMATION, MATCHED_MANUAL),
+                             (AMOUNT_MISMATCH, MATCHED_MANUAL)})
+# Terminal states that post a PAYMENT journal.
+POSTING_STATES: Final = frozenset({MATCHED, MATCHED_MANUAL})
 
 
 class ExceptionRow(NamedTuple):
@@ -119,6 +137,12 @@ class LedgerRows:
     # PAYMENT_REVERSED and REFUND_REVERSED results in batch order, with their batch index:
     # checked against the posted originals when written.
     reversals: list[tuple[int, Reversal]] = field(default_factory=list)
+    # Dispute results that move a dispute, in batch order with their batch index (applied to
+    # the stored disputes when written), and the REJECTED ones.
+    disputes: list[tuple[int, DisputeNews]] = field(default_factory=list)
+    dispute_rejections: list[RejectionRow] = field(default_factory=list)
+    # Case events in batch order, each event id once.
+    case_events: list[CaseNews] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,60 +154,6 @@ class ResultRows:
     journal_row: JournalRow | None
     exception: ExceptionRow | None
     reversal: Reversal | None = None
-
-
-def _matched_journal(result: Mapping[str, Any], payment_id: str, channel: str | None,
-                     fees: FeeSchedule) -> KindJournal:
-    merchant_id = f.text(result, "merchant_id", required=False)
-    if merchant_id is None or channel is None:
-        raise InvalidRecord("a MATCHED result needs merchant_id and channel to post a journal")
-    gross = f.amount(result, "expected_amount_minor")
-    currency = f.currency(result, "expected_currency")
-    confirmed = (f.amount(result, "confirmed_amount_minor"),
-                 f.currency(result, "confirmed_currency"))
-    if gross is None or currency is None or (gross, currency) != confirmed:
-        raise InvalidRecord(
-            f"MATCHED needs equal expected and confirmed amounts: expected "
-            f"{(gross, currency)}, confirmed {confirmed}"
-        )
-    if gross <= 0:
-        raise InvalidRecord(f"a MATCHED amount must be > 0, got {gross}")
-    fee, net = f.amount(result, "fee_minor"), f.amount(result, "net_minor")
-    if fee is None and net is None:
-        # Older results carry no split: the same schedule the reconciler uses decides it.
-        fee = fees.fee_for(channel, gross)
-    elif fee is None or net is None:
-        raise InvalidRecord("fee_minor and net_minor must both be set or both be null")
-    elif fee < 0 or net < 0 or fee + net != gross:
-        raise InvalidRecord(f"fee_minor {fee} + net_minor {net} != gross {gross} (or negative)")
-    # Checked again where it is built: balanced, gross = net + fee, debits = gross.
-    return payment_journal(payment_id, merchant_id, channel, gross, fee, currency)
-
-
-def _payment_reversal(result: Mapping[str, Any], result_id: str, payment_id: str,
-                      channel: str | None, decided_at: datetime) -> Reversal:
-    """A PAYMENT_REVERSED result: the mirror of the payment's journal, from the split the
-    reconciler published (G = expected_amount_minor, F = fee_minor, net = G - F)."""
-    merchant_id = f.text(result, "merchant_id", required=False)
-    if merchant_id is None or channel is None:
-        raise InvalidRecord("a PAYMENT_REVERSED result needs merchant_id and channel to post")
-    gross = f.amount(result, "expected_amount_minor")
-    currency = f.currency(result, "expected_currency")
-    fee, net = f.amount(result, "fee_minor"), f.amount(result, "net_minor")
-    if gross is None or currency is None or fee is None or net is None:
-        raise InvalidRecord("a PAYMENT_REVERSED result needs expected_amount_minor, "
-                            "expected_currency, fee_minor and net_minor")
-    confirmed = (f.amount(result, "confirmed_amount_minor"),
-                 f.currency(result, "confirmed_currency"))
-    if confirmed != (None, None) and confirmed != (gross, currency):
-        raise InvalidRecord(f"PAYMENT_REVERSED of {(gross, currency)} but the channel "
-                            f"reversed {confirmed}")
-    if gross <= 0 or fee < 0 or net < 0 or net != gross - fee:
-        raise InvalidRecord(f"PAYMENT_REVERSED of payment {payment_id}: need G > 0, F >= 0 and "
-                            f"net = G - F >= 0; got G={gross} F={fee} net={net}")
-    journal = payment_reversal_journal(payment_id, merchant_id, channel, gross, fee, net,
-                                       currency)
-    return Reversal(result_id, payment_id, None, journal, decided_at)
 
 
 def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
@@ -213,11 +183,17 @@ def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
     if outcome == REFUND_REVERSED:
         raise InvalidRecord("REFUND_REVERSED is a refund's outcome, not a payment's")
     if outcome == PAYMENT_REVERSED:
-        reversal = _payment_reversal(result, result_id, payment_id, channel, decided_at)
+        reversal = payment_reversal(result, result_id, payment_id, channel, decided_at)
         return ResultRows(None, None, None, None, reversal)
+    manual: tuple[str | None, str | None, str | None] = (None, None, None)
     if outcome == MATCHED:
-        journal = _matched_journal(result, payment_id, channel, fees)
+        journal = matched_journal(result, payment_id, channel, fees)
         journal_row = journal_rows(journal)[0]
+    elif outcome == MATCHED_MANUAL:
+        journal = manual_journal(result, payment_id, channel)
+        journal_row = journal_rows(journal)[0]
+        manual = (f.text(result, "case_id"), f.text(result, "operator"),
+                  f.text(result, "approver", required=False))
     else:
         exception = ExceptionRow(
             result_id, payment_id, merchant_id, channel, outcome, expected, expected_currency,
@@ -230,7 +206,7 @@ def result_rows(result: Mapping[str, Any], fees: FeeSchedule) -> ResultRows:
             raise InvalidRecord(f"expected_amount_minor must be > 0, got {expected}")
         payment = PaymentRow(
             payment_id, merchant_id, channel, expected, expected_currency, outcome, late,
-            result_id, created_at, decided_at, order_id,
+            result_id, created_at, decided_at, order_id, *manual,
         )
     return ResultRows(payment, journal, journal_row, exception)
 
@@ -244,8 +220,10 @@ def merge_terminal(held: dict[Any, Any], replaced: set[Any], key: Any, row: Any)
         return "new"
     if current.result_id == row.result_id:
         return "duplicate"
-    # First terminal wins, except the one late MATCHED after MISSING_CONFIRMATION (once).
-    late_match = current.state == MISSING_CONFIRMATION and row.state == MATCHED
+    # First terminal wins, except the one replacement of REPLACES (once): a late MATCHED
+    # after MISSING_CONFIRMATION, or a manual match of a MISSING_CONFIRMATION or
+    # AMOUNT_MISMATCH payment.
+    late_match = (current.state, row.state) in REPLACES
     if late_match and key not in replaced:
         held[key] = row
         replaced.add(key)
@@ -254,8 +232,8 @@ def merge_terminal(held: dict[Any, Any], replaced: set[Any], key: Any, row: Any)
 
 
 def _conflict(what: str, row: Any, held: Any) -> str:
-    return (f"MATCHED result {row.result_id} for {what}, which is already {held.state} by "
-            f"{held.result_id}")
+    return (f"{row.state} result {row.result_id} for {what}, which is already {held.state} "
+            f"by {held.result_id}")
 
 
 def _add_payment(out: LedgerRows, index: int, rows: ResultRows, payments: dict[str, PaymentRow],
@@ -266,7 +244,7 @@ def _add_payment(out: LedgerRows, index: int, rows: ResultRows, payments: dict[s
         if verdict == "duplicate":
             out.duplicates += 1
             return
-        if verdict == "lost" and rows.payment.state == MATCHED:
+        if verdict == "lost" and rows.payment.state in POSTING_STATES:
             held = payments[rows.payment.payment_id]
             message = _conflict(f"payment {rows.payment.payment_id}", rows.payment, held)
             out.rejected.append(Rejection(index, TerminalStateConflict.__name__, message))
@@ -292,13 +270,16 @@ def _add_reversal(out: LedgerRows, index: int, reversal: Reversal) -> None:
 
 
 def build_ledger_rows(results: Sequence[Mapping[str, Any]], fees: FeeSchedule,
-                      refund_positions: Collection[int] = ()) -> LedgerRows:
+                      refund_positions: Collection[int] = (),
+                      dispute_positions: Collection[int] = (),
+                      case_positions: Collection[int] = ()) -> LedgerRows:
     """The rows of a batch of decoded results, in batch order, each record judged on its own.
 
-    `refund_positions`: the indexes of RefundResult records (the others are
-    ReconciliationResults). A bad record is rejected (to be dead-lettered) and never stops
-    the others. A MATCHED result that loses to another terminal state of its payment (or
-    refund) is rejected as a TerminalStateConflict: silently dropping it would hide money.
+    `refund_positions`, `dispute_positions`, `case_positions`: the indexes of RefundResult,
+    DisputeResult and CaseEvent records (the others are ReconciliationResults). A bad record
+    is rejected (to be dead-lettered) and never stops the others. A MATCHED (or
+    MATCHED_MANUAL) result that loses to another terminal state of its payment (or refund) is
+    rejected as a TerminalStateConflict: silently dropping it would hide money.
     """
     out = LedgerRows()
     payments: dict[str, PaymentRow] = {}
@@ -308,10 +289,16 @@ def build_ledger_rows(results: Sequence[Mapping[str, Any]], fees: FeeSchedule,
     refund_journals: dict[str, KindJournal] = {}
     exceptions: dict[str, ExceptionRow] = {}
     refund_exceptions: dict[str, RefundExceptionRow] = {}
+    rejections: dict[str, RejectionRow] = {}
+    events: dict[str, CaseNews] = {}
     for index, result in enumerate(results):
         if index in refund_positions:
             _add_refund(out, index, result, refunds, replaced, refund_journals,
                         refund_exceptions)
+            continue
+        if index in dispute_positions or index in case_positions:
+            _add_dispute_or_case(out, index, result, index in case_positions, rejections,
+                                 events)
             continue
         try:
             rows = result_rows(result, fees)
@@ -323,6 +310,8 @@ def build_ledger_rows(results: Sequence[Mapping[str, Any]], fees: FeeSchedule,
     out.exceptions = list(exceptions.values())
     out.refunds = list(refunds.values())
     out.refund_exceptions = list(refund_exceptions.values())
+    out.dispute_rejections = list(rejections.values())
+    out.case_events = list(events.values())
     for posted in journals.values():
         row, entries = journal_rows(posted)
         out.journals.append(row)
@@ -364,3 +353,27 @@ def _add_refund(out: LedgerRows, index: int, result: Mapping[str, Any],
             out.duplicates += 1
         else:
             exceptions[exception.result_id] = exception
+
+
+def _add_dispute_or_case(out: LedgerRows, index: int, result: Mapping[str, Any], case: bool,
+                         rejections: dict[str, RejectionRow],
+                         events: dict[str, CaseNews]) -> None:
+    """Keep a DisputeResult (moves in batch order, rejections once per result id) or a
+    CaseEvent (once per event id)."""
+    try:
+        rows = case_rows(result) if case else dispute_rows(result)
+    except Exception as exc:  # judged per record: one bad record must not stop the batch
+        out.rejected.append(Rejection(index, type(exc).__name__, str(exc)))
+        return
+    if isinstance(rows, CaseNews):
+        if rows.event.event_id in events:
+            out.duplicates += 1
+        else:
+            events[rows.event.event_id] = rows
+    elif isinstance(rows, RejectionRow):
+        if rows.result_id in rejections:
+            out.duplicates += 1
+        else:
+            rejections[rows.result_id] = rows
+    else:
+        out.disputes.append((index, rows))

@@ -1,4 +1,5 @@
-"""Ledger sink writer: payment and refund results to payments, refunds, journals, exceptions."""
+"""Ledger sink writer: payment, refund and dispute results and case events to payments,
+refunds, disputes, journals, exceptions and exception cases."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import psycopg
 from settlement.fees import FeeSchedule
 from settlement.ledger import DEBIT
 from settlement.postings_v2 import REVERSED_KIND, mirror_mismatch
-from settlement.reconciliation import MATCHED
-from sinks import journal_staging
+from settlement.reconciliation import MATCHED, MATCHED_MANUAL
+from sinks import journal_staging, ledger_disputes
 from sinks.base import DeadRecord, SourceRecord, WriteResult, dead_from_rejections
 from sinks.errors import (
     ConcurrentWriteConflict,
@@ -23,6 +24,7 @@ from sinks.ledger_rows import (
     DEFAULT_FEES,
     ENTRY_TYPES,
     JOURNAL_TYPES,
+    POSTING_STATES,
     EntryRow,
     ExceptionRow,
     JournalRow,
@@ -50,7 +52,7 @@ __all__ = [
 REVERSED = "REVERSED"  # payments.state and refunds.state of a reversed payment or refund
 
 TABLES = ("payments", "ledger_journals", "ledger_entries", "reconciliation_exceptions",
-          "refunds", "refund_exceptions")
+          "refunds", "refund_exceptions", *ledger_disputes.TABLES)
 
 # Staging tables live per connection and empty themselves at every commit; the writer copies
 # a batch's payments, refunds and exceptions into them and moves them with INSERT ... SELECT
@@ -59,7 +61,7 @@ _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_payments (
     payment_id text, merchant_id text, channel text, amount_minor bigint, currency text,
     state text, late boolean, result_id text, created_at timestamptz, decided_at timestamptz,
-    order_id text
+    order_id text, case_id text, operator text, approver text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_recon_exceptions (
     result_id text, payment_id text, merchant_id text, channel text, outcome text,
@@ -79,19 +81,21 @@ CREATE TEMP TABLE IF NOT EXISTS stage_refund_exceptions (
     confirmed_currency text, confirmation_id text, channel_refund_id text, detail text,
     decided_at timestamptz
 ) ON COMMIT DELETE ROWS;
-""" + journal_staging.STAGING_DDL
+""" + journal_staging.STAGING_DDL + ledger_disputes.STAGING_DDL
 
 _CLEAR_STAGING = ("DELETE FROM stage_payments; DELETE FROM stage_recon_exceptions; "
                   "DELETE FROM stage_refunds; DELETE FROM stage_refund_exceptions; "
-                  + journal_staging.CLEAR_STAGING)
+                  + journal_staging.CLEAR_STAGING + "; " + ledger_disputes.CLEAR_STAGING)
 
-# First terminal state wins; the one exception is a late MATCHED replacing
-# MISSING_CONFIRMATION, which happens at most once because the state then is MATCHED.
+# First terminal state wins; the exceptions are a late MATCHED replacing MISSING_CONFIRMATION
+# and an operator's MATCHED_MANUAL replacing MISSING_CONFIRMATION or AMOUNT_MISMATCH (a
+# mark-received or a force-match), each at most once because the state then is one that
+# nothing replaces (ledger_rows.REPLACES).
 _UPSERT_PAYMENTS = """
 INSERT INTO payments (payment_id, merchant_id, channel, amount_minor, currency, state, late,
-                      result_id, created_at, decided_at, order_id)
+                      result_id, created_at, decided_at, order_id, case_id, operator, approver)
 SELECT payment_id, merchant_id, channel, amount_minor, currency, state, late,
-       result_id, created_at, decided_at, order_id
+       result_id, created_at, decided_at, order_id, case_id, operator, approver
   FROM stage_payments
 ON CONFLICT (payment_id) DO UPDATE
    SET state = EXCLUDED.state,
@@ -103,8 +107,13 @@ ON CONFLICT (payment_id) DO UPDATE
        amount_minor = COALESCE(EXCLUDED.amount_minor, payments.amount_minor),
        currency = COALESCE(EXCLUDED.currency, payments.currency),
        order_id = COALESCE(EXCLUDED.order_id, payments.order_id),
+       case_id = EXCLUDED.case_id,
+       operator = EXCLUDED.operator,
+       approver = EXCLUDED.approver,
        updated_at = now()
- WHERE payments.state = 'MISSING_CONFIRMATION' AND EXCLUDED.state = 'MATCHED'
+ WHERE (payments.state = 'MISSING_CONFIRMATION' AND EXCLUDED.state IN ('MATCHED',
+                                                                        'MATCHED_MANUAL'))
+    OR (payments.state = 'AMOUNT_MISMATCH' AND EXCLUDED.state = 'MATCHED_MANUAL')
 RETURNING payment_id, state
 """
 
@@ -155,12 +164,15 @@ SELECT result_id, payment_id, refund_id, merchant_id, channel, outcome, amount_m
 ON CONFLICT (result_id) DO NOTHING
 """
 
-# States of a payment or refund whose terminal result was MATCHED (result_id keeps it).
-_MATCHED_ONCE = frozenset({MATCHED, REVERSED})
+# States of a payment or refund whose terminal result posted its journal (result_id keeps
+# it), and the states a reversal may reverse.
+_MATCHED_ONCE = frozenset({MATCHED, MATCHED_MANUAL, REVERSED})
+_REVERSIBLE = POSTING_STATES
 
 _T, _B, _BOOL, _TS = "text", "int8", "bool", "timestamptz"
 _STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("stage_payments", PaymentRow._fields, (_T, _T, _T, _B, _T, _T, _BOOL, _T, _TS, _TS, _T)),
+    ("stage_payments", PaymentRow._fields,
+     (_T, _T, _T, _B, _T, _T, _BOOL, _T, _TS, _TS, _T, _T, _T, _T)),
     ("stage_recon_exceptions", ExceptionRow._fields,
      (_T, _T, _T, _T, _T, _B, _T, _B, _T, _T, _T, _T, _TS)),
     ("stage_refunds", RefundRow._fields, REFUND_TYPES),
@@ -169,24 +181,31 @@ _STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 
 
 class LedgerWriter:
-    """Writes a batch of ReconciliationResult (and RefundResult) records in one transaction.
+    """Writes a batch of ReconciliationResult (and RefundResult, DisputeResult, CaseEvent)
+    records in one transaction.
 
-    `refund_topic`: the refunds.results topic this sink also consumes; its records are
-    decoded as RefundResult (more_topics) and written as refunds.
+    `refund_topic`, `dispute_topic`, `case_topic`: the refunds.results, disputes.results and
+    cases.events topics this sink also consumes; their records are decoded as RefundResult,
+    DisputeResult and CaseEvent (more_topics) and written as refunds, disputes (with their
+    journals) and exception cases.
     """
 
     name = "ledger"
     stage = "ledger-sink"
     record_name = "ReconciliationResult"
 
-    def __init__(self, fees: FeeSchedule = DEFAULT_FEES, refund_topic: str | None = None
-                 ) -> None:
+    def __init__(self, fees: FeeSchedule = DEFAULT_FEES, refund_topic: str | None = None,
+                 dispute_topic: str | None = None, case_topic: str | None = None) -> None:
         # settings.sink.fees (SETTLE_FEES) in the sink process; the built-in schedule otherwise.
         self.fees = fees
         self.refund_topic = refund_topic
+        self.dispute_topic = dispute_topic
+        self.case_topic = case_topic
         # Topics beyond the sink's main one, with the contract record each carries.
+        more = {refund_topic: "RefundResult", dispute_topic: "DisputeResult",
+                case_topic: "CaseEvent"}
         self.more_topics: Mapping[str, str] = MappingProxyType(
-            {refund_topic: "RefundResult"} if refund_topic else {})
+            {topic: record for topic, record in more.items() if topic})
 
     def prepare(self, conn: psycopg.Connection) -> None:
         require_tables(conn, (*TABLES, "sink_offsets"))
@@ -194,8 +213,12 @@ class LedgerWriter:
 
     def build(self, records: Sequence[SourceRecord]) -> LedgerRows:
         """The rows of decoded records (pure: the consumer may call it ahead, in a thread)."""
-        refunds = {i for i, r in enumerate(records) if r.topic == self.refund_topic}
-        return build_ledger_rows([r.record or {} for r in records], self.fees, refunds)
+        def on(topic: str | None) -> set[int]:
+            return {i for i, r in enumerate(records) if topic and r.topic == topic}
+
+        return build_ledger_rows([r.record or {} for r in records], self.fees,
+                                 on(self.refund_topic), on(self.dispute_topic),
+                                 on(self.case_topic))
 
     def write(self, conn: psycopg.Connection, records: Sequence[SourceRecord],
               rows: LedgerRows | None = None) -> WriteResult:
@@ -210,13 +233,15 @@ class LedgerWriter:
             if rows.payments:
                 changed = cur.execute(_UPSERT_PAYMENTS).fetchall()
                 result.add_rows("payments", len(changed))
-                matched_now = {pid for pid, state in changed if state == MATCHED}
+                matched_now = {pid for pid, state in changed if state in POSTING_STATES}
                 result.dead.extend(self._conflicts(cur, records, rows, matched_now))
                 if matched_now:
                     self._post(cur, rows, matched_now, result)
+                    # End-to-end latency is the pipeline's: an operator's match is not.
                     result.posted = [(p.channel or "unknown", p.created_at)
                                      for p in rows.payments
-                                     if p.payment_id in matched_now and p.created_at is not None]
+                                     if p.payment_id in matched_now and p.state == MATCHED
+                                     and p.created_at is not None]
             if rows.exceptions:
                 cur.execute(_INSERT_EXCEPTIONS)
                 result.add_rows("reconciliation_exceptions", cur.rowcount)
@@ -229,6 +254,9 @@ class LedgerWriter:
                 # After the batch's own MATCHED payments and refunds: a reversal in the same
                 # batch as its original sees the original's journal.
                 self._write_reversals(cur, records, rows, result)
+            ledger_disputes.write_rejections(cur, rows.dispute_rejections, result)
+            ledger_disputes.write_disputes(cur, records, rows.disputes, result)
+            ledger_disputes.write_cases(cur, rows.case_events, result)
         return result
 
     @staticmethod
@@ -254,7 +282,7 @@ class LedgerWriter:
                 result.duplicates += 1  # a replay: posted and marked already
                 continue
             original = originals.get((REVERSED_KIND[posted.kind], posted.source_id))
-            if state != MATCHED or original is None:
+            if state not in _REVERSIBLE or original is None:
                 error: type[Exception] = ReversalStateConflict
                 message = (f"{posted.kind} result {reversal.result_id} for {what}, which is "
                            f"{state or 'unknown'}"
@@ -304,14 +332,16 @@ class LedgerWriter:
     @staticmethod
     def _post(cur: psycopg.Cursor, rows: LedgerRows, matched_now: set[str],
               result: WriteResult) -> None:
-        """COPY the journals of payments that became MATCHED in this transaction, and their entries.
+        """COPY the journals of payments that became MATCHED (or MATCHED_MANUAL) in this
+        transaction, and their entries.
 
         Only this writer posts PAYMENT journals, and in the same transaction as the payment's
-        move to MATCHED, which is final. So a payment the upsert has just moved to MATCHED has
-        no journal yet, and its rows go straight into the ledger tables: a replayed result
-        finds its payment MATCHED already and posts nothing. Should a journal exist all the
-        same, the unique keys refuse the COPY, and the batch is written again record by
-        record (the consumer's isolation), dead-lettering that record: never a second posting.
+        move to MATCHED or MATCHED_MANUAL, which is final. So a payment the upsert has just
+        moved there has no journal yet, and its rows go straight into the ledger tables: a
+        replayed result finds its payment settled already and posts nothing. Should a journal
+        exist all the same, the unique keys refuse the COPY, and the batch is written again
+        record by record (the consumer's isolation), dead-lettering that record: never a
+        second posting.
         """
         journals = [j for j in rows.journals if j.payment_id in matched_now]
         entries = [e for e in rows.entries if e.payment_id in matched_now]
@@ -357,11 +387,13 @@ class LedgerWriter:
         rows: LedgerRows,
         matched_now: set[str],
     ) -> list[DeadRecord]:
-        """MATCHED results whose payment already holds another verdict: dead letters.
+        """MATCHED and MATCHED_MANUAL results whose payment already holds another verdict:
+        dead letters.
 
-        A replayed MATCHED result finds its own result_id stored and is no conflict.
+        A replayed result finds its own result_id stored and is no conflict.
         """
-        wanted = {p.payment_id: p.result_id for p in rows.payments if p.state == MATCHED}
+        wanted = {p.payment_id: (p.state, p.result_id) for p in rows.payments
+                  if p.state in POSTING_STATES}
         pending = [pid for pid in wanted if pid not in matched_now]
         if not pending:
             return []
@@ -371,11 +403,12 @@ class LedgerWriter:
             (pending,),
         ).fetchall()
         for payment_id, state, result_id in stored:
-            # A replay: MATCHED by this result, or reversed since (result_id stays).
-            if state in _MATCHED_ONCE and result_id == wanted[payment_id]:
+            outcome, wanted_id = wanted[payment_id]
+            # A replay: matched by this result, or reversed since (result_id stays).
+            if state in _MATCHED_ONCE and result_id == wanted_id:
                 continue
             message = (
-                f"MATCHED result {wanted[payment_id]} for payment {payment_id}, which is "
+                f"{outcome} result {wanted_id} for payment {payment_id}, which is "
                 f"already {state} by {result_id}: not posted"
             )
             source = records[rows.matched_index[payment_id]]
@@ -456,7 +489,8 @@ def _reversal_states(cur: psycopg.Cursor, reversals: Sequence[Reversal]
 
 
 def _mark_reversed(cur: psycopg.Cursor, table: str, reversals: Sequence[Reversal]) -> int:
-    """Move MATCHED rows to REVERSED with the reversal's result id and time; rows changed."""
+    """Move MATCHED (or MATCHED_MANUAL) rows to REVERSED with the reversal's result id and
+    time; rows changed."""
     where = ("t.payment_id = r.payment_id" if table == "payments"
              else "t.payment_id = r.payment_id AND t.refund_id = r.refund_id")
     cur.execute(
@@ -464,7 +498,7 @@ def _mark_reversed(cur: psycopg.Cursor, table: str, reversals: Sequence[Reversal
         "       reversed_at = r.decided_at, updated_at = now()"
         "  FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])"
         "       AS r (payment_id, refund_id, result_id, decided_at)"
-        f" WHERE {where} AND t.state = 'MATCHED'",
+        f" WHERE {where} AND t.state IN ('{MATCHED}', '{MATCHED_MANUAL}')",
         ([r.payment_id for r in reversals], [r.refund_id or "" for r in reversals],
          [r.result_id for r in reversals], [r.decided_at for r in reversals]),
     )

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from settlement.postings_v2 import KindJournal, refund_journal, refund_reversal_journal
 from settlement.reconciliation import (
     MATCHED,
+    MATCHED_MANUAL,
     OUTCOMES,
     PAYMENT_REVERSED,
     REFUND_REVERSED,
@@ -158,8 +159,8 @@ def refund_rows(result: Mapping[str, Any]
 
     journal = exception = row = None
     fee = net = None
-    if outcome == PAYMENT_REVERSED:
-        raise InvalidRecord("PAYMENT_REVERSED is a payment's outcome, not a refund's")
+    if outcome in (PAYMENT_REVERSED, MATCHED_MANUAL):
+        raise InvalidRecord(f"{outcome} is a payment's outcome, not a refund's")
     if outcome == REFUND_REVERSED:
         reversal = _refund_reversal(result, result_id, payment_id, refund_id, merchant_id,
                                     channel, decided_at)

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 from settlement.batches import BatchError, BatchInvariantError
 from settlement.postings_v2 import carry, payout_journal
 from settlement.refund_model import (
+    DISPUTE_ITEM_KINDS,
+    ITEM_DISPUTE_RELEASE,
     ITEM_PAYMENT,
     ITEM_PAYMENT_REVERSAL,
     ITEM_REFUND,
@@ -99,7 +101,8 @@ def _int(value: Any, name: str) -> int:
 def item_row(batch_id: str, item: Mapping[str, Any]) -> ItemRow:
     """One SettlementItem, its kind, id and signs checked: PAYMENT and REFUND_REVERSAL
     positive, REFUND and PAYMENT_REVERSAL negative (a reversal settles its original's net
-    back, with the opposite sign)."""
+    back, with the opposite sign); a dispute's items, named by '<payment_id>/<dispute_id>',
+    carry no fee: DISPUTE_HOLD and DISPUTE_FEE negative, DISPUTE_RELEASE positive."""
     payment_id = _text(item.get("payment_id"), "items.payment_id")
     kind = item.get("kind", ITEM_PAYMENT)
     item_id = item.get("item_id")
@@ -132,6 +135,15 @@ def item_row(batch_id: str, item: Mapping[str, Any]) -> ItemRow:
             wanted = "< 0, fee <= 0, net <= 0" if sign < 0 else "> 0, fee >= 0, net >= 0"
             raise InvalidRecord(f"{kind} item {item_id}: need gross {wanted}; "
                                 f"got {gross}, {fee}, {net}")
+    elif kind in DISPUTE_ITEM_KINDS:
+        item_id = _text(item_id, "items.item_id")
+        if split_source_id(item_id)[0] != payment_id:
+            raise InvalidRecord(f"{kind} item {item_id!r} is not a dispute of {payment_id}")
+        sign = 1 if kind == ITEM_DISPUTE_RELEASE else -1
+        if sign * gross <= 0 or fee != 0:
+            wanted = "> 0" if sign > 0 else "< 0"
+            raise InvalidRecord(f"{kind} item {item_id}: need gross = net {wanted} and fee 0; "
+                                f"got {gross}, {fee}, {net}")
     else:
         raise InvalidRecord(f"unknown item kind {kind!r}")
     return ItemRow(batch_id, kind, item_id, payment_id, gross, fee, net, item["matched_at"])
@@ -144,8 +156,8 @@ def batch_rows(record: Mapping[str, Any]) -> BatchRows:
     deterministic batch id; totals = the items' signed sums; counts by kind; one item per
     (kind, item_id); payout = max(net + carried_in, 0) and carried_out = min(net +
     carried_in, 0). A batch without payout_minor (written before payouts) must hold only
-    payments and carry nothing, and posts no payout journal. Reversal items count in neither
-    payment_count nor refund_count.
+    payments and carry nothing, and posts no payout journal. Reversal and dispute items count
+    in neither payment_count nor refund_count.
     """
     items = record.get("items")
     if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):

@@ -1,5 +1,5 @@
-"""Settle's records: MATCHED payment and refund results and their reversals into item
-messages, item messages read, batches out."""
+"""Settle's records: MATCHED (and MATCHED_MANUAL) payment and refund results, their reversals
+and dispute results into item messages, item messages read, batches out."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any, Final
 
 from schemas.codec import to_epoch_ms
 from settlement.batches import BatchError, BatchItem, SettlementBatch
+from settlement.disputes import EVENT_LOST, EVENT_OPENED, EVENT_WON
 from settlement.fees import FeeSchedule
 from stream_processors.settle_table import (
+    BadDisputeItem,
     BadItem,
     BadRefundItem,
     BadReversalItem,
@@ -37,6 +39,59 @@ def item_message(record: dict[str, Any], fees: FeeSchedule) -> tuple[dict[str, A
         fee = fees.fee_for(str(channel).lower(), gross)
         net = gross - fee
     item = BatchItem(record["payment_id"], gross, fee, net, to_epoch_ms(record["decided_at"]))
+    return _message(merchant_id, currency, record["result_id"], item)
+
+
+def manual_item_message(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the item message, its batch key) of a MATCHED_MANUAL ReconciliationResult: a PAYMENT
+    item at the amount its case's resolution settled, split as published (fee + net must be
+    that amount; never recomputed here)."""
+    result_id = record.get("result_id")
+    merchant_id, currency = record.get("merchant_id"), record.get("expected_currency")
+    settled, fee, net = (record.get(name) for name in
+                         ("settled_amount_minor", "fee_minor", "net_minor"))
+    if not merchant_id or not currency or settled is None or fee is None or net is None:
+        raise BadItem(f"MATCHED_MANUAL result {result_id!r} lacks merchant, currency or "
+                      f"split: {merchant_id}, {currency}, {settled}, {fee}, {net}")
+    check_text(merchant_id, currency, record["payment_id"])
+    if fee + net != settled:
+        raise BadItem(f"MATCHED_MANUAL result {result_id!r}: fee {fee} + net {net} != "
+                      f"settled {settled}")
+    item = BatchItem(record["payment_id"], settled, fee, net, to_epoch_ms(record["decided_at"]))
+    return _message(merchant_id, currency, record["result_id"], item)
+
+
+def dispute_item_message(record: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """(the item message, its batch key) of a DisputeResult that moves the merchant's money:
+    OPENED a DISPUTE_HOLD of -amount, WON a DISPUTE_RELEASE of +amount, LOST with a fee a
+    DISPUTE_FEE of -fee (its amount was held already); None for any other result (a LOST
+    without fee, STAGE_CHANGED, REJECTED). BadDisputeItem if what it needs is missing."""
+    event = record.get("event")
+    if event not in (EVENT_OPENED, EVENT_WON, EVENT_LOST):
+        return None
+    fee = record.get("fee_minor", 0)
+    if event == EVENT_LOST and fee == 0:
+        return None
+    result_id = record.get("result_id")
+    merchant_id, currency = record.get("merchant_id"), record.get("currency")
+    payment_id, dispute_id = record.get("payment_id"), record.get("dispute_id")
+    if not merchant_id or not currency or not payment_id or not dispute_id:
+        raise BadDisputeItem(f"{event} dispute result {result_id!r} lacks merchant, currency, "
+                             f"payment or dispute: {merchant_id}, {currency}, {payment_id}, "
+                             f"{dispute_id}")
+    check_text(merchant_id, currency, payment_id, dispute_id)
+    at_ms = to_epoch_ms(record["decided_at"])
+    try:
+        if event == EVENT_OPENED:
+            item = BatchItem.for_dispute_hold(payment_id, dispute_id, record["amount_minor"],
+                                              at_ms)
+        elif event == EVENT_WON:
+            item = BatchItem.for_dispute_release(payment_id, dispute_id,
+                                                 record["amount_minor"], at_ms)
+        else:
+            item = BatchItem.for_dispute_fee(payment_id, dispute_id, fee, at_ms)
+    except BatchError as exc:
+        raise BadDisputeItem(str(exc)) from exc
     return _message(merchant_id, currency, record["result_id"], item)
 
 

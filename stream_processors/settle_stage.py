@@ -1,5 +1,6 @@
-"""Settle, one record or tick at a time: itemize MATCHED payment and refund results and their
-reversals, net them per merchant, currency and window, close with the carried balance."""
+"""Settle, one record or tick at a time: itemize MATCHED (and MATCHED_MANUAL) payment and
+refund results, their reversals and disputes' holds, releases and fees, net them per merchant,
+currency and window, close with the carried balance."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement.batches import BatchError, BatchTotals, SettlementBatch, due_batches
 from settlement.fees import FeeSchedule
-from settlement.reconciliation import MATCHED, PAYMENT_REVERSED, REFUND_REVERSED
+from settlement.reconciliation import MATCHED, MATCHED_MANUAL, PAYMENT_REVERSED, REFUND_REVERSED
 from settlement.refund_model import (
+    ITEM_DISPUTE_FEE,
+    ITEM_DISPUTE_HOLD,
+    ITEM_DISPUTE_RELEASE,
     ITEM_PAYMENT,
     ITEM_PAYMENT_REVERSAL,
     ITEM_REFUND,
@@ -27,7 +31,9 @@ from stream_processors.outputs import SOURCE_HEADER, Output, now_ms, source_ref
 from stream_processors.replay import tick_replay, with_tick
 from stream_processors.settle_records import (
     batch_record,
+    dispute_item_message,
     item_message,
+    manual_item_message,
     payment_reversal_item_message,
     read_item,
     refund_item_message,
@@ -57,7 +63,9 @@ log = logging.getLogger(__name__)
 STAGE: Final = "settle"
 
 # What became of one input (the `settle_stage_records_total` outcome label).
-ITEMIZED: Final = "itemized"  # a MATCHED or reversed payment or refund became an item
+# A MATCHED (or MATCHED_MANUAL) or reversed payment or refund, or a dispute's money event,
+# became an item.
+ITEMIZED: Final = "itemized"
 IGNORED: Final = "ignored"  # any other result: nothing to settle
 ADDED: Final = "added"  # an item joined an open batch
 DUPLICATE: Final = "duplicate"  # an item already batched (a replay): dropped and counted
@@ -79,7 +87,10 @@ RECORD_OVERHEAD_BYTES: Final = 512  # record and batch headers, generously
 # batch_amounts' label prefix of each item kind.
 _AMOUNT_PREFIX: Final = {ITEM_PAYMENT: "", ITEM_REFUND: "refund_",
                          ITEM_PAYMENT_REVERSAL: "payment_reversal_",
-                         ITEM_REFUND_REVERSAL: "refund_reversal_"}
+                         ITEM_REFUND_REVERSAL: "refund_reversal_",
+                         ITEM_DISPUTE_HOLD: "dispute_hold_",
+                         ITEM_DISPUTE_RELEASE: "dispute_release_",
+                         ITEM_DISPUTE_FEE: "dispute_fee_"}
 
 
 @dataclass(slots=True)
@@ -98,8 +109,9 @@ class SettleDecision:
 def batch_amounts(batch: SettlementBatch) -> dict[str, int]:
     """A closed batch's amounts as non-negative counter increments, by kind label: payments'
     gross, fee and net; refunds' refund_gross, refund_fee, refund_net; payment reversals'
-    payment_reversal_*; refund reversals' refund_reversal_* (all as positive amounts);
-    payout; carried_out (the negative balance carried on, as a positive amount)."""
+    payment_reversal_*; refund reversals' refund_reversal_*; disputes' dispute_hold_*,
+    dispute_release_*, dispute_fee_* (all as positive amounts); payout; carried_out (the
+    negative balance carried on, as a positive amount)."""
     sums = {f"{prefix}{part}": 0 for prefix in _AMOUNT_PREFIX.values()
             for part in ("gross", "fee", "net")}
     for item in batch.items:
@@ -175,23 +187,31 @@ class SettleProcessor:
         # (key, window start) -> when to try again to close a batch too big to send.
         self._retry_at: dict[tuple[str, int], int] = {}
 
-    # -- agent 1: reconciliation.results and refunds.results -> items -------------------------
+    # -- agent 1: reconciliation, refund and dispute results -> items ------------------------
 
     def on_result(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
     ) -> SettleDecision:
         """A terminal MATCHED payment result (reconciliation.results) becomes a PAYMENT item,
-        a terminal MATCHED refund result (refunds.results) a REFUND item, a PAYMENT_REVERSED
-        result a PAYMENT_REVERSAL item, a REFUND_REVERSED one a REFUND_REVERSAL item;
-        anything else is IGNORED. All are keyed by merchant|currency, so they net in the same
-        batches. A reversal is a record outcome (terminal=false); its flag is not looked at,
-        as its money is in the record and the ledger posts it whatever the flag says."""
+        and so does a MATCHED_MANUAL one (at its settled amount); a terminal MATCHED refund
+        result (refunds.results) a REFUND item, a PAYMENT_REVERSED result a PAYMENT_REVERSAL
+        item, a REFUND_REVERSED one a REFUND_REVERSAL item; a dispute result
+        (disputes.results) OPENED a DISPUTE_HOLD, WON a DISPUTE_RELEASE, LOST with a fee a
+        DISPUTE_FEE; anything else is IGNORED. All are keyed by merchant|currency, so they net
+        in the same batches. A reversal is a record outcome (terminal=false); its flag is not
+        looked at, as its money is in the record and the ledger posts it whatever the flag
+        says."""
         ref = source_ref(topic, partition, offset).encode()
         try:
             record = self._decoder.decode(value)
             outcome = record.get("outcome")
             matched = outcome == MATCHED and record.get("terminal")
-            if topic == self._topics.refund_results:
+            if topic == self._topics.dispute_results:
+                itemized = dispute_item_message(record)
+                if itemized is None:
+                    return SettleDecision(IGNORED)
+                item, bkey = itemized
+            elif topic == self._topics.refund_results:
                 if matched:
                     item, bkey = refund_item_message(record)
                 elif outcome == REFUND_REVERSED:
@@ -200,6 +220,8 @@ class SettleProcessor:
                     return SettleDecision(IGNORED)
             elif matched:
                 item, bkey = item_message(record, self._fees)
+            elif outcome == MATCHED_MANUAL and record.get("terminal"):
+                item, bkey = manual_item_message(record)
             elif outcome == PAYMENT_REVERSED:
                 item, bkey = payment_reversal_item_message(record)
             else:

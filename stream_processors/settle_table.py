@@ -29,7 +29,8 @@ table holds a prefix of the writes. The entry is written last and is the commit 
 item is counted when its window is open with seq < the window's item count (payments plus
 refunds), or its window is in `recent` (closing drops uncounted items). An item found but
 not counted was written by an event whose entry write was lost: its replay adds it again.
-(The item count is of every kind: payments, refunds and reversals of either.)
+(The item count is of every kind: payments, refunds, reversals of either, and disputes'
+holds, releases and fees.)
 
 The carried balance: closing a batch takes the entry's carried_minor as its carried_in and
 leaves the batch's carried_out there; `recent` keeps each closed window's carried_in, so a
@@ -43,7 +44,7 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any, Final
 
-from settlement.batches import BatchError, BatchItem, BatchTotals, OpenBatch
+from settlement.batches import COUNT_FIELDS, BatchError, BatchItem, BatchTotals, OpenBatch
 from settlement.errors import SettleError
 from settlement.refund_model import ITEM_PAYMENT
 
@@ -70,6 +71,13 @@ class BadRefundItem(BadItem):
     amount - fee_returned, or fee_returned < 0)."""
 
     reason = "BAD_REFUND_ITEM"
+
+
+class BadDisputeItem(BadItem):
+    """A DisputeResult that cannot be its dispute item: merchant, currency or amount missing,
+    or an amount (a fee) that is not > 0."""
+
+    reason = "BAD_DISPUTE_ITEM"
 
 
 class BadReversalItem(BadItem):
@@ -106,10 +114,8 @@ def check_text(merchant_id: Any, currency: Any, *ids: Any) -> None:
 
 def item_count(totals: dict[str, Any]) -> int:
     """Items of every kind in a stored BatchTotals dict (format 1 had payments only, format 2
-    no reversals)."""
-    return int(totals["payment_count"]) + sum(
-        int(totals.get(name, 0))
-        for name in ("refund_count", "payment_reversal_count", "refund_reversal_count"))
+    no reversals, format 3 no dispute items)."""
+    return sum(int(totals.get(name, 0)) for name in COUNT_FIELDS.values())
 
 
 def counted(entry: dict[str, Any], record: dict[str, Any]) -> bool:

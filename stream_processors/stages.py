@@ -135,8 +135,9 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
 
 
 def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
-    """settle: reconciliation.results and refunds.results (MATCHED) -> items by
-    merchant|currency -> batches netting refunds against payments."""
+    """settle: reconciliation.results (MATCHED, MATCHED_MANUAL), refunds.results (MATCHED)
+    and disputes.results (held, released, fees) -> items by merchant|currency -> batches
+    netting refunds and disputes against payments."""
     topics = TopicNames(ps.topic_prefix)
     n = settings.kafka.partitions
     app = base_app(f"{ps.topic_prefix}settle-settle", settings, ps)
@@ -146,8 +147,8 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
     items_name = f"{app.conf.id}-items"
     items = owned_topic(app, items_name, n, ITEMS_RETENTION)
     ticks = owned_topic(app, tick_topic_name(app.conf.id), n, TICK_RETENTION)
-    results = app.topic(topics.results, topics.refund_results, key_serializer="raw",
-                        value_serializer="raw")
+    results = app.topic(topics.results, topics.refund_results, topics.dispute_results,
+                        key_serializer="raw", value_serializer="raw")
     batching_source = stage_channel(app, [], [items, ticks], n, settings.kafka)
     table = _table(app, "settle-batches", n)
     processor = SettleProcessor(
@@ -161,9 +162,10 @@ def make_settle_app(settings: Settings, ps: ProcessorSettings, registry: Any) ->
 
     @app.agent(results)
     async def itemize(stream: Any) -> None:
-        # Re-keys MATCHED payment and refund results by merchant|currency through the internal
-        # items topic, so one merchant+currency's batches (its entry, its carried balance and
-        # one table key per batched item) live in exactly one partition of the table.
+        # Re-keys MATCHED payment and refund results and dispute results by merchant|currency
+        # through the internal items topic, so one merchant+currency's batches (its entry, its
+        # carried balance and one table key per batched item) live in exactly one partition of
+        # the table.
         await registry_off_loop(processor.prefetch, None)  # output schemas before any record
         async for event in stream.events():
             decision = await _with_registry_retry(processor.on_result, event, SETTLE_STAGE,
@@ -272,8 +274,9 @@ def _count_settle(decision: SettleDecision) -> None:
         metrics.DEAD_LETTERS.labels(SETTLE_STAGE, decision.error_type).inc()
     for batch in decision.closed:
         metrics.BATCHES_CLOSED.labels(batch.currency).inc()
-        # Counters only go up: payments' sums (gross, fee, net), refunds' and reversals'
-        # sums as positive amounts (refund_*, payment_reversal_*, refund_reversal_*), what
+        # Counters only go up: payments' sums (gross, fee, net), refunds', reversals' and
+        # disputes' sums as positive amounts (refund_*, payment_reversal_*, refund_reversal_*,
+        # dispute_hold_*, dispute_release_*, dispute_fee_*), what
         # was paid out and what was carried into the next batch (carried_out, positive).
         amounts = metrics.BATCH_AMOUNTS_CLOSED
         for kind, value in batch_amounts(batch).items():

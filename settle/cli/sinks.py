@@ -8,6 +8,8 @@ import sys
 import click
 
 from schemas.topics import (
+    CASE_EVENTS,
+    DISPUTE_RESULTS,
     PAYMENTS_DLQ,
     RECONCILIATION_RESULTS,
     REFUND_RESULTS,
@@ -68,6 +70,9 @@ def sink(
     ledger:     reconciliation.results -> payments, ledger_journals/ledger_entries (PAYMENT),
                 reconciliation_exceptions
                 refunds.results        -> refunds, ledger journals (REFUND), refund_exceptions
+                disputes.results       -> disputes, ledger journals (DISPUTE_*),
+                                          dispute_rejections
+                cases.events           -> case_events, exception_cases
     settlement: settlements.batches    -> settlement_batches, settlement_batch_items,
                                           ledger journals (PAYOUT)
 
@@ -110,7 +115,9 @@ def sink(
     )
     metrics.serve(s.metrics_port if metrics_port is None else metrics_port,
                   s.runtime.metrics_addr)
-    writer = (LedgerWriter(s.sink.fees, refund_topic=topic_prefix + REFUND_RESULTS)
+    writer = (LedgerWriter(s.sink.fees, refund_topic=topic_prefix + REFUND_RESULTS,
+                           dispute_topic=topic_prefix + DISPUTE_RESULTS,
+                           case_topic=topic_prefix + CASE_EVENTS)
               if name == "ledger" else SettlementWriter())
     pg = s.postgres.for_sinks()
     console.print(f"{writer.stage}: {options.topic} -> PostgreSQL {pg.describe()} "

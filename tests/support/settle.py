@@ -1,6 +1,6 @@
 """The settle stage without a broker: a dict table that logs its changelog, and a harness
-driving SettleProcessor with payment and refund results (and their reversals), items and
-ticks on a fake clock."""
+driving SettleProcessor with payment and refund results (and their reversals), dispute
+results, items and ticks on a fake clock."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from stream_processors.settle_stage import (
 )
 from stream_processors.settle_table import ITEM_KEY_SEP
 
-__all__ = ["FEES", "GRACE_S", "ITEMS", "POLICY", "SIZE_S", "TICKS", "TICK_OUTBOX_KEY", "TOPICS",
-           "W0", "Changelog", "Harness", "remembered"]
+__all__ = ["FEES", "GRACE_S", "ITEMS", "NO_DISPUTES", "POLICY", "SIZE_S", "TICKS",
+           "TICK_OUTBOX_KEY", "TOPICS", "W0", "Changelog", "Harness", "remembered"]
 
 SIZE_S, GRACE_S = 10, 5
 POLICY = WindowPolicy(SIZE_S, GRACE_S, 0)
@@ -32,6 +32,9 @@ TOPICS = TopicNames()
 ITEMS = "settle-settle-items"
 TICKS = "settle-settle-ticks"
 FEES = FeeSchedule.from_spec("alipay=60,card=180")
+# batch_amounts of a batch without dispute items: its dispute labels at 0.
+NO_DISPUTES = {f"dispute_{kind}_{part}": 0 for kind in ("hold", "release", "fee")
+               for part in ("gross", "fee", "net")}
 
 
 def remembered(store: dict[str, Any]) -> set[str]:
@@ -87,6 +90,8 @@ class Harness:
         )
         self.result_ser = AvroSerializer(self.registry, TOPICS.results, "ReconciliationResult")
         self.refund_ser = AvroSerializer(self.registry, TOPICS.refund_results, "RefundResult")
+        self.dispute_ser = AvroSerializer(self.registry, TOPICS.dispute_results,
+                                          "DisputeResult")
         self.decoder = AvroDeserializer(self.registry)
         self.offset = 0
 
@@ -140,6 +145,42 @@ class Harness:
             "result_id": f"{pid}/{rid}:REFUND_REVERSED:rv-{rid}", "outcome": "REFUND_REVERSED",
             "terminal": False, "confirmation_id": f"rv-{rid}", "refunded_minor": 0,
             "refundable_minor": 1000, **over})
+
+    def manual(self, pid: str, settled: int = 950, fee: int = 6, **over: Any
+               ) -> SettleDecision:
+        """A MATCHED_MANUAL ReconciliationResult: pid force-matched at the confirmed `settled`
+        (expected 1000), fee and net split at that amount."""
+        return self.result(pid, **{
+            "result_id": f"{pid}:MATCHED_MANUAL:a-{pid}", "outcome": "MATCHED_MANUAL",
+            "confirmed_amount_minor": settled, "settled_amount_minor": settled,
+            "fee_minor": fee, "net_minor": settled - fee, "case_id": f"CS-{pid}",
+            "operator": "alice", **over})
+
+    def dispute(self, pid: str, did: str, event: str = "OPENED", amount: int = 300,
+                fee: int = 0, **over: Any) -> SettleDecision:
+        """A DisputeResult read from disputes.results."""
+        status = {"OPENED": "OPENED", "WON": "WON", "LOST": "LOST",
+                  "STAGE_CHANGED": "OPENED", "REJECTED": "OPENED"}[event]
+        rec = {
+            "result_id": f"{pid}/{did}:{event}:e-{did}-{event}", "dispute_id": did,
+            "payment_id": pid, "merchant_id": "m-1", "order_id": f"o-{pid}",
+            "channel": "CARD", "channel_dispute_id": f"cb-{did}", "event": event,
+            "stage": "DISPUTE", "status": status, "amount_minor": amount, "currency": "CNY",
+            "funds_withdrawn": True, "fee_minor": fee, "reasons": [], "captured_minor": 1000,
+            "held_minor": amount if event == "OPENED" else 0, "disputed_lost_minor": 0,
+            "refundable_minor": 1000 - amount, "occurred_at": self.now - 5,
+            "decided_at": self.now, "detail": "",
+        }
+        rec.update(over)
+        self.offset += 1
+        return self.proc.on_result(pid.encode(), self.dispute_ser.encode(rec),
+                                   TOPICS.dispute_results, 0, self.offset)
+
+    def settle_dispute(self, pid: str, did: str, event: str = "OPENED", **over: Any
+                       ) -> SettleDecision:
+        d = self.dispute(pid, did, event, **over)
+        assert d.outcome == ITEMIZED, d
+        return self.item(d.outputs[0])
 
     def settle_payment_reversal(self, pid: str, **over: Any) -> SettleDecision:
         d = self.payment_reversal(pid, **over)

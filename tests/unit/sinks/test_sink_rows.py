@@ -194,7 +194,7 @@ def test_first_terminal_state_wins_and_a_losing_match_is_refused() -> None:
 
 
 @pytest.mark.parametrize("outcome", sorted(
-    OUTCOMES - {"MATCHED", "PAYMENT_REVERSED", "REFUND_REVERSED"}))
+    OUTCOMES - {"MATCHED", "MATCHED_MANUAL", "PAYMENT_REVERSED", "REFUND_REVERSED"}))
 def test_every_non_matched_outcome_is_an_exception_row(outcome: str) -> None:
     rec = result("p1", outcome, confirmed=1, channel="WECHAT_PAY")
     rows = build_ledger_rows([rec], FEES)

@@ -20,7 +20,7 @@ from stream_processors.settle_stage import (
     batch_amounts,
 )
 from stream_processors.settle_table import item_key, item_tag
-from tests.support.settle import ITEMS, TICKS, W0, Harness, remembered
+from tests.support.settle import ITEMS, NO_DISPUTES, TICKS, W0, Harness, remembered
 
 KEY = "m-1|CNY"
 
@@ -219,7 +219,9 @@ def test_a_version_2_entry_and_version_1_item_messages_are_read_and_migrated() -
     closed_start, open_start = W0 - 10_000, W0
     totals = BatchTotals.new("m-1", "CNY", Window(open_start, open_start + 10_000))
     old_totals = {k: v for k, v in totals.to_dict().items()
-                  if k not in ("refund_count", "payment_reversal_count", "refund_reversal_count")}
+                  if k not in ("refund_count", "payment_reversal_count", "refund_reversal_count",
+                               "dispute_hold_count", "dispute_release_count",
+                               "dispute_fee_count")}
     old_totals.update(v=1, payment_count=1, gross_minor=1000, fee_minor=6, net_minor=994)
     h.store[KEY] = {
         "v": 2, "partition": 0, "merchant_id": "m-1", "currency": "CNY",
@@ -240,7 +242,7 @@ def test_a_version_2_entry_and_version_1_item_messages_are_read_and_migrated() -
     entry = h.store[KEY]
     assert entry["v"] == 3 and entry["carried_minor"] == 0
     assert entry["recent"] == [[closed_start, 1, 0]]
-    assert entry["open"][str(open_start)]["v"] == 3
+    assert entry["open"][str(open_start)]["v"] == 4
     assert h.settle("p-closed", decided_at=W0 - 5_000).outcome == DUPLICATE
     assert h.settle("p-old").outcome == DUPLICATE
     assert h.settle_refund("p-old", "r-1").outcome == ADDED
@@ -273,4 +275,4 @@ def test_batch_amounts_are_counter_increments() -> None:
         "gross": 1000, "fee": 6, "net": 994, "refund_gross": 1300, "refund_fee": 8,
         "refund_net": 1292, "payment_reversal_gross": 0, "payment_reversal_fee": 0,
         "payment_reversal_net": 0, "refund_reversal_gross": 0, "refund_reversal_fee": 0,
-        "refund_reversal_net": 0, "payout": 0, "carried_out": 298}
+        "refund_reversal_net": 0, **NO_DISPUTES, "payout": 0, "carried_out": 298}

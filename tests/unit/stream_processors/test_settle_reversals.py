@@ -18,7 +18,7 @@ from stream_processors.settle_stage import (
     batch_amounts,
 )
 from stream_processors.settle_table import item_key, item_tag
-from tests.support.settle import ITEMS, TICKS, W0, Harness, remembered
+from tests.support.settle import ITEMS, NO_DISPUTES, TICKS, W0, Harness, remembered
 
 KEY = "m-1|CNY"
 
@@ -129,7 +129,7 @@ def test_a_refund_reversal_pays_off_a_carried_balance() -> None:
         "gross": 0, "fee": 0, "net": 0, "refund_gross": 0, "refund_fee": 0, "refund_net": 0,
         "payment_reversal_gross": 100, "payment_reversal_fee": 1, "payment_reversal_net": 99,
         "refund_reversal_gross": 400, "refund_reversal_fee": 2, "refund_reversal_net": 398,
-        "payout": 0, "carried_out": 99}
+        **NO_DISPUTES, "payout": 0, "carried_out": 99}
 
 
 @pytest.mark.parametrize("kind", ["PAYMENT_REVERSAL", "REFUND_REVERSAL"])
