@@ -18,16 +18,28 @@ MISSING_CONFIRMATION = "MISSING_CONFIRMATION"
 DUPLICATE_CONFIRMATION = "DUPLICATE_CONFIRMATION"
 ORPHAN_CONFIRMATION = "ORPHAN_CONFIRMATION"
 LATE_CONFIRMATION = "LATE_CONFIRMATION"
+# An operator's resolution of the payment's exception case settled it (settlement.cases):
+# never an automatic decision, so MATCHED keeps meaning "the channel confirmed exactly this".
+MATCHED_MANUAL = "MATCHED_MANUAL"
 # After a MATCHED: the channel took the money back (settlement.refunds decides these).
 PAYMENT_REVERSED = "PAYMENT_REVERSED"
 REFUND_REVERSED = "REFUND_REVERSED"
 REVERSAL_EXCEPTION = "REVERSAL_EXCEPTION"
 TERMINAL_OUTCOMES = frozenset(
-    {MATCHED, DECLINED, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_CONFIRMATION}
+    {MATCHED, DECLINED, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_CONFIRMATION, MATCHED_MANUAL}
 )
 RECORD_OUTCOMES = frozenset({DUPLICATE_CONFIRMATION, ORPHAN_CONFIRMATION, LATE_CONFIRMATION,
                              PAYMENT_REVERSED, REFUND_REVERSED, REVERSAL_EXCEPTION})
 OUTCOMES = TERMINAL_OUTCOMES | RECORD_OUTCOMES
+
+# The case resolutions that settle a payment by hand, and the outcome each one replaces:
+# a force-match settles an AMOUNT_MISMATCH at the confirmed amount, a mark-received settles
+# a MISSING_CONFIRMATION at the expected amount (the operator vouching the funds arrived).
+FORCE_MATCH = "FORCE_MATCH"
+MARK_RECEIVED = "MARK_RECEIVED"
+MANUAL_MATCH_FROM = MappingProxyType(
+    {FORCE_MATCH: AMOUNT_MISMATCH, MARK_RECEIVED: MISSING_CONFIRMATION}
+)
 
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
@@ -190,6 +202,12 @@ class ResultRecord(_Flat):
     decided_at_ms: int
     detail: str
     order_id: str | None = None
+    # The gross a MATCHED_MANUAL settles (a MATCHED settles its expected amount; None here).
+    settled_amount_minor: int | None = None
+    # MATCHED_MANUAL: the case whose resolution settled it, who resolved and who approved it.
+    case_id: str | None = None
+    operator: str | None = None
+    approver: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -204,6 +222,37 @@ class ResultRecord(_Flat):
         confirmed = (self.confirmed_amount_minor, self.confirmed_currency)
         if self.outcome == MATCHED and (None in expected or expected != confirmed):
             raise ReconInvariantError(f"MATCHED without equal amounts and currencies: {self}")
+        if self.outcome == MATCHED_MANUAL:
+            _check_manual(self)
+        elif (self.settled_amount_minor, self.case_id, self.operator, self.approver) != (
+                None, None, None, None):
+            raise ReconInvariantError(f"{self.outcome} with a manual settlement: {self}")
+
+
+def _check_manual(result: ResultRecord) -> None:
+    """A MATCHED_MANUAL settles a positive amount in the payment's currency: the confirmed
+    amount when a confirmation stands behind it, else the expected one; named by its case."""
+    settled = result.settled_amount_minor
+    confirmed = result.confirmed_amount_minor
+    wanted = confirmed if confirmed is not None else result.expected_amount_minor
+    checks = {
+        "settled > 0": isinstance(settled, int) and not isinstance(settled, bool)
+        and settled > 0,
+        "settled is the confirmed amount, else the expected one": settled == wanted,
+        "in the payment's currency": result.expected_currency is not None
+        and result.confirmed_currency in (None, result.expected_currency),
+        "names its case and operator": bool(result.case_id) and bool(result.operator),
+        "approver is another operator": result.approver is None
+        or not same_operator(result.approver, result.operator or ""),
+    }
+    broken = [name for name, ok in checks.items() if not ok]
+    if broken:
+        raise ReconInvariantError(f"MATCHED_MANUAL {result.result_id}: broken {broken}")
+
+
+def same_operator(a: str, b: str) -> bool:
+    """Operators are names typed by people: " Alice" and "alice" are one person."""
+    return a.strip().casefold() == b.strip().casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +275,18 @@ class ReconState(_Flat):
     late_confirmation_id: str | None = None
     late_matched: bool = False
     orphan_declared: bool = False
+    # MATCHED_MANUAL: the outcome it replaced and the case whose resolution settled it.
+    manual_from: str | None = None
+    manual_case_id: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pending", tuple(self.pending))
         object.__setattr__(self, "seen_confirmation_ids", tuple(self.seen_confirmation_ids))
         routed, outcome, late_id = self.routed, self.outcome, self.late_confirmation_id
-        was_missing = outcome == MISSING_CONFIRMATION or (outcome == MATCHED and self.late_matched)
+        manual = outcome == MATCHED_MANUAL
+        was_missing = (outcome == MISSING_CONFIRMATION
+                       or (outcome == MATCHED and self.late_matched)
+                       or (manual and self.manual_from == MISSING_CONFIRMATION))
         checks = {
             "pending only while not routed": not (self.pending and routed is not None),
             "routed_seen_ms set iff routed": (routed is None) == (self.routed_seen_ms is None),
@@ -242,6 +297,8 @@ class ReconState(_Flat):
             "late confirmation only after MISSING": self.missing_declared or late_id is None,
             "late match has its confirmation": not self.late_matched
             or (late_id is not None and late_id == self.decided_by),
+            "manual match iff from a resolvable outcome, by a case": manual == (
+                self.manual_from in MANUAL_MATCH_FROM.values()) == bool(self.manual_case_id),
         }
         broken = [name for name, ok in checks.items() if not ok]
         if broken:
@@ -317,8 +374,9 @@ def _record(
 
 
 def _set_outcome(state: ReconState, outcome: str, now_ms: int, **changes: Any) -> ReconState:
-    # The only terminal transitions: undecided -> any terminal outcome, and the single
-    # MISSING -> MATCHED (late). Anything else would publish a second verdict for a payment.
+    # The only automatic terminal transitions: undecided -> any terminal outcome, and the
+    # single MISSING -> MATCHED (late); an operator's case adds AMOUNT_MISMATCH or MISSING ->
+    # MATCHED_MANUAL (on_manual_match). Anything else would publish a second verdict.
     late_match = state.outcome == MISSING_CONFIRMATION and outcome == MATCHED
     if state.outcome is not None and not (late_match and not state.late_matched):
         raise ReconInvariantError(f"{state.payment_id}: {state.outcome} -> {outcome} refused")
@@ -360,7 +418,9 @@ def _apply(state: ReconState, conf: Confirmation, now_ms: int) -> Transition:
         state = replace(state, late_confirmation_id=cid)
         detail = f"after MISSING_CONFIRMATION, would be {outcome}: {detail}"
         return state, [_record(state, LATE_CONFIRMATION, now_ms, detail, conf, late=True)]
-    detail = f"payment already {state.outcome} by {state.decided_by or 'timer'}"
+    by = (f"case {state.manual_case_id}" if state.outcome == MATCHED_MANUAL
+          else state.decided_by or "timer")
+    detail = f"payment already {state.outcome} by {by}"
     return state, [_record(state, DUPLICATE_CONFIRMATION, now_ms, detail, conf)]
 
 
@@ -412,6 +472,57 @@ def on_confirmation(state: ReconState | None, conf: Confirmation, now_ms: int) -
             return state, [_record(state, ORPHAN_CONFIRMATION, now_ms, detail, conf)]
         return state, []
     return _apply(state, conf, now_ms)
+
+
+def on_manual_match(
+    state: ReconState,
+    settled_amount_minor: int,
+    now_ms: int,
+    case_id: str,
+    operator: str,
+    approver: str | None,
+    resolution: str,
+    channel_txn_id: str | None = None,
+) -> Transition:
+    """An operator's resolution settles the payment: MATCHED_MANUAL, terminal, once.
+
+    FORCE_MATCH settles an AMOUNT_MISMATCH at the amount its channel confirmed (the case's
+    amount, passed as `settled_amount_minor`, with the confirmation's `channel_txn_id` when
+    known); MARK_RECEIVED settles a MISSING_CONFIRMATION at the expected amount. Anything else
+    is a caller bug (the case rules refuse it first): ReconError, nothing changes.
+    """
+    wanted = MANUAL_MATCH_FROM.get(resolution)
+    routed = state.routed
+    if wanted is None:
+        raise ReconError(f"{state.payment_id}: {resolution!r} does not settle a payment")
+    if state.outcome != wanted or routed is None:
+        raise ReconError(f"{state.payment_id}: {resolution} needs {wanted}, payment is "
+                         f"{state.outcome or 'undecided'}")
+    mark = resolution == MARK_RECEIVED
+    if mark and settled_amount_minor != routed.amount_minor:
+        raise ReconError(f"{state.payment_id}: MARK_RECEIVED settles the expected "
+                         f"{routed.amount_minor}, not {settled_amount_minor}")
+    if not mark and settled_amount_minor == routed.amount_minor:
+        raise ReconError(f"{state.payment_id}: FORCE_MATCH of the expected amount")
+    confirmation_id = None if mark else state.decided_by
+    state = replace(state, outcome=MATCHED_MANUAL, decided_at_ms=now_ms, manual_from=wanted,
+                    manual_case_id=case_id)
+    verb = "marked received" if mark else "force-matched"
+    detail = (f"{verb} by case {case_id}: settles {settled_amount_minor} {routed.currency} "
+              f"(expected {routed.amount_minor}) after {wanted}")
+    result = ResultRecord(
+        result_id=result_id_for(state.payment_id, MATCHED_MANUAL, confirmation_id),
+        payment_id=state.payment_id, merchant_id=routed.merchant_id, channel=routed.channel,
+        outcome=MATCHED_MANUAL, terminal=True, late=False,
+        expected_amount_minor=routed.amount_minor, expected_currency=routed.currency,
+        confirmed_amount_minor=None if mark else settled_amount_minor,
+        confirmed_currency=None if mark else routed.currency,
+        confirmation_id=confirmation_id, channel_txn_id=None if mark else channel_txn_id,
+        created_at_ms=routed.created_at_ms, decided_at_ms=now_ms, detail=detail,
+        order_id=routed.order_id, settled_amount_minor=settled_amount_minor, case_id=case_id,
+        operator=operator, approver=approver,
+    )
+    return state, [result]
 
 
 def _missing_at_ms(state: ReconState, policy: ReconPolicy) -> int | None:
