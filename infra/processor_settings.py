@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from infra.paths import DEFAULT_RUN_DIR
+from settlement.cases import DEFAULT_APPROVAL_ABOVE_MINOR, CaseError, CasePolicy
+from settlement.currencies import is_known
 from settlement.errors import SettleError
 from settlement.fees import DEFAULT_FEE_SPEC, FeeSchedule
 from settlement.idempotency import check_retention
@@ -37,6 +39,9 @@ DEFAULT_RECON_POLICY = ReconPolicy(
 )
 DEFAULT_FEES = FeeSchedule.from_spec(DEFAULT_FEE_SPEC)
 DEFAULT_WINDOWS = WindowPolicy.daily_shanghai()
+# Currencies whose minor unit is worth far more (KWD: 1/1000 dinar) or far less (JPY has no
+# minor unit) than a cent need their own approval limits.
+DEFAULT_CASE_APPROVAL_BY_CURRENCY = "JPY=100000,KWD=300000"
 
 
 class ProcessorConfigError(SettleError):
@@ -62,6 +67,10 @@ class ProcessorSettings:
     recon: ReconPolicy = DEFAULT_RECON_POLICY
     # Refund limits, the SLA of a channel's refund answer and the fee given back, per channel.
     refunds: RefundPolicy = RefundPolicy()
+    # Exception cases: which resolutions wait for a second operator, how long resolved ones stay.
+    cases: CasePolicy = CasePolicy(
+        approval_above_minor_by_currency={"JPY": 100_000, "KWD": 300_000},
+        retain_ms=DEFAULT_RECON_RETAIN_MS)
     fees: FeeSchedule = DEFAULT_FEES
     windows: WindowPolicy = DEFAULT_WINDOWS
     tick_interval_s: float = 1.0
@@ -181,6 +190,7 @@ def _stage_settings(env: Mapping[str, str], fees: FeeSchedule | None) -> dict[st
                 _by_channel(env, "SETTLE_REFUND_FEE_POLICY_BY_CHANNEL", str).items()},
             retain_ms=recon.retain_decided_ms,
         )
+        cases = _case_policy(env, recon.retain_decided_ms)
         windows = WindowPolicy(
             _int(env, "SETTLE_WINDOW_SECONDS", SECONDS_PER_DAY),
             _int(env, "SETTLE_WINDOW_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
@@ -203,6 +213,7 @@ def _stage_settings(env: Mapping[str, str], fees: FeeSchedule | None) -> dict[st
     return {
         "recon": recon,
         "refunds": refunds,
+        "cases": cases,
         "fees": fees,
         "windows": windows,
         "tick_interval_s": tick_ms / 1000,
@@ -239,4 +250,43 @@ def _by_channel(env: Mapping[str, str], name: str, kind: type) -> dict[str, Any]
             out[channel.lower()] = kind(val)
         except ValueError as exc:
             raise ProcessorConfigError(f"{name}: {val!r} is not {kind.__name__}") from exc
+    return out
+
+
+def _case_policy(env: Mapping[str, str], retain_ms: int) -> CasePolicy:
+    """SETTLE_CASE_APPROVAL_ABOVE_MINOR (default 1,000,000) and, per currency,
+    SETTLE_CASE_APPROVAL_ABOVE_MINOR_BY_CURRENCY (default JPY=100000,KWD=300000): a case
+    resolution whose amount is above its currency's limit waits for a second operator."""
+    limit = _int(env, "SETTLE_CASE_APPROVAL_ABOVE_MINOR", DEFAULT_APPROVAL_ABOVE_MINOR)
+    if limit < 0:
+        raise ProcessorConfigError(f"SETTLE_CASE_APPROVAL_ABOVE_MINOR={limit} must be >= 0 "
+                                   "(minor units; 0: every resolution needs approval)")
+    by_currency = _currency_ints(env, "SETTLE_CASE_APPROVAL_ABOVE_MINOR_BY_CURRENCY",
+                                 DEFAULT_CASE_APPROVAL_BY_CURRENCY)
+    try:
+        return CasePolicy(limit, by_currency, retain_ms)
+    except CaseError as exc:
+        raise ProcessorConfigError(f"SETTLE_CASE_APPROVAL_ABOVE_MINOR: {exc}") from exc
+
+
+def _currency_ints(env: Mapping[str, str], name: str, default: str) -> dict[str, int]:
+    """`JPY=100000,KWD=300000` -> {"JPY": 100000, "KWD": 300000} (currencies upper-case);
+    unset: `default`, set to "": none."""
+    raw = env.get(name)
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in (default if raw is None else raw).split(","))):
+        currency, sep, val = (x.strip() for x in part.partition("="))
+        if not sep or not currency:
+            raise ProcessorConfigError(f"{name}: {part!r} is not CURRENCY=minor_units "
+                                       "(e.g. JPY=100000,KWD=300000)")
+        code = currency.upper()
+        if not is_known(code):
+            raise ProcessorConfigError(f"{name}: {currency!r} is not an active ISO 4217 code")
+        try:
+            out[code] = int(val)
+        except ValueError as exc:
+            raise ProcessorConfigError(f"{name}: {val!r} (for {code}) is not an integer "
+                                       "count of minor units") from exc
+        if out[code] < 0:
+            raise ProcessorConfigError(f"{name}: {code}={out[code]} must be >= 0")
     return out

@@ -92,6 +92,13 @@ DISPUTE_RESULTS = Counter(
 DISPUTE_REJECTIONS = Counter(
     "settle_dispute_rejections_total", "Rejected dispute records by reason code", ["reason"]
 )
+CASE_EVENTS = Counter(
+    "settle_case_events_total",
+    "Exception case events published by the reconcile stage, by kind (OPENED, PROPOSED, "
+    "REJECTED, RESOLVED, REFUSED) and the outcome that opened the case (UNKNOWN: an action "
+    "naming no case the stage holds)",
+    ["kind", "outcome"],
+)
 RECON_TIME_TO_MATCH = Histogram(
     "settle_reconciliation_time_to_match_seconds",
     "From routing (the channel was asked) to the MATCHED decision",

@@ -11,6 +11,7 @@ from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.errors import DecodeError, RegistryUnavailable
 from settlement import reconciliation as recon
 from settlement import refunds as rf
+from settlement.cases import CaseError, CasePolicy
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import (
     Confirmation,
@@ -18,6 +19,15 @@ from settlement.reconciliation import (
     ReconState,
     ResultRecord,
     RoutedInfo,
+)
+from stream_processors.case_decider import (
+    CaseDecider,
+    CaseOut,
+    c_emitted_by,
+    case_action_info,
+    cases_due_ms,
+    holds_state,
+    pruned,
 )
 from stream_processors.dead_letters import DeadLetters, error_label
 from stream_processors.dispute_decider import DisputeDecider, DisputeDecision, dispute_info
@@ -86,6 +96,7 @@ class ReconDecision:
     tick_errors: int = 0
     refunds: list[RefundDecision] = field(default_factory=list)
     disputes: list[DisputeDecision] = field(default_factory=list)
+    cases: list[tuple[str, str]] = field(default_factory=list)  # (case event kind, outcome)
 
 
 class ReconcileProcessor:
@@ -117,6 +128,7 @@ class ReconcileProcessor:
         placement: Placement | None = None,
         refund_policy: rf.RefundPolicy | None = None,
         keyring: Any = None,
+        case_policy: CasePolicy | None = None,
     ) -> None:
         self._store = store
         self._placement = placement
@@ -131,9 +143,12 @@ class ReconcileProcessor:
         self.refunds = RefundDecider(registry, topics, refund_policy or rf.RefundPolicy(),
                                      keyring, clock)
         self.disputes = DisputeDecider(registry, topics)
+        self.cases = CaseDecider(
+            registry, topics, case_policy or CasePolicy(retain_ms=policy.retain_decided_ms),
+            fees, clock)
         self.prefetch = RegistryPrefetch(
             [self._decoder], [self._results_ser, self._dlq.serializer, *self.refunds.serializers,
-                              *self.disputes.serializers])
+                              *self.disputes.serializers, *self.cases.serializers])
         self._routed_channel = {topics.routed(ch): ch for ch in topics.channels}
         self.deadlines = DeadlineQueue(self._scan_deadlines)
         # partition -> payment_id -> (waiting_for, channel, since_ms), for the backlog gauges.
@@ -187,6 +202,7 @@ class ReconcileProcessor:
                 if emitted:
                     decision.outputs.extend(self._outputs(payment_id, emitted, ref))
                 decision.outputs.extend(r_emitted_by(raw, ref) or [])
+                decision.outputs.extend(c_emitted_by(raw, ref) or [])
             return decision
         try:
             self._ensure(partition)
@@ -245,6 +261,8 @@ class ReconcileProcessor:
             return self._on_refund_input(key, value, src, partition, ref, moved, now)
         if src.topic == self.disputes.topic:
             return self._on_dispute_input(value, src, partition, ref, moved, now)
+        if src.topic == self.cases.topic:
+            return self._on_case_action(key, value, src, partition, ref, moved, now)
         channel = self._routed_channel.get(src.topic)
         try:
             record = self._decoder.decode(value)
@@ -270,7 +288,8 @@ class ReconcileProcessor:
         raw = self._store.get(payment_id)
         emitted = emitted_by(raw, ref)
         if emitted is not None:
-            return ReconDecision(REPLAYED, self._outputs(payment_id, emitted, ref))
+            return ReconDecision(REPLAYED, self._outputs(payment_id, emitted, ref)
+                                 + (c_emitted_by(raw, ref) or []))
         if reversal:
             assert isinstance(event, Confirmation)
             return self._on_reversal(event, state, raw, partition, ref, now)
@@ -283,7 +302,10 @@ class ReconcileProcessor:
             raise _BadInput(exc) from exc
         decision = ReconDecision(APPLIED)
         book = self._publish(new_state, results, ref, decision, book_of(raw))
-        self._save(new_state, partition, remembered(raw, ref, decision.outputs), raw, book)
+        applied = remembered(raw, ref, decision.outputs)
+        raw = self._with_cases(decision, self.cases.after_results(raw, partition, results, now,
+                                                                  ref))
+        self._save(new_state, partition, applied, raw, book)
         return decision
 
     def _on_reversal(self, conf: Confirmation, state: ReconState | None, raw: Any,
@@ -326,12 +348,18 @@ class ReconcileProcessor:
         decision = ReconDecision(APPLIED, [Output(self._topics.results,
                                                   conf.payment_id.encode(), value,
                                                   ((SOURCE_HEADER, ref),))], results=[result])
-        if raw is not None:  # remembered, so a replay re-sends it
-            stored = dict(raw)
+        emitted = remembered(raw, ref, decision.outputs)
+        # A REVERSAL_EXCEPTION opens a case, kept even for a payment the stage does not hold.
+        cased = self._with_cases(decision, self.cases.after_results(raw, partition, [result],
+                                                                    now, ref))
+        if cased is not None:  # remembered, so a replay re-sends it
+            stored = dict(cased)
             if new_book is not None:
                 stored["book"] = new_book.to_dict()
-            stored["emitted"] = remembered(raw, ref, decision.outputs)
+            stored["emitted"] = emitted
             self._store[conf.payment_id] = stored
+            if cased is not raw:
+                self.deadlines.schedule(partition, conf.payment_id, self._next_due_raw(stored))
         return decision
 
     def _on_refund_input(
@@ -360,7 +388,7 @@ class ReconcileProcessor:
                 f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
         replayed = r_emitted_by(raw, ref)
         if replayed is not None:
-            return ReconDecision(REPLAYED, replayed)
+            return ReconDecision(REPLAYED, replayed + (c_emitted_by(raw, ref) or []))
         try:
             book = book_of(raw)
         except rf.RefundError as exc:
@@ -377,6 +405,8 @@ class ReconcileProcessor:
             value_ = dict(raw)
             value_["book"] = new_book.to_dict() if new_book is not None else None
             value_["r_emitted"] = r_remembered(raw, ref, out.outputs)
+            value_ = self._with_cases(decision, self.cases.after_refunds(
+                value_, partition, out.outcomes, new_book, now, ref))
             self._store[payment_id] = value_
             self.deadlines.schedule(partition, payment_id, self._next_due_raw(value_))
         return decision
@@ -404,7 +434,7 @@ class ReconcileProcessor:
                 f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
         replayed = dispute_replayed(raw, ref, payment_id)
         if replayed is not None:
-            return ReconDecision(REPLAYED, replayed)
+            return ReconDecision(REPLAYED, replayed + (c_emitted_by(raw, ref) or []))
         try:
             book = book_of(raw)
         except rf.RefundError as exc:
@@ -412,8 +442,11 @@ class ReconcileProcessor:
         known = raw is not None and raw.get("state") is not None
         new_book, out = self.disputes.on_dispute(book, news, known, now, ref)
         decision = ReconDecision(APPLIED, list(out.outputs), disputes=[out])
-        if raw is not None and (new_book is not book or out.outputs):
-            stored = dict(raw)
+        # A REJECTED record opens a case, kept even for a payment the stage does not hold.
+        cased = self._with_cases(decision, self.cases.after_disputes(raw, partition,
+                                                                     out.outcomes, now, ref))
+        if cased is not raw or (raw is not None and (new_book is not book or out.outputs)):
+            stored = dict(cased)
             if new_book is not None:
                 stored["book"] = new_book.to_dict()
             stored["r_emitted"] = r_remembered(raw, ref, out.outputs)
@@ -433,6 +466,8 @@ class ReconcileProcessor:
         if raw is not None and raw.get("book") is not None:
             self._tick_book(payment_id, raw, partition, now, decision, ref)
             raw = self._store.get(payment_id)
+        if raw is not None and raw.get("cases"):
+            raw = self._prune_cases(payment_id, raw, now)
         if state is None:
             self._unwait(partition, payment_id)
             if raw is not None:
@@ -447,10 +482,13 @@ class ReconcileProcessor:
             self._publish(state, results, ref, decision)
             if results:
                 emitted = remembered(raw, ref, decision.outputs[first:])
-        if recon.is_evictable(state, now, self._policy):
+                raw = self._with_cases(decision, self.cases.after_results(
+                    raw, partition, results, now, ref))
+        # An open case about the payment keeps its state: a resolution may still settle it.
+        if recon.is_evictable(state, now, self._policy) and not holds_state(raw):
             self._unwait(partition, payment_id)
-            if raw is not None and raw.get("book") is not None:
-                # The payment's refund book outlives its reconciliation state.
+            if raw is not None and (raw.get("book") is not None or raw.get("cases")):
+                # The payment's refund book and its cases outlive its reconciliation state.
                 value = {k: v for k, v in raw.items() if k not in ("state", "emitted")}
                 self._store[payment_id] = value
                 self.deadlines.schedule(partition, payment_id, self._next_due_raw(value))
@@ -477,18 +515,88 @@ class ReconcileProcessor:
             value = dict(raw)
             value["book"] = new_book.to_dict()
             value["r_emitted"] = r_remembered(raw, ref, out.outputs)
+            value = self._with_cases(decision, self.cases.after_refunds(
+                value, partition, out.outcomes, new_book, now, ref))
             self._store[payment_id] = value
 
     def _tick_book_only(self, payment_id: str, raw: dict[str, Any], partition: int, now: int,
                         decision: ReconDecision) -> None:
-        """A value holding only a refund book: forget it once its refund window is over."""
+        """A value holding only a refund book or cases: forget the book once its refund window
+        is over, the value once no case is left either."""
         book = book_of(raw)
         evict = rf.evict_at_ms(book, self.refunds.policy) if book is not None else now
         if evict is not None and now >= evict:
+            if raw.get("cases"):  # kept until each case is resolved and retained
+                if book is not None:
+                    raw = {k: v for k, v in raw.items() if k not in ("book", "r_emitted")}
+                    self._store[payment_id] = raw
+                self.deadlines.schedule(partition, payment_id, self._next_due_raw(raw))
+                return
             del self._store[payment_id]
             decision.evicted += 1
             return
         self.deadlines.schedule(partition, payment_id, self._next_due_raw(raw))
+
+    def _prune_cases(self, payment_id: str, raw: dict[str, Any], now: int) -> dict[str, Any]:
+        """Drop the value's cases resolved retain_ms ago (a write only when one is)."""
+        value = pruned(raw, now, self.cases.policy)
+        if value is None:
+            return raw
+        self._store[payment_id] = value
+        return value
+
+    # -- exception cases ----------------------------------------------------------------------
+
+    def _on_case_action(
+        self, key: bytes | None, value: bytes | None, src: Origin, partition: int, ref: bytes,
+        moved: bool, now: int,
+    ) -> ReconDecision:
+        """An operator's action on one of a payment's cases, applied in the value's one write
+        (with the MATCHED_MANUAL settlement a money resolution makes)."""
+        try:
+            action = case_action_info(self._decoder.decode(value))
+            if not action.payment_id or not action.case_id:
+                raise CaseError("payment_id and case_id must be non-empty strings")
+        except (DecodeError, CaseError, KeyError, TypeError, ValueError) as exc:
+            raise _BadInput(exc) from exc
+        payment_id = action.payment_id
+        assert self._placement is None or src.topic in self._placement.external
+        if self._placement is not None and not moved and value is not None:
+            target = self._placement.misplaced(src.topic, partition, payment_id)
+            if target is not None:
+                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
+                                                                  target)])
+        self._ensure(partition)
+        raw = self._store.get(payment_id)
+        if raw is not None and raw["partition"] != partition:
+            raise _BadInput(NotCopartitioned(
+                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        replayed = c_emitted_by(raw, ref)
+        if replayed is not None:
+            return ReconDecision(REPLAYED, replayed)
+        try:
+            out = self.cases.on_action(raw, partition, action, None if moved else key, now, ref)
+        except (CaseError, rf.RefundError) as exc:  # a stored value that cannot be read
+            raise _BadInput(exc) from exc
+        decision = ReconDecision(APPLIED)
+        self._with_cases(decision, out)
+        if out.raw is raw or out.raw is None:
+            return decision
+        stored = out.raw.get("state")
+        if out.state is not None or stored is not None:
+            state = out.state or ReconState.from_dict(stored)
+            self._save(state, partition, kept(out.raw), out.raw, out.book)
+        else:
+            self._store[payment_id] = out.raw
+            self.deadlines.schedule(partition, payment_id, self._next_due_raw(out.raw))
+        return decision
+
+    def _with_cases(self, decision: ReconDecision, out: CaseOut) -> Any:
+        """Add what the cases made of an input to its decision; the value after."""
+        decision.outputs.extend(out.outputs)
+        decision.results.extend(out.results)
+        decision.cases.extend(out.counts)
+        return out.raw
 
     # -- state --------------------------------------------------------------------------------
 
@@ -521,6 +629,9 @@ class ReconcileProcessor:
             value["book"] = raw["book"]
         if isinstance(raw, dict) and raw.get("r_emitted"):
             value["r_emitted"] = raw["r_emitted"]
+        for name in ("cases", "c_emitted"):  # the payment's exception cases
+            if isinstance(raw, dict) and raw.get(name):
+                value[name] = raw[name]
         self._store[state.payment_id] = value
         self.deadlines.schedule(partition, state.payment_id, self._next_due(state, value))
         waiting = _waiting_for(state)
@@ -534,8 +645,8 @@ class ReconcileProcessor:
 
     def _next_due(self, state: ReconState, raw: Any = None) -> int | None:
         due = recon.deadline_ms(state, self._policy)
-        evict = recon.evict_at_ms(state, self._policy)
-        times = [t for t in (due, evict) if t is not None]
+        evict = None if holds_state(raw) else recon.evict_at_ms(state, self._policy)
+        times = [t for t in (due, evict, cases_due_ms(raw, self.cases.policy)) if t is not None]
         book_due = self._book_due(raw)
         if book_due is not None:
             times.append(book_due)
@@ -547,15 +658,17 @@ class ReconcileProcessor:
         return rf.stored_deadline_ms(raw["book"], self.refunds.policy)
 
     def _next_due_raw(self, raw: dict[str, Any]) -> int | None:
-        """The next deadline of a value: its state's, its refunds' or its book's eviction."""
+        """The next deadline of a value: its state's, its refunds', its book's eviction or
+        its resolved cases'."""
         if raw.get("state") is not None:
             return self._next_due(ReconState.from_dict(raw["state"]), raw)
         book = book_of(raw)
-        if book is None:
-            return None
-        times = [t for t in (rf.deadline_ms(book, self.refunds.policy),
-                             rf.evict_at_ms(book, self.refunds.policy)) if t is not None]
-        return min(times) if times else None
+        times = [cases_due_ms(raw, self.cases.policy)]
+        if book is not None:
+            times += [rf.deadline_ms(book, self.refunds.policy),
+                      rf.evict_at_ms(book, self.refunds.policy)]
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
 
     def _ensure(self, partition: int) -> None:
         if partition not in self._waiting:

@@ -6,7 +6,7 @@ from typing import Any
 
 from schemas.codec import to_epoch_ms
 from settlement.errors import SettleError
-from settlement.reconciliation import Confirmation, ResultRecord, RoutedInfo
+from settlement.reconciliation import MATCHED, Confirmation, ResultRecord, RoutedInfo
 
 
 class ChannelTopicMismatch(SettleError, ValueError):
@@ -47,7 +47,11 @@ def confirmation_info(record: dict[str, Any]) -> Confirmation:
 
 
 def result_record(result: ResultRecord, fee: int | None, net: int | None) -> dict[str, Any]:
-    """The ReconciliationResult record of a decision, with the fee split of a match."""
+    """The ReconciliationResult record of a decision, with the fee split of a match (the
+    gross a MATCHED settles is its expected amount; a MATCHED_MANUAL names its own)."""
+    settled = result.settled_amount_minor
+    if settled is None and result.outcome == MATCHED:
+        settled = result.expected_amount_minor
     return {
         "result_id": result.result_id,
         "payment_id": result.payment_id,
@@ -68,4 +72,8 @@ def result_record(result: ResultRecord, fee: int | None, net: int | None) -> dic
         "fee_minor": fee,
         "net_minor": net,
         "order_id": result.order_id,
+        "settled_amount_minor": settled,
+        "case_id": result.case_id,
+        "operator": result.operator,
+        "approver": result.approver,
     }

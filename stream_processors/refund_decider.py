@@ -39,6 +39,7 @@ class RefundDecision:
     reasons: list[str] = field(default_factory=list)
     results: list[tuple[str, str]] = field(default_factory=list)  # (channel, outcome)
     over_capture: int = 0  # answers that would refund more than was captured
+    outcomes: list[rf.RefundOutcome] = field(default_factory=list)  # for exception cases
 
 
 def request_info(record: dict[str, Any]) -> RefundRequest:
@@ -240,3 +241,4 @@ class RefundDecider:
             out.outputs.append(Output(self._topics.refund_results, result.payment_id.encode(),
                                       value, ((SOURCE_HEADER, ref),)))
             out.results.append((channel or "unknown", result.outcome))
+            out.outcomes.append(result)

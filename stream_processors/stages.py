@@ -76,7 +76,7 @@ def _table(app: faust.App, name: str, partitions: int) -> Any:
 def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any) -> faust.App:
     """reconcile: payments.routed.* + channel.confirmations -> reconciliation.results | dlq;
     refunds.requested + channel.refund_confirmations -> refunds.*; channel.disputes ->
-    disputes.results."""
+    disputes.results; cases.actions -> cases.events (and MATCHED_MANUAL results)."""
     topics = TopicNames(ps.topic_prefix)
     n = settings.kafka.partitions
     app = base_app(f"{ps.topic_prefix}settle-reconcile", settings, ps)
@@ -89,7 +89,7 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     source = stage_channel(
         app,
         [*topics.all_routed, topics.confirmations, topics.refunds_requested,
-         topics.refund_confirmations, topics.disputes],
+         topics.refund_confirmations, topics.disputes, topics.case_actions],
         [ticks, placed], n, settings.kafka,
     )
     table = _table(app, "recon-state", n)
@@ -98,7 +98,7 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
     processor = ReconcileProcessor(
         registry, table, ps.recon, ps.fees, topics, tick_topic_name(app.conf.id),
         placement=placement, refund_policy=ps.refunds,
-        keyring=watcher.keyring if watcher is not None else None,
+        keyring=watcher.keyring if watcher is not None else None, case_policy=ps.cases,
     )
     (log.info if watcher is not None else log.warning)("reconcile: refund %s", mode_line)
     install_keyring_reload(app, watcher, processor.refunds)
@@ -261,6 +261,8 @@ def _count_recon(decision: ReconDecision, tick: bool) -> None:
             metrics.DISPUTE_RESULTS.labels(channel.lower(), event).inc()
         for reason in dispute.reasons:
             metrics.DISPUTE_REJECTIONS.labels(reason).inc()
+    for kind, outcome in decision.cases:
+        metrics.CASE_EVENTS.labels(kind, outcome).inc()
     if decision.tick_errors:
         metrics.TICK_ERRORS.labels(RECONCILE_STAGE).inc(decision.tick_errors)
 

@@ -282,6 +282,47 @@ def dispute_result(**overrides: Any) -> dict[str, Any]:
     return record | overrides
 
 
+def case_action(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "action_id": "ca-0123456789abcdef",
+        "case_id": "CS-0123456789abcdef01234567",
+        "payment_id": "pay-1",
+        "kind": "RESOLVE",
+        "resolution": "FORCE_MATCH",
+        "operator": "alice",
+        "remark": "the channel's bill shows 99.50 received ✓",
+        "requested_at": T0,
+    }
+    return record | overrides
+
+
+def case_event(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "event_id": "CS-0123456789abcdef01234567:RESOLVED:ca-0123456789abcdef",
+        "case_id": "CS-0123456789abcdef01234567",
+        "payment_id": "pay-1",
+        "merchant_id": "m-1",
+        "channel": "UNIONPAY",
+        "subject": "PAYMENT",
+        "subject_id": "pay-1",
+        "outcome": "AMOUNT_MISMATCH",
+        "opened_by": "pay-1:AMOUNT_MISMATCH:c-1",
+        "kind": "RESOLVED",
+        "status": "RESOLVED",
+        "resolution": "FORCE_MATCH",
+        "amount_minor": 9950,
+        "currency": "CNY",
+        "action_id": "ca-0123456789abcdef",
+        "operator": "alice",
+        "approver": "bob",
+        "remark": "checked the bill",
+        "reason": None,
+        "evidence": {"expected_amount_minor": "10000", "confirmed_amount_minor": "9950"},
+        "occurred_at": T0 + 5,
+    }
+    return record | overrides
+
+
 def dead_letter(**overrides: Any) -> dict[str, Any]:
     record = {
         "source_topic": "payments.requested",
@@ -432,6 +473,29 @@ SAMPLES: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
                        detail="",
                        reasons=[{"code": "PAYMENT_UNKNOWN", "detail": "unknown"},
                                 {"code": "AMOUNT_NOT_POSITIVE", "detail": "-1"}]),
+    ),
+    ("ReconciliationResult",
+     reconciliation(outcome="MATCHED_MANUAL", confirmed_amount_minor=95, fee_minor=1,
+                    net_minor=94, settled_amount_minor=95, case_id="CS-0123456789abcdef01234567",
+                    operator="alice", approver="bob"),
+     None),
+    ("CaseAction", case_action(), None),
+    (
+        "CaseAction",
+        without(case_action(kind="APPROVE", operator="", remark=""), "resolution"),
+        case_action(kind="APPROVE", operator="", remark="", resolution=None),
+    ),
+    ("CaseEvent", case_event(), None),
+    (
+        "CaseEvent",
+        without(case_event(kind="REFUSED", status="OPEN", subject="DISPUTE", subject_id="dp-1",
+                           outcome="DISPUTE_REJECTED", reason="CASE_UNKNOWN"),
+                "merchant_id", "channel", "resolution", "amount_minor", "currency",
+                "action_id", "operator", "approver", "remark", "evidence"),
+        case_event(kind="REFUSED", status="OPEN", subject="DISPUTE", subject_id="dp-1",
+                   outcome="DISPUTE_REJECTED", reason="CASE_UNKNOWN", merchant_id=None,
+                   channel=None, resolution=None, amount_minor=None, currency=None,
+                   action_id=None, operator=None, approver=None, remark=None, evidence={}),
     ),
     ("DeadLetter", dead_letter(), None),
     (

@@ -108,8 +108,13 @@ class Harness:
         return self.feed(TICKS, str(self.now).encode(), b"tick", partition)
 
     def results(self, d: ReconDecision) -> list[dict[str, Any]]:
-        assert all(o.topic == TOPICS.results for o in d.outputs)
-        return [self.decoder.decode(o.value) for o in d.outputs]
+        """The decision's reconciliation results (beside them: only the case events of the
+        exceptions they opened)."""
+        assert all(o.topic in (TOPICS.results, TOPICS.case_events) for o in d.outputs)
+        return self.decoded(d, TOPICS.results)
+
+    def case_events(self, d: ReconDecision) -> list[dict[str, Any]]:
+        return self.decoded(d, TOPICS.case_events)
 
 
 

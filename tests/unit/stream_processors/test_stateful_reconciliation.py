@@ -200,9 +200,12 @@ class Payment:
             ref.orphan_declared = True
             out += [(ORPHAN_CONFIRMATION, c.cid, False) for c in ref.held]
         # Eviction, as is_evictable documents it: retain_decided_ms after the decision, or
-        # after the orphan report of a payment that never arrived.
-        if ref.decided_at_ms is not None:
-            evict_at_ms: int | None = ref.decided_at_ms + RETAIN_MS
+        # after the orphan report of a payment that never arrived; never while the exception
+        # case a mismatch or a MISSING_CONFIRMATION opened is open (no operator acts here).
+        if ref.terminal in (AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_CONFIRMATION):
+            evict_at_ms: int | None = None
+        elif ref.decided_at_ms is not None:
+            evict_at_ms = ref.decided_at_ms + RETAIN_MS
         elif ref.routed_seen_ms is None and ref.orphan_declared:
             evict_at_ms = ref.first_seen_ms + GRACE_MS + RETAIN_MS
         else:
@@ -408,7 +411,10 @@ class ReconcileMachine(RuleBasedStateMachine):
 
     def _check(self, d: ReconDecision, expected: dict[str, list[Published]]) -> None:
         got: dict[str, list[Published]] = defaultdict(list)
-        for result, out in zip(d.results, d.outputs, strict=True):
+        # Beside the results: only the case events of the exceptions they opened or closed.
+        results = [o for o in d.outputs if o.topic == TOPICS.results]
+        assert all(o.topic == TOPICS.case_events for o in d.outputs if o not in results)
+        for result, out in zip(d.results, results, strict=True):
             got[result.payment_id].append((result.outcome, result.confirmation_id, result.late))
             pay = self.payments[result.payment_id]
             assert out.topic == TOPICS.results and out.key == pay.pid.encode()
