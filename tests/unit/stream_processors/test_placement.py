@@ -57,7 +57,8 @@ def test_partitions_of_the_java_client(key: bytes, partition: int) -> None:
 
 def test_the_contract_names_its_third_party_topics() -> None:
     assert set(EXTERNAL_TOPICS) == {"payments.requested", "channel.confirmations", "merchants",
-                                    "refunds.requested", "channel.refund_confirmations"}
+                                    "refunds.requested", "channel.refund_confirmations",
+                                    "channel.disputes", "cases.actions"}
     assert all(s.copartitioned for s in CONTRACT if s.name in EXTERNAL_TOPICS)
     assert set(TopicNames("x.").external) == {f"x.{t}" for t in EXTERNAL_TOPICS}
 
