@@ -50,14 +50,8 @@ def dispute_info(record: dict[str, Any]) -> dp.DisputeNews:
 
 
 def replayed(raw: Any, ref: bytes, payment_id: str) -> list[Output] | None:
-    """The outputs a dispute input at `ref` produced, if this value applied it (keyed by the
-    payment even when the value holds no book)."""
-    outputs = r_emitted_by(raw, ref)
-    if outputs is None:
-        return None
-    key = payment_id.encode()
-    return [o if o.key is not None else Output(o.topic, key, o.value, o.headers, o.partition)
-            for o in outputs]
+    """The outputs a dispute input at `ref` produced, if this value applied it."""
+    return r_emitted_by(raw, ref, payment_id)
 
 
 class DisputeDecider:

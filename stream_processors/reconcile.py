@@ -201,7 +201,7 @@ class ReconcileProcessor:
                 emitted = emitted_by(raw, ref)
                 if emitted:
                     decision.outputs.extend(self._outputs(payment_id, emitted, ref))
-                decision.outputs.extend(r_emitted_by(raw, ref) or [])
+                decision.outputs.extend(r_emitted_by(raw, ref, payment_id) or [])
                 decision.outputs.extend(c_emitted_by(raw, ref) or [])
             return decision
         try:
@@ -386,7 +386,7 @@ class ReconcileProcessor:
         if raw is not None and raw["partition"] != partition:
             raise _BadInput(NotCopartitioned(
                 f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
-        replayed = r_emitted_by(raw, ref)
+        replayed = r_emitted_by(raw, ref, payment_id)
         if replayed is not None:
             return ReconDecision(REPLAYED, replayed + (c_emitted_by(raw, ref) or []))
         try:

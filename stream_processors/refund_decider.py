@@ -94,16 +94,17 @@ def book_for_match(state: ReconState, result: ResultRecord, fee_minor: int) -> r
     )
 
 
-def r_emitted_by(raw: Any, ref: bytes) -> list[Output] | None:
-    """The outputs a refund input or tick at `ref` produced, if this value applied it."""
+def r_emitted_by(raw: Any, ref: bytes, payment_id: str) -> list[Output] | None:
+    """The outputs a refund (or dispute) input or tick at `ref` produced, if this value
+    applied it, keyed by the payment (also when the value holds no book)."""
     if not isinstance(raw, dict):
         return None
     wanted = ref.decode()
+    key = payment_id.encode()
     for source, values in raw.get("r_emitted", ()):
         if source == wanted:
-            key = raw["book"]["payment_id"] if raw.get("book") else None
-            return [Output(topic, key.encode() if key else None, bytes.fromhex(value),
-                           ((SOURCE_HEADER, ref),)) for topic, value in values]
+            return [Output(topic, key, bytes.fromhex(value), ((SOURCE_HEADER, ref),))
+                    for topic, value in values]
     return None
 
 

@@ -154,3 +154,16 @@ def test_bad_refund_answers_and_requests_are_dead_lettered_with_their_bytes() ->
         [letter] = h.decoded(d, TOPICS.dlq)
         assert letter["stage"] == "reconcile" and letter["reason"]
     assert h.decoded(junk, TOPICS.dlq)[0]["original_value"] == b"not avro"
+
+
+def test_a_replayed_rejection_of_an_uncaptured_payment_keeps_its_key() -> None:
+    # The payment is known (routed) but holds no refund book: the re-sent rejection must be
+    # keyed by its payment like the first one, or it would land on another partition.
+    h = Harness()
+    h.routed()
+    first = h.refund("r1", 100)
+    [rej] = h.decoded(first, TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.PAYMENT_NOT_CAPTURED]
+    again = h.replay(h.offset)
+    assert again.outcome == REPLAYED and again.outputs == first.outputs
+    assert [o.key for o in again.outputs] == [b"p-1"]
