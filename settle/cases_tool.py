@@ -29,43 +29,42 @@ from typing import Any, Final, Protocol
 import psycopg
 from psycopg.rows import dict_row
 
+from settlement.cases import (
+    ACTION_ID_PATTERN,
+    APPROVE,
+    AWAITING_APPROVAL,
+    CLOSE_NO_FUNDS,
+    FORCE_MATCH,
+    IGNORE,
+    MARK_RECEIVED,
+    OPEN,
+    PAYMENT,
+    PROPOSED,
+    REFUSED,
+    REJECT,
+    REJECTED,
+    RESOLVE,
+    RESOLVED,
+    CasePolicy,
+    allowed_resolutions,
+)
 from settlement.errors import SettleError
+from settlement.reconciliation import same_operator
 
-# CaseActionKind
-RESOLVE: Final = "RESOLVE"
-APPROVE: Final = "APPROVE"
-REJECT: Final = "REJECT"
-# CaseResolution (AUTO_MATCHED is the pipeline's own, never an operator's)
-FORCE_MATCH: Final = "FORCE_MATCH"
-MARK_RECEIVED: Final = "MARK_RECEIVED"
-CLOSE_NO_FUNDS: Final = "CLOSE_NO_FUNDS"
-IGNORE: Final = "IGNORE"
-# CaseStatus
-OPEN: Final = "OPEN"
-AWAITING_APPROVAL: Final = "AWAITING_APPROVAL"
-RESOLVED: Final = "RESOLVED"
-STATUSES: Final = (OPEN, AWAITING_APPROVAL, RESOLVED)
-# CaseEventKind of an answer to an action
-PROPOSED: Final = "PROPOSED"
-REJECTED: Final = "REJECTED"
-REFUSED: Final = "REFUSED"
+__all__ = [  # the case vocabulary of settlement.cases, for the command line
+    "ACTION_ID_PATTERN", "APPROVE", "AWAITING_APPROVAL", "CLOSE_NO_FUNDS", "FORCE_MATCH",
+    "IGNORE", "MARK_RECEIVED", "OPEN", "PROPOSED", "REFUSED", "REJECT", "REJECTED", "RESOLVE",
+    "RESOLVED", "allowed_resolutions",
+]
 
-# The command line's spelling of each resolution.
+# The command line's spelling of each resolution an operator may choose.
 ACTIONS: Final[Mapping[str, str]] = {
     "force-match": FORCE_MATCH,
     "mark-received": MARK_RECEIVED,
     "close-no-funds": CLOSE_NO_FUNDS,
     "ignore": IGNORE,
 }
-_CLOSING: Final = (CLOSE_NO_FUNDS, IGNORE)
-# What each outcome may be resolved with: a money resolution only where it means something
-# (settle at the confirmed amount; settle at the expected amount, the operator vouching).
-_ALLOWED: Final[Mapping[str, tuple[str, ...]]] = {
-    "AMOUNT_MISMATCH": (FORCE_MATCH, *_CLOSING),
-    "MISSING_CONFIRMATION": (MARK_RECEIVED, *_CLOSING),
-}
 
-ACTION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 RUN_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 OPERATOR_CHARS_MAX: Final = 128
 REMARK_CHARS_MAX: Final = 2000
@@ -80,11 +79,6 @@ class CaseCommandError(SettleError):
 class ActionSender(Protocol):
     def send(self, topic: str, key: str, record: Mapping[str, Any],
              headers: Mapping[str, str] | None = None) -> None: ...
-
-
-def allowed_resolutions(outcome: str) -> tuple[str, ...]:
-    """The resolutions an operator may apply to a case of this outcome."""
-    return _ALLOWED.get(outcome, _CLOSING)
 
 
 def action_name(resolution: str) -> str:
@@ -333,11 +327,11 @@ def check_resolve(case: CaseRow, resolution: str) -> None:
     if case.status == AWAITING_APPROVAL:
         raise CaseCommandError(f"case {case.case_id} has a resolution awaiting approval: "
                                "`settle cases approve` or `reject` it first")
-    allowed = allowed_resolutions(case.outcome)
+    allowed = allowed_resolutions(case.subject, case.outcome)
     if resolution not in allowed:
         names = ", ".join(action_name(r) for r in allowed)
         raise CaseCommandError(f"--action {action_name(resolution)} is not allowed for a "
-                               f"{case.outcome} case; allowed: {names}")
+                               f"{case.subject} {case.outcome} case; allowed: {names}")
 
 
 def proposer(history: Sequence[CaseEventRow]) -> str | None:
@@ -358,8 +352,7 @@ def check_decision(case: CaseRow, history: Sequence[CaseEventRow], operator: str
         raise CaseCommandError(f"case {case.case_id} is {case.status}: nothing to {verb} "
                                "(only a resolution awaiting approval can be)")
     who = proposer(history) or case.operator
-    # Names typed by people: " Alice" and "alice" are one operator (as the stage sees them).
-    if who is not None and who.strip().casefold() == operator.strip().casefold():
+    if who is not None and same_operator(who, operator):
         raise CaseCommandError(f"{operator} proposed this resolution; another operator must "
                                f"{verb} it")
 
@@ -389,16 +382,40 @@ def plan_actions(cases: Iterable[CaseRow], kind: str, resolution: str | None, op
             for case in cases]
 
 
+@dataclass(frozen=True, slots=True)
+class BulkPlan:
+    """A bulk resolution: the actions to send, and the selected cases left out, with why."""
+
+    planned: list[PlannedAction]
+    skipped: list[tuple[CaseRow, str]]
+
+
 def plan_bulk_resolve(cases: Sequence[CaseRow], outcome: str, resolution: str, operator: str,
-                      remark: str, run_id: str, requested_at_ms: int) -> list[PlannedAction]:
-    """RESOLVE every OPEN case of `outcome` among `cases` (the others are left out)."""
-    allowed = allowed_resolutions(outcome)
+                      remark: str, run_id: str, requested_at_ms: int) -> BulkPlan:
+    """RESOLVE every OPEN case of `outcome` among `cases` that the resolution is allowed for
+    (a money resolution settles a payment: a refund's or a dispute's case is left out)."""
+    allowed = allowed_resolutions(PAYMENT, outcome)
     if resolution not in allowed:
         names = ", ".join(action_name(r) for r in allowed)
         raise CaseCommandError(f"--action {action_name(resolution)} is not allowed for "
                                f"{outcome} cases; allowed: {names}")
-    chosen = [c for c in cases if c.outcome == outcome and c.status == OPEN]
-    return plan_actions(chosen, RESOLVE, resolution, operator, remark, run_id, requested_at_ms)
+    chosen, skipped = [], []
+    for case in cases:
+        if case.outcome != outcome or case.status != OPEN:
+            continue
+        if resolution in allowed_resolutions(case.subject, case.outcome):
+            chosen.append(case)
+        else:
+            skipped.append((case, f"{action_name(resolution)} is not allowed for a "
+                                  f"{case.subject} case"))
+    return BulkPlan(plan_actions(chosen, RESOLVE, resolution, operator, remark, run_id,
+                                 requested_at_ms), skipped)
+
+
+def needs_approval(case: CaseRow, policy: CasePolicy) -> bool:
+    """Whether the stage will propose (not apply) a resolution of this case: its amount at
+    stake is above the approval limit of its currency (the stage's own settings)."""
+    return case.amount_minor is not None and case.amount_minor > policy.limit_for(case.currency)
 
 
 @dataclass(slots=True)
@@ -407,14 +424,18 @@ class Totals:
 
     cases: Counter[str] = field(default_factory=Counter)
     amount_minor: Counter[str] = field(default_factory=Counter)
+    # Cases whose resolution will wait for a second operator (with a policy given).
+    awaiting_approval: Counter[str] = field(default_factory=Counter)
 
     @classmethod
-    def of(cls, cases: Iterable[CaseRow]) -> Totals:
+    def of(cls, cases: Iterable[CaseRow], policy: CasePolicy | None = None) -> Totals:
         out = cls()
         for case in cases:
             currency = case.currency or "-"
             out.cases[currency] += 1
             out.amount_minor[currency] += case.amount_minor or 0
+            if policy is not None and needs_approval(case, policy):
+                out.awaiting_approval[currency] += 1
         return out
 
 

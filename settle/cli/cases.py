@@ -35,6 +35,7 @@ from settle.cases_tool import (
     format_age,
 )
 from settle.cli.common import console, err_console, settings
+from settlement.cases import CasePolicy
 
 _STATUS_CHOICES = ("open", "awaiting-approval", "resolved", "unresolved", "all")
 _SHOWN_ROWS_MAX = 20
@@ -208,7 +209,8 @@ def case_tables(case: CaseRow, history: Sequence[CaseEventRow]) -> list[Table]:
     head = Table(title=f"case {case.case_id}", show_header=False)
     head.add_column("field")
     head.add_column("value")
-    allowed = ", ".join(action_name(r) for r in allowed_resolutions(case.outcome))
+    allowed = ", ".join(action_name(r)
+                        for r in allowed_resolutions(case.subject, case.outcome))
     for name, value in (
         ("payment", case.payment_id), ("merchant", case.merchant_id or "-"),
         ("channel", case.channel or "-"), ("subject", f"{case.subject} {case.subject_id}"),
@@ -303,8 +305,10 @@ def cases_resolve(case_id: str | None, action: str, where_outcome: str | None,
             selection = CaseFilter(statuses=(OPEN,), outcome=outcome, channel=channel,
                                    merchant_id=merchant_id, older_than_s=older_than_s,
                                    limit=limit)
-            planned = plan_bulk_resolve(fetch_cases(conn, selection), outcome, resolution,
-                                        who, text, run, _now_ms())
+            plan = plan_bulk_resolve(fetch_cases(conn, selection), outcome, resolution, who,
+                                     text, run, _now_ms())
+            planned = plan.planned
+            _print_skipped(plan.skipped)
         else:
             from settle.cases_tool import check_resolve
 
@@ -317,7 +321,14 @@ def cases_resolve(case_id: str | None, action: str, where_outcome: str | None,
     if bulk and not dry_run and not yes:
         click.confirm(f"send {len(planned)} {action} action(s) as {who}?", abort=True)
     _send_and_report(planned, f"{action} as {who}", run, topic_prefix, dry_run,
-                     wait_s if wait else None)
+                     wait_s if wait else None, settings().processor.cases)
+
+
+def _print_skipped(skipped: Sequence[tuple[CaseRow, str]]) -> None:
+    for case, why in skipped[:_SHOWN_ROWS_MAX]:
+        err_console.print(f"[yellow]left out[/] {case.case_id} ({case.payment_id}): {why}")
+    if len(skipped) > _SHOWN_ROWS_MAX:
+        err_console.print(f"[yellow]... and {len(skipped) - _SHOWN_ROWS_MAX} more left out[/]")
 
 
 @cases.command("approve")
@@ -379,13 +390,17 @@ def _now_ms() -> int:
 
 
 def _send_and_report(planned: list[PlannedAction], what: str, run_id: str,
-                     topic_prefix: str | None, dry_run: bool, wait_s: float | None) -> None:
+                     topic_prefix: str | None, dry_run: bool, wait_s: float | None,
+                     policy: CasePolicy | None = None) -> None:
+    """Send (unless a dry run), print what was sent, then perhaps wait for the answers.
+    `policy`: the stage's approval limits, to say which resolutions will wait for a second
+    operator (None for an approval or a rejection)."""
     from schemas.topics import TopicNames
 
     topic = TopicNames(_prefix(topic_prefix)).case_actions
     if not dry_run:
         _publish(planned, topic)
-    for table in planned_tables(planned, what, topic, run_id, dry_run):
+    for table in planned_tables(planned, what, topic, run_id, dry_run, policy):
         console.print(table)
     if dry_run:
         return
@@ -410,29 +425,42 @@ def _publish(planned: list[PlannedAction], topic: str) -> None:
 
 
 def planned_tables(planned: Sequence[PlannedAction], what: str, topic: str, run_id: str,
-                   dry_run: bool) -> list[Table]:
+                   dry_run: bool, policy: CasePolicy | None = None) -> list[Table]:
+    from settle.cases_tool import needs_approval
+
     verb = "would send" if dry_run else "sent"
     tables = []
     if len(planned) <= _SHOWN_ROWS_MAX:
         table = Table(title=f"case actions {verb} to {topic}: {what}")
-        for column in ("case", "payment", "outcome", "amount", "age", "action_id"):
+        columns = ["case", "payment", "outcome", "amount", "age", "action_id"]
+        if policy is not None:
+            columns.append("approval")
+        for column in columns:
             table.add_column(column, justify="right" if column in ("amount", "age") else "left",
                              no_wrap=True)
         for action in planned:
             case = action.case
-            table.add_row(case.case_id, case.payment_id, case.outcome,
-                          _money(case.amount_minor, case.currency), format_age(case.age_s),
-                          action.action_id)
+            row = [case.case_id, case.payment_id, case.outcome,
+                   _money(case.amount_minor, case.currency), format_age(case.age_s),
+                   action.action_id]
+            if policy is not None:
+                row.append("2nd operator" if needs_approval(case, policy) else "-")
+            table.add_row(*row)
         tables.append(table)
-    totals = Totals.of(a.case for a in planned)
+    totals = Totals.of((a.case for a in planned), policy)
     summary = Table(title=f"{len(planned)} action(s) {verb} ({what}; run {run_id})")
     summary.add_column("currency")
     summary.add_column("cases", justify="right")
     summary.add_column("amount at stake", justify="right")
+    if policy is not None:
+        summary.add_column("await approval", justify="right")
     for currency in sorted(totals.cases):
         amount = totals.amount_minor[currency]
-        summary.add_row(currency, str(totals.cases[currency]),
-                        _money(amount, currency) if currency != "-" else "-")
+        row = [currency, str(totals.cases[currency]),
+               _money(amount, currency) if currency != "-" else "-"]
+        if policy is not None:
+            row.append(str(totals.awaiting_approval[currency]))
+        summary.add_row(*row)
     tables.append(summary)
     return tables
 

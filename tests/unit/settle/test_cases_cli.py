@@ -41,12 +41,14 @@ from settle.cases_tool import (
     check_decision,
     check_resolve,
     format_age,
+    needs_approval,
     parse_age_s,
     plan_bulk_resolve,
     publish_actions,
     select_cases_sql,
 )
 from settle.cli import cli
+from settlement.cases import CasePolicy
 
 # The package's `cases` attribute is the click group; the module is reached by name.
 cases_cli = importlib.import_module("settle.cli.cases")
@@ -115,11 +117,15 @@ def test_the_filter_becomes_parameters_never_text() -> None:
 
 
 def test_each_outcome_allows_its_resolutions() -> None:
-    assert allowed_resolutions("AMOUNT_MISMATCH") == (FORCE_MATCH, CLOSE_NO_FUNDS, IGNORE)
-    assert allowed_resolutions("MISSING_CONFIRMATION") == (MARK_RECEIVED, CLOSE_NO_FUNDS, IGNORE)
-    for other in ("CURRENCY_MISMATCH", "REVERSAL_EXCEPTION", "LATE_CONFIRMATION",
-                  "DISPUTE_REJECTED"):
-        assert allowed_resolutions(other) == (CLOSE_NO_FUNDS, IGNORE)
+    # The stage's own rule (settlement.cases), checked before anything is sent.
+    assert allowed_resolutions("PAYMENT", "AMOUNT_MISMATCH") == (
+        FORCE_MATCH, CLOSE_NO_FUNDS, IGNORE)
+    assert allowed_resolutions("PAYMENT", "MISSING_CONFIRMATION") == (
+        MARK_RECEIVED, CLOSE_NO_FUNDS, IGNORE)
+    for subject, other in (("PAYMENT", "CURRENCY_MISMATCH"), ("PAYMENT", "REVERSAL_EXCEPTION"),
+                           ("REFUND", "AMOUNT_MISMATCH"), ("REFUND", "LATE_CONFIRMATION"),
+                           ("DISPUTE", "DISPUTE_REJECTED")):
+        assert allowed_resolutions(subject, other) == (CLOSE_NO_FUNDS, IGNORE)
 
 
 def test_an_action_not_allowed_names_the_allowed_ones() -> None:
@@ -127,6 +133,8 @@ def test_an_action_not_allowed_names_the_allowed_ones() -> None:
         check_resolve(case(1, "MISSING_CONFIRMATION"), FORCE_MATCH)
     with pytest.raises(CaseCommandError, match="allowed: close-no-funds, ignore"):
         check_resolve(case(1, "CURRENCY_MISMATCH"), FORCE_MATCH)
+    with pytest.raises(CaseCommandError, match="REFUND AMOUNT_MISMATCH case; allowed: close"):
+        check_resolve(case(1, subject="REFUND", subject_id="rf-1"), FORCE_MATCH)
     check_resolve(case(1, "AMOUNT_MISMATCH"), FORCE_MATCH)
 
 
@@ -181,13 +189,13 @@ def test_action_ids_are_deterministic_per_run_case_and_action() -> None:
 def test_a_bulk_run_sent_again_repeats_its_action_ids() -> None:
     rows = [case(n, "MISSING_CONFIRMATION") for n in range(5)]
     first = plan_bulk_resolve(rows, "MISSING_CONFIRMATION", CLOSE_NO_FUNDS, "alice", "stale",
-                              "run-7", 1)
+                              "run-7", 1).planned
     again = plan_bulk_resolve(list(reversed(rows)), "MISSING_CONFIRMATION", CLOSE_NO_FUNDS,
-                              "alice", "stale", "run-7", 2)
+                              "alice", "stale", "run-7", 2).planned
     assert sorted(a.action_id for a in first) == sorted(a.action_id for a in again)
     assert len({a.action_id for a in first}) == 5
     other_run = plan_bulk_resolve(rows, "MISSING_CONFIRMATION", CLOSE_NO_FUNDS, "alice",
-                                  "stale", "run-8", 1)
+                                  "stale", "run-8", 1).planned
     assert not {a.action_id for a in first} & {a.action_id for a in other_run}
 
 
@@ -195,9 +203,15 @@ def test_the_bulk_selection_takes_only_open_cases_of_the_outcome() -> None:
     rows = [case(1, "MISSING_CONFIRMATION"), case(2, "MISSING_CONFIRMATION", AWAITING_APPROVAL),
             case(3, "MISSING_CONFIRMATION", RESOLVED), case(4, "AMOUNT_MISMATCH"),
             case(5, "MISSING_CONFIRMATION")]
-    planned = plan_bulk_resolve(rows, "MISSING_CONFIRMATION", MARK_RECEIVED, "alice", "ok",
-                                "run-1", 1)
-    assert [a.case.case_id for a in planned] == [rows[0].case_id, rows[4].case_id]
+    refund = case(6, "MISSING_CONFIRMATION", subject="REFUND", subject_id="rf-6")
+    plan = plan_bulk_resolve([*rows, refund], "MISSING_CONFIRMATION", MARK_RECEIVED, "alice",
+                             "ok", "run-1", 1)
+    assert [a.case.case_id for a in plan.planned] == [rows[0].case_id, rows[4].case_id]
+    assert [(c.case_id, why) for c, why in plan.skipped] == [
+        (refund.case_id, "mark-received is not allowed for a REFUND case")]
+    closing = plan_bulk_resolve([*rows, refund], "MISSING_CONFIRMATION", CLOSE_NO_FUNDS,
+                                "alice", "ok", "run-1", 1)
+    assert len(closing.planned) == 3 and not closing.skipped
     with pytest.raises(CaseCommandError, match="not allowed for MISSING_CONFIRMATION"):
         plan_bulk_resolve(rows, "MISSING_CONFIRMATION", FORCE_MATCH, "alice", "ok", "run-1", 1)
 
@@ -218,18 +232,24 @@ def test_the_record_is_a_valid_case_action_keyed_by_payment() -> None:
         def send(self, topic: str, key: str, value: Any, headers: Any = None) -> None:
             sent.append((topic, key, value))
 
-    planned = plan_bulk_resolve([case(1), case(2)], "AMOUNT_MISMATCH", IGNORE, "a", "r", "x", 1)
+    planned = plan_bulk_resolve([case(1), case(2)], "AMOUNT_MISMATCH", IGNORE, "a", "r", "x",
+                                1).planned
     assert publish_actions(Sender(), "cases.actions", planned) == 2
     assert [(t, k) for t, k, _ in sent] == [("cases.actions", "pay-1"), ("cases.actions", "pay-2")]
     with pytest.raises(CaseCommandError, match="must match"):
         case_action(case(3), RESOLVE, IGNORE, "a", "r", "bad id", 1)
 
 
-def test_totals_are_per_currency() -> None:
-    totals = Totals.of([case(1, amount=100), case(2, amount=250), case(3, currency="JPY"),
-                        case(4, amount=None, currency=None)])
+def test_totals_are_per_currency_with_what_awaits_approval() -> None:
+    rows = [case(1, amount=100), case(2, amount=250), case(3, currency="JPY"),
+            case(4, amount=None, currency=None)]
+    totals = Totals.of(rows)
     assert totals.cases == {"CNY": 2, "JPY": 1, "-": 1}
     assert totals.amount_minor == {"CNY": 350, "JPY": 12_345, "-": 0}
+    assert not totals.awaiting_approval
+    policy = CasePolicy(200, {"JPY": 10_000})
+    assert [needs_approval(r, policy) for r in rows] == [False, True, True, False]
+    assert Totals.of(rows, policy).awaiting_approval == {"CNY": 1, "JPY": 1}
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -344,7 +364,7 @@ def test_a_bulk_dry_run_shows_counts_and_totals_and_sends_nothing(
     [selection] = tables.selections
     assert selection == CaseFilter(statuses=(OPEN,), outcome="MISSING_CONFIRMATION",
                                    channel="card", older_than_s=7200)
-    assert "3 action(s) would send" in result.output
+    assert "3 action(s) would send" in result.output and "await approval" in result.output
     assert "35.00 CNY" in result.output and "700 JPY" in result.output
     for row in rows[:3]:
         assert row.case_id in result.output
