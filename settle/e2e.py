@@ -16,8 +16,9 @@ from infra.admin import create_topics
 from infra.config import Settings
 from infra.keyring import ensure_run_keyring, load_keyring
 from infra.registry import registry_client
-from producers.channels import ChannelSimConfig
+from producers.channels import ChannelSimConfig, decide
 from producers.clients import delete_isolated_run
+from producers.dispute_flow import DisputeTally, tally_disputes
 from producers.merchants import load_merchants, publish_merchants, sample_merchants_path
 from producers.order_flow import FlowStats, publish_order, publish_orders
 from producers.orders import VALID, Accounting, OrderMix, expected_accounting, generate_orders
@@ -31,10 +32,13 @@ from settle.audit_books import BooksAudit, audit_books, unbatched_matched
 from settle.audit_ingest import (
     IngestAudit,
     RefundAudit,
+    audit_case_actions,
+    audit_disputes,
     audit_ingest,
     audit_refunds,
     refund_body_identity,
 )
+from settle.case_flow import CaseFlowStats, resolve_all
 from settle.processes import ProcessSpec
 from settle.recompute import Recomputation, recompute
 from sinks.db import connect, drop_database
@@ -49,6 +53,8 @@ FAST_TIMINGS = {
     "SETTLE_ORPHAN_GRACE_MS": "6000",
     # A killed worker's partitions move to the others (or to its restart) after 10 s, not 60.
     "SETTLE_SESSION_TIMEOUT_MS": "10000",
+    # Operators' resolutions above 200.00 (in 2-decimal currencies) wait for a second one.
+    "SETTLE_CASE_APPROVAL_ABOVE_MINOR": "20000",
 }
 # The channel simulator of an e2e run; the refund planner knows it, to expect exactly.
 CHANNEL_LATENCY_MS, DECLINE_RATE, FAULT_RATE = 100, 0.05, 0.04
@@ -76,6 +82,16 @@ class E2EResult:
     refunds_expected: RefundAccounting = field(default_factory=RefundAccounting)
     refund_ingest: RefundAudit | None = None
     money: Recomputation | None = None
+    # Disputes: what the channel simulator's plan says they do to the books, and what the
+    # books hold; exception cases opened (by outcome), resolved (by resolution), the
+    # simulated operators' actions, and the ingest ledgers of disputes and case actions.
+    disputes_expected: DisputeTally | None = None
+    disputes: dict[str, Any] = field(default_factory=dict)
+    cases_expected: dict[str, int] = field(default_factory=dict)
+    cases: dict[str, Any] = field(default_factory=dict)
+    case_flow: CaseFlowStats | None = None
+    dispute_ingest: Any = None
+    case_ingest: Any = None
 
 
 def specs(seed: int, late_ms: int = 10000) -> list[ProcessSpec]:
@@ -317,6 +333,98 @@ def send_refunds(producer: AvroProducer, topic: str, planner: RefundPlanner,
     producer.flush()
 
 
+# The exceptions that open a case (settlement.cases): the payment and refund outcomes, and
+# every rejected dispute record.
+CASE_PAYMENT_OUTCOMES = ("AMOUNT_MISMATCH", "CURRENCY_MISMATCH", "MISSING_CONFIRMATION",
+                         "REVERSAL_EXCEPTION")
+CASE_REFUND_OUTCOMES = ("AMOUNT_MISMATCH", "CURRENCY_MISMATCH", "MISSING_CONFIRMATION",
+                        "LATE_CONFIRMATION")
+
+
+def expected_disputes(conn: Any, seed: int, channel: ChannelSimConfig) -> DisputeTally:
+    """The simulator's disputes of the routed payments the database holds (it disputes
+    captured card and UnionPay payments, by seed): what they should do to the books."""
+    rows = conn.execute(
+        "SELECT payment_id, channel, amount_minor, currency FROM payments").fetchall()
+    routed = [{"payment_id": p, "channel": c, "amount_minor": a, "currency": cur}
+              for p, c, a, cur in rows]
+    return tally_disputes(routed, seed, lambda pid: decide(pid, channel).captured,
+                          channel.disputes)
+
+
+def dispute_books(conn: Any) -> dict[str, Any]:
+    """Disputes by state and, per currency, opened, released, lost and fees (minor units)."""
+    states = dict(conn.execute("SELECT state, COUNT(*) FROM disputes GROUP BY 1").fetchall())
+    money: dict[str, dict[str, int]] = {}
+    for currency, opened, released, lost, fee in conn.execute("""
+            SELECT currency, SUM(amount_minor),
+                   SUM(amount_minor) FILTER (WHERE state = 'WON'),
+                   SUM(amount_minor) FILTER (WHERE state = 'LOST'),
+                   SUM(fee_minor) FILTER (WHERE state = 'LOST')
+              FROM disputes GROUP BY 1""").fetchall():
+        money[currency] = {"opened": int(opened or 0), "released": int(released or 0),
+                           "lost": int(lost or 0), "fee": int(fee or 0)}
+    rejected = _one(conn, "SELECT COUNT(*) FROM dispute_rejections")
+    return {"states": {k: int(v) for k, v in states.items()}, "money": money,
+            "rejected": rejected}
+
+
+def expected_cases(conn: Any) -> dict[str, int]:
+    """Cases that must have opened, by outcome, counted from the exception tables."""
+    out: dict[str, int] = {}
+    for outcome, n in conn.execute(
+            "SELECT outcome, COUNT(DISTINCT result_id) FROM reconciliation_exceptions "
+            "WHERE outcome = ANY(%s) GROUP BY 1", (list(CASE_PAYMENT_OUTCOMES),)).fetchall():
+        out[f"PAYMENT {outcome}"] = int(n)
+    for outcome, n in conn.execute(
+            "SELECT outcome, COUNT(DISTINCT result_id) FROM refund_exceptions "
+            "WHERE outcome = ANY(%s) GROUP BY 1", (list(CASE_REFUND_OUTCOMES),)).fetchall():
+        out[f"REFUND {outcome}"] = int(n)
+    rejected = _one(conn, "SELECT COUNT(*) FROM dispute_rejections")
+    if rejected:
+        out["DISPUTE DISPUTE_REJECTED"] = rejected
+    return out
+
+
+def case_books(conn: Any) -> dict[str, Any]:
+    """Cases by subject and outcome, by status, by resolution; MATCHED_MANUAL payments."""
+    opened = {f"{s} {o}": int(n) for s, o, n in conn.execute(
+        "SELECT subject, outcome, COUNT(*) FROM exception_cases GROUP BY 1, 2").fetchall()}
+    status = {k: int(v) for k, v in conn.execute(
+        "SELECT status, COUNT(*) FROM exception_cases GROUP BY 1").fetchall()}
+    resolution = {str(k): int(v) for k, v in conn.execute(
+        "SELECT resolution, COUNT(*) FROM exception_cases WHERE status = 'RESOLVED' "
+        "GROUP BY 1").fetchall()}
+    approved = _one(conn, "SELECT COUNT(*) FROM exception_cases WHERE approver IS NOT NULL "
+                          "AND status = 'RESOLVED'")
+    resolved_twice = _one(conn, """
+        SELECT COUNT(*) FROM (SELECT case_id FROM case_events WHERE kind = 'RESOLVED'
+                               GROUP BY 1 HAVING COUNT(*) > 1) t""")
+    manual = _one(conn, "SELECT COUNT(*) FROM payments WHERE state = 'MATCHED_MANUAL'")
+    money_resolutions = sum(resolution.get(r, 0) for r in ("FORCE_MATCH", "MARK_RECEIVED"))
+    return {"opened": opened, "status": status, "resolution": resolution,
+            "approved": approved, "resolved_twice": resolved_twice, "matched_manual": manual,
+            "money_resolutions": money_resolutions}
+
+
+def wait_disputes(pipeline: IsolatedPipeline, expected: int, timeout_s: float,
+                  say: Callable[[str], None] = lambda _m: None) -> None:
+    """Until the database holds `expected` disputes and none is open any more."""
+    deadline = time.monotonic() + timeout_s
+    with connect(pipeline.settings.postgres, autocommit=True) as conn:
+        while True:
+            pipeline.check_alive()
+            total = _one(conn, "SELECT COUNT(*) FROM disputes")
+            still_open = _one(conn, "SELECT COUNT(*) FROM disputes WHERE state = 'OPEN'")
+            if total >= expected and still_open == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{total} of {expected} disputes recorded, {still_open} "
+                                   f"open, {timeout_s}s after the payments")
+            say(f"{total} of {expected} disputes recorded, {still_open} open")
+            time.sleep(1.0)
+
+
 def audit_pipeline_ingest(pipeline: IsolatedPipeline) -> IngestAudit:
     topics = pipeline.topics
     return audit_ingest(pipeline.settings.kafka, topics.requested, topics.all_routed,
@@ -422,10 +530,23 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
                 say(f"published in {publish_s:.1f}s; refunds once the payments are decided")
                 wait_decided(pipeline, expected["routed"], timeout_s)
                 send_refunds(producer, topics.refunds_requested, planner, refunds)
-        accepted = refunds.outcomes["accepted"]
-        say(f"published in {publish_s:.1f}s ({refunds.count:,} refund requests after them); "
-            "waiting for the books to balance")
-        books = wait_for_books(pipeline, expected["routed"], timeout_s, say, refunds=accepted)
+            accepted = refunds.outcomes["accepted"]
+            say(f"published in {publish_s:.1f}s ({refunds.count:,} refund requests after "
+                "them); waiting for the books to balance")
+            books = wait_for_books(pipeline, expected["routed"], timeout_s, say,
+                                   refunds=accepted)
+            # Disputes: decided seconds after their payments' answers; every one closed.
+            with connect(pipeline.settings.postgres, autocommit=True) as conn:
+                disputes_expected = expected_disputes(conn, seed, channel)
+            say(f"waiting for {disputes_expected.disputes} disputes to be decided")
+            wait_disputes(pipeline, disputes_expected.disputes, timeout_s, say)
+            # Exception cases: two operators resolve every one (approving, rejecting).
+            with connect(pipeline.settings.postgres, autocommit=True) as conn:
+                cases_expected = expected_cases(conn)
+                case_flow = resolve_all(conn, producer, topics.case_actions,
+                                        run_id=f"e2e{seed}", timeout_s=timeout_s / 4, say=say)
+            books = wait_for_books(pipeline, expected["routed"], timeout_s, say,
+                                   refunds=accepted)
         drain_s = time.time() - started
         with connect(pipeline.settings.postgres, autocommit=True) as conn:
             p50, p99, last_commit = _latency(conn, started if warm else 0.0)
@@ -436,6 +557,8 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             late = _one(conn, "SELECT COUNT(*) FROM payments WHERE late")
             money = recompute(pipeline.settings, conn, AvroDeserializer(pipeline.registry),
                               topics.results, topics.refund_results, topics.batches)
+            disputes = dispute_books(conn)
+            cases = case_books(conn)
         if inspect is not None:
             inspect(procs, pipeline.prefix, started)
         ingest = audit_pipeline_ingest(pipeline)
@@ -443,6 +566,11 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             pipeline.settings.kafka, topics.refunds_requested, topics.refunds_routed,
             topics.refunds_rejected, topics.dlq,
             identity=refund_body_identity(AvroDeserializer(pipeline.registry).decode))
+        decode = AvroDeserializer(pipeline.registry).decode
+        dispute_ingest = audit_disputes(pipeline.settings.kafka, topics.disputes,
+                                        topics.dispute_results, topics.dlq, decode)
+        case_ingest = audit_case_actions(pipeline.settings.kafka, topics.case_actions,
+                                         topics.case_events, topics.dlq, decode)
         span = max(last_commit - started, 1e-3)
         return E2EResult(
             count=count, expected=expected, ingest=ingest, books=books,
@@ -451,4 +579,7 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             states={k: int(v) for k, v in states.items()},
             exceptions={k: int(v) for k, v in exceptions.items()}, late_matched=int(late),
             refunds_expected=refunds, refund_ingest=refund_ingest, money=money,
+            disputes_expected=disputes_expected, disputes=disputes,
+            cases_expected=cases_expected, cases=cases, case_flow=case_flow,
+            dispute_ingest=dispute_ingest, case_ingest=case_ingest,
         )

@@ -64,11 +64,26 @@ class RunReport:
     refund_outcomes: dict[str, int] = field(default_factory=dict)
     money_ok: bool = False
     money_mismatches: list[str] = field(default_factory=list)
+    # Disputes and exception cases: dispute results by event, cases by status and by
+    # resolution, cases resolved more than once, MATCHED_MANUAL payments, the operators'
+    # actions (settle.case_flow), and the answer ledgers of channel.disputes and
+    # cases.actions (every record answered or dead-lettered).
+    dispute_events: dict[str, int] = field(default_factory=dict)
+    cases_by_status: dict[str, int] = field(default_factory=dict)
+    case_resolutions: dict[str, int] = field(default_factory=dict)
+    cases_resolved_twice: int = 0
+    matched_manual: int = 0
+    case_flow: dict[str, Any] = field(default_factory=dict)
+    dispute_ingest_balanced: bool = False
+    case_ingest_balanced: bool = False
 
     @property
     def ok(self) -> bool:
         return (self.books_ok and self.ingest_balanced and self.in_equals_out
                 and self.refund_ingest_balanced and self.money_ok
+                and self.dispute_ingest_balanced and self.case_ingest_balanced
+                and self.cases_resolved_twice == 0
+                and set(self.cases_by_status) <= {"RESOLVED"}
                 and self.duplicates == 0 and self.lost == 0 and not self.unexpected_exits
                 and all(f.kind == STORM or f.recovery_s is not None for f in self.faults))
 

@@ -17,7 +17,15 @@ from infra.config import Settings
 from producers.orders import Accounting
 from producers.producer import AvroProducer
 from settle.audit_books import BooksAudit, unbatched_matched
-from settle.audit_ingest import IngestAudit, RefundAudit, audit_refunds, refund_body_identity
+from settle.audit_ingest import (
+    IngestAudit,
+    RefundAudit,
+    audit_case_actions,
+    audit_disputes,
+    audit_refunds,
+    refund_body_identity,
+)
+from settle.case_flow import CaseFlowStats, resolve_all
 from settle.chaos.plan import (
     KILL,
     REBALANCE,
@@ -52,6 +60,8 @@ class Runner:
         self.expected_down: set[str] = set()
         self.unexpected_exits: list[str] = []
         self._stop_monitor = threading.Event()
+        self._stop_operators = threading.Event()
+        self.case_flow = CaseFlowStats()
         self.t0 = 0.0
 
     def now_s(self) -> float:
@@ -181,6 +191,10 @@ class Runner:
                     publisher.start()
                 while publisher.started_at == 0.0 and publisher.is_alive():
                     time.sleep(0.05)
+                # Operators resolve exception cases while the faults hit the pipeline.
+                operators = threading.Thread(target=self._operators, name="chaos-operators",
+                                             args=(pipeline,), daemon=True)
+                operators.start()
                 for fault in plan.faults:
                     wait = publisher.started_at + fault.at_s - time.monotonic()
                     if wait > 0:
@@ -197,12 +211,15 @@ class Runner:
                 report.publisher_resent = producer.resent
                 self.say(f"published {publisher.sent:,} records in {report.publish_s}s; "
                          "draining")
-                books = self._drain(pipeline, publisher.expected["routed"])
+                self._stop_operators.set()
+                operators.join(60)
+                books = self._drain(pipeline, publisher.expected["routed"], producer)
                 for watcher in watchers:
                     watcher.join(130)
                 ingest = audit_pipeline_ingest(pipeline)
                 self._figures(pipeline, report, publisher.expected, ingest, books)
                 self._refund_figures(pipeline, report, publisher.stats.refunds.count)
+                self._case_figures(pipeline, report)
             finally:
                 self._stop_monitor.set()
                 producer.close(10)
@@ -210,7 +227,54 @@ class Runner:
         report.total_s = self.now_s()
         return report
 
-    def _drain(self, pipeline: IsolatedPipeline, routed: int) -> BooksAudit:
+    def _operators(self, pipeline: IsolatedPipeline) -> None:
+        """Resolve the open cases every few seconds until told to stop; a fault that takes
+        PostgreSQL or Kafka away only delays a round (its actions are sent again under the
+        same ids, which the stage applies once)."""
+        rounds = 0
+        while not self._stop_operators.wait(3.0):
+            rounds += 1
+            ops = None
+            try:
+                # A client of their own: the publisher's is busy in its thread.
+                ops = AvroProducer(pipeline.settings.kafka, pipeline.registry,
+                                   client_id="chaos-operators")
+                with connect(pipeline.settings.postgres, autocommit=True,
+                             timeout_s=5) as conn:
+                    stats = resolve_all(conn, ops, pipeline.topics.case_actions,
+                                        run_id=f"chaos.{rounds}", timeout_s=10.0,
+                                        max_rounds=1, min_age_s=1)
+                self.case_flow.sent.update(stats.sent)
+                self.case_flow.answers.update(stats.answers)
+                self.case_flow.rounds += stats.rounds
+            except Exception as exc:  # a fault: the next round tries again
+                log.info("chaos operators: round %d failed: %s", rounds, exc)
+            finally:
+                if ops is not None:
+                    try:
+                        ops.close(10)
+                    except Exception as exc:
+                        log.info("chaos operators: round %d not flushed: %s", rounds, exc)
+
+    def _cases_settled(self, pipeline: IsolatedPipeline, conn: Any,
+                       producer: AvroProducer) -> bool:
+        """Resolve what is still open (a round at a time); True once no case is open."""
+        try:
+            stats = resolve_all(conn, producer, pipeline.topics.case_actions,
+                                run_id=f"chaos.final.{time.monotonic_ns()}", timeout_s=20.0,
+                                max_rounds=1)
+        except Exception as exc:
+            log.info("chaos operators: final round failed: %s", exc)
+            return False
+        self.case_flow.sent.update(stats.sent)
+        self.case_flow.answers.update(stats.answers)
+        self.case_flow.rounds += stats.rounds
+        row = conn.execute("SELECT COUNT(*) FROM exception_cases "
+                           "WHERE status <> 'RESOLVED'").fetchone()
+        return int(row[0] if row else 0) == 0
+
+    def _drain(self, pipeline: IsolatedPipeline, routed: int,
+               producer: AvroProducer) -> BooksAudit:
         from schemas.codec import AvroDeserializer
         from settle.audit_books import audit_books
 
@@ -227,7 +291,10 @@ class Runner:
                     last = decided
                 out_of_time = time.monotonic() >= deadline
                 if out_of_time or (decided >= routed and unbatched_matched(conn) == 0
-                                   and self._refunds_decided(pipeline, conn)):
+                                   and self._refunds_decided(pipeline, conn)
+                                   and self._cases_settled(pipeline, conn, producer)
+                                   and unbatched_matched(conn) == 0
+                                   and self._money_settled(pipeline, conn)):
                     books = audit_books(pipeline.settings, conn, decoder,
                                         results_topic=topics.results,
                                         batches_topic=topics.batches,
@@ -235,6 +302,43 @@ class Runner:
                     if books.ok or out_of_time:
                         return books
                 time.sleep(2.0)
+
+    def _money_settled(self, pipeline: IsolatedPipeline, conn: Any) -> bool:
+        """The money recomputed from the topics equals the books (results the sinks have
+        not posted yet, e.g. a dispute decided a moment ago, make it wait)."""
+        from schemas.codec import AvroDeserializer
+
+        topics = pipeline.topics
+        return recompute(pipeline.settings, conn, AvroDeserializer(pipeline.registry),
+                         topics.results, topics.refund_results, topics.batches).ok
+
+    def _case_figures(self, pipeline: IsolatedPipeline, report: RunReport) -> None:
+        from schemas.codec import AvroDeserializer
+
+        topics = pipeline.topics
+        decode = AvroDeserializer(pipeline.registry).decode
+        report.dispute_ingest_balanced = audit_disputes(
+            pipeline.settings.kafka, topics.disputes, topics.dispute_results, topics.dlq,
+            decode).balanced
+        report.case_ingest_balanced = audit_case_actions(
+            pipeline.settings.kafka, topics.case_actions, topics.case_events, topics.dlq,
+            decode).balanced
+        with connect(pipeline.settings.postgres, autocommit=True) as conn:
+            report.dispute_events = {k: int(v) for k, v in conn.execute(
+                "SELECT state, COUNT(*) FROM disputes GROUP BY 1").fetchall()}
+            report.cases_by_status = {k: int(v) for k, v in conn.execute(
+                "SELECT status, COUNT(*) FROM exception_cases GROUP BY 1").fetchall()}
+            report.case_resolutions = {str(k): int(v) for k, v in conn.execute(
+                "SELECT resolution, COUNT(*) FROM exception_cases WHERE status = 'RESOLVED' "
+                "GROUP BY 1").fetchall()}
+            row = conn.execute("""
+                SELECT COUNT(*) FROM (SELECT case_id FROM case_events WHERE kind = 'RESOLVED'
+                                       GROUP BY 1 HAVING COUNT(*) > 1) t""").fetchone()
+            report.cases_resolved_twice = int(row[0] if row else 0)
+            row = conn.execute(
+                "SELECT COUNT(*) FROM payments WHERE state = 'MATCHED_MANUAL'").fetchone()
+            report.matched_manual = int(row[0] if row else 0)
+        report.case_flow = self.case_flow.as_dict()
 
     def _refund_audit(self, pipeline: IsolatedPipeline) -> RefundAudit:
         from schemas.codec import AvroDeserializer
@@ -290,7 +394,7 @@ class Runner:
             report.payments_settled = one("SELECT COUNT(*) FROM payments")
             # A payment its channel took back after its MATCHED was settled (and netted out).
             report.matched = one("SELECT COUNT(*) FROM payments "
-                                 "WHERE state IN ('MATCHED', 'REVERSED')")
+                                 "WHERE state IN ('MATCHED', 'MATCHED_MANUAL', 'REVERSED')")
             report.batched = one("SELECT COUNT(*) FROM settlement_batch_items "
                                  "WHERE kind = 'PAYMENT'")
             dup = {
@@ -301,7 +405,8 @@ class Runner:
                                    "FROM settlement_batch_items"),
                 "journals_of_unmatched": one(
                     "SELECT COUNT(*) FROM ledger_journals j JOIN payments p USING (payment_id) "
-                    "WHERE j.kind = 'PAYMENT' AND p.state NOT IN ('MATCHED', 'REVERSED')"),
+                    "WHERE j.kind = 'PAYMENT' "
+                    "AND p.state NOT IN ('MATCHED', 'MATCHED_MANUAL', 'REVERSED')"),
                 "refunds_above_capture": one(
                     "SELECT COUNT(*) FROM (SELECT r.payment_id FROM ledger_journals r "
                     "JOIN ledger_journals p ON p.kind = 'PAYMENT' AND p.source_id = r.payment_id "
@@ -314,7 +419,8 @@ class Runner:
                 "routed_without_state": max(0, expected["routed"] - report.payments_settled),
                 "matched_unbatched": unbatched_matched(conn),
                 "matched_without_journal": one(
-                    "SELECT COUNT(*) FROM payments p WHERE state IN ('MATCHED', 'REVERSED') "
+                    "SELECT COUNT(*) FROM payments p "
+                    "WHERE state IN ('MATCHED', 'MATCHED_MANUAL', 'REVERSED') "
                     "AND NOT EXISTS "
                     "(SELECT 1 FROM ledger_journals j WHERE j.kind = 'PAYMENT' "
                     "AND j.source_id = p.payment_id)"),

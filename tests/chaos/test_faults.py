@@ -64,6 +64,11 @@ def test_fault_scenario(stack: Settings, tmp_path: Path, name: str) -> None:
     assert report.refunds_sent > 0
     assert report.refund_ingest_balanced, report.refund_ingest
     assert report.money_ok, report.money_mismatches
+    # Disputes and exception cases in the flow: every dispute record and every operator's
+    # action answered, every case resolved exactly once while the faults hit.
+    assert report.dispute_ingest_balanced and report.case_ingest_balanced
+    assert set(report.cases_by_status) <= {"RESOLVED"}, report.cases_by_status
+    assert report.cases_resolved_twice == 0
     for fault in report.faults:
         if fault.kind != STORM:
             assert fault.recovery_s is not None, (fault.fault, fault.note)

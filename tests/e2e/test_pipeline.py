@@ -1,5 +1,6 @@
-"""End to end on the real stack: 20,000 payments with every channel fault and refunds of
-every kind, books audited and money recomputed from the topics."""
+"""End to end on the real stack: 20,000 payments with every channel fault, refunds of every
+kind, disputes decided every way and every exception case resolved by two operators; books
+audited and money recomputed from the topics."""
 
 from __future__ import annotations
 
@@ -66,5 +67,40 @@ def test_twenty_thousand_payments_settle_exactly_once(stack: Settings, tmp_path:
           f"below 0, {money.carried_batches} carried a balance, {money.absorbing_batches} "
           f"took one in; reversed: {money.payment_reversals} payments, "
           f"{money.refund_reversals} refunds")
+
+    # Disputes: every dispute the simulator planned reached the books, each closed, and the
+    # amounts held, released and lost (with fees) are the plan's, per currency.
+    planned = result.disputes_expected
+    assert planned is not None and planned.disputes > 0
+    states = result.disputes["states"]
+    won = sum(planned.decisions.get(d, 0) for d in ("WON", "CANCELLED"))
+    lost = sum(planned.decisions.get(d, 0) for d in ("LOST", "ACCEPTED", "EXPIRED"))
+    assert (states.get("WON", 0), states.get("LOST", 0), states.get("OPEN", 0)) == (
+        won, lost, 0), (states, planned.decisions)
+    for currency, books in result.disputes["money"].items():
+        assert books == {"opened": planned.opened_minor.get(currency, 0),
+                         "released": planned.released_minor.get(currency, 0),
+                         "lost": planned.lost_minor.get(currency, 0),
+                         "fee": planned.fee_minor.get(currency, 0)}, currency
+    assert set(result.disputes["money"]) == set(planned.opened_minor)
+    assert result.dispute_ingest is not None and result.dispute_ingest.balanced, \
+        result.dispute_ingest
+    # Exception cases: one per exception, every one resolved exactly once, each money
+    # resolution a MATCHED_MANUAL payment; the operators' every action answered.
+    cases = result.cases
+    assert cases["opened"] == result.cases_expected, (cases["opened"], result.cases_expected)
+    assert sum(cases["opened"].values()) > 0
+    assert cases["status"] == {"RESOLVED": sum(cases["opened"].values())}, cases["status"]
+    assert cases["resolved_twice"] == 0
+    assert cases["matched_manual"] == cases["money_resolutions"] > 0, cases
+    assert cases["approved"] > 0, cases
+    flow = result.case_flow
+    assert flow is not None and flow.unanswered == 0 and flow.left_open == 0, flow
+    assert result.case_ingest is not None and result.case_ingest.balanced, result.case_ingest
+    assert money.manual_matches == cases["matched_manual"], money
+    print(f"e2e disputes: {dict(planned.decisions)} decided; per currency "
+          f"{result.disputes['money']}; rejected records {result.disputes['rejected']}")
+    print(f"e2e cases: opened {cases['opened']}; resolved {cases['resolution']} "
+          f"({cases['approved']} approved by a second operator); operators {flow.as_dict()}")
     print(f"e2e: {result.payments_per_s:,.0f} payments/s, latency p50 "
           f"{result.latency_ms_p50} ms, p99 {result.latency_ms_p99} ms")
