@@ -80,6 +80,12 @@ class WriteResult:
     def add_rows(self, table: str, count: int) -> None:
         self.rows_by_table[table] = self.rows_by_table.get(table, 0) + max(count, 0)
 
+    def add_postings(self, debits: int, credits: int) -> None:
+        """Count ledger entries written, per side (their rows are counted by add_rows)."""
+        sides = self.postings_by_side
+        sides["DEBIT"] = sides.get("DEBIT", 0) + debits
+        sides["CREDIT"] = sides.get("CREDIT", 0) + credits
+
     def merge(self, other: WriteResult) -> None:
         for table, count in other.rows_by_table.items():
             self.add_rows(table, count)

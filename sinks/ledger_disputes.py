@@ -190,9 +190,7 @@ def _post(cur: psycopg.Cursor, journals: list[JournalRow], entries: list[EntryRo
     debits = sum(1 for e in entries if e.side == DEBIT)
     result.add_rows("ledger_journals", len(journals))
     result.add_rows("ledger_entries", len(entries))
-    sides = result.postings_by_side
-    sides["DEBIT"] = sides.get("DEBIT", 0) + debits
-    sides["CREDIT"] = sides.get("CREDIT", 0) + len(entries) - debits
+    result.add_postings(debits, len(entries) - debits)
 
 
 def write_cases(cur: psycopg.Cursor, news: Sequence[CaseNews], result: WriteResult) -> None:
