@@ -36,6 +36,7 @@ class DemoPlan:
     decline_rate: float = 0.05
     fault_rate: float = 0.03
     drain_timeout_s: float = 240.0
+    approval_above_minor: int = 50_000
 
     def env(self) -> dict[str, str]:
         return {
@@ -43,6 +44,8 @@ class DemoPlan:
             "SETTLE_WINDOW_GRACE_SECONDS": str(self.window_grace_seconds),
             "SETTLE_RECON_SLA_MS": str(self.sla_ms),
             "SETTLE_ORPHAN_GRACE_MS": str(self.orphan_grace_ms),
+            # Resolutions above 500.00 (2-decimal currencies) wait for a second operator.
+            "SETTLE_CASE_APPROVAL_ABOVE_MINOR": str(self.approval_above_minor),
         }
 
     def refund_args(self) -> list[str]:
@@ -187,6 +190,21 @@ def wait_for_books(settings: Settings, decoder: Any, timeout_s: float,
                     return result
             previous = counts
             time.sleep(3.0)
+
+
+def wait_disputes_closed(settings: Settings, timeout_s: float) -> int:
+    """Wait (up to timeout_s) until no dispute the simulator opened is still open; returns
+    how many are still open (their decisions come seconds after the openings)."""
+    from sinks.db import connect
+
+    deadline = time.monotonic() + timeout_s
+    with connect(settings.postgres, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT COUNT(*) FROM disputes WHERE state = 'OPEN'").fetchone()
+            still_open = int(row[0]) if row else 0
+            if still_open == 0 or time.monotonic() >= deadline:
+                return still_open
+            time.sleep(2.0)
 
 
 def refunds_decided(settings: Settings) -> int:

@@ -133,7 +133,8 @@ def _latency(conn: Any, since_epoch_s: float = 0.0) -> tuple[int, int, float]:
           FROM ledger_journals j JOIN payments p USING (payment_id),
                LATERAL (SELECT (EXTRACT(EPOCH FROM j.posted_at - p.created_at) * 1000)::bigint
                         AS ms) l
-         WHERE j.kind = 'PAYMENT' AND NOT p.late AND p.created_at >= to_timestamp(%s)""",
+         WHERE j.kind = 'PAYMENT' AND NOT p.late AND p.created_at >= to_timestamp(%s)
+           AND p.state <> 'MATCHED_MANUAL'""",
                        (since_epoch_s,)).fetchone()
     return int(row[0] or 0), int(row[1] or 0), float(row[2] or 0)
 

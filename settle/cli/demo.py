@@ -80,7 +80,20 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
         # Every accepted refund decided too (the database may hold earlier runs' refunds).
         books = d.wait_for_books(s, decoder, timeout_s, show,
                                  refunds=refunds_before + d.expected_refunds(report))
-    console.rule("[bold]6. summary")
+    console.rule("[bold]6. disputes and exception cases")
+    still_open = d.wait_disputes_closed(s, 60.0)
+    if still_open:
+        console.print(f"  {still_open} disputes still open after 60s (their decisions come "
+                      "later; their amounts stay held)")
+    if _resolve_some_cases(s):
+        with console.status("waiting for the resolutions to settle...") as status:
+            def show_again(counts: dict[str, int]) -> None:
+                status.update(f"journals {counts['journals']:,}  batches "
+                              f"{counts['batches']:,} ({counts['batched']:,} items)")
+
+            books = d.wait_for_books(s, decoder, timeout_s, show_again,
+                                     refunds=refunds_before + d.expected_refunds(report))
+    console.rule("[bold]7. summary")
     ingest = audit_ingest(s.kafka, t.PAYMENTS_REQUESTED, t.ROUTED_TOPICS, t.PAYMENTS_REJECTED,
                           t.PAYMENTS_DLQ)
     total = ingest.routed + ingest.rejected + ingest.dead_lettered + ingest.deduplicated
@@ -90,8 +103,9 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
                   f"deduplicated {ingest.deduplicated:,} = {total:,}")
     print_books(books)
     refunds_ok = _refunds_summary(s, decoder)
+    disputes_ok = _disputes_summary(s, decoder)
     observable = _observability(s)
-    ok = ingest.balanced and books.ok and refunds_ok and observable
+    ok = ingest.balanced and books.ok and refunds_ok and disputes_ok and observable
     console.print(("[bold green]all invariants ✓[/]" if ok else "[bold red]invariants ✗[/]")
                   + f" after {time.monotonic() - started:.0f}s of draining")
     console.rule("[bold]the stack keeps running")
@@ -156,6 +170,92 @@ def _refunds_summary(s: Any, decoder: Any) -> bool:
                   f"{len(money.keys) - len(bad):,}/{len(money.keys):,} merchant+currency keys"
                   + (f" (differ: {sorted(bad.items())[:3]})" if bad else ""))
     return audit.balanced and not bad
+
+
+def _resolve_some_cases(s: Any) -> bool:
+    """Resolve a few open cases through `settle cases`, as operators would: a force-match,
+    a mark-received (each approved by a second operator when above the limit), and a bulk
+    close with its dry run first. True when anything was sent."""
+    from settle import demo as d
+    from settle.cases_tool import AWAITING_APPROVAL, CaseFilter, fetch_case, fetch_cases
+    from sinks.db import connect
+
+    with connect(s.postgres, autocommit=True) as conn:
+        open_cases = fetch_cases(conn, CaseFilter(statuses=("OPEN",)))
+    if not open_cases:
+        console.print("  no open exception cases")
+        return False
+    d.settle_cmd("cases", "list", "--status", "OPEN", "--limit", "8", check=False)
+    chosen: dict[str, Any] = {}
+    for case in open_cases:
+        if case.subject == "PAYMENT" and case.outcome in ("AMOUNT_MISMATCH",
+                                                           "MISSING_CONFIRMATION"):
+            chosen.setdefault(case.outcome, case)
+    actions = {"AMOUNT_MISMATCH": ("force-match", "the channel's bill shows the confirmed "
+                                                   "amount received"),
+               "MISSING_CONFIRMATION": ("mark-received", "funds found on the bank statement")}
+    for outcome, case in sorted(chosen.items()):
+        action, remark = actions[outcome]
+        console.print(f"  [bold]{action}[/] {case.case_id} ({outcome}, {case.payment_id})")
+        d.settle_cmd("cases", "resolve", case.case_id, "--action", action, "--remark", remark,
+                     "--operator", "demo-alice", "--wait", check=False)
+        with connect(s.postgres, autocommit=True) as conn:
+            waiting = fetch_case(conn, case.case_id).status == AWAITING_APPROVAL
+        if waiting:
+            d.settle_cmd("cases", "approve", case.case_id, "--remark", "checked the evidence",
+                         "--operator", "demo-bob", "--wait", check=False)
+    bulk = ("--where-outcome", "CURRENCY_MISMATCH", "--action", "close-no-funds",
+            "--remark", "currency mismatch: refunded by the channel, nothing to settle",
+            "--operator", "demo-alice")
+    d.settle_cmd("cases", "resolve", *bulk, "--dry-run", check=False)
+    d.settle_cmd("cases", "resolve", *bulk, "--yes", "--wait", check=False)
+    return True
+
+
+def _disputes_summary(s: Any, decoder: Any) -> bool:
+    """Disputes by state with what they hold, released and took; cases by status and
+    resolution; every dispute record and case action answered."""
+    from rich.table import Table
+
+    from schemas import topics as t
+    from settle.audit_ingest import audit_case_actions, audit_disputes
+    from sinks.db import connect
+
+    mark = {True: "[green]✓[/]", False: "[bold red]✗[/]"}
+    with connect(s.postgres, autocommit=True) as conn:
+        rows = conn.execute("""
+            SELECT currency, state, COUNT(*), SUM(amount_minor), SUM(fee_minor)
+              FROM disputes GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+        cases = conn.execute("""
+            SELECT status, COALESCE(resolution, '-'), COUNT(*) FROM exception_cases
+             GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+        manual = conn.execute(
+            "SELECT COUNT(*) FROM payments WHERE state = 'MATCHED_MANUAL'").fetchone()
+    table = Table(title="disputes (minor units)")
+    for name in ("currency", "state", "disputes", "amount", "fees"):
+        table.add_column(name, justify="right")
+    for currency, state, n, amount, fee in rows:
+        label = {"OPEN": "OPEN (held)", "WON": "WON (released)", "LOST": "LOST (taken)"}
+        table.add_row(currency, label.get(state, state), f"{n:,}", f"{int(amount or 0):,}",
+                      f"{int(fee or 0):,}" if state == "LOST" else "")
+    console.print(table)
+    case_table = Table(title="exception cases")
+    for name in ("status", "resolution", "cases"):
+        case_table.add_column(name)
+    for status, resolution, n in cases:
+        case_table.add_row(status, resolution, f"{n:,}")
+    console.print(case_table)
+    console.print(f"  {int(manual[0]) if manual else 0:,} payments settled by an operator "
+                  "(MATCHED_MANUAL)")
+    disputes = audit_disputes(s.kafka, t.CHANNEL_DISPUTES, t.DISPUTE_RESULTS, t.PAYMENTS_DLQ,
+                              decoder.decode)
+    actions = audit_case_actions(s.kafka, t.CASE_ACTIONS, t.CASE_EVENTS, t.PAYMENTS_DLQ,
+                                 decoder.decode)
+    console.print(f"{mark[disputes.balanced]} dispute records: read {disputes.read:,} = "
+                  f"answered {disputes.answered:,} + dead-lettered {disputes.dead_lettered:,}")
+    console.print(f"{mark[actions.balanced]} case actions: read {actions.read:,} = answered "
+                  f"{actions.answered:,} + dead-lettered {actions.dead_lettered:,}")
+    return disputes.balanced and actions.balanced
 
 
 def _observability(s: Any) -> bool:
