@@ -38,6 +38,7 @@ from settlement.disputes import (
     DISPUTE,
     EVENT_LOST,
     EVENT_OPENED,
+    EVENT_REJECTED,
     EVENT_STAGE_CHANGED,
     EVENT_WON,
     EXPIRED,
@@ -90,13 +91,17 @@ class DisputeSimConfig:
     pre_dispute_share: float = 0.2
     pre_arbitration_share: float = 0.1
     redelivery_share: float = 0.1
+    # A channel that later contradicts its own decision (won after lost, lost after won):
+    # the stage must refuse it (DISPUTE_ALREADY_CLOSED) and open an exception case.
+    contradiction_share: float = 0.1
     respond_by_days: int = 7
     decision_weights: Mapping[str, int] = field(
         default_factory=lambda: dict(DEFAULT_DECISION_WEIGHTS))
 
     def __post_init__(self) -> None:
         for name in ("rate", "late_share", "withdrawn_share", "partial_share",
-                     "pre_dispute_share", "pre_arbitration_share", "redelivery_share"):
+                     "pre_dispute_share", "pre_arbitration_share", "redelivery_share",
+                     "contradiction_share"):
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
                 raise SimulatorConfigError(f"dispute {name} must lie in [0, 1], got {share}")
@@ -134,6 +139,7 @@ class DisputeStory:
     decision: str
     late: bool
     redelivered: bool
+    contradicted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +221,8 @@ def story(seed: int, routed: Mapping[str, Any], config: DisputeSimConfig) -> Dis
         decision=decision,
         late=_unit(seed, payment_id, "dispute-late") < config.late_share,
         redelivered=_unit(seed, payment_id, "dispute-redelivery") < config.redelivery_share,
+        contradicted=(_unit(seed, payment_id, "dispute-contradiction")
+                      < config.contradiction_share),
     )
 
 
@@ -261,6 +269,11 @@ def plan_disputes(routed: Mapping[str, Any], answered_ms: int, seed: int, captur
     at_ms += config.decide_delay_ms
     planned.append(PlannedDispute(at_ms, record(len(told.stages), told.stages[-1], told.decision,
                                                 at_ms, told.fee_minor, None)))
+    if told.contradicted:
+        at_ms += config.stage_gap_ms
+        other = WON if told.decision in LOST_STATUSES else LOST
+        planned.append(PlannedDispute(at_ms, record(len(told.stages) + 1, told.stages[-1],
+                                                    other, at_ms, 0, None)))
     return planned
 
 
@@ -269,7 +282,8 @@ def expected_dispute_events(told: DisputeStory) -> tuple[str, ...]:
     in order (a redelivered record gets none), when the payment is MATCHED first."""
     staged = tuple(EVENT_STAGE_CHANGED for _ in told.stages[1:])
     closing = EVENT_LOST if told.decision in LOST_STATUSES else EVENT_WON
-    return (EVENT_OPENED, *staged, closing)
+    refused = (EVENT_REJECTED,) if told.contradicted else ()
+    return (EVENT_OPENED, *staged, closing, *refused)
 
 
 @dataclass(slots=True)

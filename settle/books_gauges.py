@@ -8,11 +8,14 @@ stage, currency, outcome and fixed buckets, never a payment, dispute or case id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
 from prometheus_client.core import GaugeMetricFamily
+
+from schemas.topics import CHANNELS
 
 # Days to a dispute's respond_by: (label, upper bound in days); past it is "overdue", no
 # deadline "none".
@@ -41,8 +44,15 @@ OPEN_DISPUTES_BY_DEADLINE = f"""
 SOONEST_RESPOND_BY = """
     SELECT lower(channel), EXTRACT(EPOCH FROM MIN(respond_by) - now())::float8
       FROM disputes WHERE state = 'OPEN' AND respond_by IS NOT NULL GROUP BY 1"""
+# Every currency that ever had a dispute: 0 once nothing of it is held.
 HELD = """
-    SELECT currency, SUM(amount_minor) FROM disputes WHERE state = 'OPEN' GROUP BY 1"""
+    SELECT currency, COALESCE(SUM(amount_minor) FILTER (WHERE state = 'OPEN'), 0)
+      FROM disputes GROUP BY 1"""
+# Series that read 0 (or +Inf: no deadline ahead) when nothing is open, so a panel or an
+# alert sees "none" rather than no data.
+STAGES: tuple[str, ...] = ("PRE_DISPUTE", "DISPUTE", "PRE_ARBITRATION")
+DEADLINE_LABELS: tuple[str, ...] = (DEADLINE_OVERDUE, *(b for b, _ in DEADLINE_BUCKETS),
+                                    DEADLINE_LATER, DEADLINE_NONE)
 # A case row whose OPENED event is not read yet (a later one created it) counts from that one.
 _OPENED_AT = "COALESCE(opened_at, last_event_at)"
 OPEN_CASES = f"""
@@ -78,10 +88,13 @@ class CaseGauges:
 def read_gauges(conn: psycopg.Connection) -> CaseGauges:
     """Every figure, from the tables the ledger sink keeps."""
     g = CaseGauges()
-    g.disputes_open = {(ch, st): int(n) for ch, st, n in conn.execute(OPEN_DISPUTES)}
-    g.disputes_by_deadline = {(ch, b): int(n)
-                              for ch, b, n in conn.execute(OPEN_DISPUTES_BY_DEADLINE)}
-    g.soonest_respond_by_s = {ch: float(s) for ch, s in conn.execute(SOONEST_RESPOND_BY)}
+    g.disputes_open = {(ch, st): 0 for ch in CHANNELS for st in STAGES}
+    g.disputes_open.update({(ch, st): int(n) for ch, st, n in conn.execute(OPEN_DISPUTES)})
+    g.disputes_by_deadline = {(ch, b): 0 for ch in CHANNELS for b in DEADLINE_LABELS}
+    g.disputes_by_deadline.update({(ch, b): int(n)
+                                   for ch, b, n in conn.execute(OPEN_DISPUTES_BY_DEADLINE)})
+    g.soonest_respond_by_s = {ch: math.inf for ch in CHANNELS}
+    g.soonest_respond_by_s.update({ch: float(s) for ch, s in conn.execute(SOONEST_RESPOND_BY)})
     g.held_minor = {c.strip(): int(v) for c, v in conn.execute(HELD)}
     g.cases_open = {(o, age): int(n) for o, age, n in conn.execute(OPEN_CASES)}
     g.oldest_case_age_s = {o: float(s) for o, s in conn.execute(OLDEST_OPEN_CASE)}
@@ -110,7 +123,7 @@ def families(g: CaseGauges) -> Iterator[GaugeMetricFamily]:
     fam = GaugeMetricFamily(
         "settle_disputes_respond_by_soonest_seconds",
         "Seconds until the earliest respond-by deadline among the channel's open disputes "
-        "(negative: passed)", labels=["channel"])
+        "(negative: passed; +Inf: none open)", labels=["channel"])
     for channel, s in sorted(g.soonest_respond_by_s.items()):
         fam.add_metric([channel], s)
     yield fam

@@ -185,7 +185,7 @@ def _resolve_some_cases(s: Any) -> bool:
     if not open_cases:
         console.print("  no open exception cases")
         return False
-    d.settle_cmd("cases", "list", "--status", "OPEN", "--limit", "8", check=False)
+    d.settle_cmd("cases", "list", "--status", "open", "--limit", "8", check=False)
     chosen: dict[str, Any] = {}
     for case in open_cases:
         if case.subject == "PAYMENT" and case.outcome in ("AMOUNT_MISMATCH",
@@ -209,6 +209,12 @@ def _resolve_some_cases(s: Any) -> bool:
             "--operator", "demo-alice")
     d.settle_cmd("cases", "resolve", *bulk, "--dry-run", check=False)
     d.settle_cmd("cases", "resolve", *bulk, "--yes", "--wait", check=False)
+    # The bulk resolutions above the limit wait for the second operator.
+    with connect(s.postgres, autocommit=True) as conn:
+        waiting = fetch_cases(conn, CaseFilter(statuses=(AWAITING_APPROVAL,)))
+    for case in waiting[:5]:
+        d.settle_cmd("cases", "approve", case.case_id, "--remark", "checked the bill",
+                     "--operator", "demo-bob", "--wait", check=False)
     return True
 
 

@@ -83,6 +83,8 @@ def test_twenty_thousand_payments_settle_exactly_once(stack: Settings, tmp_path:
                          "lost": planned.lost_minor.get(currency, 0),
                          "fee": planned.fee_minor.get(currency, 0)}, currency
     assert set(result.disputes["money"]) == set(planned.opened_minor)
+    # A channel contradicting its decision (won after lost) is refused, not applied.
+    assert result.disputes["rejected"] > 0
     assert result.dispute_ingest is not None and result.dispute_ingest.balanced, \
         result.dispute_ingest
     # Exception cases: one per exception, every one resolved exactly once, each money

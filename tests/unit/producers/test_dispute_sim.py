@@ -33,10 +33,12 @@ from schemas.registry import InMemoryRegistry
 from settlement.disputes import (
     DISPUTE,
     DISPUTE_ID_PATTERN,
+    LOST,
     LOST_STATUSES,
     OPENED,
     PRE_ARBITRATION,
     PRE_DISPUTE,
+    WON,
 )
 
 NOW = 1_750_000_000_000
@@ -101,7 +103,14 @@ def test_every_dispute_tells_a_consistent_story() -> None:
     for planned in plans(400):
         records = [p.record for p in planned if not p.redelivery]
         copies = [p for p in planned if p.redelivery]
-        first, *middle, last = records
+        # The records up to the decision; a contradiction may follow it (refused by the stage).
+        decided = next(i for i, r in enumerate(records) if r["status"] != OPENED)
+        first, *middle = records[:decided]
+        last, after = records[decided], records[decided + 1:]
+        for late_word in after:
+            assert late_word["status"] == (WON if last["status"] in LOST_STATUSES else LOST)
+            assert late_word["occurred_at"] == last["occurred_at"] + config.stage_gap_ms
+        assert len(after) <= 1
         assert DISPUTE_ID_PATTERN.fullmatch(first["dispute_id"])
         for field in ("dispute_id", "channel_dispute_id", "payment_id", "channel", "amount_minor",
                       "currency", "funds_withdrawn", "reason_code"):
@@ -132,7 +141,7 @@ def test_a_sample_covers_every_decision_stage_and_timing() -> None:
     assert set(Counter(s.decision for s in stories)) == set(DECISIONS)
     assert any(PRE_DISPUTE in s.stages for s in stories)
     assert any(PRE_ARBITRATION in s.stages for s in stories)
-    for flag in ("late", "redelivered", "funds_withdrawn"):
+    for flag in ("late", "redelivered", "funds_withdrawn", "contradicted"):
         share = sum(getattr(s, flag) for s in stories) / len(stories)
         assert 0.02 < share < 0.8, flag
     assert any(s.amount_minor < 12_345 for s in stories)
@@ -148,7 +157,10 @@ def test_the_fee_is_in_the_currency_s_minor_units() -> None:
 def test_expected_events_follow_the_stages_and_the_decision() -> None:
     for s in (story(3, routed(n), ALL) for n in range(200)):
         events = expected_dispute_events(s)
-        assert events[0] == "OPENED" and len(events) == len(s.stages) + 1
+        assert events[0] == "OPENED" and len(events) == len(s.stages) + 1 + s.contradicted
+        if s.contradicted:  # the channel's contradiction of its decision is refused
+            assert events[-1] == "REJECTED"
+            events = events[:-1]
         assert set(events[1:-1]) <= {"STAGE_CHANGED"}
         assert events[-1] == ("LOST" if s.decision in LOST_STATUSES else "WON")
 
