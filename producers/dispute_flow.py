@@ -320,12 +320,14 @@ class DisputeTally:
     released_minor: dict[str, int] = field(default_factory=dict)
     lost_minor: dict[str, int] = field(default_factory=dict)
     fee_minor: dict[str, int] = field(default_factory=dict)
+    contradicted: int = 0  # decisions the channel contradicts later (refused by the stage)
 
     def add(self, told: DisputeStory, currency: str) -> None:
         def bump(into: dict[str, int], key: str, amount: int) -> None:
             into[key] = into.get(key, 0) + amount
 
         bump(self.decisions, told.decision, 1)
+        self.contradicted += told.contradicted
         bump(self.opened_minor, currency, told.amount_minor)
         if told.decision in LOST_STATUSES:
             bump(self.lost_minor, currency, told.amount_minor)

@@ -84,7 +84,7 @@ def test_twenty_thousand_payments_settle_exactly_once(stack: Settings, tmp_path:
                          "fee": planned.fee_minor.get(currency, 0)}, currency
     assert set(result.disputes["money"]) == set(planned.opened_minor)
     # A channel contradicting its decision (won after lost) is refused, not applied.
-    assert result.disputes["rejected"] > 0
+    assert result.disputes["rejected"] == planned.contradicted
     assert result.dispute_ingest is not None and result.dispute_ingest.balanced, \
         result.dispute_ingest
     # Exception cases: one per exception, every one resolved exactly once, each money
@@ -100,7 +100,8 @@ def test_twenty_thousand_payments_settle_exactly_once(stack: Settings, tmp_path:
     assert flow is not None and flow.unanswered == 0 and flow.left_open == 0, flow
     assert result.case_ingest is not None and result.case_ingest.balanced, result.case_ingest
     assert money.manual_matches == cases["matched_manual"], money
-    print(f"e2e disputes: {dict(planned.decisions)} decided; per currency "
+    print(f"e2e disputes: {dict(planned.decisions)} decided, {planned.contradicted} "
+          f"contradicted; per currency "
           f"{result.disputes['money']}; rejected records {result.disputes['rejected']}")
     print(f"e2e cases: opened {cases['opened']}; resolved {cases['resolution']} "
           f"({cases['approved']} approved by a second operator); operators {flow.as_dict()}")
