@@ -23,7 +23,8 @@ def audit() -> None:
               help="How many unaccounted records to list.")
 def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
     """Prove read = routed + rejected + dead-lettered + deduplicated for payments.requested
-    and refunds.requested.
+    and refunds.requested, and that every record of channel.disputes and cases.actions was
+    answered.
 
     Every output of the validate stage names its input (topic/partition/offset) in a header;
     the audit joins them. Exit code 1 when any input is unaccounted for or placed twice.
@@ -58,8 +59,39 @@ def audit_ingest_cmd(wait_s: float, show_max: int) -> None:
     for ref in (result.unaccounted + result.in_several_places + result.bad_duplicates)[:show_max]:
         console.print(f"  [red]{ref}[/]")
     refunds = _audit_refund_requests(wait_s, show_max)
-    if not (result.balanced and refunds):
+    answered = _audit_answers(wait_s, show_max)
+    if not (result.balanced and refunds and answered):
         sys.exit(1)
+
+
+def _audit_answers(wait_s: float, show_max: int) -> bool:
+    """channel.disputes and cases.actions: every record answered (a DisputeResult of its
+    event, a CaseEvent of its action) or dead-lettered."""
+    from infra.registry import registry_client
+    from schemas import topics as t
+    from schemas.codec import AvroDeserializer
+    from settle.audit_ingest import audit_case_actions, audit_disputes
+
+    s = settings()
+    with registry_client(s) as registry, console.status(
+            "reading channel.disputes, cases.actions and their answers..."):
+        decode = AvroDeserializer(registry).decode
+        audits = {
+            "channel.disputes → disputes.results": audit_disputes(
+                s.kafka, t.CHANNEL_DISPUTES, t.DISPUTE_RESULTS, t.PAYMENTS_DLQ, decode,
+                wait_s=wait_s),
+            "cases.actions → cases.events": audit_case_actions(
+                s.kafka, t.CASE_ACTIONS, t.CASE_EVENTS, t.PAYMENTS_DLQ, decode, wait_s=wait_s),
+        }
+    ok = True
+    for name, audit in audits.items():
+        mark = "[green]✓[/]" if audit.balanced else "[bold red]✗[/]"
+        console.print(f"{mark} {name}: read {audit.read:,} = answered {audit.answered:,} + "
+                      f"dead-lettered {audit.dead_lettered:,} ({audit.answers:,} answers)")
+        for ref in audit.unanswered[:show_max]:
+            console.print(f"  [red]unanswered {ref}[/]")
+        ok = ok and audit.balanced
+    return ok
 
 
 def _audit_refund_requests(wait_s: float, show_max: int) -> bool:

@@ -211,8 +211,8 @@ def _resolve_some_cases(s: Any) -> bool:
     d.settle_cmd("cases", "resolve", *bulk, "--yes", "--wait", check=False)
     # The bulk resolutions above the limit wait for the second operator.
     with connect(s.postgres, autocommit=True) as conn:
-        waiting = fetch_cases(conn, CaseFilter(statuses=(AWAITING_APPROVAL,)))
-    for case in waiting[:5]:
+        proposed = fetch_cases(conn, CaseFilter(statuses=(AWAITING_APPROVAL,)))
+    for case in proposed[:5]:
         d.settle_cmd("cases", "approve", case.case_id, "--remark", "checked the bill",
                      "--operator", "demo-bob", "--wait", check=False)
     return True
