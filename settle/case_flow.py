@@ -89,7 +89,6 @@ def resolve_all(conn: psycopg.Connection, sender: Any, topic: str, run_id: str,
     until none is left or `max_rounds` rounds or `timeout_s` have passed. `sender` has
     `send(topic, key, record)` and `flush()` (producers.producer.AvroProducer)."""
     stats = CaseFlowStats()
-    rejected: set[str] = set()
     deadline = time.monotonic() + timeout_s
     while stats.rounds < max_rounds and time.monotonic() < deadline:
         cases = fetch_cases(conn, CaseFilter(statuses=(OPEN, AWAITING_APPROVAL),
@@ -97,6 +96,10 @@ def resolve_all(conn: psycopg.Connection, sender: Any, topic: str, run_id: str,
         if not cases:
             break
         stats.rounds += 1
+        # A second operator rejects a case's proposal at most once (its history says so,
+        # whichever run rejected it); the case is then closed without funds.
+        rejected = {row[0] for row in conn.execute(
+            "SELECT DISTINCT case_id FROM case_events WHERE kind = 'REJECTED'").fetchall()}
         now_ms = time.time_ns() // 1_000_000
         planned: list[PlannedAction] = []
         for case in cases:
@@ -104,8 +107,6 @@ def resolve_all(conn: psycopg.Connection, sender: Any, topic: str, run_id: str,
             if case.status == AWAITING_APPROVAL:
                 kind = REJECT if _pick(case.case_id, "reject", REJECT_ONE_IN) == 0 \
                     and case.case_id not in rejected else APPROVE
-                if kind == REJECT:
-                    rejected.add(case.case_id)
                 resolution = None
                 remark = "checked against the channel's bill" if kind == APPROVE \
                     else "the bill does not show it; close it instead"
