@@ -132,8 +132,8 @@ BATCHES_CLOSED = Counter(
 BATCH_AMOUNTS_CLOSED = Counter(
     "settle_batch_amounts_closed_minor_total",
     "Minor units in closed settlement batches per currency and kind (gross, fee, net of "
-    "payments; refund_, payment_reversal_ and refund_reversal_ gross, fee, net; payout; "
-    "carried_out), all positive",
+    "payments; refund_, payment_reversal_, refund_reversal_, dispute_hold_, "
+    "dispute_release_ and dispute_fee_ gross, fee, net; payout; carried_out), all positive",
     ["currency", "kind"],
 )
 BATCH_ITEMS = Counter(
