@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from schemas.codec import AvroDeserializer, AvroSerializer, RegistryPrefetch
 from schemas.errors import DecodeError, RegistryUnavailable
+from settlement.batch_items import BatchItem
 from settlement.batches import BatchError, BatchTotals, SettlementBatch, due_batches
 from settlement.fees import FeeSchedule
 from settlement.reconciliation import MATCHED, MATCHED_MANUAL, PAYMENT_REVERSED, REFUND_REVERSED
@@ -272,7 +273,7 @@ class SettleProcessor:
             return SettleDecision(DUPLICATE)
         last_closed = entry["last_closed_start_ms"]
         window = assign_window(
-            item.matched_at_ms,
+            self._not_before_hold(bkey, item),
             self._clock(),
             self._windows,
             closed=lambda start: last_closed is not None and start <= last_closed,
@@ -287,6 +288,18 @@ class SettleProcessor:
         batches[window.start_ms] = totals.add(item)
         self._save(bkey, entry, batches, partition)
         return SettleDecision(ADDED)
+
+    def _not_before_hold(self, bkey: str, item: BatchItem) -> int:
+        """The time an item is settled by: its own, except that a dispute's release or fee
+        never goes to an earlier window than its hold. A hold that came late went to the
+        window open then, which can be after the release's own window: paying the release
+        there would pay out, for a while, funds the hold had not yet taken back."""
+        if item.kind not in (ITEM_DISPUTE_RELEASE, ITEM_DISPUTE_FEE):
+            return item.matched_at_ms
+        hold = self._store.get(item_key(bkey, item_tag(ITEM_DISPUTE_HOLD, item.item_id)))
+        if not isinstance(hold, dict):
+            return item.matched_at_ms  # batched and forgotten long ago, or never held
+        return max(item.matched_at_ms, int(hold["window_start_ms"]))
 
     def on_tick(self, partition: int, ref: bytes = b"tick") -> SettleDecision:
         """Close this partition's due batches and evict idle keys; never raises.

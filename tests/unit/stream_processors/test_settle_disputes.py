@@ -173,3 +173,20 @@ def test_bad_manual_matches_are_dead_lettered(over: dict[str, Any]) -> None:
 
 def test_a_manual_match_record_that_is_not_terminal_is_ignored() -> None:
     assert Harness().manual("p-1", terminal=False).outcome == IGNORED
+
+
+def test_a_release_never_settles_in_an_earlier_batch_than_its_late_hold() -> None:
+    # Windows of 10 s closing 5 s after their end. The hold was decided in window W0 but
+    # reaches settle at W0 + 21 s (a worker was down): W0 is closed, it goes to W0 + 20 s.
+    # The release was decided at W0 + 12 s, whose window is still open (grace): settled
+    # there, it would pay the merchant the released amount a batch before the hold took it.
+    h = Harness()
+    hold = h.dispute("p-1", "d-1", "OPENED", amount=300, decided_at=W0 + 1_000)
+    release = h.dispute("p-1", "d-1", "WON", amount=300, decided_at=W0 + 12_000)
+    h.now = W0 + 21_000
+    assert h.item(hold.outputs[0]).outcome == ADDED
+    assert h.item(release.outputs[0]).outcome == ADDED
+    h.now = W0 + 60_000
+    batches = h.batches(h.tick())
+    assert [(int(b["window_start"].timestamp() * 1000), kinds(b)) for b in batches] == [
+        (W0 + 20_000, [("DISPUTE_HOLD", "p-1/d-1", -300), ("DISPUTE_RELEASE", "p-1/d-1", 300)])]
