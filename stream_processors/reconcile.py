@@ -375,17 +375,10 @@ class ReconcileProcessor:
                 raise rf.RefundError(f"payment_id must be a non-empty string: {payment_id!r}")
         except (DecodeError, rf.RefundError, KeyError, TypeError, ValueError) as exc:
             raise _BadInput(exc) from exc
-        assert self._placement is None or src.topic in self._placement.external
-        if self._placement is not None and not moved and value is not None:
-            target = self._placement.misplaced(src.topic, partition, payment_id)
-            if target is not None:
-                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
-                                                                  target)])
-        self._ensure(partition)
-        raw = self._store.get(payment_id)
-        if raw is not None and raw["partition"] != partition:
-            raise _BadInput(NotCopartitioned(
-                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        moved_to = self._move_if_misplaced(payment_id, value, src, partition, moved)
+        if moved_to is not None:
+            return moved_to
+        raw = self._held(payment_id, partition)
         replayed = r_emitted_by(raw, ref, payment_id)
         if replayed is not None:
             return ReconDecision(REPLAYED, replayed + (c_emitted_by(raw, ref) or []))
@@ -421,17 +414,10 @@ class ReconcileProcessor:
         except (DecodeError, KeyError, TypeError, ValueError) as exc:  # DisputeError too
             raise _BadInput(exc) from exc
         payment_id = news.payment_id
-        assert self._placement is None or src.topic in self._placement.external
-        if self._placement is not None and not moved and value is not None:
-            target = self._placement.misplaced(src.topic, partition, payment_id)
-            if target is not None:
-                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
-                                                                  target)])
-        self._ensure(partition)
-        raw = self._store.get(payment_id)
-        if raw is not None and raw["partition"] != partition:
-            raise _BadInput(NotCopartitioned(
-                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        moved_to = self._move_if_misplaced(payment_id, value, src, partition, moved)
+        if moved_to is not None:
+            return moved_to
+        raw = self._held(payment_id, partition)
         replayed = dispute_replayed(raw, ref, payment_id)
         if replayed is not None:
             return ReconDecision(REPLAYED, replayed + (c_emitted_by(raw, ref) or []))
@@ -453,6 +439,27 @@ class ReconcileProcessor:
             self._store[payment_id] = stored
             self.deadlines.schedule(partition, payment_id, self._next_due_raw(stored))
         return decision
+
+    def _move_if_misplaced(self, payment_id: str, value: bytes | None, src: Origin,
+                           partition: int, moved: bool) -> ReconDecision | None:
+        """A record of an external topic on another partition than its payment_id's: moved
+        there first (the MOVED decision), whatever the writer's partitioner or key."""
+        assert self._placement is None or src.topic in self._placement.external
+        if self._placement is None or moved or value is None:
+            return None
+        target = self._placement.misplaced(src.topic, partition, payment_id)
+        if target is None:
+            return None
+        return ReconDecision(MOVED, [self._placement.move(payment_id, value, src, target)])
+
+    def _held(self, payment_id: str, partition: int) -> Any:
+        """The payment's table value (None if not held); it must live on this partition."""
+        self._ensure(partition)
+        raw = self._store.get(payment_id)
+        if raw is not None and raw["partition"] != partition:
+            raise _BadInput(NotCopartitioned(
+                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        return raw
 
     def _outputs(self, payment_id: str, values: list[str], ref: bytes) -> list[Output]:
         return [Output(self._topics.results, payment_id.encode(), bytes.fromhex(v),
@@ -560,17 +567,10 @@ class ReconcileProcessor:
         except (DecodeError, CaseError, KeyError, TypeError, ValueError) as exc:
             raise _BadInput(exc) from exc
         payment_id = action.payment_id
-        assert self._placement is None or src.topic in self._placement.external
-        if self._placement is not None and not moved and value is not None:
-            target = self._placement.misplaced(src.topic, partition, payment_id)
-            if target is not None:
-                return ReconDecision(MOVED, [self._placement.move(payment_id, value, src,
-                                                                  target)])
-        self._ensure(partition)
-        raw = self._store.get(payment_id)
-        if raw is not None and raw["partition"] != partition:
-            raise _BadInput(NotCopartitioned(
-                f"{payment_id} is kept on partition {raw['partition']}, record is on {partition}"))
+        moved_to = self._move_if_misplaced(payment_id, value, src, partition, moved)
+        if moved_to is not None:
+            return moved_to
+        raw = self._held(payment_id, partition)
         replayed = c_emitted_by(raw, ref)
         if replayed is not None:
             return ReconDecision(REPLAYED, replayed)
