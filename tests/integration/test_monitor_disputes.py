@@ -9,6 +9,7 @@ in a database of the test's own.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,8 +18,9 @@ import psycopg
 import pytest
 
 from infra.config import Settings
+from schemas.topics import CHANNELS
 from settle.audit_books import BooksAudit, check_database
-from settle.books_gauges import read_gauges
+from settle.books_gauges import DEADLINE_LABELS, STAGES, read_gauges
 from settle.monitor import INVARIANTS, check_books
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
@@ -247,9 +249,14 @@ def test_green_dispute_books_break_nothing_and_the_audit_agrees_once_drained(
 def test_the_gauges_read_open_disputes_holds_and_cases(db: psycopg.Connection) -> None:
     _green(db)
     g = read_gauges(db)
-    assert g.disputes_open == {("card", "DISPUTE"): 1}
-    assert g.disputes_by_deadline == {("card", "0-2d"): 1}
+    # Every channel and stage (and deadline bucket) reads, 0 where nothing is open, so a
+    # panel or an alert sees "none" rather than no data.
+    assert {k: n for k, n in g.disputes_open.items() if n} == {("card", "DISPUTE"): 1}
+    assert len(g.disputes_open) == len(CHANNELS) * len(STAGES)
+    assert {k: n for k, n in g.disputes_by_deadline.items() if n} == {("card", "0-2d"): 1}
+    assert len(g.disputes_by_deadline) == len(CHANNELS) * len(DEADLINE_LABELS)
     assert 86_000 < g.soonest_respond_by_s["card"] <= 86_400
+    assert g.soonest_respond_by_s["alipay"] == math.inf  # none open: no deadline ahead
     assert g.held_minor == {"CNY": 1_000}
     assert g.cases_open == {("MISSING_CONFIRMATION", "3-7d"): 2}
     assert g.oldest_case_age_s["MISSING_CONFIRMATION"] >= 4 * 86_400
