@@ -16,6 +16,7 @@ import psycopg
 from prometheus_client.core import GaugeMetricFamily
 
 from schemas.topics import CHANNELS
+from settlement.cases import CASE_OUTCOMES
 
 # Days to a dispute's respond_by: (label, upper bound in days); past it is "overdue", no
 # deadline "none".
@@ -51,6 +52,9 @@ HELD = """
 # Series that read 0 (or +Inf: no deadline ahead) when nothing is open, so a panel or an
 # alert sees "none" rather than no data.
 STAGES: tuple[str, ...] = ("PRE_DISPUTE", "DISPUTE", "PRE_ARBITRATION")
+# Every outcome that opens a case, and every age bucket: 0 (no age) when none is open.
+CASE_OUTCOME_LABELS: tuple[str, ...] = tuple(sorted(set().union(*CASE_OUTCOMES.values())))
+AGE_LABELS: tuple[str, ...] = (*(b for b, _ in AGE_BUCKETS), AGE_OLDER)
 DEADLINE_LABELS: tuple[str, ...] = (DEADLINE_OVERDUE, *(b for b, _ in DEADLINE_BUCKETS),
                                     DEADLINE_LATER, DEADLINE_NONE)
 # A case row whose OPENED event is not read yet (a later one created it) counts from that one.
@@ -96,8 +100,12 @@ def read_gauges(conn: psycopg.Connection) -> CaseGauges:
     g.soonest_respond_by_s = {ch: math.inf for ch in CHANNELS}
     g.soonest_respond_by_s.update({ch: float(s) for ch, s in conn.execute(SOONEST_RESPOND_BY)})
     g.held_minor = {c.strip(): int(v) for c, v in conn.execute(HELD)}
-    g.cases_open = {(o, age): int(n) for o, age, n in conn.execute(OPEN_CASES)}
-    g.oldest_case_age_s = {o: float(s) for o, s in conn.execute(OLDEST_OPEN_CASE)}
+    g.cases_open = {(o, age): 0 for o in CASE_OUTCOME_LABELS for age in AGE_LABELS}
+    g.cases_open.update({(o, age): int(n) for o, age, n in conn.execute(OPEN_CASES)})
+    g.oldest_case_age_s = {o: 0.0 for o in CASE_OUTCOME_LABELS}
+    g.oldest_case_age_s.update({o: float(s) for o, s in conn.execute(OLDEST_OPEN_CASE)})
+    g.awaiting_approval = {o: 0 for o in CASE_OUTCOME_LABELS}
+    g.oldest_awaiting_s = {o: 0.0 for o in CASE_OUTCOME_LABELS}
     for outcome, n, waited in conn.execute(AWAITING_APPROVAL):
         g.awaiting_approval[outcome] = int(n)
         if waited is not None:

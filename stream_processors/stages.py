@@ -15,6 +15,7 @@ from infra.processor_settings import ProcessorSettings
 from schemas.codec import RegistryPrefetch
 from schemas.errors import RegistryUnavailable
 from schemas.topics import TopicNames
+from settlement.disputes import DISPUTE_REASON_CODES
 from settlement.model import CHANNELS
 from stream_processors import metrics
 from stream_processors.app import (
@@ -108,6 +109,9 @@ def make_reconcile_app(settings: Settings, ps: ProcessorSettings, registry: Any)
         metrics.RECON_SLA.labels(channel).set(ps.recon.sla_ms_for(channel) / 1000)
         # At 0 from the start: the page alert's increase() then sees the first attempt.
         metrics.REFUND_OVER_CAPTURE.labels(channel)
+    # Every reason at 0 from the start too: no rejection yet reads 0, not no data.
+    for reason in sorted(DISPUTE_REASON_CODES):
+        metrics.DISPUTE_REJECTIONS.labels(reason)
 
     @app.agent(source)
     async def reconcile(stream: Any) -> None:

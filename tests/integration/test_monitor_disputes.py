@@ -20,7 +20,13 @@ import pytest
 from infra.config import Settings
 from schemas.topics import CHANNELS
 from settle.audit_books import BooksAudit, check_database
-from settle.books_gauges import DEADLINE_LABELS, STAGES, read_gauges
+from settle.books_gauges import (
+    AGE_LABELS,
+    CASE_OUTCOME_LABELS,
+    DEADLINE_LABELS,
+    STAGES,
+    read_gauges,
+)
 from settle.monitor import INVARIANTS, check_books
 from sinks.db import connect, drop_database
 from sinks.migrate import migrate
@@ -258,9 +264,12 @@ def test_the_gauges_read_open_disputes_holds_and_cases(db: psycopg.Connection) -
     assert 86_000 < g.soonest_respond_by_s["card"] <= 86_400
     assert g.soonest_respond_by_s["alipay"] == math.inf  # none open: no deadline ahead
     assert g.held_minor == {"CNY": 1_000}
-    assert g.cases_open == {("MISSING_CONFIRMATION", "3-7d"): 2}
+    assert {k: n for k, n in g.cases_open.items() if n} == {("MISSING_CONFIRMATION", "3-7d"): 2}
+    assert len(g.cases_open) == len(CASE_OUTCOME_LABELS) * len(AGE_LABELS)
     assert g.oldest_case_age_s["MISSING_CONFIRMATION"] >= 4 * 86_400
-    assert g.awaiting_approval == {"MISSING_CONFIRMATION": 1}
+    assert g.oldest_case_age_s["AMOUNT_MISMATCH"] == 0.0  # none open
+    assert {o: n for o, n in g.awaiting_approval.items() if n} == {"MISSING_CONFIRMATION": 1}
+    assert g.awaiting_approval["DISPUTE_REJECTED"] == 0
     assert 9 * 3600 <= g.oldest_awaiting_s["MISSING_CONFIRMATION"] < 9 * 3600 + 60
 
 
