@@ -113,59 +113,38 @@ def read_gauges(conn: psycopg.Connection) -> CaseGauges:
     return g
 
 
+# name, help, labels, the CaseGauges field it reads.
+_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("settle_disputes_open", "Disputes open (funds held), per channel and stage",
+     ("channel", "stage"), "disputes_open"),
+    ("settle_disputes_open_by_deadline",
+     "Open disputes by time left until their respond-by deadline: overdue, 0-2d, 2-7d, "
+     "7-30d, 30d+, none (no deadline given)", ("channel", "due_in"), "disputes_by_deadline"),
+    ("settle_disputes_respond_by_soonest_seconds",
+     "Seconds until the earliest respond-by deadline among the channel's open disputes "
+     "(negative: passed; +Inf: none open)", ("channel",), "soonest_respond_by_s"),
+    ("settle_disputes_held_minor",
+     "Funds held by open disputes, in the currency's minor units (compare within a "
+     "currency only)", ("currency",), "held_minor"),
+    ("settle_cases_open",
+     "Exception cases not resolved (open or awaiting approval), per outcome and age since "
+     "opened: 0-1d, 1-3d, 3-7d, 7d+", ("outcome", "age"), "cases_open"),
+    ("settle_cases_open_oldest_age_seconds",
+     "Age of the oldest unresolved exception case, per outcome", ("outcome",),
+     "oldest_case_age_s"),
+    ("settle_cases_awaiting_approval",
+     "Exception cases whose resolution waits for a second operator, per outcome",
+     ("outcome",), "awaiting_approval"),
+    ("settle_cases_awaiting_approval_oldest_age_seconds",
+     "How long the longest-waiting proposed resolution has waited for approval, per "
+     "outcome", ("outcome",), "oldest_awaiting_s"),
+)
+
+
 def families(g: CaseGauges) -> Iterator[GaugeMetricFamily]:
     """The gauges as Prometheus metric families."""
-    fam = GaugeMetricFamily(
-        "settle_disputes_open", "Disputes open (funds held), per channel and stage",
-        labels=["channel", "stage"])
-    for (channel, stage), n in sorted(g.disputes_open.items()):
-        fam.add_metric([channel, stage], n)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_disputes_open_by_deadline",
-        "Open disputes by time left until their respond-by deadline: overdue, 0-2d, 2-7d, "
-        "7-30d, 30d+, none (no deadline given)", labels=["channel", "due_in"])
-    for (channel, due), n in sorted(g.disputes_by_deadline.items()):
-        fam.add_metric([channel, due], n)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_disputes_respond_by_soonest_seconds",
-        "Seconds until the earliest respond-by deadline among the channel's open disputes "
-        "(negative: passed; +Inf: none open)", labels=["channel"])
-    for channel, s in sorted(g.soonest_respond_by_s.items()):
-        fam.add_metric([channel], s)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_disputes_held_minor",
-        "Funds held by open disputes, in the currency's minor units (compare within a "
-        "currency only)", labels=["currency"])
-    for currency, v in sorted(g.held_minor.items()):
-        fam.add_metric([currency], v)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_cases_open",
-        "Exception cases not resolved (open or awaiting approval), per outcome and age since "
-        "opened: 0-1d, 1-3d, 3-7d, 7d+", labels=["outcome", "age"])
-    for (outcome, age), n in sorted(g.cases_open.items()):
-        fam.add_metric([outcome, age], n)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_cases_open_oldest_age_seconds",
-        "Age of the oldest unresolved exception case, per outcome", labels=["outcome"])
-    for outcome, s in sorted(g.oldest_case_age_s.items()):
-        fam.add_metric([outcome], s)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_cases_awaiting_approval",
-        "Exception cases whose resolution waits for a second operator, per outcome",
-        labels=["outcome"])
-    for outcome, n in sorted(g.awaiting_approval.items()):
-        fam.add_metric([outcome], n)
-    yield fam
-    fam = GaugeMetricFamily(
-        "settle_cases_awaiting_approval_oldest_age_seconds",
-        "How long the longest-waiting proposed resolution has waited for approval, per "
-        "outcome", labels=["outcome"])
-    for outcome, s in sorted(g.oldest_awaiting_s.items()):
-        fam.add_metric([outcome], s)
-    yield fam
+    for name, help_text, labels, attr in _FAMILIES:
+        fam = GaugeMetricFamily(name, help_text, labels=list(labels))
+        for key, value in sorted(getattr(g, attr).items()):
+            fam.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+        yield fam
