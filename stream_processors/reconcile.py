@@ -78,6 +78,9 @@ MOVED: Final = "moved"
 # its last few applied inputs, and a per-partition outbox key, under this prefix, the
 # payments each recent tick decided.
 TICK_OUTBOX_PREFIX: Final = "\x00tick-outbox/"
+# How long an answer about a payment the stage does not hold is remembered (for replays after
+# a crash or an outage of the worker; the value is dropped by the first tick after it).
+ANSWER_MEMORY_MS: Final = 3_600_000
 WAITING_CONFIRMATION: Final = "confirmation"
 WAITING_ROUTED: Final = "routed"
 
@@ -392,10 +395,18 @@ class ReconcileProcessor:
             known = raw is not None and raw.get("state") is not None
             new_book, out = self.refunds.on_request(book, record, event, known, now, ref)
         decision = ReconDecision(APPLIED, list(out.outputs), refunds=[out])
-        if raw is not None and (new_book is not book or out.outputs):
-            # Only a payment the stage holds remembers (a rejection of an unknown payment
-            # is decided again, the same way, if read again).
+        if raw is None and out.outputs:
+            # A payment the stage does not hold (yet): the answer is remembered for a while,
+            # so a replay after a crash re-sends it even when the payment arrived meanwhile
+            # (inputs of different topics are not read in the same order twice).
+            memory = {"partition": partition, "r_emitted": r_remembered(None, ref, out.outputs),
+                      "forget_at": now + ANSWER_MEMORY_MS}
+            self._store[payment_id] = memory
+            self.deadlines.schedule(partition, payment_id, self._next_due_raw(memory))
+        elif raw is not None and (new_book is not book or out.outputs):
             value_ = dict(raw)
+            if "forget_at" in value_:  # still only answers: remembered for a while longer
+                value_["forget_at"] = now + ANSWER_MEMORY_MS
             value_["book"] = new_book.to_dict() if new_book is not None else None
             value_["r_emitted"] = r_remembered(raw, ref, out.outputs)
             value_ = self._with_cases(decision, self.cases.after_refunds(
@@ -528,10 +539,12 @@ class ReconcileProcessor:
 
     def _tick_book_only(self, payment_id: str, raw: dict[str, Any], partition: int, now: int,
                         decision: ReconDecision) -> None:
-        """A value holding only a refund book or cases: forget the book once its refund window
-        is over, the value once no case is left either."""
+        """A value holding only a refund book, cases or remembered answers: forget the book
+        once its refund window is over, the answers at their `forget_at`, the value once no
+        case is left either."""
         book = book_of(raw)
-        evict = rf.evict_at_ms(book, self.refunds.policy) if book is not None else now
+        evict = (rf.evict_at_ms(book, self.refunds.policy) if book is not None
+                 else raw.get("forget_at", now))
         if evict is not None and now >= evict:
             if raw.get("cases"):  # kept until each case is resolved and retained
                 if book is not None:
@@ -663,7 +676,7 @@ class ReconcileProcessor:
         if raw.get("state") is not None:
             return self._next_due(ReconState.from_dict(raw["state"]), raw)
         book = book_of(raw)
-        times = [cases_due_ms(raw, self.cases.policy)]
+        times = [cases_due_ms(raw, self.cases.policy), raw.get("forget_at")]
         if book is not None:
             times += [rf.deadline_ms(book, self.refunds.policy),
                       rf.evict_at_ms(book, self.refunds.policy)]

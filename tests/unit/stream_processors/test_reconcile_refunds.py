@@ -4,7 +4,7 @@ per payment, replay-safe, the book outliving the payment's reconciliation state.
 from __future__ import annotations
 
 from settlement import refunds as rf
-from stream_processors.reconcile import APPLIED, REPLAYED
+from stream_processors.reconcile import ANSWER_MEMORY_MS, APPLIED, REPLAYED
 from tests.support.reconcile import RETAIN_MS, SLA_MS, TOPICS, Harness
 
 
@@ -167,3 +167,24 @@ def test_a_replayed_rejection_of_an_uncaptured_payment_keeps_its_key() -> None:
     again = h.replay(h.offset)
     assert again.outcome == REPLAYED and again.outputs == first.outputs
     assert [o.key for o in again.outputs] == [b"p-1"]
+
+
+def test_a_rejection_for_an_unknown_payment_is_replayed_even_once_the_payment_arrived() -> None:
+    # After a crash the inputs of different topics are read again in another order: the
+    # routed payment can come before the refund this time. The refund must get the answer it
+    # got the first time, never a second, different one.
+    h = Harness()
+    first = h.refund("r1", 100)
+    [rej] = h.decoded(first, TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.PAYMENT_UNKNOWN]
+    refund_offset = h.offset
+    matched(h)
+    again = h.replay(refund_offset)
+    assert again.outcome == REPLAYED and again.outputs == first.outputs
+    # The memory does not make the payment known, and it is forgotten in time.
+    [rej] = h.decoded(h.refund("r2", 100, pid="p-2"), TOPICS.refunds_rejected)
+    assert [r["code"] for r in rej["reasons"]] == [rf.PAYMENT_UNKNOWN]
+    assert "p-2" in h.store
+    h.now += ANSWER_MEMORY_MS
+    h.tick()
+    assert "p-2" not in h.store
