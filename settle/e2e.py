@@ -420,20 +420,23 @@ def case_books(conn: Any) -> dict[str, Any]:
 
 
 def wait_disputes(pipeline: IsolatedPipeline, expected: int, timeout_s: float,
-                  say: Callable[[str], None] = lambda _m: None) -> None:
-    """Until the database holds `expected` disputes and none is open any more."""
+                  say: Callable[[str], None] = lambda _m: None, rejected: int = 0) -> None:
+    """Until the database holds `expected` disputes, none is open any more, and `rejected`
+    records were refused (a channel's contradiction comes after its decision)."""
     deadline = time.monotonic() + timeout_s
     with connect(pipeline.settings.postgres, autocommit=True) as conn:
         while True:
             pipeline.check_alive()
             total = _one(conn, "SELECT COUNT(*) FROM disputes")
             still_open = _one(conn, "SELECT COUNT(*) FROM disputes WHERE state = 'OPEN'")
-            if total >= expected and still_open == 0:
+            refused = _one(conn, "SELECT COUNT(*) FROM dispute_rejections")
+            if total >= expected and still_open == 0 and refused >= rejected:
                 return
+            progress = (f"{total} of {expected} disputes recorded, {still_open} open, "
+                        f"{refused} of {rejected} contradictions refused")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{total} of {expected} disputes recorded, {still_open} "
-                                   f"open, {timeout_s}s after the payments")
-            say(f"{total} of {expected} disputes recorded, {still_open} open")
+                raise TimeoutError(f"{progress}, {timeout_s}s after the payments")
+            say(progress)
             time.sleep(1.0)
 
 
@@ -551,7 +554,8 @@ def run_e2e(settings: Settings, run_dir: Path, count: int, seed: int, bad_ratio:
             with connect(pipeline.settings.postgres, autocommit=True) as conn:
                 disputes_expected = expected_disputes(conn, seed, channel)
             say(f"waiting for {disputes_expected.disputes} disputes to be decided")
-            wait_disputes(pipeline, disputes_expected.disputes, timeout_s, say)
+            wait_disputes(pipeline, disputes_expected.disputes, timeout_s, say,
+                          rejected=disputes_expected.contradicted)
             # Exception cases: two operators resolve every one (approving, rejecting).
             with connect(pipeline.settings.postgres, autocommit=True) as conn:
                 cases_expected = expected_cases(conn)

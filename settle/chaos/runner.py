@@ -362,7 +362,12 @@ class Runner:
         report.refund_ingest = {"read": audit.read, "routed": audit.routed,
                                 "rejected": audit.rejected, "dead_lettered": audit.dead_lettered,
                                 "duplicates": audit.duplicates,
-                                "replayed_outputs": audit.replayed_outputs}
+                                "replayed_outputs": audit.replayed_outputs,
+                                "unaccounted": len(audit.unaccounted),
+                                "in_several_places": len(audit.in_several_places)}
+        if audit.unaccounted or audit.in_several_places:
+            log.warning("refund requests unaccounted for: %s; answered in several places: %s",
+                        audit.unaccounted[:10], audit.in_several_places[:10])
         # Every request sent was read (a stall-watch re-send may add an identical copy).
         report.refund_ingest_balanced = audit.balanced and audit.read >= sent
         topics = pipeline.topics
