@@ -71,7 +71,7 @@ chaos: up topics schemas migrate ## The fault-injection scenarios alone (they re
 
 lint: venv ## ruff, mypy and the import contracts
 	@$(BIN)/ruff check .
-	@$(BIN)/mypy settle settlement schemas infra producers stream_processors sinks
+	@$(BIN)/mypy settle settlement schemas infra producers stream_processors sinks api
 	@$(BIN)/lint-imports
 
 clean: ## Stop the stack and delete its data (keeps downloaded jars)

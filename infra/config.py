@@ -3,7 +3,8 @@
 Every SETTLE_* variable is parsed here (or by a part's loader this module calls), once per
 `load()`; each process takes its part of the tree: `kafka`, `registry`, `postgres`,
 `signing`, `runtime` (run folder, /metrics, event loop, GC, stall probe), `processor` (the
-faust stages), `sink` (the PostgreSQL writers) and `monitor`. An error names the variable.
+faust stages), `sink` (the PostgreSQL writers), `monitor` and `api` (the read-only HTTP
+API). An error names the variable.
 """
 
 from __future__ import annotations
@@ -238,6 +239,63 @@ class SinkSettings:
     fees: FeeSchedule = field(default_factory=lambda: load_fees({}))
 
 
+# The settlement cut-off zone: the daily windows close at midnight Asia/Shanghai
+# (settlement.windows.SHANGHAI_MIDNIGHT_ORIGIN_MS); reports group days in it by default.
+CUTOFF_ZONE = "Asia/Shanghai"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The read-only HTTP API (`settle api serve`): address, its PostgreSQL login, limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 18000
+    # Every statement of a request is cancelled after this long (the pool's `options`).
+    statement_timeout_ms: int = 5000
+    # A CSV export streams the whole filtered list: its COPY may run this long.
+    export_timeout_ms: int = 600_000
+    pool_max: int = 10
+    # A key found valid is trusted this long without a lookup: a revocation takes effect
+    # within it. 0: every request looks its key up.
+    key_cache_s: int = 5
+    # The API's login: a member of settle_api_reader (row-level security applies to it),
+    # created or updated by `settle db migrate` when the owner may create roles.
+    pg_user: str = "settle_api"
+    pg_password: Secret = Secret("settle-api-local")
+    # Day boundaries of reports when the caller names no zone.
+    report_tz: str = CUTOFF_ZONE
+
+    def postgres(self, owner: PostgresSettings) -> PostgresSettings:
+        """The owner's connection settings with the API's login instead."""
+        return replace(owner, user=self.pg_user, password=self.pg_password,
+                       sink_user="", sink_password=Secret(""))
+
+
+def _zone(env: Mapping[str, str], name: str, default: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    value = _env(env, name, default).strip()
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name}={value!r} is not an IANA time zone") from exc
+    return value
+
+
+def load_api(env: Mapping[str, str]) -> ApiSettings:
+    return ApiSettings(
+        host=_env(env, "API_HOST", "127.0.0.1"),
+        port=_int(env, "API_PORT", 18000, 1),
+        statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", 5000, 1),
+        export_timeout_ms=_int(env, "API_EXPORT_TIMEOUT_MS", 600_000, 1),
+        pool_max=_int(env, "API_POOL_MAX", 10, 1),
+        key_cache_s=_int(env, "API_KEY_CACHE_S", 5, 0),
+        pg_user=_env(env, "API_PG_USER", "settle_api"),
+        pg_password=Secret(_env(env, "API_PG_PASSWORD", "settle-api-local")),
+        report_tz=_zone(env, "API_REPORT_TZ", CUTOFF_ZONE),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a process of the pipeline needs to know about its surroundings."""
@@ -251,6 +309,7 @@ class Settings:
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     # Who acts in `settle cases` (SETTLE_OPERATOR), recorded on every case action; empty:
     # each command must name one with --operator.
     operator: str = ""
@@ -356,5 +415,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
                                  session_timeout=runtime.session_timeout_ms),
         sink=SinkSettings(fees=fees),
         monitor=load_monitor(env),
+        api=load_api(env),
         operator=_env(env, "OPERATOR", "").strip(),
     )

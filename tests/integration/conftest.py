@@ -19,3 +19,7 @@ def prefix(stack: Settings) -> Iterator[str]:
     create_topics(stack.kafka, name_prefix=p)
     yield p
     delete_topics(stack.kafka, TopicNames(p).all)
+
+
+# The API's throwaway database and real server (tests/support/api.py).
+from tests.support.api import api_db, api_server  # noqa: E402, F401
