@@ -68,6 +68,9 @@ Commands:
                        pipeline's processes are left running: fault injection uses this)
   start SERVICE        start one service if it is not running and wait until it is ready
   restart SERVICE      stop, then start one service (a new process)
+  browser              install headless Chromium and its WebDriver (Debian packages chromium,
+                       chromium-driver) when missing; \`up\` does this too (the statement
+                       page's browser test and \`settle api screenshot\` drive them)
   help                 this text
 
 Services: ${SERVICES[*]}
@@ -757,6 +760,26 @@ reload_prometheus() {
     fi
 }
 
+# ----------------------------------------------------------------------------- browser
+
+# Debian's Chromium and the chromedriver built with it (always the same version): the
+# statement page's browser test and `settle api screenshot` drive them through WebDriver at
+# /usr/bin/chromedriver. Nothing is downloaded outside the package manager.
+CHROMIUM_BIN=/usr/bin/chromium
+CHROMEDRIVER_BIN=/usr/bin/chromedriver
+
+require_browser() {
+    if [[ -x $CHROMIUM_BIN && -x $CHROMEDRIVER_BIN ]]; then return 0; fi
+    apt_install chromium chromium chromium-driver
+    [[ -x $CHROMIUM_BIN && -x $CHROMEDRIVER_BIN ]] \
+        || die "chromium installed but $CHROMIUM_BIN or $CHROMEDRIVER_BIN is missing"
+}
+
+cmd_browser() {
+    require_browser
+    say "browser: $("$CHROMIUM_BIN" --version 2>/dev/null || echo "$CHROMIUM_BIN"), $("$CHROMEDRIVER_BIN" --version 2>/dev/null | cut -d' ' -f1-2)"
+}
+
 # ----------------------------------------------------------------------------- stop
 
 stop_service() {
@@ -815,6 +838,7 @@ cmd_up() {
             reason=$(check_once "$service") || die_with_log "$service is running but unhealthy: $reason" "$(service_log "$service")"
         fi
     done
+    require_browser
     say "settle stack: up in $((SECONDS - t0))s"
     say "  kafka     127.0.0.1:$KAFKA_PORT"
     if [[ $KAFKA_SASL_PORT != 0 ]]; then
@@ -992,6 +1016,7 @@ main() {
         stop) cmd_stop "$@" ;;
         start) cmd_start "$@" ;;
         restart) cmd_restart "$@" ;;
+        browser) cmd_browser "$@" ;;
         help | -h | --help) usage ;;
         *) usage >&2; die "unknown command '$command'" ;;
     esac

@@ -397,7 +397,40 @@ LAG = Row("Lag", (
                       "per second."),
 ))
 
-ROWS = (OVERVIEW, INGEST, CHANNELS, RECONCILIATION, REFUNDS, DISPUTES, LEDGER, SINKS, LAG)
+# The read-only HTTP API (`settle api serve`, process "api"). It runs in `make demo`, not in
+# every deployment of the pipeline: each query falls back to 0 while no API is scraped.
+API_REQUESTS = "settle_api_requests_total"
+API_DURATION = "settle_api_request_duration_seconds"
+API_5XX_RATE = sum_rate(API_REQUESTS + '{status=~"5.."}')
+
+API = Row("API", (
+    Panel("API up", (t(or_zero('max(up{job="settle", process="api"})'), "api"),),
+          kind="stat", width=4, height=8, mappings=UP_DOWN,
+          thresholds=((None, "red"), (1, "green")),
+          description="`settle api serve` answering /metrics (0 also when no API is "
+                      "scraped)."),
+    Panel("API requests by route and status",
+          (t(or_zero(sum_rate(API_REQUESTS, "route, status")), "{{route}} {{status}}"),),
+          unit="cps", width=10, stacked=True,
+          description="route is the route's path template, status the HTTP status: 400 "
+                      "bad input, 401 missing/unknown/revoked key, 404 unknown or another "
+                      "merchant's object."),
+    Panel("API 5xx share",
+          (t(or_zero(f"({or_zero(API_5XX_RATE)}) / {sum_rate(API_REQUESTS)}"), "5xx"),),
+          unit="percentunit", width=10,
+          description="Requests answered with a server error, of all requests; "
+                      "SettleApiErrors pages above 5% for 5 minutes (runbook: "
+                      "docs/operations.md)."),
+    Panel("API latency p99 / p50 by route",
+          (t(or_zero(quantile("0.99", API_DURATION, "route")), "{{route}} p99"),
+           t(or_zero(quantile("0.5", API_DURATION, "route")), "{{route}} p50")),
+          unit="s", width=24,
+          description="SettleApiSlow raises a ticket when a route's p99 stays above 1 s "
+                      "for 10 minutes (runbook: docs/operations.md)."),
+))
+
+ROWS = (OVERVIEW, INGEST, CHANNELS, RECONCILIATION, REFUNDS, DISPUTES, LEDGER, SINKS, LAG,
+        API)
 
 
 def _targets(panel: Panel) -> list[dict[str, Any]]:

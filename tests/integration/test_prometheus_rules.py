@@ -18,7 +18,7 @@ from settle.observability import RULE_TESTS_DIR, RULES_DIR, promtool, rule_queri
 # Where a rule's annotation may send the reader for its runbook.
 RUNBOOK_DOCS = {"README": REPO_ROOT / "README.md",
                 "docs/operations.md": REPO_ROOT / "docs" / "operations.md"}
-SOURCE_DIRS = ("settle", "stream_processors", "sinks", "producers")
+SOURCE_DIRS = ("settle", "stream_processors", "sinks", "producers", "api")
 
 
 def _rules() -> list[dict[str, object]]:
@@ -61,7 +61,7 @@ def test_the_issue_s_alerts_exist() -> None:
                    "SettleRoutedPaymentUndecided", "SettleRefundOverCapture",
                    "SettleRefundRateSpike", "SettlePayableMismatch", "SettlePayoutDueMismatch",
                    "SettleDisputeDeadlineSoon", "SettleDisputeHoldMismatch", "SettleCasesAging",
-                   "SettleCaseApprovalWaiting"):
+                   "SettleCaseApprovalWaiting", "SettleApiErrors", "SettleApiSlow"):
         assert wanted in alerts, wanted
 
 

@@ -22,7 +22,7 @@ GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "settle-pipeline.json"
 
 ROWS = ["Overview", "Ingest", "Channels", "Reconciliation", "Refunds", "Disputes and cases",
-        "Ledger and settlement", "Sinks", "Lag"]
+        "Ledger and settlement", "Sinks", "Lag", "API"]
 
 # The metric families of the pipeline (the metrics brief of issue #5), by type: a histogram
 # is queried through its _bucket, _sum and _count series.
@@ -38,7 +38,7 @@ COUNTERS = {
     "settle_refund_requests_total", "settle_refund_rejections_total",
     "settle_refund_outcomes_total", "settle_refund_over_capture_attempts_total",
     "settle_dispute_results_total", "settle_dispute_rejections_total",
-    "process_cpu_seconds_total",
+    "settle_api_requests_total", "process_cpu_seconds_total",
 }
 GAUGES = {
     "settle_merchants_known", "settle_dedup_entries", "settle_reconciliation_unmatched",
@@ -55,13 +55,14 @@ HISTOGRAMS = {
     "settle_reconciliation_time_to_match_seconds", "settle_sink_batch_rows",
     "settle_sink_commit_duration_seconds", "settle_e2e_latency_seconds",
     "settle_event_loop_lag_seconds", "settle_gc_pause_seconds", "settle_stage_commit_seconds",
+    "settle_api_request_duration_seconds",
 }
 KNOWN_SERIES = COUNTERS | GAUGES | {
     f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
 }
 # `process` label of the pipeline's scrape targets (orders is a finite run, not scraped).
 PROCESSES = {"validate", "reconcile", "settle", "ledger-sink", "settlement-sink", "channels",
-             "monitor"}
+             "monitor", "api"}
 
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
                  "or", "unless", "offset", "inf", "nan"}
@@ -318,10 +319,25 @@ def test_pipeline_processes_start_after_init(services: dict[str, dict[str, Any]]
         "settlement-sink": ["settle", "sink", "settlement"],
         "monitor": ["settle", "monitor"],
         "channels": ["settle", "simulate", "channels"],
+        "api": ["settle", "api", "serve"],
     }
     for name, command in commands.items():
         assert services[name]["command"] == command, name
         assert _depends_on(services[name]) == {"init": "service_completed_successfully"}, name
+
+
+def test_the_api_listens_on_its_published_port_with_the_login_init_creates(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = services["api"]["environment"]
+    assert env["SETTLE_API_HOST"] == "0.0.0.0"  # Prometheus and the host reach it from outside
+    (published,) = services["api"]["ports"]
+    assert published.endswith(f":{env['SETTLE_API_PORT']}")
+    assert published.startswith("127.0.0.1:${SETTLE_API_PORT:-18000}:")
+    # init's `settle db migrate` sets the login's password the api container logs in with
+    assert services["init"]["environment"]["SETTLE_API_PG_PASSWORD"] == env[
+        "SETTLE_API_PG_PASSWORD"]
+    assert env["SETTLE_PG_HOST"] == "postgres"
 
 
 def test_kafka_is_a_single_kraft_node_with_project_settings(
@@ -395,7 +411,9 @@ def test_prometheus_scrapes_every_pipeline_service_on_its_metrics_port(
             assert host in services, f"{target}: no such compose service"
             assert host == process
             env = services[host].get("environment", {})
-            assert str(env.get("SETTLE_METRICS_PORT")) == port, target
+            # The API serves /metrics on its HTTP port, the others on SETTLE_METRICS_PORT.
+            port_setting = "SETTLE_API_PORT" if process == "api" else "SETTLE_METRICS_PORT"
+            assert str(env.get(port_setting)) == port, target
             seen.add(process)
     assert seen == PROCESSES
     for job in config["scrape_configs"]:
