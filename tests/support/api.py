@@ -40,10 +40,14 @@ def create_api_database(stack: Settings, prefix: str = "settle_api") -> Postgres
     with connect(stack.postgres, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     owner = replace(stack.postgres, dbname=name)
-    with connect(owner) as conn:
-        migrate(conn)
-        conn.autocommit = False
-        ensure_api_login(conn, stack.api)
+    try:
+        with connect(owner) as conn:
+            migrate(conn)
+            conn.autocommit = False
+            ensure_api_login(conn, stack.api)
+    except BaseException:
+        drop_api_database(stack, owner)
+        raise
     return owner
 
 
