@@ -5,9 +5,9 @@ selecting flat columns (money as `<name>_minor` beside a `currency` column). COP
 bind parameters, so the query is rendered client-side with psycopg's own quoting
 (`ClientCursor.mogrify`); the values are the route's parsed parameters, never raw text. The
 COPY runs on a connection prepared like `reading(...)` (read only, the key's scope), so
-row-level security applies to it as to any query; chunks go to the client as PostgreSQL
-sends them. An export may run longer than a page: its statement timeout is
-`SETTLE_API_EXPORT_TIMEOUT_MS`.
+row-level security applies to it as to any query; rows go to the client in chunks of about
+64 KiB as PostgreSQL sends them, so memory stays flat whatever the row count. An export may
+run longer than a page: its statement timeout is `SETTLE_API_EXPORT_TIMEOUT_MS`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from api.auth import Principal
 from api.db import prepare
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+# PostgreSQL hands COPY data over a row at a time; rows are gathered into chunks of about
+# this size before they are sent (one write per row would cost more than the query).
+CHUNK_BYTES = 64 * 1024
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -49,9 +52,15 @@ async def stream_csv(request: Request, who: Principal, query: str,
         await prepare(conn, who)
         await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         copy_sql = await render_copy(conn, query, params)
+        buffer = bytearray()
         async with conn.cursor().copy(copy_sql) as copy:
-            async for chunk in copy:
-                yield bytes(chunk)
+            async for data in copy:
+                buffer += data
+                if len(buffer) >= CHUNK_BYTES:
+                    yield bytes(buffer)
+                    buffer.clear()
+        if buffer:
+            yield bytes(buffer)
 
 
 async def csv_response(request: Request, who: Principal, query: str, params: Mapping[str, Any],

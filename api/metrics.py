@@ -2,7 +2,12 @@
 
 The route label is the matched route's path template (`/v1/payments/{payment_id}`), never
 the raw path, so a client walking ids cannot grow the series without bound; a request no
-route matched is counted under `unmatched`.
+route matched is counted under `unmatched`. /metrics and /healthz are counted like any route.
+
+`status` is the numeric HTTP status as text ("200", "404"); a handler that raised before
+answering counts as "500". The duration ends when the response starts (its status line and
+headers are sent): a JSON answer is computed by then, and a CSV export streaming for a
+minute counts its time to first byte, not the client's download.
 """
 
 from __future__ import annotations
@@ -57,11 +62,13 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        answered_after: float | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered_after
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                answered_after = time.perf_counter() - started
             await send(message)
 
         try:
@@ -69,8 +76,9 @@ class MetricsMiddleware:
         finally:
             method = scope.get("method", "GET")
             route = route_template(scope)
+            elapsed = time.perf_counter() - started if answered_after is None else answered_after
             self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.duration.labels(method, route).observe(elapsed)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from producers.cli import merchants, simulate
+from settle.cli.api import api
 from settle.cli.audit import audit
 from settle.cli.bench import bench
 from settle.cli.cases import cases
@@ -31,7 +32,7 @@ def cli() -> None:
 
 
 COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate,
-            bench, sink, demo, monitor, prom, keys, chaos, refunds, cases)
+            bench, sink, demo, monitor, prom, keys, chaos, refunds, cases, api)
 for command in COMMANDS:
     cli.add_command(command)
 

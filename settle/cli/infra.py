@@ -116,13 +116,21 @@ def db() -> None:
 
 @db.command("migrate")
 def db_migrate() -> None:
-    """Apply pending migrations (idempotent; recorded in schema_migrations)."""
+    """Apply pending migrations (idempotent; recorded in schema_migrations).
+
+    Then creates or updates the API's login (SETTLE_API_PG_USER: LOGIN, a member of
+    settle_api_reader, no superuser or BYPASSRLS) when the migrating role may create roles.
+    """
+    from settle.api_keys import ensure_api_login
     from sinks.db import connect
     from sinks.migrate import migrate
 
-    pg = settings().postgres
+    s = settings()
+    pg = s.postgres
     with connect(pg) as conn:
         outcomes = migrate(conn)
+        conn.autocommit = False
+        login = ensure_api_login(conn, s.api)
     table = Table(title=f"migrations on {pg.describe()}")
     for col in ("version", "name", "action"):
         table.add_column(col)
@@ -130,6 +138,7 @@ def db_migrate() -> None:
         table.add_row(f"{o.version:04d}", o.name,
                       f"[green]{o.action}[/]" if o.action == "applied" else o.action)
     console.print(table)
+    console.print(f"API login {s.api.pg_user}: {login}")
 
 
 @click.command("config")
