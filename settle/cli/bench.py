@@ -322,3 +322,60 @@ def bench_validate_cpu_cmd(count: int, runs: int, seed: int, bad_ratio: float,
 
     click.echo(format_report(bench_validate_cpu(count, runs, seed, bad_ratio, duplicate_ratio,
                                                 profile_top)))
+
+
+@bench.command("api")
+@click.option("--payments", type=click.IntRange(min=100), default=1_000_000, show_default=True,
+              help="Payments seeded into the bench database.")
+@click.option("--merchants", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--days", type=click.IntRange(min=2), default=14, show_default=True,
+              help="Settlement days seeded (the last one still open).")
+@click.option("--clients", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Concurrent client requests.")
+@click.option("--requests", type=click.IntRange(min=1), default=2_000, show_default=True,
+              help="Timed requests per endpoint (after one warm-up request per client).")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--database", default=None,
+              help="Use this already seeded bench database (from --keep) instead of seeding.")
+@click.option("--keep", is_flag=True, help="Keep the seeded bench database (name printed).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path(".bench"),
+              show_default=True)
+def bench_api_cmd(payments: int, merchants: int, days: int, clients: int, requests: int,
+                  seed: int, database: str | None, keep: bool, out_dir: Path) -> None:
+    """The HTTP API on a large book: p50/p99 per endpoint, and CSV export rows/s.
+
+    Seeds a fresh database (settle.api_seed: every state, refunds, disputes, cases, batches),
+    serves it with `settle api serve`, and times the payments list and detail, balances,
+    balance transactions, batches list and detail and the summary with CLIENTS concurrent
+    requests, each with the key of the merchant it asks about; then the CSV export of two
+    lists to its last byte beside a raw COPY of the same query as the API's login. Report:
+    OUT/api.json and a table.
+    """
+    from settle.benchmarks.api import ApiBenchOptions, run_api_bench
+
+    opts = ApiBenchOptions(payments=payments, merchants=merchants, days=days, clients=clients,
+                           requests=requests, seed=seed, database=database, keep=keep,
+                           out_dir=out_dir)
+    report, path = run_api_bench(settings(), opts,
+                                 lambda m: console.print(f"[dim]{m}[/]"))
+    db = report["database"]
+    table = Table(title=f"API, {db['payments']:,} payments, {clients} clients, "
+                        f"{requests:,} requests per endpoint")
+    for col in ("endpoint", "p50 ms", "p99 ms", "max ms", "req/s", "errors"):
+        table.add_column(col, justify="left" if col == "endpoint" else "right")
+    for r in report["endpoints"]:
+        table.add_row(r["endpoint"], f"{r['p50_ms']:,.1f}", f"{r['p99_ms']:,.1f}",
+                      f"{r['max_ms']:,.1f}", f"{r['requests_per_s']:,.0f}", str(r["errors"]))
+    console.print(table)
+    exports = Table(title="CSV export vs raw COPY of the same query (rows/s)")
+    for col in ("export", "rows", "HTTP rows/s", "COPY rows/s", "HTTP / COPY"):
+        exports.add_column(col, justify="left" if col == "export" else "right")
+    for e in report["exports"]:
+        exports.add_row(e["export"], f"{e['http']['rows']:,}", f"{e['http']['rows_per_s']:,}",
+                        f"{e['raw_copy']['rows_per_s']:,}", str(e["http_vs_copy"]))
+    console.print(exports)
+    if db.get("seed_s") is not None:
+        console.print(f"seeded in {db['seed_s']:,} s")
+    if db.get("kept"):
+        console.print(f"bench database kept: {db['database']} (reuse with --database)")
+    console.print(f"report: {path}")
