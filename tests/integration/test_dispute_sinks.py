@@ -284,7 +284,7 @@ def test_0006_migrates_0005_rows_and_the_books_stay_green(fresh_db: Settings) ->
         assert _failing(conn) == []
         conn.commit()
         outcomes = migrate(conn)
-        assert [(o.version, o.action) for o in outcomes][-1] == (6, "applied")
+        assert (6, "applied") in [(o.version, o.action) for o in outcomes]
         assert [o.version for o in outcomes] == [m.version for m in available()]
         conn.autocommit = False
         assert _failing(conn) == []

@@ -2,8 +2,9 @@
 
 - `api_db` (module-scoped fixture): a fresh database of a unique name, migrated (with the
   API's login ensured), as the owner's `PostgresSettings`; dropped after the module.
-- `ApiServer(settings)`: uvicorn running `create_app` in a background thread on a free
-  loopback port (a socket bound before the server starts: no port race); `base_url`.
+- `ApiServer(settings, app=None)`: uvicorn running `create_app` (or `app`) in a background
+  thread on a free loopback port (a socket bound before the server starts: no port race);
+  `base_url`.
 - `api_server` (module-scoped fixture): an ApiServer on `api_db`.
 - `make_key(owner, merchant=None | "M")`: a new key's plaintext (analyst when no merchant).
 
@@ -24,6 +25,7 @@ from types import TracebackType
 import psycopg
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from infra.config import PostgresSettings, Settings
@@ -84,14 +86,14 @@ def revoke(owner: PostgresSettings, key: str) -> None:
 class ApiServer:
     """uvicorn serving `create_app(settings)` on 127.0.0.1 in a thread of this process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: FastAPI | None = None) -> None:
         self.settings = settings
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on",
+        config = uvicorn.Config(app or create_app(settings), log_level="warning", lifespan="on",
                                 access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
