@@ -17,6 +17,7 @@ from settle.cli.keys import keys
 from settle.cli.monitor import monitor
 from settle.cli.prom import prom
 from settle.cli.refunds import refunds
+from settle.cli.report import report
 from settle.cli.sinks import sink
 from settle.cli.workers import worker
 
@@ -32,7 +33,7 @@ def cli() -> None:
 
 
 COMMANDS = (stack, topics, schemas_cmd, db, config_cmd, smoke, worker, audit, merchants, simulate,
-            bench, sink, demo, monitor, prom, keys, chaos, refunds, cases, api)
+            bench, sink, demo, monitor, prom, keys, chaos, refunds, cases, api, report)
 for command in COMMANDS:
     cli.add_command(command)
 
