@@ -1,7 +1,187 @@
-"""/v1/payments routes (placeholder: replaced by the module's implementation)."""
+"""/v1/payments: the payments list (filters, keyset pages, CSV) and one payment's timeline.
+
+The list is ordered newest request first: `created_at DESC, payment_id DESC`, a payment
+without a request time last. Neither column changes once written (the ledger sink's upsert
+never sets them: a late match, a manual match or a reversal changes state, decided_at and the
+reversal columns only), so a page walk never skips or repeats a payment that existed when it
+began. The key is `COALESCE(created_at, '-infinity')` so that it has no NULL and the next
+page is one row comparison.
+
+One flat query serves the CSV export, `settle report` and the JSON page (whose objects are
+built from its rows), so the three cannot disagree.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Final
 
-router = APIRouter()
+import psycopg
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from api.auth import Principal, principal
+from api.db import reading
+from api.errors import bad_param, not_found
+from api.export import csv_response, wants_csv
+from api.paging import KeyValue, decode_cursor, page
+from api.params import merchant_filter, parse_enum, parse_limit, parse_time
+from api.queries_payments import PAYMENT_COLUMNS, payment_detail, payment_object
+from api.routes.shared import (
+    check_range,
+    from_text,
+    parse_currency,
+    parse_id,
+    reject_unknown,
+)
+
+router = APIRouter(tags=["payments"])
+
+# payments.state (migrations 0001, 0005, 0006).
+STATES: Final = ("MATCHED", "MATCHED_MANUAL", "DECLINED", "AMOUNT_MISMATCH",
+                 "CURRENCY_MISMATCH", "MISSING_CONFIRMATION", "REVERSED")
+FILTERS: Final = ("merchant", "state", "channel", "currency", "order_id", "created_gte",
+                  "created_lt", "decided_gte", "decided_lt")
+_PARAMS: Final = (*FILTERS, "limit", "starting_after")
+
+_SORT_KEY: Final = "COALESCE(p.created_at, '-infinity'::timestamptz)"
+
+def _where(merchant: str | None = None, state: str | None = None, channel: str | None = None,
+           currency: str | None = None, order_id: str | None = None,
+           created_gte: datetime | None = None, created_lt: datetime | None = None,
+           decided_gte: datetime | None = None,
+           decided_lt: datetime | None = None) -> tuple[list[str], dict[str, Any]]:
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    for column, name, value, op in (
+            ("merchant_id", "merchant", merchant, "="), ("state", "state", state, "="),
+            ("channel", "channel", channel, "="), ("currency", "currency", currency, "="),
+            ("order_id", "order_id", order_id, "="),
+            ("created_at", "created_gte", created_gte, ">="),
+            ("created_at", "created_lt", created_lt, "<"),
+            ("decided_at", "decided_gte", decided_gte, ">="),
+            ("decided_at", "decided_lt", decided_lt, "<")):
+        if value is not None:
+            conditions.append(f"p.{column} {op} %({name})s")
+            params[name] = value
+    return conditions, params
+
+
+def _select(filters: Mapping[str, Any], after: tuple[KeyValue, ...] | None,
+            limit: int | None) -> tuple[str, dict[str, Any]]:
+    conditions, params = _where(**filters)
+    if after is not None:
+        created, payment_id = after
+        conditions.append(f"({_SORT_KEY}, p.payment_id) < (COALESCE(%(after_created)s"
+                          "::timestamptz, '-infinity'::timestamptz), %(after_id)s)")
+        params.update(after_created=created, after_id=payment_id)
+    where = f"\n WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (f"SELECT {PAYMENT_COLUMNS}\n  FROM payments p{where}\n"
+           f" ORDER BY {_SORT_KEY} DESC, p.payment_id DESC")
+    if limit is not None:
+        sql += "\n LIMIT %(limit)s"
+        params["limit"] = limit
+    return sql, params
+
+
+def payments_query(**filters: Any) -> tuple[str, dict[str, Any]]:
+    """The whole filtered list as flat columns, in the list's order (CSV, `settle report`).
+
+    Filters (parsed values, None = any): merchant, state, channel, currency, order_id,
+    created_gte, created_lt, decided_gte, decided_lt (aware datetimes; ranges half-open).
+    """
+    return _select(filters, None, None)
+
+
+def payment_key(obj: Mapping[str, Any]) -> tuple[KeyValue, ...]:
+    """A payment object's sort key, as a cursor holds it."""
+    created = obj["created_at"]
+    return (from_text(created) if created is not None else None, obj["id"])
+
+
+async def payments_rows(conn: psycopg.AsyncConnection[Any], *, merchant: str | None, limit: int,
+                        after: tuple[KeyValue, ...] | None = None,
+                        **filters: Any) -> list[dict[str, Any]]:
+    """Up to `limit` payment objects after the key `after`, in the list's order."""
+    sql, params = _select({"merchant": merchant, **filters}, after, limit)
+    cur = await conn.execute(sql, params)
+    return [payment_object(row) for row in await cur.fetchall()]
+
+
+def _cursor(token: str | None) -> tuple[KeyValue, ...] | None:
+    if token is None or token == "":
+        return None
+    created, payment_id = decode_cursor(token, 2)
+    if not (created is None or isinstance(created, datetime)) or not isinstance(payment_id, str):
+        raise bad_param("starting_after", "not a cursor of this list")
+    return (created, payment_id)
+
+
+def _filters(request: Request, who: Principal) -> dict[str, Any]:
+    """The list's filters from the query string, each checked (400 naming the parameter)."""
+    q = request.query_params
+    reject_unknown(request, _PARAMS)
+    filters: dict[str, Any] = {
+        "merchant": merchant_filter(who, parse_id("merchant", q.get("merchant"))),
+        "state": parse_enum("state", q.get("state"), STATES),
+        "channel": parse_id("channel", q.get("channel")),
+        "currency": parse_currency("currency", q.get("currency")),
+        "order_id": parse_id("order_id", q.get("order_id")),
+    }
+    for low, high in (("created_gte", "created_lt"), ("decided_gte", "decided_lt")):
+        filters[low] = parse_time(low, q.get(low))
+        filters[high] = parse_time(high, q.get(high))
+        check_range(low, filters[low], high, filters[high])
+    return filters
+
+
+@router.get("/v1/payments", summary="List payments", response_model=None)
+async def list_payments(
+    request: Request,
+    who: Annotated[Principal, Depends(principal)],
+    merchant: Annotated[str | None, Query(description="merchant id (a merchant key: its own)")]
+    = None,
+    state: Annotated[str | None, Query(description=f"one of {', '.join(STATES)}")] = None,
+    channel: Annotated[str | None, Query(description="channel, e.g. alipay")] = None,
+    currency: Annotated[str | None, Query(description="ISO 4217 code, e.g. CNY")] = None,
+    order_id: Annotated[str | None, Query(description="the order system's order id")] = None,
+    created_gte: Annotated[str | None, Query(description="requested at or after (ISO 8601)")]
+    = None,
+    created_lt: Annotated[str | None, Query(description="requested before (ISO 8601)")] = None,
+    decided_gte: Annotated[str | None, Query(description="decided at or after (ISO 8601)")]
+    = None,
+    decided_lt: Annotated[str | None, Query(description="decided before (ISO 8601)")] = None,
+    limit: Annotated[str | None, Query(description="page size, 1-100 (default 20)")] = None,
+    starting_after: Annotated[str | None, Query(description="the previous page's next_cursor")]
+    = None,
+) -> Response | dict[str, Any]:
+    """Payments, newest request first, with their terminal state. `Accept: text/csv` streams
+    the whole filtered list (no paging) with money as `amount_minor` + `currency` columns."""
+    filters = _filters(request, who)
+    if wants_csv(request):
+        sql, params = payments_query(**filters)
+        return await csv_response(request, who, sql, params, "payments.csv")
+    size = parse_limit(limit)
+    after = _cursor(starting_after)
+    async with reading(request, who) as conn:
+        rows = await payments_rows(conn, limit=size + 1, after=after, **filters)
+    return page(rows, size, payment_key)
+
+
+@router.get("/v1/payments/{payment_id}", summary="One payment with its timeline",
+            response_model=None)
+async def get_payment(request: Request, payment_id: str,
+                      who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
+    """The payment and, in time order, everything that happened to it: the request, every
+    reconciliation result, its journals with their postings (a merchant key sees the postings
+    on its own accounts), the batches that settled it, refunds, disputes and exception cases."""
+    reject_unknown(request, ())
+    ident = parse_id("payment_id", payment_id)
+    assert ident is not None  # a path segment is never empty
+    merchant = merchant_filter(who, None)
+    async with reading(request, who) as conn:
+        found = await payment_detail(conn, ident, merchant=merchant)
+    if found is None:
+        raise not_found("payment", ident)
+    return found
