@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -67,8 +72,31 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _database_busy(_request: Request, exc: Exception) -> JSONResponse:
+    """503: the statement timeout cancelled the query, or no connection came in time."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        code, message = "query_timeout", "the query ran longer than the API's statement timeout"
+    else:
+        code, message = "database_unavailable", "no database connection is available now"
+    log.warning("%s: %s", code, exc)
+    return JSONResponse({"error": {"code": code, "message": message, "param": None}},
+                        status_code=503, headers={"Retry-After": "1"})
+
+
+async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's ServerErrorMiddleware calls this, then re-raises (uvicorn logs the traceback).
+    body = {"error": {"code": "internal_error", "message": "internal error", "param": None}}
+    return JSONResponse(body, status_code=500)
+
+
 def install(app: FastAPI) -> None:
-    """Answer ApiError, validation errors and routing errors in the API's error shape."""
+    """Answer every failure in the API's error shape: ApiError, validation errors (400 naming
+    the parameter), routing errors, a cancelled query or no connection (503), and any other
+    exception (500, without its details)."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(psycopg.errors.QueryCanceled, _database_busy)
+    app.add_exception_handler(psycopg.OperationalError, _database_busy)
+    app.add_exception_handler(PoolTimeout, _database_busy)
+    app.add_exception_handler(Exception, _internal_error)
