@@ -99,7 +99,8 @@ def keys_list() -> None:
     with connect(settings().postgres) as conn:
         rows = list_keys(conn)
     table = Table(title="API keys")
-    for col in ("key id", "scope", "merchant", "label", "created", "by", "revoked"):
+    table.add_column("key id", no_wrap=True)
+    for col in ("scope", "merchant", "label", "created", "by", "revoked"):
         table.add_column(col)
     for r in rows:
         table.add_row(r.key_id, r.scope, r.merchant_id or "", r.label,
