@@ -39,6 +39,9 @@ from api.routes.shared import ts_text
 from settlement.currencies import is_known
 
 # The list's flat columns (payments p): the CSV export's header and the JSON object's source.
+PAYMENT_FIELDS: Final = ("payment_id", "merchant_id", "channel", "order_id", "amount_minor",
+                         "currency", "state", "late", "created_at", "decided_at", "reversed_at",
+                         "case_id")
 PAYMENT_COLUMNS: Final = f"""
        p.payment_id, p.merchant_id, p.channel, p.order_id, p.amount_minor, p.currency, p.state,
        p.late, {ts_text('p.created_at')} AS created_at, {ts_text('p.decided_at')} AS decided_at,

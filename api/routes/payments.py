@@ -1,11 +1,13 @@
 """/v1/payments: the payments list (filters, keyset pages, CSV) and one payment's timeline.
 
-The list is ordered newest request first: `created_at DESC, payment_id DESC`, a payment
-without a request time last. Neither column changes once written (the ledger sink's upsert
-never sets them: a late match, a manual match or a reversal changes state, decided_at and the
-reversal columns only), so a page walk never skips or repeats a payment that existed when it
-began. The key is `COALESCE(created_at, '-infinity')` so that it has no NULL and the next
-page is one row comparison.
+The list is ordered newest request first: `created_at DESC NULLS LAST, payment_id DESC`
+(a payment without a request time last). Neither column changes once written (the ledger
+sink's upsert never sets them: a late match, a manual match or a reversal changes state,
+decided_at and the reversal columns only), so a page walk never skips or repeats a payment
+that existed when it began. The next page after a row with a request time is two index
+ranges, the rest of the timed payments (one row comparison) then the untimed ones, merged;
+plain columns, because under row-level security PostgreSQL uses only leakproof expressions
+as index conditions (a COALESCE key would be a filter over every row before it).
 
 One flat query serves the CSV export, `settle report` and the JSON page (whose objects are
 built from its rows), so the three cannot disagree.
@@ -27,7 +29,7 @@ from api.errors import bad_param, not_found
 from api.export import csv_response, wants_csv
 from api.paging import KeyValue, decode_cursor, page
 from api.params import merchant_filter, parse_enum, parse_limit, parse_time
-from api.queries_payments import PAYMENT_COLUMNS, payment_detail, payment_object
+from api.queries_payments import PAYMENT_COLUMNS, PAYMENT_FIELDS, payment_detail, payment_object
 from api.routes.shared import (
     check_range,
     from_text,
@@ -45,7 +47,7 @@ FILTERS: Final = ("merchant", "state", "channel", "currency", "order_id", "creat
                   "created_lt", "decided_gte", "decided_lt")
 _PARAMS: Final = (*FILTERS, "limit", "starting_after")
 
-_SORT_KEY: Final = "COALESCE(p.created_at, '-infinity'::timestamptz)"
+_ORDER: Final = "p.created_at DESC NULLS LAST, p.payment_id DESC"
 
 def _where(merchant: str | None = None, state: str | None = None, channel: str | None = None,
            currency: str | None = None, order_id: str | None = None,
@@ -71,17 +73,31 @@ def _where(merchant: str | None = None, state: str | None = None, channel: str |
 def _select(filters: Mapping[str, Any], after: tuple[KeyValue, ...] | None,
             limit: int | None) -> tuple[str, dict[str, Any]]:
     conditions, params = _where(**filters)
-    if after is not None:
-        created, payment_id = after
-        conditions.append(f"({_SORT_KEY}, p.payment_id) < (COALESCE(%(after_created)s"
-                          "::timestamptz, '-infinity'::timestamptz), %(after_id)s)")
-        params.update(after_created=created, after_id=payment_id)
-    where = f"\n WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = (f"SELECT {PAYMENT_COLUMNS}\n  FROM payments p{where}\n"
-           f" ORDER BY {_SORT_KEY} DESC, p.payment_id DESC")
+
+    def part(*extra: str, sort_column: bool = False) -> str:
+        where = " AND ".join((*conditions, *extra))
+        sql = (f"SELECT {PAYMENT_COLUMNS}{', p.created_at AS sort_created' * sort_column}\n"
+               f"  FROM payments p{f' WHERE {where}' if where else ''}\n"
+               f" ORDER BY {_ORDER}")
+        return sql + "\n LIMIT %(limit)s" if limit is not None else sql
+
     if limit is not None:
-        sql += "\n LIMIT %(limit)s"
         params["limit"] = limit
+    if after is None:
+        sql = part()
+    elif after[0] is None:  # in the untimed tail already
+        sql = part("p.created_at IS NULL", "p.payment_id < %(after_id)s")
+        params["after_id"] = after[1]
+    else:
+        timed = part("p.created_at IS NOT NULL",
+                     "(p.created_at, p.payment_id) < (%(after_created)s, %(after_id)s)",
+                     sort_column=True)
+        untimed = part("p.created_at IS NULL", sort_column=True)
+        sql = (f"SELECT {', '.join('u.' + c for c in PAYMENT_FIELDS)}\n"
+               f"  FROM (({timed})\n UNION ALL\n ({untimed})) u\n"
+               f" ORDER BY u.sort_created DESC NULLS LAST, u.payment_id DESC\n"
+               " LIMIT %(limit)s")
+        params.update(after_created=after[0], after_id=after[1])
     return sql, params
 
 

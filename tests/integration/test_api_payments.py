@@ -45,6 +45,11 @@ def seeded(api_db: PostgresSettings) -> SeedSummary:
                     " currency, state, result_id, created_at, decided_at)"
                     " VALUES (%s, %s, 'alipay', 500, 'CNY', 'DECLINED', %s, NULL, now())",
                     (pid, M1, f"res_{pid}"))
+            conn.execute(
+                "INSERT INTO payments (payment_id, merchant_id, channel, amount_minor,"
+                " currency, state, result_id, created_at, decided_at) VALUES ('pay_recent',"
+                " %s, 'alipay', 500, 'CNY', 'DECLINED', 'res_recent', now() - interval '1 hour',"
+                " now())", (M1,))
     return summary
 
 
@@ -106,7 +111,7 @@ def test_the_whole_list_in_order_with_every_field(client: httpx.Client, keys: di
                                                   seeded: SeedSummary) -> None:
     got = _walk(client, keys["analyst"], {})
     assert [p["id"] for p in got] == _expected(api_db)
-    assert len(got) == seeded.payments + len(NO_TIME_IDS)
+    assert len(got) == seeded.payments + len(NO_TIME_IDS) + 1
     assert [p["id"] for p in got[-len(NO_TIME_IDS):]] == sorted(NO_TIME_IDS, reverse=True)
     rows = {r["payment_id"]: r for r in _sql(api_db, "SELECT * FROM payments")}
     exponents = {"CNY": 2, "USD": 2, "EUR": 2, "JPY": 0, "KWD": 3}
@@ -122,6 +127,17 @@ def test_the_whole_list_in_order_with_every_field(client: httpx.Client, keys: di
             assert p[name] == _rfc3339(row[name]), name
     assert {p["state"] for p in got} == set(STATES)
     assert {p["amount"]["exponent"] for p in got} == {0, 2, 3}
+
+
+def test_pages_cross_from_timed_to_untimed_payments(client: httpx.Client,
+                                                    keys: dict[str, str]) -> None:
+    """A page of one: the cursor of the last timed payment leads to the untimed ones, whose
+    own cursors walk them to the end."""
+    recent = {"decided_gte": (datetime.now(UTC) - timedelta(days=1)).isoformat()}
+    want = ["pay_recent", *sorted(NO_TIME_IDS, reverse=True)]
+    for limit in (1, 2, 3):
+        assert [p["id"] for p in _walk(client, keys["analyst"], recent, limit)] == want
+        assert [p["id"] for p in _walk(client, keys[M1], recent, limit)] == want
 
 
 @pytest.mark.parametrize("state", STATES)
