@@ -19,11 +19,13 @@ PG = "pg-pw 4f1d 'q\\x"  # a space, a quote and a backslash: libpq quoting must 
 SASL = "sasl-pw-9c2e7b"
 REG = "reg-pw-51aa0d"
 SINK = "sink-pw-77e3c1"
-SECRETS = (PG, SASL, REG, SINK, "4f1d")  # "4f1d": a piece of PG after its space
+API = "api-pw-3b90aa"
+SECRETS = (PG, SASL, REG, SINK, API, "4f1d")  # "4f1d": a piece of PG after its space
 ENV = {
     "SETTLE_PG_PASSWORD": PG,
     "SETTLE_SINK_PG_USER": "sink_login",
     "SETTLE_SINK_PG_PASSWORD": SINK,
+    "SETTLE_API_PG_PASSWORD": API,
     "SETTLE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
     "SETTLE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
     "SETTLE_KAFKA_SASL_USERNAME": "client",
@@ -51,12 +53,14 @@ def test_settings_render_without_secrets(settings: Settings) -> None:
         repr(settings.masked()), json.dumps(settings.masked()),
         settings.postgres.describe(), settings.postgres.for_sinks().describe(),
         repr(settings.postgres.for_sinks()), repr(settings.kafka), repr(settings.registry),
+        repr(settings.api), settings.api.postgres(settings.postgres).describe(),
     ]
     for text in rendered:
         assert_no_secret(text)
     masked = settings.masked()
     assert masked["postgres.password"] == masked["kafka.sasl_password"] == "***"
     assert masked["registry.password"] == masked["postgres.sink_password"] == "***"
+    assert masked["api.pg_password"] == "***"
 
 
 def test_the_secrets_are_there_for_the_clients(settings: Settings) -> None:
