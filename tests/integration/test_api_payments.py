@@ -69,9 +69,24 @@ def _auth(key: str, **headers: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", **headers}
 
 
+_CONNECTIONS: dict[str, psycopg.Connection[dict[str, Any]]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_connections(api_db: PostgresSettings) -> Iterator[None]:
+    """Closed before the module's database is dropped (this fixture depends on it)."""
+    yield
+    while _CONNECTIONS:
+        _CONNECTIONS.popitem()[1].close()
+
+
 def _sql(owner: PostgresSettings, query: str, params: Any = None) -> list[dict[str, Any]]:
-    with psycopg.connect(owner.conninfo(), row_factory=dict_row) as conn:
-        return list(conn.execute(query, params).fetchall())
+    """Rows of the test's own query, as the database owner (no row-level security)."""
+    conninfo = owner.conninfo()
+    if conninfo not in _CONNECTIONS:
+        _CONNECTIONS[conninfo] = psycopg.connect(conninfo, row_factory=dict_row,
+                                                 autocommit=True)
+    return list(_CONNECTIONS[conninfo].execute(query, params).fetchall())
 
 
 def _walk(client: httpx.Client, key: str, params: dict[str, Any],
