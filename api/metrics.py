@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNMATCHED = "unmatched"
@@ -44,9 +45,23 @@ class ApiMetrics:
 
 
 def route_template(scope: Scope) -> str:
+    """The matched route's path template. FastAPI's routes put themselves in the scope;
+    Starlette's plain routes (/metrics, /docs, /openapi.json) do not, so they are matched
+    again here; what matches nothing is `unmatched`."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
+    if isinstance(path, str) and path:
+        return path
+    app: Any = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        matches = getattr(candidate, "matches", None)
+        if not isinstance(candidate, BaseRoute) or matches is None:
+            continue
+        match, _ = matches(scope)
+        found = getattr(candidate, "path", None)
+        if match == Match.FULL and isinstance(found, str) and found:
+            return found
+    return UNMATCHED
 
 
 class MetricsMiddleware:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import click
 from rich.table import Table
@@ -52,6 +53,33 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
                       f"{login.describe()}")
     uvicorn.run(create_app(s), host=s.api.host, port=s.api.port, log_level=log_level,
                 proxy_headers=False, server_header=False)
+
+
+@api.command("screenshot")
+@click.argument("url", required=False)
+@click.option("--key", required=True,
+              help="API key to sign in to the statement page with (sk_...).")
+@click.option("--merchant", default=None,
+              help="With an analyst key: whose statement (default the first merchant).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("statement.png"), show_default=True, help="PNG to write.")
+def screenshot(url: str | None, key: str, merchant: str | None, out: Path) -> None:
+    """Render the statement page in headless Chromium and save it as a PNG.
+
+    URL is the API's base URL (default http://SETTLE_API_HOST:SETTLE_API_PORT). Signs in
+    through the page's form as a person would; Debian's chromium and chromedriver
+    (`bash deploy/stack.sh browser` installs them) are driven through WebDriver.
+    """
+    from settle.browser import statement_screenshot
+    from settle.demo_api import api_url
+    from settlement.errors import SettleError
+
+    base = url or api_url(settings())
+    try:
+        path = statement_screenshot(base, key, out, merchant=merchant)
+    except SettleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"statement page of {base} saved to {path}")
 
 
 @api.group("keys")

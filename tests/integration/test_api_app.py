@@ -176,6 +176,11 @@ def test_metrics_count_requests_by_route_template_and_status(
     assert grew("/v1/test/items/{item_id}", "401") == 1
     assert grew("/v1/test/broken", "500") == 1
     assert grew("unmatched", "404") == 1
+    for path in ("/metrics", "/docs", "/openapi.json", "/healthz"):
+        assert client.get(path).status_code == 200
+    plain = _samples(client)
+    for path in ("/metrics", "/docs", "/openapi.json", "/healthz"):
+        assert plain.get(("GET", path, "200"), 0.0) >= 1, path
     assert not any("a-1" in route or "/42" in route for _, route, _ in after)
     text = client.get("/metrics").text
     assert re.search(r'^settle_api_request_duration_seconds_count\{method="GET",'

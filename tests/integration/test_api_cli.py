@@ -117,8 +117,8 @@ def test_serve_answers_with_the_api_login(stack: Settings, api_db: PostgresSetti
 
 
 def test_every_api_command_has_help() -> None:
-    for args in (["api"], ["api", "serve"], ["api", "keys"], ["api", "keys", "create"],
-                 ["api", "keys", "revoke"], ["api", "keys", "list"]):
+    for args in (["api"], ["api", "serve"], ["api", "screenshot"], ["api", "keys"],
+                 ["api", "keys", "create"], ["api", "keys", "revoke"], ["api", "keys", "list"]):
         done = subprocess.run([sys.executable, "-m", "settle.cli", *args, "--help"],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, args
