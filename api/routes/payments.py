@@ -172,8 +172,10 @@ async def list_payments(
     starting_after: Annotated[str | None, Query(description="the previous page's next_cursor")]
     = None,
 ) -> Response | dict[str, Any]:
-    """Payments, newest request first, with their terminal state. `Accept: text/csv` streams
-    the whole filtered list (no paging) with money as `amount_minor` + `currency` columns."""
+    """Payments, newest request first (those without a request time last), with their
+    latest state. Ranges are half-open (`_gte` inclusive, `_lt` exclusive); a date means its
+    midnight UTC. `Accept: text/csv` streams the whole filtered list (no paging) with money as
+    `amount_minor` + `currency` columns."""
     filters = _filters(request, who)
     if wants_csv(request):
         sql, params = payments_query(**filters)
@@ -189,9 +191,16 @@ async def list_payments(
             response_model=None)
 async def get_payment(request: Request, payment_id: str,
                       who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
-    """The payment and, in time order, everything that happened to it: the request, every
-    reconciliation result, its journals with their postings (a merchant key sees the postings
-    on its own accounts), the batches that settled it, refunds, disputes and exception cases."""
+    """The payment object of the list, with its latest `refunds`, `disputes` and exception
+    `cases`, the `batch_ids` of the batches that settled it, and a `timeline`: everything
+    that happened to it, in time order, each `{"at", "kind", ...}`:
+    `requested` (order id, amount, the channel it was routed to), `exception` (a
+    reconciliation result other than a match, with its case), `reconciled` (the terminal
+    decision), `reversed`, `journal` (with its postings: a merchant key sees the postings on
+    its own accounts only), `settled` (an item in a closed batch), `refund_requested`,
+    `refund_decided`, `refund_reversed`, `refund_exception`, `dispute_opened`,
+    `dispute_closed`, `dispute_rejected` and `case_event` (each step of an exception case).
+    Another merchant's payment is a 404, as a missing one."""
     reject_unknown(request, ())
     ident = parse_id("payment_id", payment_id)
     assert ident is not None  # a path segment is never empty
