@@ -37,6 +37,7 @@ class DemoPlan:
     fault_rate: float = 0.03
     drain_timeout_s: float = 240.0
     approval_above_minor: int = 50_000
+    api_port: int = 18000  # `settle api serve` (SETTLE_API_PORT); its /metrics is there too
 
     def env(self) -> dict[str, str]:
         return {
@@ -79,6 +80,9 @@ class DemoPlan:
             # payment is due in a batch two minutes after its decision at the demo's pace.
             ProcessSpec("monitor", ("monitor", "--interval", "5", "--books-interval", "10",
                                     "--settle-horizon", "120"), 19107, "settle-monitor"),
+            # The read-only HTTP API over the books, scraped on its own port as process "api".
+            ProcessSpec("api", ("api", "serve", "--port", str(self.api_port)), self.api_port,
+                        "settle-api"),
         ]
 
 

@@ -33,7 +33,10 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     channel-gateway simulator), publishes a simulated order flow with bad input and channel
     faults, waits until the pipeline drains and every settlement window has closed, then
     prints payments by terminal state, batches per merchant, ledger totals and the
-    invariants. Everything is left running; `make down` stops it.
+    invariants. It also asks the HTTP API (`settle api serve`, started with the workers)
+    every endpoint with a new merchant key and an analyst key, prints its URL and the
+    merchant key, and saves the merchant's statement page rendered in headless Chromium as
+    <run folder>/demo/statement.png. Everything is left running; `make down` stops it.
     """
     from infra.registry import registry_client
     from schemas import topics as t
@@ -43,9 +46,9 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     from settle.cli.audit import print_books
 
     seed = seed if seed is not None else int(time.time())
-    plan = d.DemoPlan(count=count, rate_per_s=rate, seed=seed, bad_ratio=bad_ratio,
-                      drain_timeout_s=timeout_s)
     s = settings()
+    plan = d.DemoPlan(count=count, rate_per_s=rate, seed=seed, bad_ratio=bad_ratio,
+                      drain_timeout_s=timeout_s, api_port=s.api.port)
     console.rule("[bold]1. the stack")
     d.stack_up()
     console.rule("[bold]2. topics, schemas, tables, merchants")
@@ -93,7 +96,9 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
 
             books = d.wait_for_books(s, decoder, timeout_s, show_again,
                                      refunds=refunds_before + d.expected_refunds(report))
-    console.rule("[bold]7. summary")
+    console.rule("[bold]7. the HTTP API and the statement page")
+    api_ok, keys = _api_look(s)
+    console.rule("[bold]8. summary")
     ingest = audit_ingest(s.kafka, t.PAYMENTS_REQUESTED, t.ROUTED_TOPICS, t.PAYMENTS_REJECTED,
                           t.PAYMENTS_DLQ)
     total = ingest.routed + ingest.rejected + ingest.dead_lettered + ingest.deduplicated
@@ -105,7 +110,7 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     refunds_ok = _refunds_summary(s, decoder)
     disputes_ok = _disputes_summary(s, decoder)
     observable = _observability(s)
-    ok = ingest.balanced and books.ok and refunds_ok and disputes_ok and observable
+    ok = ingest.balanced and books.ok and refunds_ok and disputes_ok and observable and api_ok
     console.print(("[bold green]all invariants ✓[/]" if ok else "[bold red]invariants ✗[/]")
                   + f" after {time.monotonic() - started:.0f}s of draining")
     console.rule("[bold]the stack keeps running")
@@ -113,11 +118,65 @@ def demo(count: int, rate: float, seed: int | None, bad_ratio: float, timeout_s:
     console.print(f"  registry      {config.safe_url(s.registry.url)}")
     console.print(f"  PostgreSQL    {s.postgres.describe()}")
     console.print(f"  Prometheus    {config.safe_url(s.prometheus_url)}")
+    _print_api(s, keys)
     console.print(f"  logs          {s.run_dir / 'logs'}")
     console.print("  `settle audit books`, `settle audit ingest` re-check; `make down` stops all.")
     console.print("  dashboard     deploy/grafana/dashboards/settle-pipeline.json (README)")
     if not ok:
         sys.exit(1)
+
+
+def _api_look(s: Any) -> tuple[bool, Any]:
+    """Keys for the busiest merchant and an analyst, every endpoint asked, another
+    merchant's data refused, the statement page rendered in headless Chromium."""
+    from rich.table import Table
+
+    from settle import demo_api as da
+
+    base = da.api_url(s)
+    log = s.run_dir / "logs" / "api.log"
+    if not da.wait_healthy(base):
+        console.print(f"[bold red]✗[/] the API at {base} does not answer /healthz (log {log})")
+        return False, None
+    keys = da.create_demo_keys(s)
+    if keys is None:
+        console.print("[bold red]✗[/] no merchant in the books: no key to show")
+        return False, None
+    console.print(f"  API {base} (docs {base}/docs, statement page {base}/statement, "
+                  f"log {log})")
+    console.print(f"  merchant key for {keys.merchant} (shown once; `settle api keys list`, "
+                  f"`... revoke`):\n    [bold]{keys.merchant_key}[/]")
+    console.print(f"  analyst key (every merchant):\n    {keys.analyst_key}")
+    if keys.revoked:
+        console.print(f"  {keys.revoked} key(s) of an earlier demo revoked")
+    report = da.look_at_api(s, keys, s.run_dir / "demo" / "statement.png")
+    mark = {True: "[green]✓[/]", False: "[bold red]✗[/]"}
+    table = Table(title=f"the API as {keys.merchant}'s merchant key (and the analyst's)")
+    for name in ("", "request", "key", "status", "answer"):
+        table.add_column(name)
+    for probe in report.probes:
+        status = str(probe.status) if probe.ok else f"{probe.status} (want {probe.expected})"
+        table.add_row(mark[probe.ok], probe.what, probe.key, status, probe.rows)
+    console.print(table)
+    if report.screenshot is not None:
+        console.print(f"{mark[True]} statement page of {keys.merchant} rendered in headless "
+                      f"Chromium: {report.screenshot}")
+    else:
+        console.print(f"{mark[False]} the statement page did not render: "
+                      f"{report.screenshot_error}")
+    bad = [p for p in report.probes if not p.ok]
+    console.print(f"{mark[report.ok]} API: {len(report.probes) - len(bad)}/"
+                  f"{len(report.probes)} requests answered as expected")
+    return report.ok, keys
+
+
+def _print_api(s: Any, keys: Any) -> None:
+    from settle import demo_api as da
+
+    base = da.api_url(s)
+    console.print(f"  API           {base}  (docs /docs, statement page /statement)")
+    if keys is not None:
+        console.print(f"  merchant key  {keys.merchant_key}  ({keys.merchant})")
 
 
 def _refunds_summary(s: Any, decoder: Any) -> bool:
