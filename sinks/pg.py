@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -34,12 +36,14 @@ def copy_rows(
 
     PostgreSQL refuses COPY FROM into a table whose row-level security applies to the
     session's role (migration 0007 enables it on the books for the API's role; it then
-    applies to every role but the owner, even though its policy for them is `true`). For
-    such a login (a settle_writer member) the rows go through a temporary table of the same
-    columns and one INSERT ... SELECT: same rows, same constraints and triggers. The owner's
-    login copies straight in, as before.
+    applies to every role but the table's owner, even though its policy for them is `true`).
+    So a login that neither owns the table nor bypasses row-level security (a settle_writer
+    member) sends the rows through a temporary table of the same columns and one INSERT ...
+    SELECT: same rows, same constraints and triggers. The owner's login, and every login's
+    own temporary (staging) tables, copy straight in. Whether a login may is asked once per
+    connection and table (ownership does not change while a sink runs).
     """
-    if _row_security_active(cur, table):
+    if not _copies_directly(cur, table):
         stage = _rls_stage(cur, table)
         _copy(cur, stage, columns, types, rows)
         names = ", ".join(columns)
@@ -58,11 +62,22 @@ def _copy(cur: psycopg.Cursor, table: str, columns: Sequence[str], types: Sequen
             copy.write_row(row)
 
 
-def _row_security_active(cur: psycopg.Cursor, table: str) -> bool:
-    """Whether row-level security applies to this session on `table` (asked every time: a
-    migration may enable it while a sink runs; the staging tables never have it)."""
-    row = cur.execute("SELECT row_security_active(%s::regclass)", (table,)).fetchone()
-    return bool(row and row[0])
+_DIRECT: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, bool]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _copies_directly(cur: psycopg.Cursor, table: str) -> bool:
+    """Whether row-level security can never apply to this session's COPY into `table`: its
+    role bypasses it, or owns the table (and the table does not force it on its owner)."""
+    known = _DIRECT.setdefault(cur.connection, {})
+    if table not in known:
+        row = cur.execute(
+            "SELECT r.rolbypassrls OR (pg_has_role(current_user, c.relowner, 'USAGE')"
+            "                          AND NOT c.relforcerowsecurity)"
+            "  FROM pg_class c, pg_roles r"
+            " WHERE c.oid = %s::regclass AND r.rolname = current_user", (table,)).fetchone()
+        known[table] = bool(row and row[0])
+    return known[table]
 
 
 def _rls_stage(cur: psycopg.Cursor, table: str) -> str:

@@ -254,3 +254,47 @@ def test_a_reader_login_still_sees_every_row(api_db: PostgresSettings,
     with connect(group_login) as conn:
         for table in ALL_TABLES:
             assert _count(conn, table) == _owner_count(api_db, table), table
+
+
+def _journal(pid: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    journal: tuple[object, ...] = (f"J:{pid}", "PAYMENT", pid, pid, "CNY", 1000, 10, 990)
+    entries: list[tuple[object, ...]] = [(f"J:{pid}", pid, "clearing:alipay", "DEBIT", 1000, "CNY"),
+               (f"J:{pid}", pid, f"payable:{MERCHANT}", "CREDIT", 990, "CNY"),
+               (f"J:{pid}", pid, "fee_revenue:alipay", "CREDIT", 10, "CNY")]
+    return [journal], entries
+
+
+JOURNAL_COLUMNS = ("journal_id", "kind", "source_id", "payment_id", "currency", "gross_minor",
+                   "fee_minor", "net_minor")
+JOURNAL_TYPES = ("text", "text", "text", "text", "text", "int8", "int8", "int8")
+ENTRY_COLUMNS = ("journal_id", "payment_id", "account", "side", "amount_minor", "currency")
+ENTRY_TYPES = ("text", "text", "text", "text", "int8", "text")
+
+
+@pytest.mark.parametrize("group_login", ["settle_writer"], indirect=True)
+def test_a_writer_login_copies_into_tables_under_row_level_security(
+        api_db: PostgresSettings, group_login: PostgresSettings) -> None:
+    """PostgreSQL refuses COPY FROM under row-level security: the sinks' copy_rows goes
+    through a temporary table for a login that does not own the table, twice in one
+    transaction too, and the deferred balance check still holds the journals."""
+    from sinks.pg import _copies_directly, copy_rows
+
+    pids = [f"p-rls-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with connect(group_login) as conn, conn.cursor() as cur:
+        assert not _copies_directly(cur, "ledger_entries")
+        for pid in pids:
+            journals, entries = _journal(pid)
+            copy_rows(cur, "ledger_journals", JOURNAL_COLUMNS, JOURNAL_TYPES, journals)
+            copy_rows(cur, "ledger_entries", ENTRY_COLUMNS, ENTRY_TYPES, entries)
+        conn.commit()
+        journals, entries = _journal(f"p-rls-{uuid.uuid4().hex[:8]}")
+        copy_rows(cur, "ledger_journals", JOURNAL_COLUMNS, JOURNAL_TYPES, journals)
+        copy_rows(cur, "ledger_entries", ENTRY_COLUMNS, ENTRY_TYPES, entries[:2])  # unbalanced
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.commit()
+    with connect(api_db) as conn, conn.cursor() as cur:
+        assert _copies_directly(cur, "ledger_entries")  # the owner copies straight in
+        rows = conn.execute("SELECT payment_id, count(*), min(posted_at) IS NOT NULL"
+                            " FROM ledger_entries WHERE payment_id = ANY(%s) GROUP BY 1"
+                            " ORDER BY 1", (sorted(pids),)).fetchall()
+    assert rows == [(pid, 3, True) for pid in sorted(pids)]
