@@ -36,6 +36,7 @@ from api.routes.shared import (
     dispute_id_sql,
     from_text,
     item_kind_sql,
+    journal_kind_sql,
     parse_currency,
     parse_id,
     refund_id_sql,
@@ -167,10 +168,21 @@ def _txn_filters(params: dict[str, Any], *, currency: str | None, kind: str | No
     where = []
     for column, name, value in (
             ("e.currency", "currency", currency), ("j.kind", "kind", kind),
-            ("e.payment_id", "payment_id", payment_id), (_BATCH_OF, "batch_id", batch_id)):
+            ("e.payment_id", "payment_id", payment_id)):
         if value is not None:
             where.append(f"{column} = %({name})s")
             params[name] = value
+    if batch_id is not None:
+        # The batch's journals: those its items settle, and its payout.
+        where.append(f"""e.journal_id IN (
+            SELECT bj.journal_id FROM settlement_batch_items bi
+              JOIN ledger_journals bj
+                ON bj.kind = {journal_kind_sql('bi.kind')} AND bj.source_id = bi.item_id
+             WHERE bi.batch_id = %(batch_id)s
+            UNION ALL
+            SELECT pj.journal_id FROM ledger_journals pj
+             WHERE pj.kind = 'PAYOUT' AND pj.source_id = %(batch_id)s)""")
+        params["batch_id"] = batch_id
     if created_gte is not None:
         where.append("e.posted_at >= %(created_gte)s")
         params["created_gte"] = created_gte
