@@ -196,21 +196,20 @@ def _after_branch(account: str | None, after: tuple[Any, ...] | None,
                   params: dict[str, Any]) -> str | None:
     """The keyset condition of one branch: rows strictly after the cursor in the list order.
 
-    A branch of one named account (a merchant's walk) compares (posted_at, journal_id, side)
-    the way its index is ordered: the account's place against the cursor's is known here.
+    A branch of one named account (a merchant's walk) adds (posted_at, journal_id) <= the
+    cursor's: a range of its index (account, posted_at, journal_id, side), so a page deep in
+    the walk starts where the last one ended; the exact comparison then drops the few rows of
+    the cursor's own journal that came before it.
     """
     if after is None:
         return None
     posted_at, journal_id, cursor_account, side = after
     params.update(k_at=posted_at, k_journal=journal_id, k_account=cursor_account, k_side=side)
+    exact = ("(e.posted_at, e.journal_id, e.account, e.side)"
+             " < (%(k_at)s, %(k_journal)s, %(k_account)s, %(k_side)s)")
     if account is None:
-        return ("(e.posted_at, e.journal_id, e.account, e.side)"
-                " < (%(k_at)s, %(k_journal)s, %(k_account)s, %(k_side)s)")
-    if account == cursor_account:
-        return "(e.posted_at, e.journal_id, e.side) < (%(k_at)s, %(k_journal)s, %(k_side)s)"
-    # C collation: Python's str order of these ASCII-prefixed names is the database's.
-    op = "<=" if account < str(cursor_account) else "<"
-    return f"(e.posted_at, e.journal_id) {op} (%(k_at)s, %(k_journal)s)"
+        return exact
+    return f"(e.posted_at, e.journal_id) <= (%(k_at)s, %(k_journal)s) AND {exact}"
 
 
 def _transactions_sql(*, merchant: str | None, account: str | None = None,
