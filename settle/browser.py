@@ -127,14 +127,26 @@ def statement_screenshot(base_url: str, key: str, out: Path, merchant: str | Non
     `merchant`), and save a full-page screenshot to `out`."""
     from urllib.parse import quote
 
-    with chromium(width=width) as session:
-        log_in(session, base_url, key)
-        if page_kind(session) != "statement":
-            raise SettleError(f"the statement page refused the key: {page_error(session)}")
-        if merchant:
-            session.get(f"{base_url.rstrip('/')}/statement?merchant={quote(merchant)}")
+    import httpx
+    from selenium.common.exceptions import WebDriverException
+
+    page = f"{base_url.rstrip('/')}/statement"
+    try:  # a browser shows its own error page for a dead address: ask first
+        httpx.get(page, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SettleError(f"{page} does not answer: {exc}") from exc
+    try:
+        with chromium(width=width) as session:
+            log_in(session, base_url, key)
             if page_kind(session) != "statement":
-                raise SettleError(f"the statement page refused merchant {merchant!r}: "
-                                  f"{page_error(session)}")
-        return full_page_screenshot(session, out, width)
+                raise SettleError(f"the statement page refused the key: {page_error(session)}")
+            if merchant:
+                session.get(f"{base_url.rstrip('/')}/statement?merchant={quote(merchant)}")
+                if page_kind(session) != "statement":
+                    raise SettleError(f"the statement page refused merchant {merchant!r}: "
+                                      f"{page_error(session)}")
+            return full_page_screenshot(session, out, width)
+    except WebDriverException as exc:  # unreachable server, no page, browser crash
+        reason = (exc.msg or type(exc).__name__).splitlines()[0]
+        raise SettleError(f"the browser could not show {page}: {reason}") from exc
 
