@@ -10,9 +10,11 @@ with an error. Chromium missing is a failure, not a skip: `make up` installs it.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +25,7 @@ from api.statement import FEES_H, VOLUME_H, grouped
 from infra.config import PostgresSettings, Settings
 from settle.api_seed import SeedSummary, seed_books
 from settle.browser import chromium, log_in, page_error, page_kind
+from settle.processes import free_port
 from sinks.db import connect
 from tests.support.api import ApiServer, make_key, revoke, settings_for
 
@@ -330,3 +333,41 @@ def test_days_are_calendar_days_of_the_cut_off_zone(fresh: Any, site: Site) -> N
     local = datetime.fromisoformat(newest.replace("Z", "+00:00")).astimezone(ZoneInfo(site.tz))
     for chart in page["charts"]:
         assert chart["days"][-1]["day"] == local.date().isoformat()
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _settle(*args: str) -> Any:
+    """`settle ...` in this process (click's runner): exit code, stdout and stderr apart."""
+    from click.testing import CliRunner
+
+    from settle.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_settle_api_screenshot_saves_the_whole_page(site: Site, tmp_path: Path) -> None:
+    out = tmp_path / "statement.png"
+    proc = _settle("api", "screenshot", site.base_url, "--key", site.analyst,
+                   "--merchant", site.merchant_b, "--out", str(out))
+    assert proc.exit_code == 0, proc.output
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert width == 1280
+    assert height > 1200, "the full page, not only the first screen"
+
+
+def test_settle_api_screenshot_says_why_not(site: Site, tmp_path: Path) -> None:
+    out = tmp_path / "statement.png"
+    proc = _settle("api", "screenshot", site.base_url, "--key", "sk_0123456789ab_" + "B" * 43,
+                   "--out", str(out))
+    assert proc.exit_code == 1
+    assert "refused the key" in proc.stderr and "not valid" in proc.stderr
+    assert not out.exists()
+    nobody = f"http://127.0.0.1:{free_port()}"
+    proc = _settle("api", "screenshot", nobody, "--key", site.key_a, "--out", str(out))
+    assert proc.exit_code == 1
+    assert f"{nobody}/statement does not answer" in proc.stderr
+    assert not out.exists()
