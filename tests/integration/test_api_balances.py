@@ -11,15 +11,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.support.api_ledger import Books, books, csv_value, text_time
+from infra.config import PostgresSettings, Settings
+from tests.support.api_ledger import Books, csv_value, seeded_books, text_time
 
 pytestmark = pytest.mark.integration
-__all__ = ["books"]  # the fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def books(stack: Settings, api_db: PostgresSettings) -> Iterator[Books]:
+    yield from seeded_books(stack, api_db)
+
 
 BALANCES = "/v1/balances"
 TXNS = "/v1/balance_transactions"

@@ -8,16 +8,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from tests.support.api_ledger import Books, books, csv_value, text_time
+from infra.config import PostgresSettings, Settings
+from tests.support.api_ledger import Books, csv_value, seeded_books, text_time
 
 pytestmark = pytest.mark.integration
-__all__ = ["books"]  # the fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def books(stack: Settings, api_db: PostgresSettings) -> Iterator[Books]:
+    yield from seeded_books(stack, api_db)
+
 
 LIST = "/v1/settlement_batches"
 EXPONENT = {"JPY": 0, "KWD": 3}

@@ -5,16 +5,23 @@ the zone asked for, a merchant key's own payments only, CSV = JSON, bad inputs."
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.support.api_ledger import Books, books, csv_value
+from infra.config import PostgresSettings, Settings
+from tests.support.api_ledger import Books, csv_value, seeded_books
 
 pytestmark = pytest.mark.integration
-__all__ = ["books"]  # the fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def books(stack: Settings, api_db: PostgresSettings) -> Iterator[Books]:
+    yield from seeded_books(stack, api_db)
+
 
 SUMMARY = "/v1/reports/summary"
 KEY_COLUMNS = {"day": "day", "merchant": "merchant_id", "channel": "channel",

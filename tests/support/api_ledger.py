@@ -1,10 +1,11 @@
 """The ledger-side API tests' common ground: seeded books behind a real server, keys, and a
 client that walks pages and reads CSV exports.
 
-`books` (module-scoped fixture): api_db seeded with settle.api_seed (4 merchants, 5 days,
-every state, refund, reversal, dispute and batch kind), an ApiServer on it, and keys: an
-analyst's and merchant keys for the first two merchants. Expected values in the tests come
-from SQL written in the tests themselves, run as the database owner.
+`seeded_books(stack, api_db)` (the body of a test module's `books` fixture): api_db seeded
+with settle.api_seed (4 merchants, 5 days, every state, refund, reversal, dispute and batch
+kind), an ApiServer on it, and keys: an analyst's and merchant keys for the first two
+merchants. Expected values in the tests come from SQL written in the tests themselves, run
+as the database owner.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 
 from infra.config import PostgresSettings, Settings
@@ -99,8 +99,8 @@ class Books:
         assert error["param"] == param, (params, error)
 
 
-@pytest.fixture(scope="module")
-def books(stack: Settings, api_db: PostgresSettings) -> Iterator[Books]:
+def seeded_books(stack: Settings, api_db: PostgresSettings) -> Iterator[Books]:
+    """The body of each test module's `books` fixture (module-scoped)."""
     with connect(api_db) as conn:
         summary = seed_books(conn, **SEED_ARGS)
     keys = {m: make_key(api_db, m) for m in summary.merchants[:2]}
