@@ -223,14 +223,15 @@ def _transactions_sql(*, merchant: str | None, account: str | None = None,
                           created_lt=created_lt, payment_id=payment_id, batch_id=batch_id)
     types = ACCOUNT_TYPES if account is None else (account,)
     # One ordered branch per account of a merchant (an index range each, merged), or one
-    # for every merchant's accounts.
+    # for every merchant's accounts, or one over a batch's journals (a few thousand at most,
+    # read once rather than once per account).
     branches: list[tuple[str | None, str]] = []
-    if merchant is not None:
+    if merchant is not None and batch_id is None:
         for t in types:
             params[f"acct_{t}"] = _PREFIX[t] + merchant
             branches.append((_PREFIX[t] + merchant, f"e.account = %(acct_{t})s"))
     else:
-        branches.append((None, _accounts_where(None, types, params)))
+        branches.append((None, _accounts_where(merchant, types, params)))
     if limit is not None:
         params["limit"] = limit
     parts = []
