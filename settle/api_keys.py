@@ -116,7 +116,9 @@ def ensure_api_login(conn: psycopg.Connection, api: ApiSettings) -> str:
         password)
     try:
         if exists:
-            conn.execute(sql.SQL("ALTER ROLE {} ").format(name) + attrs)
+            # Only a superuser may name SUPERUSER or BYPASSRLS in an ALTER ROLE, even to
+            # switch them off; `settle api serve` refuses a login that has either.
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(name, password))
         else:
             conn.execute(sql.SQL("CREATE ROLE {} ").format(name) + attrs)
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(API_GROUP), name))
