@@ -191,7 +191,10 @@ def plan_requests(endpoint: str, samples: Samples, keys: dict[str, str], count: 
                 batch_id, owner = rng.choice(samples.batches)
                 req = Request(f"/v1/settlement_batches/{batch_id}", {}, keys[owner])
             case "summary":
-                req = Request("/v1/reports/summary", {"group_by": "day,channel"}, key)
+                # A merchant's week by day and channel (a whole history is an export).
+                week = {"created_gte": _iso(day - timedelta(days=6)),
+                        "created_lt": _iso(day + timedelta(days=1))}
+                req = Request("/v1/reports/summary", {"group_by": "day,channel", **week}, key)
             case _:
                 raise ValueError(f"unknown endpoint {endpoint!r}")
         out.append(req)
