@@ -23,6 +23,7 @@ from infra.config import PostgresSettings, Settings
 from settle.api_seed import SeedSummary, seed_books
 from sinks.db import connect
 from tests.support.api import ApiServer, make_key
+from tests.support.api import bearer as _auth
 
 pytestmark = pytest.mark.integration
 
@@ -117,10 +118,6 @@ def keys(api_db: PostgresSettings, seeded: SeedSummary) -> dict[str, str]:
 def client(api_server: ApiServer, seeded: SeedSummary) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api_server.base_url, timeout=30.0) as c:
         yield c
-
-
-def _auth(key: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", **headers}
 
 
 def _expected(owner: PostgresSettings, where: str = "TRUE",

@@ -74,6 +74,11 @@ def make_key(owner: PostgresSettings, merchant: str | None = None, label: str = 
         return create_key(conn, merchant=merchant, label=label, created_by="tests").key
 
 
+def bearer(key: str, **headers: str) -> dict[str, str]:
+    """Request headers that present `key` (plus any others given)."""
+    return {"Authorization": f"Bearer {key}", **headers}
+
+
 def revoke(owner: PostgresSettings, key: str) -> None:
     from api.auth import parse_key_id
 
