@@ -88,7 +88,22 @@ def log_in(session: Any, base_url: str, key: str) -> None:
         expected_conditions.presence_of_element_located((By.NAME, "key")))
     field.clear()
     field.send_keys(key)
-    session.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
+    submit(session, "form#login button[type=submit]")
+
+
+def submit(session: Any, button_css: str) -> None:
+    """Click the form button at `button_css` and wait for the page the form leads to.
+
+    The page shown before the click is complete too: waiting for "complete" alone may read
+    it again. The old page's `main` must go stale first (the browser left it).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    before = session.find_element(By.CSS_SELECTOR, "main[data-page]")
+    session.find_element(By.CSS_SELECTOR, button_css).click()
+    WebDriverWait(session, PAGE_TIMEOUT_S).until(expected_conditions.staleness_of(before))
     WebDriverWait(session, PAGE_TIMEOUT_S).until(
         lambda s: s.execute_script("return document.readyState") == "complete"
         and s.find_elements(By.CSS_SELECTOR, "main[data-page]"))

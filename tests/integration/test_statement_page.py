@@ -24,7 +24,7 @@ import pytest
 from api.statement import FEES_H, VOLUME_H, grouped
 from infra.config import PostgresSettings, Settings
 from settle.api_seed import SeedSummary, seed_books
-from settle.browser import chromium, log_in, page_error, page_kind
+from settle.browser import chromium, log_in, page_error, page_kind, submit
 from settle.processes import free_port
 from sinks.db import connect
 from tests.support.api import ApiServer, make_key, revoke, settings_for
@@ -235,7 +235,7 @@ def test_an_analyst_picks_a_merchant(fresh: Any, site: Site) -> None:
     assert page["pickable"] == list(site.seeded.merchants)
     assert page["merchant"] == site.seeded.merchants[0]
     Select(fresh.find_element(By.CSS_SELECTOR, "#pick select")).select_by_value(site.merchant_b)
-    fresh.find_element(By.CSS_SELECTOR, "#pick button[type=submit]").click()
+    submit(fresh, "#pick button[type=submit]")
     page = read(fresh)
     assert page["merchant"] == site.merchant_b
     api = site.api(site.analyst, "/v1/balances", merchant=site.merchant_b)["data"]
@@ -273,10 +273,8 @@ def test_a_revoked_key_is_signed_out_at_the_next_page(fresh: Any, site: Site) ->
 
 
 def test_sign_out_forgets_the_key(fresh: Any, site: Site) -> None:
-    from selenium.webdriver.common.by import By
-
     signed_in(fresh, site, site.key_a)
-    fresh.find_element(By.CSS_SELECTOR, "form[action='/statement/logout'] button").click()
+    submit(fresh, "form[action='/statement/logout'] button")
     assert page_kind(fresh) == "login"
     assert page_error(fresh) == ""
     assert fresh.get_cookie("settle_statement") is None
