@@ -8,7 +8,7 @@ page's browser test and `settle api screenshot` (used by `make demo`) drive them
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,22 @@ def log_in(session: Any, base_url: str, key: str) -> None:
     submit(session, "form#login button[type=submit]")
 
 
+def _left(before: Any) -> Callable[[Any], bool]:
+    """A wait condition: the browser has left the document `before` belongs to. Mid-way,
+    chromedriver may answer "Node with given id does not belong to the document" instead of
+    a stale element reference: either means the old page is gone."""
+    from selenium.common.exceptions import WebDriverException
+
+    def gone(_session: Any) -> bool:
+        try:
+            before.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    return gone
+
+
 def submit(session: Any, button_css: str) -> None:
     """Click the form button at `button_css` and wait for the page the form leads to.
 
@@ -98,12 +114,11 @@ def submit(session: Any, button_css: str) -> None:
     it again. The old page's `main` must go stale first (the browser left it).
     """
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     before = session.find_element(By.CSS_SELECTOR, "main[data-page]")
     session.find_element(By.CSS_SELECTOR, button_css).click()
-    WebDriverWait(session, PAGE_TIMEOUT_S).until(expected_conditions.staleness_of(before))
+    WebDriverWait(session, PAGE_TIMEOUT_S).until(_left(before))
     WebDriverWait(session, PAGE_TIMEOUT_S).until(
         lambda s: s.execute_script("return document.readyState") == "complete"
         and s.find_elements(By.CSS_SELECTOR, "main[data-page]"))
