@@ -7,7 +7,14 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from infra.admin import delete_prefixed_topics
 from infra.config import KafkaSettings, Settings
@@ -57,13 +64,36 @@ def _end_offsets(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, 
         detail = meta.error if meta is not None else "no metadata"
         raise ReadBackIncomplete(f"topic {topic} is not available: {detail}")
     ends: dict[int, int] = {}
+    deadline = time.monotonic() + timeout_s
     for partition in sorted(meta.partitions):
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout_s
-        )
+        low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
         if high > low:
             ends[partition] = high
     return ends
+
+
+# Answers of a partition whose leader is not known yet (a topic created moments ago).
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """A partition's low and high watermarks. A topic created moments ago may still answer
+    NOT_LEADER_FOR_PARTITION (or another retriable error) while its leader is elected: asked
+    again until `deadline`."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                tp, timeout=max(deadline - time.monotonic(), 1.0))
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.code() in _LEADER_MOVING or error.retriable())
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            log.debug("watermarks of %s[%d]: %s; asking again", tp.topic, tp.partition, exc)
+            time.sleep(0.2)
 
 
 def read_to_end(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[Message]:
