@@ -67,7 +67,7 @@ _DIRECT: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, bool]] = (
 
 
 def _copies_directly(cur: psycopg.Cursor, table: str) -> bool:
-    """Whether row-level security can never apply to this session's COPY into `table`: its
+    """Whether row-level security can never apply to a connection's COPY into `table`: its
     role bypasses it, or owns the table (and the table does not force it on its owner)."""
     known = _DIRECT.setdefault(cur.connection, {})
     if table not in known:

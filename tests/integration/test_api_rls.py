@@ -151,7 +151,7 @@ def test_the_balance_view_runs_as_its_caller(api_db: PostgresSettings,
 
 
 @pytest.mark.parametrize(("scope", "merchant"), [
-    (None, None),  # never set in this session
+    (None, None),  # never set in this transaction
     ("merchant", None),  # a merchant scope without a merchant
     ("merchant", ""),
     ("root", MERCHANT),  # an unknown scope, whatever the merchant
